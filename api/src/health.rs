@@ -1,0 +1,85 @@
+//! `GET /health`: whether the store and queue answer, for load balancers and people.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Utc;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok", "version": "0.1.0", "store": {"backend": "sqlite", "ok": true, "latency_ms": 0.4, "error": null}, "queue": {"queued": 3, "running": 1, "succeeded": 120, "failed": 2, "cancelled": 0}, "workers": 1}))]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: String,
+    pub version: String,
+    pub store: StoreHealth,
+    /// Jobs per status; absent when the store is unreachable.
+    pub queue: Option<QueueHealth>,
+    /// Workers that sent a heartbeat in the last minute.
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoreHealth {
+    /// `sqlite` or `redis`.
+    pub backend: String,
+    pub ok: bool,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueHealth {
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+/// Service health.
+///
+/// 200 when the store answers, 503 when it does not. Needs no key.
+#[utoipa::path(
+    get, path = "/health", tag = "health",
+    responses((status = 200, body = Health), (status = 503, description = "Store unreachable", body = Health))
+)]
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let started = Instant::now();
+    let ping = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let error = match ping {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("no answer within 2 s".to_owned()),
+    };
+    let ok = error.is_none();
+    let (queue, workers) = if ok {
+        let counts = state.store.count_jobs().await.ok();
+        let since = Utc::now() - chrono::Duration::seconds(60);
+        let workers = state.store.workers(since).await.ok().map(|w| w.len());
+        let queue = counts.map(|c| QueueHealth {
+            queued: c.queued,
+            running: c.running,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            cancelled: c.cancelled,
+        });
+        (queue, workers)
+    } else {
+        (None, None)
+    };
+    let body = Health {
+        status: if ok { "ok" } else { "unavailable" }.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        store: StoreHealth { backend: state.store.backend().into(), ok, latency_ms, error },
+        queue,
+        workers,
+    };
+    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+}

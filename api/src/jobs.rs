@@ -1,0 +1,645 @@
+//! Job routes: submit chat and batch jobs, read, list, cancel, result, events.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use orch_planner::{Plan, PlanIssue};
+use orch_store::{Idempotency, Inserted, Job, JobFilter, JobId, JobKind, JobStatus, NewJob};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::ApiJson;
+
+/// Models chat jobs can use until the provider issue lands.
+pub const CHAT_MODELS: &[&str] = &["echo"];
+/// Highest `max_attempts` a job may ask for.
+pub const MAX_ATTEMPTS: u32 = 20;
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+/// A chat job: one turn of a conversation.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"model": "echo", "messages": [{"role": "user", "content": "Summarise this week's issues"}], "metadata": {"workflow": "weekly-report"}}))]
+pub struct ChatJobRequest {
+    /// Model to run the turn on; for now only `echo` (answers with the last user message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The conversation so far; the last `user` message is answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Shorthand for a single user message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// System prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Free-form object returned with the job as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    /// Attempts before the job fails for good (1–20, default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+/// A batch job: a plan of steps run as a DAG.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"plan": {"nodes": [{"id": "wait", "sleep": {"ms": 200}}, {"id": "hello", "echo": "hello", "depends_on": ["wait"]}]}, "metadata": {"source": "swagger"}}))]
+pub struct BatchJobRequest {
+    pub plan: Plan,
+    /// Free-form object returned with the job as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    /// Attempts before the job fails for good (1–20, default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+/// Options every job accepts.
+pub struct JobOptions<'a> {
+    pub metadata: &'a Option<Map<String, Value>>,
+    pub max_attempts: Option<u32>,
+}
+
+/// Answer to a submission: where to follow the job.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "status": "queued", "status_url": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "result_url": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/result", "events_url": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/events"}))]
+pub struct JobAccepted {
+    pub id: Uuid,
+    #[schema(value_type = JobStatusSchema)]
+    pub status: JobStatus,
+    pub status_url: String,
+    pub result_url: String,
+    pub events_url: String,
+}
+
+/// Where a job is: `queued` → `running` → `succeeded` | `failed` | `cancelled`
+/// (a failed attempt with attempts left goes back to `queued`).
+#[derive(ToSchema)]
+#[schema(as = JobStatus)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatusSchema {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// What a job runs: a chat turn or a batch plan.
+#[derive(ToSchema)]
+#[schema(as = JobKind)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKindSchema {
+    Chat,
+    Batch,
+}
+
+/// The error of a failed attempt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobErrorView {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// A job's state.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "batch", "status": "running", "attempts": 1, "max_attempts": 3, "progress": {"completed": 1, "total": 2, "node": "wait", "status": "succeeded"}, "error": null, "metadata": {"source": "swagger"}, "cancel_requested": false, "created_at": "2026-11-21T09:00:00.000Z", "updated_at": "2026-11-21T09:00:00.250Z", "started_at": "2026-11-21T09:00:00.010Z", "finished_at": null}))]
+pub struct JobView {
+    pub id: Uuid,
+    #[schema(value_type = JobKindSchema)]
+    pub kind: JobKind,
+    #[schema(value_type = JobStatusSchema)]
+    pub status: JobStatus,
+    /// Attempts started so far.
+    pub attempts: u32,
+    pub max_attempts: u32,
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<Value>,
+    /// The last attempt's error; while a retry is queued it says why.
+    pub error: Option<JobErrorView>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// Cancellation was asked for and the worker is stopping the job.
+    pub cancel_requested: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When the current or last attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<Job> for JobView {
+    fn from(job: Job) -> JobView {
+        JobView {
+            id: job.id,
+            kind: job.kind,
+            status: job.status,
+            attempts: job.attempts,
+            max_attempts: job.max_attempts,
+            progress: job.progress,
+            error: job.error.map(|e| JobErrorView { code: e.code, message: e.message, retryable: e.retryable }),
+            metadata: job.metadata,
+            cancel_requested: job.cancel_requested,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+        }
+    }
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A finished job's outcome.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "status": "succeeded", "result": {"output": {"hello": "hello", "wait": {"slept_ms": 200}}}, "error": null}))]
+pub struct JobResult {
+    pub id: Uuid,
+    #[schema(value_type = JobStatusSchema)]
+    pub status: JobStatus,
+    /// The output of a succeeded job.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    pub error: Option<JobErrorView>,
+}
+
+/// Filters of `GET /v1/jobs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// queued, running, succeeded, failed or cancelled.
+    pub status: Option<String>,
+    /// chat or batch.
+    pub kind: Option<String>,
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn urls(state: &AppState, id: JobId) -> (String, String, String) {
+    let base = format!("{}/v1/jobs/{id}", state.config.public_url.trim_end_matches('/'));
+    (base.clone(), format!("{base}/result"), format!("{base}/events"))
+}
+
+fn check_options(options: &JobOptions<'_>, default_attempts: u32) -> ApiResult<u32> {
+    let attempts = options.max_attempts.unwrap_or(default_attempts);
+    if !(1..=MAX_ATTEMPTS).contains(&attempts) {
+        return Err(ApiError::invalid_field("max_attempts", format!("must be between 1 and {MAX_ATTEMPTS}; got {attempts}")));
+    }
+    Ok(attempts)
+}
+
+fn check_chat(req: &ChatJobRequest) -> ApiResult<()> {
+    if let Some(model) = &req.model
+        && !CHAT_MODELS.contains(&model.as_str())
+    {
+        return Err(ApiError::invalid_field(
+            "model",
+            format!("unknown model {model:?}; available: {}", CHAT_MODELS.join(", ")),
+        ));
+    }
+    if let Some(messages) = &req.messages {
+        for (i, m) in messages.iter().enumerate() {
+            if !["system", "user", "assistant"].contains(&m.role.as_str()) {
+                return Err(ApiError::invalid_field(
+                    &format!("messages[{i}].role"),
+                    format!("unknown role {:?}; allowed: system, user, assistant", m.role),
+                ));
+            }
+        }
+    }
+    let has_user = req.messages.iter().flatten().any(|m| m.role == "user");
+    match (&req.prompt, has_user) {
+        (Some(_), true) => Err(ApiError::invalid_field("prompt", "give either prompt or messages with a user message, not both")),
+        (None, false) => Err(ApiError::invalid_field("messages", "give a user message in messages, or a prompt")),
+        (Some(p), false) if p.trim().is_empty() => Err(ApiError::invalid_field("prompt", "must not be empty")),
+        _ => Ok(()),
+    }
+}
+
+fn plan_error(issues: Vec<PlanIssue>) -> ApiError {
+    let first = &issues[0];
+    let message = if issues.len() == 1 {
+        format!("plan.{}: {}", first.field, first.message)
+    } else {
+        format!("plan.{}: {} (and {} more problems in details)", first.field, first.message, issues.len() - 1)
+    };
+    let list: Vec<Value> = issues.iter().map(|i| json!({"field": format!("plan.{}", i.field), "message": i.message})).collect();
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", message)
+        .with_details(json!({"field": format!("plan.{}", first.field), "issues": list}))
+}
+
+fn idempotency(headers: &HeaderMap, principal: &Principal, kind: JobKind, raw: &[u8]) -> ApiResult<Option<Idempotency>> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| ApiError::invalid_field("Idempotency-Key", "use 1–255 visible ASCII characters"))?;
+    let mut hasher = Sha256::new();
+    hasher.update(kind.as_str().as_bytes());
+    hasher.update(b"\n");
+    hasher.update(raw);
+    Ok(Some(Idempotency {
+        key: format!("{}:{key}", principal.key.id),
+        body_hash: hex::encode(hasher.finalize()),
+        expires_at: Utc::now() + chrono::Duration::from_std(IDEMPOTENCY_TTL).unwrap_or_default(),
+    }))
+}
+
+async fn submit(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    kind: JobKind,
+    raw: &[u8],
+    input: Value,
+    options: JobOptions<'_>,
+) -> ApiResult<Response> {
+    let max_attempts = check_options(&options, state.config.default_max_attempts)?;
+    let now = Utc::now();
+    let job = NewJob {
+        id: orch_store::new_job_id(),
+        kind,
+        input,
+        metadata: Value::Object(options.metadata.clone().unwrap_or_default()),
+        max_attempts,
+        created_at: now,
+        run_at: now,
+        idempotency: idempotency(headers, principal, kind, raw)?,
+    };
+    let (job, replayed) = match state.store.insert_job(job).await? {
+        Inserted::Created(job) => (job, false),
+        Inserted::Existing(job) => (job, true),
+        Inserted::Conflict { job_id } => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                format!("this Idempotency-Key was used for job {job_id} with a different body; use a new key for a new job"),
+            )
+            .with_details(json!({"job_id": job_id})));
+        }
+    };
+    let (status_url, result_url, events_url) = urls(state, job.id);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(JobAccepted { id: job.id, status: job.status, status_url: status_url.clone(), result_url, events_url }),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&status_url) {
+        headers.insert(header::LOCATION, location);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Submit a chat job.
+///
+/// Stores the job durably, then answers 202 with the URLs to follow it.
+/// A repeat with the same `Idempotency-Key` and body within 24 h returns the
+/// first job (header `Idempotent-Replayed: true`).
+#[utoipa::path(
+    post, path = "/v1/jobs/chat", tag = "jobs",
+    request_body = ChatJobRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h")),
+    responses(
+        (status = 202, description = "Stored and queued", body = JobAccepted,
+            headers(("Location" = String, description = "The job's status URL"))),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = ErrorBody),
+        (status = 403, description = "Key lacks `jobs:write`", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `details.field` names it", body = ErrorBody),
+        (status = 503, description = "Store unavailable; nothing was stored", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn submit_chat(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: ApiJson<ChatJobRequest>,
+) -> ApiResult<Response> {
+    principal.require("jobs:write")?;
+    let req = &body.value;
+    check_chat(req)?;
+    let mut messages: Vec<ChatMessage> = Vec::new();
+    if let Some(system) = &req.system {
+        messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+    }
+    messages.extend(req.messages.iter().flatten().cloned());
+    if let Some(prompt) = &req.prompt {
+        messages.push(ChatMessage { role: "user".into(), content: prompt.clone() });
+    }
+    let input = json!({"model": req.model.as_deref().unwrap_or("echo"), "messages": messages});
+    let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
+    submit(&state, &principal, &headers, JobKind::Chat, &body.raw, input, options).await
+}
+
+/// Submit a batch job.
+///
+/// The plan is validated first (422 lists every problem in `details.issues`),
+/// then stored durably and queued.
+#[utoipa::path(
+    post, path = "/v1/jobs/batch", tag = "jobs",
+    request_body = BatchJobRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h")),
+    responses(
+        (status = 202, description = "Stored and queued", body = JobAccepted,
+            headers(("Location" = String, description = "The job's status URL"))),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = ErrorBody),
+        (status = 403, description = "Key lacks `jobs:write`", body = ErrorBody),
+        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid field or plan", body = ErrorBody),
+        (status = 503, description = "Store unavailable; nothing was stored", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn submit_batch(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: ApiJson<BatchJobRequest>,
+) -> ApiResult<Response> {
+    principal.require("jobs:write")?;
+    let issues = orch_planner::validate(&body.value.plan);
+    if !issues.is_empty() {
+        return Err(plan_error(issues));
+    }
+    let input = json!({"plan": body.value.plan});
+    let options = JobOptions { metadata: &body.value.metadata, max_attempts: body.value.max_attempts };
+    submit(&state, &principal, &headers, JobKind::Batch, &body.raw, input, options).await
+}
+
+fn parse_id(id: &str) -> ApiResult<JobId> {
+    JobId::parse_str(id).map_err(|_| ApiError::not_found("job", id))
+}
+
+async fn load(state: &AppState, id: &str) -> ApiResult<Job> {
+    let job_id = parse_id(id)?;
+    state.store.get_job(job_id).await?.ok_or_else(|| ApiError::not_found("job", id))
+}
+
+/// Get a job's status.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, body = JobView),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No such job (or purged after the retention)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_job(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    principal.require("jobs:read")?;
+    Ok(Json(load(&state, &id).await?.into()))
+}
+
+/// Get a finished job's result.
+///
+/// 409 `job_not_finished` (with `Retry-After`) while the job is queued or running.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/result", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, body = JobResult),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Not finished yet; `details.status` says where it is", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_result(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<JobResult>> {
+    principal.require("jobs:read")?;
+    let job = load(&state, &id).await?;
+    if !job.status.is_terminal() {
+        let mut err = ApiError::new(
+            StatusCode::CONFLICT,
+            "job_not_finished",
+            format!("job {id} is {}; poll its status_url or follow its events_url", job.status),
+        )
+        .with_details(json!({"status": job.status}));
+        err.retry_after = Some(1);
+        return Err(err);
+    }
+    let result = if job.status == JobStatus::Succeeded { state.store.get_result(job.id).await? } else { None };
+    let view = JobView::from(job);
+    Ok(Json(JobResult { id: view.id, status: view.status, result, error: view.error }))
+}
+
+/// List jobs, newest first.
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs",
+    params(ListParams),
+    responses(
+        (status = 200, body = JobPage),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, description = "Bad filter; `details.field` names it", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(params): Query<ListParams>,
+) -> ApiResult<Json<JobPage>> {
+    principal.require("jobs:read")?;
+    let status = params
+        .status
+        .as_deref()
+        .map(|s| s.parse::<JobStatus>().map_err(|e| ApiError::invalid_field("status", e.to_string())))
+        .transpose()?;
+    let kind = params
+        .kind
+        .as_deref()
+        .map(|s| s.parse::<JobKind>().map_err(|e| ApiError::invalid_field("kind", e.to_string())))
+        .transpose()?;
+    let limit = match params.limit.as_deref() {
+        None => 50,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=200).contains(l))
+            .ok_or_else(|| ApiError::invalid_field("limit", format!("must be a number from 1 to 200; got {l:?}")))?,
+    };
+    let before = params
+        .cursor
+        .as_deref()
+        .map(|c| JobId::parse_str(c).map_err(|_| ApiError::invalid_field("cursor", "not a cursor from next_cursor")))
+        .transpose()?;
+    let jobs = state.store.list_jobs(&JobFilter { status, kind, before, limit }).await?;
+    let next_cursor = (jobs.len() == limit).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
+    Ok(Json(JobPage { jobs: jobs.into_iter().map(JobView::from).collect(), next_cursor }))
+}
+
+/// Cancel a job.
+///
+/// A queued job is cancelled at once and never starts. A running job gets
+/// `cancel_requested: true` and its worker stops it within a heartbeat; its
+/// status becomes `cancelled` then. A finished job answers 409.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Cancelled, or cancellation requested", body = JobView),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The job already finished", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cancel_job(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    principal.require("jobs:write")?;
+    let job_id = parse_id(&id)?;
+    let before = state.store.get_job(job_id).await?.ok_or_else(|| ApiError::not_found("job", &id))?;
+    if before.status.is_terminal() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "job_finished", format!("job {id} already {}", before.status))
+            .with_details(json!({"status": before.status})));
+    }
+    let job = state.store.cancel_job(job_id).await?.ok_or_else(|| ApiError::not_found("job", &id))?;
+    Ok(Json(job.into()))
+}
+
+/// Follow a job's events (Server-Sent Events).
+///
+/// Each event has `id` (its sequence number), `event` (`queued`, `running`,
+/// `progress`, `retrying`, `succeeded`, `failed`, `cancelled`) and JSON `data`.
+/// The stream ends after the terminal event. Reconnect with `Last-Event-ID`
+/// (or `?last_event_id=`) to resume after the last event seen.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(
+        ("id" = String, Path, description = "Job id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event"),
+        ("last_event_id" = Option<u64>, Query, description = "Same, for clients that cannot set headers"),
+    ),
+    responses(
+        (status = 200, description = "text/event-stream of job events", content_type = "text/event-stream", body = String,
+            example = json!("id: 1\nevent: queued\ndata: {\"job_id\":\"019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11\",\"seq\":1,\"type\":\"queued\",\"at\":\"2026-11-21T09:00:00.000Z\",\"data\":{\"status\":\"queued\"}}\n\n")),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn job_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    principal.require("jobs:read")?;
+    let job = load(&state, &id).await?;
+    let from_header = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let after = match from_header.or(query.last_event_id) {
+        None => 0,
+        Some(v) => v.trim().parse::<u64>().map_err(|_| ApiError::invalid_field("Last-Event-ID", "must be an event id (a whole number)"))?,
+    };
+    let stream = event_stream(state, job.id, after);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    last_event_id: Option<String>,
+}
+
+/// How often a stream re-reads the store when no in-process wake-up came
+/// (events written by another process).
+const EVENT_POLL: Duration = Duration::from_millis(250);
+
+fn event_stream(state: AppState, job_id: JobId, mut after: u64) -> impl Stream<Item = Result<Event, Infallible>> {
+    async_stream(move |tx| async move {
+        loop {
+            let wake = state.store.notifier().events.notified();
+            let events = match state.store.events(job_id, after, 100).await {
+                Ok(events) => events,
+                Err(err) => {
+                    tracing::warn!(job = %job_id, error = %err, "reading events failed");
+                    tokio::time::sleep(EVENT_POLL).await;
+                    continue;
+                }
+            };
+            if events.is_empty() {
+                // A purged job has no more events to give.
+                if matches!(state.store.get_job(job_id).await, Ok(None)) {
+                    return;
+                }
+                tokio::select! {
+                    _ = wake => {}
+                    _ = tokio::time::sleep(EVENT_POLL) => {}
+                    _ = tx.closed() => return,
+                }
+                continue;
+            }
+            for event in events {
+                after = event.seq;
+                let terminal = event.is_terminal();
+                let data = json!({"job_id": job_id, "seq": event.seq, "type": event.kind, "at": event.at, "data": event.data});
+                let sse = Event::default().id(event.seq.to_string()).event(event.kind.clone()).data(data.to_string());
+                if tx.send(Ok(sse)).await.is_err() {
+                    return;
+                }
+                if terminal {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// A stream fed by a task through a small channel.
+fn async_stream<T, F, Fut>(produce: F) -> impl Stream<Item = T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(produce(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

@@ -1,0 +1,107 @@
+//! A JSON body extractor whose rejections use the API's error shape and name
+//! the offending field (`plan.nodes[2].id`), as serde alone does not.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::error::ApiError;
+
+/// `Json<T>` with useful errors. Also keeps the raw bytes for idempotency.
+pub struct ApiJson<T> {
+    pub value: T,
+    pub raw: Bytes,
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|ct| {
+                let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                mime == "application/json" || mime.ends_with("+json")
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with the header Content-Type: application/json",
+            ));
+        }
+        let raw = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is larger than the server accepts (ORCH_MAX_BODY)")
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", rejection.body_text())
+            }
+        })?;
+        let value = parse(&raw)?;
+        Ok(ApiJson { value, raw })
+    }
+}
+
+/// Parses JSON, mapping syntax errors to 400 and shape errors to 422 with the
+/// path of the field.
+pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(raw);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {inner}"))
+        } else {
+            let field = if path == "." { "body".to_owned() } else { path };
+            let message = strip_position(&inner.to_string());
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("{field}: {message}"))
+                .with_details(json!({"field": field}))
+        }
+    })
+}
+
+/// serde_json appends " at line L column C"; the field path says more.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        inner: Vec<Inner>,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u32,
+    }
+
+    fn check(body: &str, status: u16, message: &str) {
+        let err = parse::<Outer>(body.as_bytes()).unwrap_err();
+        assert_eq!(err.status.as_u16(), status, "{}", err.message);
+        assert_eq!(err.message, message);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        check(r#"{"inner": [{"n": 1}, {"n": "x"}]}"#, 422, "inner[1].n: invalid type: string \"x\", expected u32");
+        check(r#"{"inner": [], "extra": 1}"#, 422, "body: unknown field `extra`, expected `inner`");
+        check(r#"{}"#, 422, "body: missing field `inner`");
+        check(r#"{"inner": [}"#, 400, "the body is not valid JSON: expected value at line 1 column 12");
+    }
+}

@@ -1,0 +1,113 @@
+//! Key management for admins: create (secret shown once), list, revoke.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use orch_store::ApiKey;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::{self, Principal};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::json::ApiJson;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "n8n production", "scopes": ["jobs:read", "jobs:write"]}))]
+pub struct CreateKey {
+    /// A name to recognise the key by (1–100 characters).
+    pub name: String,
+    /// Any of `jobs:read`, `jobs:write`, `admin`.
+    pub scopes: Vec<String>,
+}
+
+/// A key as listed: never the secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    /// The secret's first characters, to recognise it.
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKey> for KeyView {
+    fn from(k: ApiKey) -> KeyView {
+        KeyView { id: k.id, name: k.name, prefix: k.prefix, scopes: k.scopes, created_at: k.created_at, revoked_at: k.revoked_at }
+    }
+}
+
+/// A new key with its secret, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "key_3f2a9c01b7de", "name": "n8n production", "prefix": "orch_Xk3v9QaL", "scopes": ["jobs:read", "jobs:write"], "created_at": "2026-11-21T09:00:00Z", "revoked_at": null, "secret": "orch_Xk3v9QaLr2T0m7N4pWcE1yH6uJ8bZsVdG5fK0qAoi3s"}))]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub key: KeyView,
+    /// Send as `Authorization: Bearer <secret>`. It cannot be shown again.
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+}
+
+/// Create an API key.
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "keys",
+    request_body = CreateKey,
+    responses(
+        (status = 201, body = CreatedKey),
+        (status = 401, body = ErrorBody), (status = 403, description = "Needs `admin`", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: ApiJson<CreateKey>,
+) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
+    principal.require(auth::ADMIN)?;
+    let new = auth::new_key(&body.value.name, &body.value.scopes)?;
+    state.store.create_key(&new.key, &new.hash).await?;
+    tracing::info!(key = %new.key.id, by = %principal.key.id, "API key created");
+    Ok((StatusCode::CREATED, Json(CreatedKey { key: new.key.into(), secret: new.secret })))
+}
+
+/// List API keys (without secrets).
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "keys",
+    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn list_keys(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<KeyList>> {
+    principal.require(auth::ADMIN)?;
+    let keys = state.store.list_keys().await?;
+    Ok(Json(KeyList { keys: keys.into_iter().map(KeyView::from).collect() }))
+}
+
+/// Revoke an API key.
+#[utoipa::path(
+    delete, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id, e.g. key_3f2a9c01b7de")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No unrevoked key with this id", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn revoke_key(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    principal.require(auth::ADMIN)?;
+    if !state.store.revoke_key(&id).await? {
+        return Err(ApiError::not_found("unrevoked key", &id));
+    }
+    state.keys.clear();
+    tracing::info!(key = %id, by = %principal.key.id, "API key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}

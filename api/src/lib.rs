@@ -1,0 +1,145 @@
+//! Orch's HTTP edge: routes, bearer-key auth, the JSON error shape and the
+//! OpenAPI document. Only this crate knows HTTP; handlers read the request,
+//! call the store or a plain function, and map the result.
+//!
+//! [`app`] builds the whole router from an [`AppState`], so tests drive it
+//! with `tower::ServiceExt::oneshot` or serve it on port 0.
+
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod jobs;
+pub mod json;
+pub mod keys;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, StatusCode, Uri};
+use axum::routing::{delete, get, post};
+use orch_store::Store;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::error::ApiError;
+
+/// Settings of the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Prefix of the URLs returned to callers (`status_url`, `Location`);
+    /// empty for relative URLs.
+    pub public_url: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// `max_attempts` of jobs that do not say.
+    pub default_max_attempts: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { public_url: String::new(), max_body: 2 * 1024 * 1024, default_max_attempts: 3 }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<ApiConfig>,
+    pub keys: Arc<auth::KeyCache>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, config: ApiConfig) -> AppState {
+        AppState { store, config: Arc::new(config), keys: Arc::default() }
+    }
+}
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    let max_body = state.config.max_body;
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/v1/jobs", get(jobs::list_jobs))
+        .route("/v1/jobs/chat", post(jobs::submit_chat))
+        .route("/v1/jobs/batch", post(jobs::submit_batch))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/result", get(jobs::get_result))
+        .route("/v1/jobs/{id}/events", get(jobs::job_events))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
+        .route("/v1/keys/{id}", delete(keys::revoke_key))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {}; the API is described at /docs", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}; see /docs for the methods it takes", uri.path()),
+    )
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Orch",
+        description = "Job service for n8n: chat and batch jobs run by workers, followed by polling, Server-Sent Events or (later) webhooks.\n\nEvery route except `/health`, `/docs` and `/openapi.json` needs `Authorization: Bearer <key>`. Errors are always `{\"error\": {\"code\", \"message\", \"details\"?}}`.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        jobs::submit_chat, jobs::submit_batch, jobs::list_jobs, jobs::get_job, jobs::get_result,
+        jobs::job_events, jobs::cancel_job,
+        keys::create_key, keys::list_keys, keys::revoke_key,
+        health::health,
+    ),
+    components(schemas(orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "jobs", description = "Submit and follow chat and batch jobs"),
+        (name = "keys", description = "API keys (admin)"),
+        (name = "health", description = "Liveness of the service and its store"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An Orch API key: `orch keys create --scopes jobs:read,jobs:write`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+/// The document as checked in at `openapi/openapi.json`.
+pub fn openapi_json() -> String {
+    let mut text = openapi().to_pretty_json().expect("the OpenAPI document serialises");
+    text.push('\n');
+    text
+}

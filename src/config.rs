@@ -1,0 +1,209 @@
+//! Settings: command-line flags, then `ORCH_*` environment variables, then
+//! `orch.toml`, then defaults. Everything is validated before anything starts,
+//! and an error names the setting and what it allows.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use orch_store::StoreUrl;
+use serde::Deserialize;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; use a duration like 500ms, 30s, 10m, 7d"))
+}
+
+/// Settings every command shares.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GlobalArgs {
+    /// Configuration file (TOML); `./orch.toml` is read when present.
+    #[arg(long, env = "ORCH_CONFIG", global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Where jobs live: sqlite://PATH or redis://HOST:PORT/DB [default: sqlite://<data-dir>/orch.db].
+    #[arg(long, env = "ORCH_STORE", global = true, value_name = "URL", hide_env_values = true)]
+    pub store: Option<String>,
+    /// Directory of the embedded store and other local state [default: ./orch-data].
+    #[arg(long, env = "ORCH_DATA_DIR", global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Prefix of every Redis key, so deployments can share a Redis [default: orch].
+    #[arg(long, env = "ORCH_REDIS_PREFIX", global = true, value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// Log filter, e.g. info or orch_worker=debug [default: info].
+    #[arg(long, env = "ORCH_LOG", global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "ORCH_LOG_FORMAT", global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Settings of the HTTP API.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ApiArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ORCH_BIND", value_name = "HOST:PORT")]
+    pub bind: Option<String>,
+    /// Base of the URLs returned to callers, e.g. https://orch.example.com [default: relative URLs].
+    #[arg(long, env = "ORCH_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Largest request body in bytes [default: 2097152].
+    #[arg(long, env = "ORCH_MAX_BODY", value_name = "BYTES")]
+    pub max_body: Option<usize>,
+    /// Attempts of jobs that do not set max_attempts, 1–20 [default: 3].
+    #[arg(long, env = "ORCH_MAX_ATTEMPTS", value_name = "N")]
+    pub max_attempts: Option<u32>,
+}
+
+/// Settings of a worker.
+#[derive(Debug, Args, Clone, Default)]
+pub struct WorkerArgs {
+    /// Jobs one worker process runs at once [default: 256].
+    #[arg(long, env = "ORCH_WORKER_CONCURRENCY", value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// How long a claimed job stays with a worker that stopped heartbeating [default: 30s].
+    #[arg(long, env = "ORCH_LEASE", value_name = "DURATION", value_parser = duration)]
+    pub lease: Option<Duration>,
+    /// How often an idle worker looks for jobs queued by other processes [default: 200ms].
+    #[arg(long, env = "ORCH_POLL_INTERVAL", value_name = "DURATION", value_parser = duration)]
+    pub poll_interval: Option<Duration>,
+    /// Delay before the first retry; doubles per attempt [default: 1s].
+    #[arg(long, env = "ORCH_RETRY_BASE", value_name = "DURATION", value_parser = duration)]
+    pub retry_base: Option<Duration>,
+    /// Longest delay between attempts [default: 10m].
+    #[arg(long, env = "ORCH_RETRY_MAX", value_name = "DURATION", value_parser = duration)]
+    pub retry_max: Option<Duration>,
+    /// Longest one attempt may run [default: 1h].
+    #[arg(long, env = "ORCH_JOB_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    pub job_timeout: Option<Duration>,
+    /// How long finished jobs and their results are kept [default: 7d].
+    #[arg(long, env = "ORCH_RETENTION", value_name = "DURATION", value_parser = duration)]
+    pub retention: Option<Duration>,
+    /// On shutdown, how long running jobs may take to finish [default: 30s].
+    #[arg(long, env = "ORCH_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// `orch.toml`: the same settings, by the flag names with `_`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    store: Option<String>,
+    data_dir: Option<PathBuf>,
+    redis_prefix: Option<String>,
+    log: Option<String>,
+    log_format: Option<String>,
+    bind: Option<String>,
+    public_url: Option<String>,
+    max_body: Option<usize>,
+    max_attempts: Option<u32>,
+    concurrency: Option<usize>,
+    lease: Option<String>,
+    poll_interval: Option<String>,
+    retry_base: Option<String>,
+    retry_max: Option<String>,
+    job_timeout: Option<String>,
+    retention: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+/// Every setting, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub store: StoreUrl,
+    pub data_dir: PathBuf,
+    pub redis_prefix: String,
+    pub log: String,
+    pub log_json: bool,
+    pub bind: SocketAddr,
+    pub api: orch_api::ApiConfig,
+    pub worker: orch_worker::WorkerConfig,
+}
+
+fn load_file(explicit: Option<&Path>) -> Result<FileConfig> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if Path::new("orch.toml").exists() => PathBuf::from("orch.toml"),
+        None => return Ok(FileConfig::default()),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn file_duration(name: &str, value: Option<&String>) -> Result<Option<Duration>> {
+    value
+        .map(|v| duration(v).map_err(|e| anyhow::anyhow!("orch.toml: {name} = {v:?}: {e}")))
+        .transpose()
+}
+
+/// Resolves flags, environment, file and defaults into [`Settings`].
+pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Result<Settings> {
+    let file = load_file(global.config.as_deref())?;
+    let data_dir = global.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("orch-data"));
+    let store_text = global.store.clone().or(file.store);
+    let store = match &store_text {
+        Some(url) => StoreUrl::parse(url).map_err(|e| anyhow::anyhow!("ORCH_STORE (--store): {e}"))?,
+        None => StoreUrl::Sqlite(data_dir.join("orch.db")),
+    };
+    let log_format = global.log_format.clone().or(file.log_format).unwrap_or_else(|| "text".into());
+    let log_json = match log_format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => bail!("ORCH_LOG_FORMAT (--log-format): {other:?} is not a log format; allowed: text, json"),
+    };
+    let bind_text = api.bind.clone().or(file.bind).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let bind: SocketAddr = bind_text
+        .parse()
+        .map_err(|_| anyhow::anyhow!("ORCH_BIND (--bind): {bind_text:?} is not an address; use HOST:PORT like 127.0.0.1:8080 or 0.0.0.0:8080"))?;
+    let public_url = api.public_url.clone().or(file.public_url).unwrap_or_default();
+    if !public_url.is_empty() && !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+        bail!("ORCH_PUBLIC_URL (--public-url): {public_url:?} must start with http:// or https://");
+    }
+    let max_body = api.max_body.or(file.max_body).unwrap_or(2 * 1024 * 1024);
+    if max_body < 1024 {
+        bail!("ORCH_MAX_BODY (--max-body): {max_body} is too small; allowed: 1024 bytes or more");
+    }
+    let max_attempts = api.max_attempts.or(file.max_attempts).unwrap_or(3);
+    if !(1..=orch_api::jobs::MAX_ATTEMPTS).contains(&max_attempts) {
+        bail!("ORCH_MAX_ATTEMPTS (--max-attempts): {max_attempts} is out of range; allowed: 1 to {}", orch_api::jobs::MAX_ATTEMPTS);
+    }
+
+    let mut w = orch_worker::WorkerConfig::new(orch_worker::worker_id());
+    w.concurrency = worker.concurrency.or(file.concurrency).unwrap_or(w.concurrency);
+    if !(1..=100_000).contains(&w.concurrency) {
+        bail!("ORCH_WORKER_CONCURRENCY (--concurrency): {} is out of range; allowed: 1 to 100000", w.concurrency);
+    }
+    let pick = |flag: Option<Duration>, name: &str, text: Option<&String>, default: Duration| -> Result<Duration> {
+        Ok(flag.or(file_duration(name, text)?).unwrap_or(default))
+    };
+    w.lease = pick(worker.lease, "lease", file.lease.as_ref(), w.lease)?;
+    w.poll_interval = pick(worker.poll_interval, "poll_interval", file.poll_interval.as_ref(), w.poll_interval)?;
+    w.retry_base = pick(worker.retry_base, "retry_base", file.retry_base.as_ref(), w.retry_base)?;
+    w.retry_max = pick(worker.retry_max, "retry_max", file.retry_max.as_ref(), w.retry_max)?;
+    w.job_timeout = pick(worker.job_timeout, "job_timeout", file.job_timeout.as_ref(), w.job_timeout)?;
+    w.retention = pick(worker.retention, "retention", file.retention.as_ref(), w.retention)?;
+    w.shutdown_grace = pick(worker.shutdown_grace, "shutdown_grace", file.shutdown_grace.as_ref(), w.shutdown_grace)?;
+    if w.lease < Duration::from_millis(300) {
+        bail!("ORCH_LEASE (--lease): {:?} is too short; allowed: 300ms or more (heartbeats run every lease/3)", w.lease);
+    }
+    if w.poll_interval < Duration::from_millis(1) || w.poll_interval > Duration::from_secs(60) {
+        bail!("ORCH_POLL_INTERVAL (--poll-interval): allowed: 1ms to 60s");
+    }
+    if w.retry_base > w.retry_max {
+        bail!("ORCH_RETRY_BASE (--retry-base) must not exceed ORCH_RETRY_MAX (--retry-max)");
+    }
+    if w.retention < Duration::from_secs(60) {
+        bail!("ORCH_RETENTION (--retention): {:?} is too short; allowed: 1m or more", w.retention);
+    }
+
+    Ok(Settings {
+        store,
+        data_dir,
+        redis_prefix: global.redis_prefix.clone().or(file.redis_prefix).unwrap_or_else(|| "orch".into()),
+        log: global.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
+        log_json,
+        bind,
+        api: orch_api::ApiConfig { public_url, max_body, default_max_attempts: max_attempts },
+        worker: w,
+    })
+}

@@ -1,0 +1,262 @@
+//! `orch`: argument parsing and the glue that starts the API, the worker, or both.
+
+mod bench;
+mod config;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use orch_store::{Store, StoreOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ApiArgs, GlobalArgs, Settings, WorkerArgs};
+
+/// Orch: a job service for n8n. Chat and batch jobs, queued durably, run by workers.
+#[derive(Debug, Parser)]
+#[command(name = "orch", version, about, max_term_width = 110)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// API and worker in one process (the embedded SQLite store by default).
+    Serve {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
+    },
+    /// The HTTP API alone (scale out with ORCH_STORE=redis://...).
+    Api {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A worker alone (scale out with ORCH_STORE=redis://...).
+    Worker {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Benchmarks that print measured figures.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key and print its secret (shown once).
+    Create {
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: jobs:read, jobs:write, admin.
+        #[arg(long, value_delimiter = ',', default_value = "jobs:read,jobs:write")]
+        scopes: Vec<String>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let no_api = ApiArgs::default();
+    let no_worker = WorkerArgs::default();
+    let (api, worker) = match &cli.command {
+        Command::Serve { api, worker } => (api, worker),
+        Command::Api { api } => (api, &no_worker),
+        Command::Worker { worker } => (&no_api, worker),
+        _ => (&no_api, &no_worker),
+    };
+    let settings = config::resolve(&cli.global, api, worker)?;
+    match cli.command {
+        Command::Openapi => {
+            print!("{}", orch_api::openapi_json());
+            Ok(())
+        }
+        Command::Serve { .. } => {
+            init_logging(&settings)?;
+            let store = open_store(&settings).await?;
+            first_key(store.as_ref()).await?;
+            let shutdown = shutdown_signal();
+            let worker = tokio::spawn(orch_worker::run(
+                store.clone(),
+                Arc::new(orch_worker::Executors::builtin()),
+                settings.worker.clone(),
+                shutdown.clone(),
+            ));
+            serve_api(&settings, store, shutdown).await?;
+            worker.await.context("worker task")?;
+            Ok(())
+        }
+        Command::Api { .. } => {
+            init_logging(&settings)?;
+            let store = open_store(&settings).await?;
+            first_key(store.as_ref()).await?;
+            serve_api(&settings, store, shutdown_signal()).await
+        }
+        Command::Worker { .. } => {
+            init_logging(&settings)?;
+            let store = open_store(&settings).await?;
+            orch_worker::run(store, Arc::new(orch_worker::Executors::builtin()), settings.worker.clone(), shutdown_signal())
+                .await;
+            Ok(())
+        }
+        Command::Keys { command } => {
+            let store = open_store(&settings).await?;
+            keys(store.as_ref(), command).await
+        }
+        Command::Bench { command } => {
+            init_logging_quiet();
+            bench::run(command).await
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log)
+        .map_err(|e| anyhow::anyhow!("ORCH_LOG (--log): {:?} is not a log filter: {e}; e.g. info or orch_worker=debug", settings.log))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if settings.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+fn init_logging_quiet() {
+    tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
+}
+
+async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>> {
+    let options = StoreOptions { redis_prefix: settings.redis_prefix.clone() };
+    orch_store::open(&settings.store, &options)
+        .await
+        .with_context(|| format!("cannot open the store ({}); check ORCH_STORE", describe_store(&settings.store)))
+}
+
+fn describe_store(url: &orch_store::StoreUrl) -> String {
+    match url {
+        orch_store::StoreUrl::Sqlite(p) => format!("sqlite://{}", p.display()),
+        orch_store::StoreUrl::Redis(u) => orch_store::redact_url(u),
+    }
+}
+
+/// On the very first start (no key yet), makes an admin key and prints it once.
+async fn first_key(store: &dyn Store) -> Result<()> {
+    let new = orch_api::auth::new_key("first admin key", &[orch_api::auth::ADMIN.to_owned()])
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    if store.create_first_key(&new.key, &new.hash).await? {
+        println!("Created an admin API key. It is shown only this once; keep it somewhere safe:\n");
+        println!("    {}\n", new.secret);
+        println!("Use it as `Authorization: Bearer <key>`. Make keys for your workflows with");
+        println!("    orch keys create --name n8n --scopes jobs:read,jobs:write");
+        println!("or POST /v1/keys with this admin key.\n");
+    }
+    Ok(())
+}
+
+async fn serve_api(settings: &Settings, store: Arc<dyn Store>, shutdown: CancellationToken) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(settings.bind)
+        .await
+        .with_context(|| format!("cannot listen on {} (ORCH_BIND / --bind)", settings.bind))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, backend = store.backend(), "Orch API listening; Swagger UI at http://{addr}/docs");
+    let app = orch_api::app(orch_api::AppState::new(store, settings.api.clone()));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("HTTP server failed")
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down: no new work; finishing what runs");
+        trigger.cancel();
+    });
+    token
+}
+
+async fn keys(store: &dyn Store, command: KeysCommand) -> Result<()> {
+    match command {
+        KeysCommand::Create { name, scopes } => {
+            let new = orch_api::auth::new_key(&name, &scopes).map_err(|e| anyhow::anyhow!(e.message))?;
+            store.create_key(&new.key, &new.hash).await?;
+            println!("{}", new.secret);
+            eprintln!("Created key {} ({}) with scopes {}. The secret above is shown only once.", new.key.id, new.key.name, new.key.scopes.join(","));
+        }
+        KeysCommand::List => {
+            println!("{:<18} {:<14} {:<28} {:<25} {}", "ID", "PREFIX", "SCOPES", "CREATED", "NAME");
+            for k in store.list_keys().await? {
+                let state = if k.revoked_at.is_some() { " (revoked)" } else { "" };
+                println!(
+                    "{:<18} {:<14} {:<28} {:<25} {}{state}",
+                    k.id,
+                    k.prefix,
+                    k.scopes.join(","),
+                    k.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    k.name
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if !store.revoke_key(&id).await? {
+                anyhow::bail!("no unrevoked key has the id {id:?}; `orch keys list` shows the ids");
+            }
+            println!("Revoked {id}. API processes stop accepting it within 5 seconds.");
+        }
+    }
+    Ok(())
+}

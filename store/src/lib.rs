@@ -1,0 +1,225 @@
+//! Orch's durable state: jobs, their event logs and results, worker liveness and
+//! API keys, behind one [`Store`] trait with two backends.
+//!
+//! - [`sqlite::SqliteStore`], the embedded default: one file, no service. All
+//!   writes go through one writer thread that commits whatever is pending in a
+//!   single transaction (group commit), so durability costs one fsync per batch
+//!   rather than per job.
+//! - [`redis::RedisStore`], the scale-out backend: every state transition is one
+//!   Lua script, so many API and worker processes share one Redis safely.
+//!
+//! Both implement the same semantics, pinned by the conformance suite in
+//! `tests/conformance.rs`. Neither uses apalis' storage: see ARCHITECTURE.md for
+//! the measured defects that decided this.
+
+pub mod model;
+pub mod redis;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::Notify;
+
+pub use model::*;
+
+/// Errors from a store. Messages never contain secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("invalid store URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The durable state of Orch. Every method is atomic on its own.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short backend name for health output: `sqlite` or `redis`.
+    fn backend(&self) -> &'static str;
+
+    /// In-process wake-ups: `jobs` fires when a job is queued, `events` when any
+    /// event is appended. Other processes are not notified; they poll.
+    fn notifier(&self) -> &Notifier;
+
+    /// Round trip to the backing store.
+    async fn ping(&self) -> Result<()>;
+
+    /// Stores a queued job (and its `queued` event, seq 1), honouring the
+    /// idempotency record when there is one. Returns only once durable.
+    async fn insert_job(&self, job: NewJob) -> Result<Inserted>;
+
+    /// Stores many queued jobs at once (no idempotency), for bulk loads.
+    async fn insert_jobs(&self, jobs: Vec<NewJob>) -> Result<()>;
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
+
+    /// The result of a succeeded job.
+    async fn get_result(&self, id: JobId) -> Result<Option<Value>>;
+
+    /// Newest first; at most `filter.limit` jobs.
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
+
+    async fn count_jobs(&self) -> Result<JobCounts>;
+
+    /// Cancels a job: a queued one becomes `cancelled` at once (and never
+    /// starts); a running one gets `cancel_requested` and its worker stops it.
+    /// A finished job is returned unchanged. `None` when unknown.
+    async fn cancel_job(&self, id: JobId) -> Result<Option<Job>>;
+
+    /// Claims up to `limit` due queued jobs for `worker`: each becomes
+    /// `running` with `attempts + 1`, a lease until `now + lease`, and a
+    /// `running` event. Oldest due first.
+    async fn claim(&self, worker: &str, limit: usize, lease: Duration) -> Result<Vec<Job>>;
+
+    /// Extends the leases `worker` holds on `jobs` and records the worker as
+    /// alive. Returns the ids among `jobs` the worker must stop: cancellation
+    /// was requested, or the lease is no longer the worker's.
+    async fn heartbeat(&self, worker: &WorkerInfo, jobs: &[JobId], lease: Duration) -> Result<Vec<JobId>>;
+
+    /// Records how attempts ended. Applied only where `worker` still holds the
+    /// lease of a running job; returns, per completion, whether it applied.
+    /// A `retrying` event's `retry_at` is the time as chrono serializes it at
+    /// millisecond precision (`2026-01-02T03:04:05.678Z`, `...:05Z` on a whole second).
+    async fn complete(&self, worker: &str, completions: Vec<Completion>) -> Result<Vec<bool>>;
+
+    /// Sets a running job's progress and appends a `progress` event.
+    async fn record_progress(&self, worker: &str, id: JobId, progress: Value) -> Result<()>;
+
+    /// Running jobs whose lease expired before `now` (their worker died) go back
+    /// to `queued`, or to `failed` with `worker_lost` when out of attempts, or to
+    /// `cancelled` when cancellation was requested. Returns how many moved.
+    async fn recover_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<u64>;
+
+    /// Events of a job with `seq > after`, oldest first, at most `limit`.
+    async fn events(&self, id: JobId, after: u64, limit: usize) -> Result<Vec<JobEvent>>;
+
+    /// Workers seen since `since`.
+    async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerInfo>>;
+
+    /// Deletes up to `limit` finished jobs (with events, results and
+    /// idempotency records) finished before `before`; returns how many.
+    async fn purge(&self, before: DateTime<Utc>, limit: usize) -> Result<u64>;
+
+    /// Stores a key by the hash of its secret.
+    async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> Result<()>;
+
+    /// Stores the key only when no unrevoked key exists yet (first start);
+    /// returns whether it was stored.
+    async fn create_first_key(&self, key: &ApiKey, secret_hash: &str) -> Result<bool>;
+
+    /// An unrevoked key by the hash of its secret.
+    async fn key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>>;
+
+    /// All keys, revoked ones included, oldest first.
+    async fn list_keys(&self) -> Result<Vec<ApiKey>>;
+
+    /// Revokes a key; returns false when no unrevoked key has that id.
+    async fn revoke_key(&self, id: &str) -> Result<bool>;
+}
+
+/// In-process wake-ups shared by the API and worker of one process.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    pub jobs: Notify,
+    pub events: Notify,
+}
+
+/// Where the state lives, parsed from `ORCH_STORE`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreUrl {
+    Sqlite(std::path::PathBuf),
+    Redis(String),
+}
+
+impl StoreUrl {
+    /// Parses `sqlite://PATH`, `sqlite:PATH`, `redis://...`, `rediss://...` or
+    /// `redis+unix://...`.
+    pub fn parse(url: &str) -> Result<StoreUrl> {
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() {
+                return Err(StoreError::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: "missing file path, e.g. sqlite://./orch-data/orch.db".into(),
+                });
+            }
+            return Ok(StoreUrl::Sqlite(path.into()));
+        }
+        if ["redis://", "rediss://", "redis+unix://"].iter().any(|p| url.starts_with(p)) {
+            return Ok(StoreUrl::Redis(url.to_owned()));
+        }
+        Err(StoreError::InvalidUrl {
+            url: redact_url(url),
+            reason: "allowed forms: sqlite://PATH, redis://HOST:PORT/DB, rediss://HOST:PORT/DB".into(),
+        })
+    }
+}
+
+/// Options common to both backends.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Redis key prefix, so several deployments can share one Redis.
+    pub redis_prefix: String,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { redis_prefix: "orch".into() }
+    }
+}
+
+/// Opens the store a URL names.
+pub async fn open(url: &StoreUrl, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    Ok(match url {
+        StoreUrl::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
+        StoreUrl::Redis(url) => Arc::new(redis::RedisStore::open(url, &options.redis_prefix).await?),
+    })
+}
+
+/// Hides a password in a URL so it can be logged or shown.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Milliseconds since the Unix epoch, the time unit both backends store.
+pub fn to_millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(StoreUrl::parse("sqlite://./x/orch.db").unwrap(), StoreUrl::Sqlite("./x/orch.db".into()));
+        assert_eq!(StoreUrl::parse("sqlite:/tmp/a.db").unwrap(), StoreUrl::Sqlite("/tmp/a.db".into()));
+        assert_eq!(StoreUrl::parse("redis://127.0.0.1:6379/2").unwrap(), StoreUrl::Redis("redis://127.0.0.1:6379/2".into()));
+        let err = StoreUrl::parse("postgres://u:secret@h/db").unwrap_err().to_string();
+        assert!(err.contains("sqlite://PATH"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        assert!(StoreUrl::parse("sqlite://").is_err());
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_url("redis://:pw@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact_url("redis://host:6379/0"), "redis://host:6379/0");
+    }
+}

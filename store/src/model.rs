@@ -1,0 +1,290 @@
+//! The job model shared by every backend: jobs, their events, outcomes and API keys.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Job ids are UUIDv7: they sort by creation time, which gives newest-first
+/// listing and cursors for free on both backends.
+pub type JobId = Uuid;
+
+/// Makes a new job id (time-ordered).
+pub fn new_job_id() -> JobId {
+    Uuid::now_v7()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Chat,
+    Batch,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [JobKind::Chat, JobKind::Batch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Chat => "chat",
+            JobKind::Batch => "batch",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Terminal statuses never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled)
+    }
+}
+
+/// Error returned when a string names no known status or kind.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown value {value:?}; allowed: {allowed}")]
+pub struct UnknownVariant {
+    pub value: String,
+    pub allowed: &'static str,
+}
+
+impl FromStr for JobStatus {
+    type Err = UnknownVariant;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobStatus::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownVariant {
+            value: s.to_owned(),
+            allowed: "queued, running, succeeded, failed, cancelled",
+        })
+    }
+}
+
+impl FromStr for JobKind {
+    type Err = UnknownVariant;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobKind::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownVariant {
+            value: s.to_owned(),
+            allowed: "chat, batch",
+        })
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an attempt (or the whole job) failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    /// Stable machine-readable code, e.g. `step_failed`, `worker_lost`, `timeout`.
+    pub code: String,
+    pub message: String,
+    /// Whether another attempt could succeed.
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+impl JobError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>, retryable: bool) -> Self {
+        JobError { code: code.into(), message: message.into(), retryable }
+    }
+}
+
+/// A job as submitted, before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: JobId,
+    pub kind: JobKind,
+    /// The request body the executor needs (validated by the API).
+    pub input: Value,
+    /// Caller's free-form metadata, returned as given.
+    pub metadata: Value,
+    pub max_attempts: u32,
+    pub created_at: DateTime<Utc>,
+    /// When the job becomes due (normally `created_at`).
+    pub run_at: DateTime<Utc>,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An idempotency record: `key` is already scoped to the caller (API key id).
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    /// Hash of the request body; a repeat with another body is a conflict.
+    pub body_hash: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What `insert_job` did.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    /// The job was stored and is queued.
+    Created(Job),
+    /// The idempotency key was seen before with the same body: the first job.
+    Existing(Job),
+    /// The idempotency key was seen before with another body.
+    Conflict { job_id: JobId },
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub kind: JobKind,
+    pub status: JobStatus,
+    pub input: Value,
+    pub metadata: Value,
+    /// Attempts started so far (the running one included).
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub progress: Option<Value>,
+    /// The last attempt's error (kept while a retry is queued).
+    pub error: Option<JobError>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub run_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub cancel_requested: bool,
+    /// Worker holding the lease while running.
+    pub worker: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// One entry of a job's event log. `seq` starts at 1 and increases by one per
+/// job; SSE uses it as the event id so clients resume with `Last-Event-ID`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub seq: u64,
+    pub job_id: JobId,
+    /// `queued`, `running`, `progress`, `retrying`, `succeeded`, `failed`, `cancelled`.
+    pub kind: String,
+    pub data: Value,
+    pub at: DateTime<Utc>,
+}
+
+impl JobEvent {
+    /// Whether this event ends the job's stream.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.kind.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+}
+
+/// How an attempt ended, as reported by a worker.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Succeeded { result: Value },
+    /// With `retry_at`, the job is queued again for then (the worker has
+    /// already checked attempts against `max_attempts`); without, it failed.
+    Failed { error: JobError, retry_at: Option<DateTime<Utc>> },
+    /// The attempt stopped because cancellation was requested.
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub job_id: JobId,
+    pub outcome: Outcome,
+}
+
+/// Filter and page of `list_jobs`: newest first, strictly older than `before`.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub kind: Option<JobKind>,
+    pub before: Option<JobId>,
+    pub limit: usize,
+}
+
+/// A worker's liveness record, refreshed with every heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub concurrency: u32,
+    pub running: u32,
+}
+
+/// Count of jobs per status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobCounts {
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl JobCounts {
+    pub fn get(&self, status: JobStatus) -> u64 {
+        match status {
+            JobStatus::Queued => self.queued,
+            JobStatus::Running => self.running,
+            JobStatus::Succeeded => self.succeeded,
+            JobStatus::Failed => self.failed,
+            JobStatus::Cancelled => self.cancelled,
+        }
+    }
+
+    pub fn set(&mut self, status: JobStatus, n: u64) {
+        match status {
+            JobStatus::Queued => self.queued = n,
+            JobStatus::Running => self.running = n,
+            JobStatus::Succeeded => self.succeeded = n,
+            JobStatus::Failed => self.failed = n,
+            JobStatus::Cancelled => self.cancelled = n,
+        }
+    }
+}
+
+/// A stored API key (never the secret; only its hash is kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    /// First characters of the secret, to recognise a key in listings.
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,120 @@
+-- Prelude of every Orch script (prepended in Rust). ARGV[1] is the key prefix and
+-- ARGV[2] the caller's clock in ms; script-specific arguments start at ARGV[3].
+--
+-- Keys are built here from the prefix instead of being declared in KEYS, so these
+-- scripts are not Redis Cluster safe (hash tags are out of scope).
+--
+-- Bounds: a script only visits ids it was handed or got from a ranged read with a
+-- LIMIT; multi-member commands are sent in chunks of 256 arguments, so no
+-- `unpack` ever sees an unbounded table.
+
+local P = ARGV[1]
+local NOW = ARGV[2]
+local NOW_N = tonumber(NOW)
+
+local K_READY = P .. ':ready'           -- LIST of due queued ids, sorted by (run_at, id)
+local K_TAIL = P .. ':ready:tail'       -- HASH run_at, id of the ready list's last entry
+local K_DELAYED = P .. ':delayed'       -- ZSET queued ids that could not join the ready list, by run_at
+local K_LEASES = P .. ':leases'         -- ZSET running ids by lease_expires_at
+local K_FINISHED = P .. ':finished'     -- ZSET terminal ids by finished_at
+local K_JOBS = P .. ':jobs'             -- ZSET (score 0) every id, for lexical newest-first listing
+
+-- Field order of a job as scripts return it: the id, then these (see mod.rs).
+local FIELDS = {'kind', 'status', 'input', 'metadata', 'attempts', 'max_attempts', 'progress',
+  'error', 'created_at', 'updated_at', 'run_at', 'started_at', 'finished_at', 'cancel_requested',
+  'worker', 'lease_expires_at'}
+local F_KIND, F_STATUS, F_ATTEMPTS, F_MAX_ATTEMPTS = 2, 3, 6, 7
+local F_PROGRESS, F_ERROR, F_UPDATED, F_RUN_AT, F_STARTED, F_FINISHED = 8, 9, 11, 12, 13, 14
+local F_CANCEL, F_WORKER, F_LEASE = 15, 16, 17
+
+local function jkey(id) return P .. ':job:' .. id end
+local function skey(status) return P .. ':status:' .. status end
+
+-- Events are "<at ms>|<kind>|<data json>" entries of a per-job list: seq = index + 1.
+local function push_event(id, kind, data)
+  redis.call('RPUSH', P .. ':events:' .. id, NOW .. '|' .. kind .. '|' .. data)
+end
+
+-- The id followed by FIELDS, or false when the job does not exist.
+local function read_job(id)
+  local v = redis.call('HMGET', jkey(id), unpack(FIELDS))
+  if not v[2] then return false end
+  table.insert(v, 1, id)
+  return v
+end
+
+-- Index updates are collected per (command, key) and sent in chunks at the end.
+local pending, pending_order = {}, {}
+local function defer(cmd, key, a, b)
+  local k = cmd .. ' ' .. key
+  local batch = pending[k]
+  if not batch then
+    batch = {cmd = cmd, key = key, args = {}}
+    pending[k] = batch
+    pending_order[#pending_order + 1] = batch
+  end
+  local args = batch.args
+  args[#args + 1] = a
+  if b ~= nil then args[#args + 1] = b end
+end
+
+local function move_status(id, from, to)
+  defer('ZREM', skey(from), id)
+  defer('ZADD', skey(to), 0, id)
+end
+
+local function finish(id, from, to)
+  move_status(id, from, to)
+  defer('ZADD', K_FINISHED, NOW, id)
+  defer('ZREM', K_LEASES, id)
+end
+
+-- The ready list stays sorted by (run_at, id): a due job joins its end only when it
+-- sorts after the current last entry; any other queued job waits in the delayed
+-- set, from which claim merges due ids in order. `tail` caches the last entry.
+local tail, tail_dirty = nil, false
+local function enqueue(id, run_at)
+  local r = tonumber(run_at)
+  if r <= NOW_N then
+    if tail == nil then
+      tail = false
+      if redis.call('LLEN', K_READY) > 0 then
+        local t = redis.call('HMGET', K_TAIL, 'run_at', 'id')
+        tail = {tonumber(t[1]) or math.huge, t[2] or ''}
+      end
+    end
+    if not tail or r > tail[1] or (r == tail[1] and id > tail[2]) then
+      defer('RPUSH', K_READY, id)
+      tail, tail_dirty = {r, id}, true
+      return
+    end
+  end
+  defer('ZADD', K_DELAYED, run_at, id)
+end
+
+local function flush()
+  for _, batch in ipairs(pending_order) do
+    local args = batch.args
+    for i = 1, #args, 256 do
+      redis.call(batch.cmd, batch.key, unpack(args, i, math.min(i + 255, #args)))
+    end
+  end
+  pending, pending_order = {}, {}
+  if tail_dirty then
+    redis.call('HSET', K_TAIL, 'run_at', string.format('%d', tail[1]), 'id', tail[2])
+    tail_dirty = false
+  end
+end
+
+-- A new queued job with its `queued` event (at its creation time).
+local function create_job(id, kind, input, metadata, max_attempts, created_at, run_at, idem)
+  redis.call('HSET', jkey(id), 'kind', kind, 'status', 'queued', 'input', input,
+    'metadata', metadata, 'attempts', 0, 'max_attempts', max_attempts,
+    'created_at', created_at, 'updated_at', created_at, 'run_at', run_at,
+    'cancel_requested', 0, 'idem', idem)
+  redis.call('RPUSH', P .. ':events:' .. id, created_at .. '|queued|{"status":"queued"}')
+  defer('ZADD', K_JOBS, 0, id)
+  defer('ZADD', skey('queued'), 0, id)
+  defer('ZADD', P .. ':kind:' .. kind, 0, id)
+  enqueue(id, run_at)
+end

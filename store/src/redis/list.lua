@@ -1,0 +1,24 @@
+-- list_jobs, one page of one index. ARGV[3..]: index ('jobs', 'status:<s>' or
+-- 'kind:<k>'), field to check ('' for none: 'status' or 'kind'), its value, before
+-- (id, '' for none), ids to scan at most, jobs wanted.
+-- Touches: the index, job:<id>.
+-- Returns {last id scanned, 1 if the index is exhausted, jobs}: the caller continues
+-- from the last id, so one call scans a bounded number of ids.
+local index, field, value, before = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local scan, want = tonumber(ARGV[7]), tonumber(ARGV[8])
+local start = '+'
+if before ~= '' then start = '(' .. before end
+local ids = redis.call('ZRANGE', P .. ':' .. index, start, '-', 'BYLEX', 'REV', 'LIMIT', 0, scan)
+local at = ({status = F_STATUS, kind = F_KIND})[field]
+local out, last = {}, ''
+for _, id in ipairs(ids) do
+  last = id
+  local v = read_job(id)
+  if v and (not at or v[at] == value) then
+    out[#out + 1] = v
+    if #out >= want then break end
+  end
+end
+local exhausted = 0
+if #ids < scan then exhausted = 1 end
+return {last, exhausted, out}

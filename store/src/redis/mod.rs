@@ -1,0 +1,717 @@
+//! The Redis backend: every state transition is one Lua script, so any number of
+//! API and worker processes can share one Redis.
+//!
+//! Key layout (all under `{prefix}:`):
+//! - `job:{id}` HASH: the job's fields (times in ms, JSON as text, `''` for none)
+//!   plus `result` and `idem` (its idempotency key, for purge).
+//! - `events:{id}` LIST of `"{at}|{kind}|{data}"`; an event's seq is its index + 1.
+//! - `ready` LIST of due queued ids sorted by `(run_at, id)`, and `ready:tail`, the
+//!   sort key of its last entry. Claiming pops from the head: O(1) per job however
+//!   long the backlog is.
+//! - `delayed` ZSET by `run_at`: queued jobs that could not join the end of the
+//!   ready list (not yet due, or due but older than its tail). Claim merges its due
+//!   head with the ready head, reading at most `limit` from each; there is no
+//!   promotion step that could grow with the number of due jobs.
+//! - `leases` ZSET by lease expiry (running jobs); `finished` ZSET by finish time.
+//! - `jobs`, `status:{status}`, `kind:{kind}` ZSETs with score 0, read
+//!   newest-first with `ZRANGE ... BYLEX REV` (UUIDv7 ids sort by time).
+//! - `idem:{key}` HASH `job, hash, expires_at` expiring at `expires_at`.
+//! - `workers` HASH id → record, `workers:seen` ZSET by last seen.
+//! - `key:{id}` HASH, `keys` ZSET by creation, `keys:active` HASH secret hash → id.
+//!
+//! Scripts build key names from the prefix rather than declaring them in `KEYS`,
+//! so this backend does not support Redis Cluster; Cluster hash tags are out of
+//! scope. Times are the caller's clock, passed to every script.
+
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Script, Value as Reply};
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    ApiKey, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter, JobId, JobStatus, NewJob, Notifier,
+    Outcome, Result, Store, StoreError, WorkerInfo, from_millis, redact_url, to_millis,
+};
+
+/// Jobs per `insert_jobs` script call.
+const INSERT_CHUNK: usize = 1000;
+/// Jobs per `purge` script call, so one call holds Redis only briefly.
+const PURGE_CHUNK: usize = 1000;
+/// Index entries one `list_jobs` script call scans when filtering.
+const LIST_SCAN: usize = 1000;
+
+/// A job's hash fields in the order scripts return them after the id: `FIELDS`
+/// in common.lua.
+const JOB_FIELDS: [&str; 16] = [
+    "kind",
+    "status",
+    "input",
+    "metadata",
+    "attempts",
+    "max_attempts",
+    "progress",
+    "error",
+    "created_at",
+    "updated_at",
+    "run_at",
+    "started_at",
+    "finished_at",
+    "cancel_requested",
+    "worker",
+    "lease_expires_at",
+];
+const JOB_WIDTH: usize = JOB_FIELDS.len() + 1;
+
+struct Scripts {
+    insert: Script,
+    insert_many: Script,
+    claim: Script,
+    complete: Script,
+    heartbeat: Script,
+    progress: Script,
+    cancel: Script,
+    recover: Script,
+    purge: Script,
+    list: Script,
+    keys: Script,
+}
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("common.lua"), "\n", include_str!($file)))
+    };
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            insert: script!("insert.lua"),
+            insert_many: script!("insert_many.lua"),
+            claim: script!("claim.lua"),
+            complete: script!("complete.lua"),
+            heartbeat: script!("heartbeat.lua"),
+            progress: script!("progress.lua"),
+            cancel: script!("cancel.lua"),
+            recover: script!("recover.lua"),
+            purge: script!("purge.lua"),
+            list: script!("list.lua"),
+            keys: script!("keys.lua"),
+        }
+    }
+}
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    scripts: Scripts,
+    notifier: Notifier,
+}
+
+impl RedisStore {
+    /// Connects (reconnecting on its own later) and checks the server answers.
+    pub async fn open(url: &str, prefix: &str) -> Result<RedisStore> {
+        let unavailable = |e: ::redis::RedisError| {
+            // The error text may quote the URL; never show its password.
+            let reason = e.to_string().replace(url, &redact_url(url));
+            StoreError::Unavailable(format!("cannot connect to Redis at {}: {reason}", redact_url(url)))
+        };
+        let client = ::redis::Client::open(url).map_err(|e| StoreError::InvalidUrl {
+            url: redact_url(url),
+            reason: e.to_string().replace(url, &redact_url(url)),
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            // Bulk inserts and large claims are single scripts; give them time.
+            .set_response_timeout(Some(Duration::from_secs(30)));
+        let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
+        let store = RedisStore { conn, prefix: prefix.to_owned(), scripts: Scripts::new(), notifier: Notifier::default() };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    /// Runs a script with the prefix and `now` as its first two arguments.
+    async fn run<'a>(&self, script: &'a Script, now: i64, args: impl FnOnce(&mut ::redis::ScriptInvocation<'a>)) -> Result<Reply> {
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(&self.prefix).arg(now);
+        args(&mut invocation);
+        invocation.invoke_async(&mut self.conn.clone()).await.map_err(redis_error)
+    }
+
+    async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> Result<T> {
+        cmd.query_async(&mut self.conn.clone()).await.map_err(redis_error)
+    }
+}
+
+fn redis_error(e: ::redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("redis: {what}"))
+}
+
+fn now_millis() -> i64 {
+    to_millis(Utc::now())
+}
+
+fn rfc3339(ms: i64) -> String {
+    from_millis(ms).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn json_text(v: &Value) -> String {
+    serde_json::to_string(v).expect("JSON values serialize")
+}
+
+fn lease_millis(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+// --- Reading replies -------------------------------------------------------
+
+fn text(v: &Reply) -> Result<Option<&str>> {
+    match v {
+        Reply::Nil => Ok(None),
+        Reply::BulkString(b) => std::str::from_utf8(b).map(Some).map_err(corrupt),
+        Reply::SimpleString(s) => Ok(Some(s)),
+        other => Err(corrupt(format!("expected text, got {other:?}"))),
+    }
+}
+
+fn int(v: &Reply) -> Result<i64> {
+    match v {
+        Reply::Int(n) => Ok(*n),
+        other => text(other)?
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| corrupt(format!("expected an integer, got {other:?}"))),
+    }
+}
+
+fn array(v: &Reply) -> Result<&[Reply]> {
+    match v {
+        Reply::Array(items) => Ok(items),
+        Reply::Nil => Ok(&[]),
+        other => Err(corrupt(format!("expected an array, got {other:?}"))),
+    }
+}
+
+fn job_id(s: &str) -> Result<JobId> {
+    s.parse().map_err(|_| corrupt(format!("bad job id {s:?}")))
+}
+
+/// A stored job field list, as read by `read_job` in common.lua.
+struct Fields<'a>(&'a [Reply]);
+
+impl Fields<'_> {
+    /// A field, `None` when absent or empty (how scripts clear a field).
+    fn opt(&self, i: usize) -> Result<Option<&str>> {
+        Ok(text(&self.0[i])?.filter(|s| !s.is_empty()))
+    }
+    fn req(&self, i: usize) -> Result<&str> {
+        self.opt(i)?.ok_or_else(|| corrupt(format!("job field {i} is missing")))
+    }
+    fn parse<T: std::str::FromStr>(&self, i: usize) -> Result<T> {
+        let s = self.req(i)?;
+        s.parse().map_err(|_| corrupt(format!("bad job field {i}: {s:?}")))
+    }
+    fn time(&self, i: usize) -> Result<DateTime<Utc>> {
+        self.parse(i).map(from_millis)
+    }
+    fn opt_time(&self, i: usize) -> Result<Option<DateTime<Utc>>> {
+        self.opt(i)?.map(|s| s.parse().map(from_millis).map_err(|_| corrupt(format!("bad time {s:?}")))).transpose()
+    }
+    fn json<T: serde::de::DeserializeOwned>(&self, i: usize) -> Result<Option<T>> {
+        self.opt(i)?.map(|s| serde_json::from_str(s).map_err(corrupt)).transpose()
+    }
+}
+
+fn parse_job(v: &Reply) -> Result<Job> {
+    let items = array(v)?;
+    if items.len() != JOB_WIDTH {
+        return Err(corrupt(format!("a job has {} fields, expected {JOB_WIDTH}", items.len())));
+    }
+    let f = Fields(items);
+    Ok(Job {
+        id: job_id(f.req(0)?)?,
+        kind: f.parse(1)?,
+        status: f.parse(2)?,
+        input: f.json(3)?.unwrap_or(Value::Null),
+        metadata: f.json(4)?.unwrap_or(Value::Null),
+        attempts: f.parse(5)?,
+        max_attempts: f.parse(6)?,
+        progress: f.json(7)?,
+        error: f.json(8)?,
+        created_at: f.time(9)?,
+        updated_at: f.time(10)?,
+        run_at: f.time(11)?,
+        started_at: f.opt_time(12)?,
+        finished_at: f.opt_time(13)?,
+        cancel_requested: f.opt(14)? == Some("1"),
+        worker: f.opt(15)?.map(str::to_owned),
+        lease_expires_at: f.opt_time(16)?,
+    })
+}
+
+fn parse_jobs(v: &Reply) -> Result<Vec<Job>> {
+    array(v)?.iter().map(parse_job).collect()
+}
+
+fn parse_event(job_id: JobId, seq: u64, entry: &str) -> Result<JobEvent> {
+    let mut parts = entry.splitn(3, '|');
+    let (Some(at), Some(kind), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(corrupt(format!("bad event entry of job {job_id}")));
+    };
+    Ok(JobEvent {
+        seq,
+        job_id,
+        kind: kind.to_owned(),
+        data: serde_json::from_str(data).map_err(corrupt)?,
+        at: from_millis(at.parse().map_err(|_| corrupt(format!("bad event time {at:?}")))?),
+    })
+}
+
+/// The worker record as stored: times in ms like everything else.
+#[derive(Serialize, Deserialize)]
+struct StoredWorker {
+    id: String,
+    hostname: String,
+    pid: u32,
+    started_at: i64,
+    last_seen: i64,
+    concurrency: u32,
+    running: u32,
+}
+
+fn parse_key(v: &Reply) -> Result<ApiKey> {
+    let items = array(v)?;
+    let [id, name, prefix, scopes, created_at, revoked_at] = items else {
+        return Err(corrupt("an API key record has the wrong shape"));
+    };
+    let opt = |r: &Reply| -> Result<Option<String>> { Ok(text(r)?.filter(|s| !s.is_empty()).map(str::to_owned)) };
+    let time = |s: String| s.parse().map(from_millis).map_err(|_| corrupt(format!("bad key time {s:?}")));
+    Ok(ApiKey {
+        id: opt(id)?.ok_or_else(|| corrupt("API key without id"))?,
+        name: opt(name)?.unwrap_or_default(),
+        prefix: opt(prefix)?.unwrap_or_default(),
+        scopes: serde_json::from_str(&opt(scopes)?.unwrap_or_else(|| "[]".into())).map_err(corrupt)?,
+        created_at: time(opt(created_at)?.ok_or_else(|| corrupt("API key without created_at"))?)?,
+        revoked_at: opt(revoked_at)?.map(time).transpose()?,
+    })
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = self.query(&::redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    async fn insert_job(&self, job: NewJob) -> Result<Inserted> {
+        let now = now_millis();
+        let input = json_text(&job.input);
+        let metadata = json_text(&job.metadata);
+        let reply = self
+            .run(&self.scripts.insert, now, |s| {
+                s.arg(job.id.to_string())
+                    .arg(job.kind.as_str())
+                    .arg(&input)
+                    .arg(&metadata)
+                    .arg(job.max_attempts)
+                    .arg(to_millis(job.created_at))
+                    .arg(to_millis(job.run_at));
+                match &job.idempotency {
+                    Some(rec) => s.arg(&rec.key).arg(&rec.body_hash).arg(to_millis(rec.expires_at)),
+                    None => s.arg("").arg("").arg(0),
+                };
+            })
+            .await?;
+        let items = array(&reply)?;
+        match items.first().map(text).transpose()?.flatten() {
+            Some("created") => {}
+            Some("existing") => return Ok(Inserted::Existing(parse_job(items.get(1).unwrap_or(&Reply::Nil))?)),
+            Some("conflict") => {
+                let id = items.get(1).map(text).transpose()?.flatten().ok_or_else(|| corrupt("conflict without id"))?;
+                return Ok(Inserted::Conflict { job_id: job_id(id)? });
+            }
+            other => return Err(corrupt(format!("unexpected insert reply {other:?}"))),
+        }
+        self.notifier.jobs.notify_waiters();
+        self.notifier.events.notify_waiters();
+        let created_at = from_millis(to_millis(job.created_at));
+        Ok(Inserted::Created(Job {
+            id: job.id,
+            kind: job.kind,
+            status: JobStatus::Queued,
+            input: job.input,
+            metadata: job.metadata,
+            attempts: 0,
+            max_attempts: job.max_attempts,
+            progress: None,
+            error: None,
+            created_at,
+            updated_at: created_at,
+            run_at: from_millis(to_millis(job.run_at)),
+            started_at: None,
+            finished_at: None,
+            cancel_requested: false,
+            worker: None,
+            lease_expires_at: None,
+        }))
+    }
+
+    async fn insert_jobs(&self, jobs: Vec<NewJob>) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        for chunk in jobs.chunks(INSERT_CHUNK) {
+            self.run(&self.scripts.insert_many, now_millis(), |s| {
+                for job in chunk {
+                    s.arg(job.id.to_string())
+                        .arg(job.kind.as_str())
+                        .arg(json_text(&job.input))
+                        .arg(json_text(&job.metadata))
+                        .arg(job.max_attempts)
+                        .arg(to_millis(job.created_at))
+                        .arg(to_millis(job.run_at));
+                }
+            })
+            .await?;
+        }
+        self.notifier.jobs.notify_waiters();
+        self.notifier.events.notify_waiters();
+        Ok(())
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        let mut cmd = ::redis::cmd("HMGET");
+        cmd.arg(self.key(&format!("job:{id}")));
+        cmd.arg(&JOB_FIELDS);
+        let mut fields: Vec<Reply> = self.query(&cmd).await?;
+        if matches!(fields.get(1), None | Some(Reply::Nil)) {
+            return Ok(None);
+        }
+        fields.insert(0, Reply::BulkString(id.to_string().into_bytes()));
+        parse_job(&Reply::Array(fields)).map(Some)
+    }
+
+    async fn get_result(&self, id: JobId) -> Result<Option<Value>> {
+        let (status, result): (Option<String>, Option<String>) =
+            self.query(::redis::cmd("HMGET").arg(self.key(&format!("job:{id}"))).arg("status").arg("result")).await?;
+        match (status.as_deref(), result) {
+            (Some("succeeded"), Some(result)) if !result.is_empty() => {
+                serde_json::from_str(&result).map(Some).map_err(corrupt)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        if filter.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let status_index = filter.status.map(|s| format!("status:{s}"));
+        let kind_index = filter.kind.map(|k| format!("kind:{k}"));
+        // Walk the smaller index and check the other field on each job.
+        let (index, field, value) = match (&status_index, &kind_index) {
+            (None, None) => ("jobs".to_owned(), "", String::new()),
+            (Some(s), None) => (s.clone(), "", String::new()),
+            (None, Some(k)) => (k.clone(), "", String::new()),
+            (Some(s), Some(k)) => {
+                let (ns, nk): (u64, u64) = ::redis::pipe()
+                    .zcard(self.key(s))
+                    .zcard(self.key(k))
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(redis_error)?;
+                if ns <= nk {
+                    (s.clone(), "kind", filter.kind.map(|k| k.to_string()).unwrap_or_default())
+                } else {
+                    (k.clone(), "status", filter.status.map(|s| s.to_string()).unwrap_or_default())
+                }
+            }
+        };
+        let scan = if field.is_empty() { filter.limit } else { LIST_SCAN.max(filter.limit) };
+        let mut before = filter.before.map(|id| id.to_string()).unwrap_or_default();
+        let mut jobs = Vec::new();
+        loop {
+            let want = filter.limit - jobs.len();
+            let reply = self
+                .run(&self.scripts.list, now_millis(), |s| {
+                    s.arg(&index).arg(field).arg(&value).arg(&before).arg(scan).arg(want);
+                })
+                .await?;
+            let [last, exhausted, page] = array(&reply)? else {
+                return Err(corrupt("unexpected list reply"));
+            };
+            jobs.extend(parse_jobs(page)?);
+            if jobs.len() >= filter.limit || int(exhausted)? == 1 {
+                break;
+            }
+            match text(last)? {
+                Some(last) if !last.is_empty() => before = last.to_owned(),
+                _ => break,
+            }
+        }
+        jobs.truncate(filter.limit);
+        Ok(jobs)
+    }
+
+    async fn count_jobs(&self) -> Result<JobCounts> {
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        for status in JobStatus::ALL {
+            pipe.zcard(self.key(&format!("status:{status}")));
+        }
+        let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await.map_err(redis_error)?;
+        let mut out = JobCounts::default();
+        for (status, n) in JobStatus::ALL.into_iter().zip(counts) {
+            out.set(status, n);
+        }
+        Ok(out)
+    }
+
+    async fn cancel_job(&self, id: JobId) -> Result<Option<Job>> {
+        let reply = self.run(&self.scripts.cancel, now_millis(), |s| {
+            s.arg(id.to_string());
+        })
+        .await?;
+        let [evented, job] = array(&reply)? else {
+            return Ok(None);
+        };
+        let job = parse_job(job)?;
+        if int(evented)? == 1 {
+            self.notifier.events.notify_waiters();
+        }
+        Ok(Some(job))
+    }
+
+    async fn claim(&self, worker: &str, limit: usize, lease: Duration) -> Result<Vec<Job>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now_millis();
+        let reply = self
+            .run(&self.scripts.claim, now, |s| {
+                s.arg(worker).arg(limit).arg(now.saturating_add(lease_millis(lease)));
+            })
+            .await?;
+        let jobs = parse_jobs(&reply)?;
+        if !jobs.is_empty() {
+            self.notifier.events.notify_waiters();
+        }
+        Ok(jobs)
+    }
+
+    async fn heartbeat(&self, worker: &WorkerInfo, jobs: &[JobId], lease: Duration) -> Result<Vec<JobId>> {
+        let now = now_millis();
+        let record = serde_json::to_string(&StoredWorker {
+            id: worker.id.clone(),
+            hostname: worker.hostname.clone(),
+            pid: worker.pid,
+            started_at: to_millis(worker.started_at),
+            last_seen: to_millis(worker.last_seen),
+            concurrency: worker.concurrency,
+            running: worker.running,
+        })
+        .expect("worker records serialize");
+        let reply = self
+            .run(&self.scripts.heartbeat, now, |s| {
+                s.arg(&worker.id).arg(&record).arg(to_millis(worker.last_seen)).arg(now.saturating_add(lease_millis(lease)));
+                for id in jobs {
+                    s.arg(id.to_string());
+                }
+            })
+            .await?;
+        array(&reply)?
+            .iter()
+            .map(|v| job_id(text(v)?.unwrap_or_default()))
+            .collect()
+    }
+
+    async fn complete(&self, worker: &str, completions: Vec<Completion>) -> Result<Vec<bool>> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reply = self
+            .run(&self.scripts.complete, now_millis(), |s| {
+                s.arg(worker);
+                for c in &completions {
+                    s.arg(c.job_id.to_string());
+                    match &c.outcome {
+                        Outcome::Succeeded { result } => s.arg("s").arg(json_text(result)).arg(0).arg(""),
+                        Outcome::Failed { error, retry_at: Some(at) } => {
+                            let at = to_millis(*at);
+                            s.arg("r").arg(error_text(error)).arg(at).arg(rfc3339(at))
+                        }
+                        Outcome::Failed { error, retry_at: None } => s.arg("f").arg(error_text(error)).arg(0).arg(""),
+                        Outcome::Cancelled => s.arg("c").arg("").arg(0).arg(""),
+                    };
+                }
+            })
+            .await?;
+        let applied = array(&reply)?.iter().map(|v| int(v).map(|n| n == 1)).collect::<Result<Vec<_>>>()?;
+        if applied.iter().any(|&a| a) {
+            self.notifier.events.notify_waiters();
+        }
+        Ok(applied)
+    }
+
+    async fn record_progress(&self, worker: &str, id: JobId, progress: Value) -> Result<()> {
+        let reply = self
+            .run(&self.scripts.progress, now_millis(), |s| {
+                s.arg(worker).arg(id.to_string()).arg(json_text(&progress));
+            })
+            .await?;
+        if int(&reply)? == 1 {
+            self.notifier.events.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn recover_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<u64> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let now = to_millis(now);
+        let reply = self
+            .run(&self.scripts.recover, now, |s| {
+                s.arg(limit).arg(rfc3339(now));
+            })
+            .await?;
+        let moved = u64::try_from(int(&reply)?).unwrap_or(0);
+        if moved > 0 {
+            self.notifier.jobs.notify_waiters();
+            self.notifier.events.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    async fn events(&self, id: JobId, after: u64, limit: usize) -> Result<Vec<JobEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = i64::try_from(after).unwrap_or(i64::MAX);
+        let stop = start.saturating_add(i64::try_from(limit).unwrap_or(i64::MAX)).saturating_sub(1);
+        let entries: Vec<String> = self.query(::redis::cmd("LRANGE").arg(self.key(&format!("events:{id}"))).arg(start).arg(stop)).await?;
+        entries.iter().zip(after + 1..).map(|(entry, seq)| parse_event(id, seq, entry)).collect()
+    }
+
+    async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerInfo>> {
+        let ids: Vec<String> = self
+            .query(::redis::cmd("ZRANGEBYSCORE").arg(self.key("workers:seen")).arg(to_millis(since)).arg("+inf"))
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records: Vec<Option<String>> = self.query(::redis::cmd("HMGET").arg(self.key("workers")).arg(&ids)).await?;
+        records
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let w: StoredWorker = serde_json::from_str(&r).map_err(corrupt)?;
+                Ok(WorkerInfo {
+                    id: w.id,
+                    hostname: w.hostname,
+                    pid: w.pid,
+                    started_at: from_millis(w.started_at),
+                    last_seen: from_millis(w.last_seen),
+                    concurrency: w.concurrency,
+                    running: w.running,
+                })
+            })
+            .collect()
+    }
+
+    async fn purge(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        let before = to_millis(before);
+        let mut purged = 0u64;
+        let mut left = limit;
+        while left > 0 {
+            let chunk = left.min(PURGE_CHUNK);
+            let reply = self.run(&self.scripts.purge, now_millis(), |s| {
+                s.arg(before).arg(chunk);
+            })
+            .await?;
+            let n = usize::try_from(int(&reply)?).unwrap_or(0);
+            purged += n as u64;
+            left -= n.min(left);
+            if n < chunk {
+                break;
+            }
+        }
+        Ok(purged)
+    }
+
+    async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> Result<()> {
+        self.store_key("create", key, secret_hash).await.map(drop)
+    }
+
+    async fn create_first_key(&self, key: &ApiKey, secret_hash: &str) -> Result<bool> {
+        self.store_key("create_first", key, secret_hash).await
+    }
+
+    async fn key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>> {
+        let reply = self.run(&self.scripts.keys, now_millis(), |s| {
+            s.arg("by_hash").arg(secret_hash);
+        })
+        .await?;
+        match reply {
+            Reply::Nil => Ok(None),
+            reply => parse_key(&reply).map(Some),
+        }
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>> {
+        let reply = self.run(&self.scripts.keys, now_millis(), |s| {
+            s.arg("list");
+        })
+        .await?;
+        array(&reply)?.iter().map(parse_key).collect()
+    }
+
+    async fn revoke_key(&self, id: &str) -> Result<bool> {
+        let reply = self.run(&self.scripts.keys, now_millis(), |s| {
+            s.arg("revoke").arg(id);
+        })
+        .await?;
+        Ok(int(&reply)? == 1)
+    }
+}
+
+impl RedisStore {
+    async fn store_key(&self, op: &str, key: &ApiKey, secret_hash: &str) -> Result<bool> {
+        let scopes = serde_json::to_string(&key.scopes).expect("scopes serialize");
+        let reply = self
+            .run(&self.scripts.keys, now_millis(), |s| {
+                s.arg(op)
+                    .arg(&key.id)
+                    .arg(&key.name)
+                    .arg(&key.prefix)
+                    .arg(&scopes)
+                    .arg(to_millis(key.created_at))
+                    .arg(key.revoked_at.map(|t| to_millis(t).to_string()).unwrap_or_default())
+                    .arg(secret_hash);
+            })
+            .await?;
+        Ok(int(&reply)? == 1)
+    }
+}
+
+fn error_text(error: &JobError) -> String {
+    serde_json::to_string(error).expect("job errors serialize")
+}

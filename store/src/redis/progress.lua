@@ -1,0 +1,8 @@
+-- record_progress. ARGV[3..]: worker, id, progress (JSON).
+-- Touches: job:<id>, events:<id>. Returns 1 when recorded.
+local worker, id, progress = ARGV[3], ARGV[4], ARGV[5]
+local s = redis.call('HMGET', jkey(id), 'status', 'worker')
+if s[1] ~= 'running' or s[2] ~= worker then return 0 end
+redis.call('HSET', jkey(id), 'progress', progress, 'updated_at', NOW)
+push_event(id, 'progress', progress)
+return 1

@@ -1,0 +1,975 @@
+//! The embedded SQLite backend: one database file, no service to run.
+//!
+//! All writes go through one writer thread that owns the only read-write
+//! connection. A caller sends it a closure and awaits the reply; the thread runs
+//! every pending closure in one `BEGIN IMMEDIATE` transaction, each inside its
+//! own savepoint so that a failing command undoes only itself, commits once and
+//! then replies to all of them (group commit). With WAL and `synchronous=FULL` a
+//! job is durable when its caller hears back, at the cost of one fsync per batch
+//! rather than one per job. Reads use a small pool of read-only connections,
+//! which WAL lets run beside the writer.
+//!
+//! Other processes (an `orch api` and an `orch worker` on the same file) take
+//! the same database write lock; `busy_timeout` makes each wait for the other.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::*;
+
+/// Schema migrations; migration `i` brings `PRAGMA user_version` to `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most commands the writer puts in one transaction.
+const MAX_BATCH: usize = 1000;
+/// Commands waiting for the writer before callers wait to send.
+const WRITE_QUEUE: usize = 4096;
+const READERS: usize = 3;
+
+// Without statistics the planner prefers `jobs_status` and sorts every queued
+// job per claim (the cost growing with the backlog), so the hot queries name
+// their index; a plan test below guards the rest.
+const DUE_JOBS: &str = "SELECT id FROM jobs INDEXED BY jobs_due WHERE status = 'queued' AND run_at <= ?3
+     ORDER BY run_at, id LIMIT ?4";
+const EXPIRED_JOBS: &str = "SELECT id, cancel_requested, attempts, max_attempts, worker FROM jobs INDEXED BY jobs_lease
+     WHERE status = 'running' AND lease_expires_at < ?1 ORDER BY lease_expires_at LIMIT ?2";
+const PURGEABLE_JOBS: &str = "SELECT id FROM jobs INDEXED BY jobs_finished
+     WHERE finished_at < ?1 AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?2";
+
+const JOB_COLUMNS: &str = "id, kind, status, input, metadata, attempts, max_attempts, progress, error, \
+     created_at, updated_at, run_at, started_at, finished_at, cancel_requested, worker, lease_expires_at";
+
+/// The SQLite store. Dropping it stops the writer thread once queued writes are done.
+pub struct SqliteStore {
+    writer: mpsc::Sender<WriteOp>,
+    readers: Arc<ReadPool>,
+    notifier: Notifier,
+}
+
+/// A write command for the writer thread. It runs inside the batch transaction,
+/// or is given `None` when the transaction could not begin; the reply it returns
+/// is sent once the batch committed or failed.
+type WriteOp = Box<dyn FnOnce(Option<&Connection>) -> Reply + Send>;
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Unavailable(format!("sqlite: {e}"))
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and its parent
+    /// directories, and brings the schema up to date.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || open_blocking(&path))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("opening the sqlite store failed: {e}")))?
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let op: WriteOp = Box::new(move |conn| {
+            let out = conn.map(|conn| in_savepoint(conn, f));
+            Box::new(move |batch: Result<(), String>| {
+                let reply = match (batch, out) {
+                    (Ok(()), Some(out)) => out,
+                    (Err(e), _) => Err(StoreError::Unavailable(e)),
+                    (Ok(()), None) => Err(StoreError::Unavailable("write was not run".into())),
+                };
+                let _ = tx.send(reply);
+            })
+        });
+        self.writer.send(op).await.map_err(|_| writer_stopped())?;
+        rx.await.map_err(|_| writer_stopped())?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pool = self.readers.clone();
+        let permit = pool.permits.clone().acquire_owned().await.map_err(|_| writer_stopped())?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => open_reader(&pool.path)?,
+            };
+            let out = f(&conn);
+            pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("sqlite read failed: {e}")))?
+    }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Unavailable("the sqlite writer thread has stopped".into())
+}
+
+fn open_blocking(path: &Path) -> Result<SqliteStore> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create directory {}: {e}", dir.display()))
+        })?;
+    }
+    let conn = Connection::open(path).map_err(|e| {
+        StoreError::Unavailable(format!("cannot open sqlite database {}: {e}", path.display()))
+    })?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "sqlite database {} cannot use WAL journaling (got {mode}); put it on a local disk",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -16_384)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    migrate(&conn)?;
+
+    let readers = (0..READERS).map(|_| open_reader(path)).collect::<Result<Vec<_>>>()?;
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    std::thread::Builder::new()
+        .name("orch-sqlite-writer".into())
+        .spawn(move || run_writer(conn, rx))
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the sqlite writer thread: {e}")))?;
+    Ok(SqliteStore {
+        writer: tx,
+        readers: Arc::new(ReadPool {
+            path: path.to_owned(),
+            idle: Mutex::new(readers),
+            permits: Arc::new(Semaphore::new(READERS)),
+        }),
+        notifier: Notifier::default(),
+    })
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// Applies the migrations the file lacks. Another process may be opening the
+/// same file, so the version is read again under the write lock.
+fn migrate(conn: &Connection) -> Result<()> {
+    let version = |conn: &Connection| -> Result<usize> {
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let v = usize::try_from(v).unwrap_or(usize::MAX);
+        if v > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "the database has schema version {v} but this orch knows only up to {}; use a newer orch",
+                MIGRATIONS.len()
+            )));
+        }
+        Ok(v)
+    };
+    if version(conn)? == MIGRATIONS.len() {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let applied = (|| {
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version(conn)?) {
+            conn.execute_batch(sql)?;
+            conn.pragma_update(None, "user_version", i as i64 + 1)?;
+        }
+        conn.execute_batch("COMMIT")?;
+        Ok(())
+    })();
+    if applied.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    applied
+}
+
+/// The writer thread: takes what is pending, runs it in one transaction,
+/// commits, replies; until the store is dropped.
+fn run_writer(conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut replies = Vec::new();
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let message = format!("cannot start a sqlite write transaction: {e}");
+            tracing::error!("{message}");
+            replies.push(first(None));
+            while replies.len() < MAX_BATCH {
+                let Ok(op) = rx.try_recv() else { break };
+                replies.push(op(None));
+            }
+            for reply in replies {
+                reply(Err(message.clone()));
+            }
+            continue;
+        }
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            replies.push(op(Some(&conn)));
+            // An I/O error can roll back the whole transaction, not just the savepoint.
+            if conn.is_autocommit() || replies.len() >= MAX_BATCH {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        let outcome = if conn.is_autocommit() {
+            Err("the sqlite write transaction was rolled back by an error".to_owned())
+        } else {
+            conn.execute_batch("COMMIT").map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                format!("sqlite commit failed: {e}")
+            })
+        };
+        if let Err(e) = &outcome {
+            tracing::error!(writes = replies.len(), "{e}");
+        }
+        for reply in replies {
+            reply(outcome.clone());
+        }
+    }
+}
+
+/// Runs one command so that its failure undoes only its own changes.
+fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.execute_batch("SAVEPOINT op")?;
+    let out = f(conn);
+    let end = match out {
+        Ok(_) => conn.execute_batch("RELEASE op"),
+        Err(_) => conn.execute_batch("ROLLBACK TO op; RELEASE op"),
+    };
+    if let Err(e) = end {
+        // The batch cannot be trusted any more: abandon it (the writer sees autocommit).
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e.into());
+    }
+    out
+}
+
+fn now_millis() -> i64 {
+    to_millis(Utc::now())
+}
+
+fn lease_until(now: i64, lease: Duration) -> i64 {
+    now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// As chrono serializes a millisecond time: `2026-01-02T03:04:05.678Z`.
+fn rfc3339(ms: i64) -> String {
+    from_millis(ms).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn to_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data always serializes")
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what} is not valid JSON: {e}")))
+}
+
+fn parse_id(text: &str) -> Result<JobId> {
+    JobId::parse_str(text).map_err(|e| StoreError::Corrupt(format!("job id {text:?}: {e}")))
+}
+
+fn job_from_row(row: &Row) -> Result<Job> {
+    let corrupt = |e: UnknownVariant| StoreError::Corrupt(e.to_string());
+    Ok(Job {
+        id: parse_id(&row.get::<_, String>(0)?)?,
+        kind: row.get::<_, String>(1)?.parse().map_err(corrupt)?,
+        status: row.get::<_, String>(2)?.parse().map_err(corrupt)?,
+        input: parse_json(&row.get::<_, String>(3)?, "job input")?,
+        metadata: parse_json(&row.get::<_, String>(4)?, "job metadata")?,
+        attempts: row.get(5)?,
+        max_attempts: row.get(6)?,
+        progress: row.get::<_, Option<String>>(7)?.map(|t| parse_json(&t, "job progress")).transpose()?,
+        error: row.get::<_, Option<String>>(8)?.map(|t| parse_json(&t, "job error")).transpose()?,
+        created_at: from_millis(row.get(9)?),
+        updated_at: from_millis(row.get(10)?),
+        run_at: from_millis(row.get(11)?),
+        started_at: row.get::<_, Option<i64>>(12)?.map(from_millis),
+        finished_at: row.get::<_, Option<i64>>(13)?.map(from_millis),
+        cancel_requested: row.get(14)?,
+        worker: row.get(15)?,
+        lease_expires_at: row.get::<_, Option<i64>>(16)?.map(from_millis),
+    })
+}
+
+fn load_job(conn: &Connection, id: &str) -> Result<Option<Job>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?;
+    let mut rows = stmt.query([id])?;
+    rows.next()?.map(job_from_row).transpose()
+}
+
+fn append_event(conn: &Connection, id: &str, seq: i64, kind: &str, data: &Value, at: i64) -> Result<()> {
+    conn.prepare_cached("INSERT INTO job_events (job_id, seq, kind, data, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![id, seq, kind, data.to_string(), at])?;
+    Ok(())
+}
+
+/// Stores a queued job and its first event; returns the job as stored.
+fn insert_queued(conn: &Connection, job: &NewJob) -> Result<Job> {
+    let id = job.id.to_string();
+    let created = to_millis(job.created_at);
+    let run_at = to_millis(job.run_at);
+    conn.prepare_cached(
+        "INSERT INTO jobs (id, kind, status, input, metadata, attempts, max_attempts, created_at, updated_at, run_at, last_seq)
+         VALUES (?1, ?2, 'queued', ?3, ?4, 0, ?5, ?6, ?6, ?7, 1)",
+    )?
+    .execute(params![id, job.kind.as_str(), job.input.to_string(), job.metadata.to_string(), job.max_attempts, created, run_at])?;
+    append_event(conn, &id, 1, "queued", &json!({"status": "queued"}), created)?;
+    Ok(Job {
+        id: job.id,
+        kind: job.kind,
+        status: JobStatus::Queued,
+        input: job.input.clone(),
+        metadata: job.metadata.clone(),
+        attempts: 0,
+        max_attempts: job.max_attempts,
+        progress: None,
+        error: None,
+        created_at: from_millis(created),
+        updated_at: from_millis(created),
+        run_at: from_millis(run_at),
+        started_at: None,
+        finished_at: None,
+        cancel_requested: false,
+        worker: None,
+        lease_expires_at: None,
+    })
+}
+
+fn insert_with_idempotency(conn: &Connection, job: &NewJob) -> Result<Inserted> {
+    if let Some(rec) = &job.idempotency {
+        let seen: Option<(String, String, i64)> = conn
+            .prepare_cached("SELECT body_hash, job_id, expires_at FROM idempotency WHERE key = ?1")?
+            .query_row([&rec.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        if let Some((body_hash, job_id, expires_at)) = seen
+            && expires_at > now_millis()
+            && let Some(first) = load_job(conn, &job_id)?
+        {
+            return Ok(if body_hash == rec.body_hash {
+                Inserted::Existing(first)
+            } else {
+                Inserted::Conflict { job_id: first.id }
+            });
+        }
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO idempotency (key, body_hash, job_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![rec.key, rec.body_hash, job.id.to_string(), to_millis(rec.expires_at)])?;
+    }
+    Ok(Inserted::Created(insert_queued(conn, job)?))
+}
+
+/// How a state change treats the job's `error`.
+enum ErrorChange<'a> {
+    Keep,
+    Clear,
+    Set(&'a JobError),
+}
+
+/// A state change of one job that ends its current state and appends an event.
+struct Move<'a> {
+    to: JobStatus,
+    at: i64,
+    /// Only when re-queueing: when the job is due again.
+    run_at: Option<i64>,
+    error: ErrorChange<'a>,
+}
+
+/// Applies `to` if the job is in `from` (and, when given, leased by `owner`);
+/// returns whether it applied. Releases the lease; terminal states get
+/// `finished_at`; re-queueing appends `retrying`, anything else an event named
+/// after the new status.
+fn move_job(conn: &Connection, id: &str, from: JobStatus, owner: Option<&str>, to: &Move) -> Result<bool> {
+    let (set_error, error) = match to.error {
+        ErrorChange::Keep => (false, None),
+        ErrorChange::Clear => (true, None),
+        ErrorChange::Set(e) => (true, Some(to_text(e))),
+    };
+    let moved: Option<(u32, i64)> = conn
+        .prepare_cached(
+            "UPDATE jobs SET status = ?4, run_at = COALESCE(?5, run_at),
+                 error = CASE WHEN ?6 THEN ?7 ELSE error END,
+                 finished_at = CASE WHEN ?8 THEN ?9 ELSE finished_at END,
+                 updated_at = ?9, worker = NULL, lease_expires_at = NULL, last_seq = last_seq + 1
+             WHERE id = ?1 AND status = ?2 AND (?3 IS NULL OR worker = ?3)
+             RETURNING attempts, last_seq",
+        )?
+        .query_row(
+            params![id, from.as_str(), owner, to.to.as_str(), to.run_at, set_error, error, to.to.is_terminal(), to.at],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((attempts, seq)) = moved else { return Ok(false) };
+    let mut data = json!({"status": to.to.as_str(), "attempts": attempts});
+    if let ErrorChange::Set(e) = to.error
+        && matches!(to.to, JobStatus::Queued | JobStatus::Failed)
+    {
+        data["error"] = json!(e);
+    }
+    let kind = if to.to == JobStatus::Queued {
+        data["retry_at"] = json!(rfc3339(to.run_at.unwrap_or(to.at)));
+        "retrying"
+    } else {
+        to.to.as_str()
+    };
+    append_event(conn, id, seq, kind, &data, to.at)?;
+    Ok(true)
+}
+
+fn claim_due(conn: &Connection, worker: &str, limit: usize, lease: Duration) -> Result<Vec<Job>> {
+    let now = now_millis();
+    let mut stmt = conn.prepare_cached(&format!(
+        "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?1, lease_expires_at = ?2,
+             started_at = ?3, updated_at = ?3, last_seq = last_seq + 1
+         WHERE id IN ({DUE_JOBS})
+         RETURNING {JOB_COLUMNS}, last_seq"
+    ))?;
+    let mut rows = stmt.query(params![worker, lease_until(now, lease), now, sql_limit(limit)])?;
+    let mut claimed = Vec::new();
+    while let Some(row) = rows.next()? {
+        claimed.push((job_from_row(row)?, row.get::<_, i64>(17)?));
+    }
+    drop(rows);
+    // RETURNING has no order of its own.
+    claimed.sort_by_key(|(job, _)| (job.run_at, job.id));
+    for (job, seq) in &claimed {
+        let data = json!({"status": "running", "attempts": job.attempts});
+        append_event(conn, &job.id.to_string(), *seq, "running", &data, now)?;
+    }
+    Ok(claimed.into_iter().map(|(job, _)| job).collect())
+}
+
+fn complete_one(conn: &Connection, worker: &str, completion: &Completion) -> Result<bool> {
+    let id = completion.job_id.to_string();
+    let at = now_millis();
+    let to = match &completion.outcome {
+        Outcome::Succeeded { .. } => {
+            Move { to: JobStatus::Succeeded, at, run_at: None, error: ErrorChange::Clear }
+        }
+        Outcome::Failed { error, retry_at: Some(t) } => {
+            Move { to: JobStatus::Queued, at, run_at: Some(to_millis(*t)), error: ErrorChange::Set(error) }
+        }
+        Outcome::Failed { error, retry_at: None } => {
+            Move { to: JobStatus::Failed, at, run_at: None, error: ErrorChange::Set(error) }
+        }
+        Outcome::Cancelled => Move { to: JobStatus::Cancelled, at, run_at: None, error: ErrorChange::Keep },
+    };
+    if !move_job(conn, &id, JobStatus::Running, Some(worker), &to)? {
+        return Ok(false);
+    }
+    if let Outcome::Succeeded { result } = &completion.outcome {
+        conn.prepare_cached("INSERT OR REPLACE INTO job_results (job_id, result) VALUES (?1, ?2)")?
+            .execute(params![id, result.to_string()])?;
+    }
+    Ok(true)
+}
+
+fn recover(conn: &Connection, now: DateTime<Utc>, limit: usize) -> Result<u64> {
+    let at = to_millis(now);
+    let expired: Vec<(String, bool, u32, u32, Option<String>)> = conn
+        .prepare_cached(EXPIRED_JOBS)?
+        .query_map(params![at, sql_limit(limit)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut moved = 0;
+    for (id, cancel_requested, attempts, max_attempts, worker) in expired {
+        let lost = JobError::new(
+            "worker_lost",
+            format!("worker {} stopped heartbeating; its lease expired", worker.unwrap_or_default()),
+            true,
+        );
+        let to = if cancel_requested {
+            Move { to: JobStatus::Cancelled, at, run_at: None, error: ErrorChange::Keep }
+        } else if attempts < max_attempts {
+            Move { to: JobStatus::Queued, at, run_at: Some(at), error: ErrorChange::Set(&lost) }
+        } else {
+            Move { to: JobStatus::Failed, at, run_at: None, error: ErrorChange::Set(&lost) }
+        };
+        if move_job(conn, &id, JobStatus::Running, None, &to)? {
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
+
+fn cancel(conn: &Connection, id: &str) -> Result<(Option<Job>, bool)> {
+    let Some(job) = load_job(conn, id)? else { return Ok((None, false)) };
+    let at = now_millis();
+    match job.status {
+        JobStatus::Queued => {
+            let to = Move { to: JobStatus::Cancelled, at, run_at: None, error: ErrorChange::Keep };
+            move_job(conn, id, JobStatus::Queued, None, &to)?;
+            Ok((load_job(conn, id)?, true))
+        }
+        JobStatus::Running if !job.cancel_requested => {
+            conn.prepare_cached("UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1")?
+                .execute(params![id, at])?;
+            Ok((load_job(conn, id)?, false))
+        }
+        _ => Ok((Some(job), false)),
+    }
+}
+
+fn purge_finished(conn: &Connection, before: i64, limit: usize) -> Result<u64> {
+    let ids: Vec<String> = conn
+        .prepare_cached(PURGEABLE_JOBS)?
+        .query_map(params![before, sql_limit(limit)], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in &ids {
+        for sql in [
+            "DELETE FROM job_events WHERE job_id = ?1",
+            "DELETE FROM job_results WHERE job_id = ?1",
+            "DELETE FROM idempotency WHERE job_id = ?1",
+            "DELETE FROM jobs WHERE id = ?1",
+        ] {
+            conn.prepare_cached(sql)?.execute([id])?;
+        }
+    }
+    Ok(ids.len() as u64)
+}
+
+/// The query of one page of `list_jobs` and its arguments: only the filters
+/// given, so the planner can use the index of each.
+fn list_query(filter: &JobFilter) -> (String, Vec<String>) {
+    let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
+    let mut args = Vec::new();
+    for (condition, value) in [
+        ("status =", filter.status.map(|s| s.as_str().to_owned())),
+        ("kind =", filter.kind.map(|k| k.as_str().to_owned())),
+        ("id <", filter.before.map(|id| id.to_string())),
+    ] {
+        if let Some(value) = value {
+            args.push(value);
+            sql.push_str(&format!(" AND {condition} ?{}", args.len()));
+        }
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", sql_limit(filter.limit)));
+    (sql, args)
+}
+
+fn key_from_row(row: &Row) -> Result<ApiKey> {
+    Ok(ApiKey {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        prefix: row.get(2)?,
+        scopes: parse_json(&row.get::<_, String>(3)?, "key scopes")?,
+        created_at: from_millis(row.get(4)?),
+        revoked_at: row.get::<_, Option<i64>>(5)?.map(from_millis),
+    })
+}
+
+const KEY_COLUMNS: &str = "id, name, prefix, scopes, created_at, revoked_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
+
+    async fn insert_job(&self, job: NewJob) -> Result<Inserted> {
+        let inserted = self.write(move |conn| insert_with_idempotency(conn, &job)).await?;
+        if let Inserted::Created(_) = inserted {
+            self.notifier.jobs.notify_waiters();
+            self.notifier.events.notify_waiters();
+        }
+        Ok(inserted)
+    }
+
+    async fn insert_jobs(&self, jobs: Vec<NewJob>) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        self.write(move |conn| jobs.iter().try_for_each(|job| insert_queued(conn, job).map(drop))).await?;
+        self.notifier.jobs.notify_waiters();
+        self.notifier.events.notify_waiters();
+        Ok(())
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        self.read(move |conn| load_job(conn, &id.to_string())).await
+    }
+
+    async fn get_result(&self, id: JobId) -> Result<Option<Value>> {
+        self.read(move |conn| {
+            let text: Option<String> = conn
+                .prepare_cached(
+                    "SELECT r.result FROM job_results r JOIN jobs j ON j.id = r.job_id
+                     WHERE r.job_id = ?1 AND j.status = 'succeeded'",
+                )?
+                .query_row([id.to_string()], |r| r.get(0))
+                .optional()?;
+            text.map(|t| parse_json(&t, "job result")).transpose()
+        })
+        .await
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        let (sql, args) = list_query(filter);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params_from_iter(&args))?;
+            let mut jobs = Vec::new();
+            while let Some(row) = rows.next()? {
+                jobs.push(job_from_row(row)?);
+            }
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn count_jobs(&self) -> Result<JobCounts> {
+        self.read(|conn| {
+            let mut counts = JobCounts::default();
+            let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let status: JobStatus =
+                    row.get::<_, String>(0)?.parse().map_err(|e: UnknownVariant| StoreError::Corrupt(e.to_string()))?;
+                counts.set(status, row.get(1)?);
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn cancel_job(&self, id: JobId) -> Result<Option<Job>> {
+        let (job, appended) = self.write(move |conn| cancel(conn, &id.to_string())).await?;
+        if appended {
+            self.notifier.events.notify_waiters();
+        }
+        Ok(job)
+    }
+
+    async fn claim(&self, worker: &str, limit: usize, lease: Duration) -> Result<Vec<Job>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let worker = worker.to_owned();
+        let jobs = self.write(move |conn| claim_due(conn, &worker, limit, lease)).await?;
+        if !jobs.is_empty() {
+            self.notifier.events.notify_waiters();
+        }
+        Ok(jobs)
+    }
+
+    async fn heartbeat(&self, worker: &WorkerInfo, jobs: &[JobId], lease: Duration) -> Result<Vec<JobId>> {
+        let info = worker.clone();
+        let jobs = jobs.to_vec();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO workers (id, hostname, pid, started_at, last_seen, concurrency, running)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, pid = excluded.pid,
+                     started_at = excluded.started_at, last_seen = excluded.last_seen,
+                     concurrency = excluded.concurrency, running = excluded.running",
+            )?
+            .execute(params![
+                info.id,
+                info.hostname,
+                info.pid,
+                to_millis(info.started_at),
+                to_millis(info.last_seen),
+                info.concurrency,
+                info.running
+            ])?;
+            let until = lease_until(now_millis(), lease);
+            let mut extend = conn.prepare_cached(
+                "UPDATE jobs SET lease_expires_at = ?3 WHERE id = ?1 AND status = 'running' AND worker = ?2
+                 RETURNING cancel_requested",
+            )?;
+            let mut stop = Vec::new();
+            for id in jobs {
+                let cancel_requested: Option<bool> =
+                    extend.query_row(params![id.to_string(), info.id, until], |r| r.get(0)).optional()?;
+                if cancel_requested != Some(false) {
+                    stop.push(id);
+                }
+            }
+            Ok(stop)
+        })
+        .await
+    }
+
+    async fn complete(&self, worker: &str, completions: Vec<Completion>) -> Result<Vec<bool>> {
+        let worker = worker.to_owned();
+        let applied = self
+            .write(move |conn| completions.iter().map(|c| complete_one(conn, &worker, c)).collect::<Result<Vec<_>>>())
+            .await?;
+        if applied.contains(&true) {
+            self.notifier.events.notify_waiters();
+        }
+        Ok(applied)
+    }
+
+    async fn record_progress(&self, worker: &str, id: JobId, progress: Value) -> Result<()> {
+        let worker = worker.to_owned();
+        let recorded = self
+            .write(move |conn| {
+                let id = id.to_string();
+                let at = now_millis();
+                let seq: Option<i64> = conn
+                    .prepare_cached(
+                        "UPDATE jobs SET progress = ?3, updated_at = ?4, last_seq = last_seq + 1
+                         WHERE id = ?1 AND status = 'running' AND worker = ?2 RETURNING last_seq",
+                    )?
+                    .query_row(params![id, worker, progress.to_string(), at], |r| r.get(0))
+                    .optional()?;
+                if let Some(seq) = seq {
+                    append_event(conn, &id, seq, "progress", &progress, at)?;
+                }
+                Ok(seq.is_some())
+            })
+            .await?;
+        if recorded {
+            self.notifier.events.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn recover_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<u64> {
+        let moved = self.write(move |conn| recover(conn, now, limit)).await?;
+        if moved > 0 {
+            self.notifier.events.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    async fn events(&self, id: JobId, after: u64, limit: usize) -> Result<Vec<JobEvent>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, kind, data, at FROM job_events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let mut rows = stmt.query(params![id.to_string(), after, sql_limit(limit)])?;
+            let mut events = Vec::new();
+            while let Some(row) = rows.next()? {
+                events.push(JobEvent {
+                    seq: row.get(0)?,
+                    job_id: id,
+                    kind: row.get(1)?,
+                    data: parse_json(&row.get::<_, String>(2)?, "event data")?,
+                    at: from_millis(row.get(3)?),
+                });
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerInfo>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, hostname, pid, started_at, last_seen, concurrency, running FROM workers
+                 WHERE last_seen >= ?1 ORDER BY id",
+            )?;
+            let workers = stmt
+                .query_map([to_millis(since)], |r| {
+                    Ok(WorkerInfo {
+                        id: r.get(0)?,
+                        hostname: r.get(1)?,
+                        pid: r.get(2)?,
+                        started_at: from_millis(r.get(3)?),
+                        last_seen: from_millis(r.get(4)?),
+                        concurrency: r.get(5)?,
+                        running: r.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(workers)
+        })
+        .await
+    }
+
+    async fn purge(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
+        self.write(move |conn| purge_finished(conn, to_millis(before), limit)).await
+    }
+
+    async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> Result<()> {
+        let (key, hash) = (key.clone(), secret_hash.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO api_keys (id, name, prefix, scopes, secret_hash, created_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                key.id,
+                key.name,
+                key.prefix,
+                to_text(&key.scopes),
+                hash,
+                to_millis(key.created_at),
+                key.revoked_at.map(to_millis)
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_first_key(&self, key: &ApiKey, secret_hash: &str) -> Result<bool> {
+        let (key, hash) = (key.clone(), secret_hash.to_owned());
+        self.write(move |conn| {
+            let stored = conn
+                .prepare_cached(
+                    "INSERT INTO api_keys (id, name, prefix, scopes, secret_hash, created_at, revoked_at)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
+                     WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)",
+                )?
+                .execute(params![
+                    key.id,
+                    key.name,
+                    key.prefix,
+                    to_text(&key.scopes),
+                    hash,
+                    to_millis(key.created_at),
+                    key.revoked_at.map(to_millis)
+                ])?;
+            Ok(stored == 1)
+        })
+        .await
+    }
+
+    async fn key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>> {
+        let hash = secret_hash.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?1 AND revoked_at IS NULL"
+            ))?;
+            let mut rows = stmt.query([hash])?;
+            rows.next()?.map(key_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, rowid"))?;
+            let mut rows = stmt.query([])?;
+            let mut keys = Vec::new();
+            while let Some(row) = rows.next()? {
+                keys.push(key_from_row(row)?);
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            let revoked = conn
+                .prepare_cached("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")?
+                .execute(params![id, now_millis()])?;
+            Ok(revoked == 1)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan of `sql` against a fresh schema.
+    fn plan(sql: &str) -> String {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        // Parameters stay unbound: the plan does not depend on their values.
+        let mut rows = stmt.raw_query();
+        let mut details = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            details.push(row.get::<_, String>(3).unwrap());
+        }
+        details.join("\n")
+    }
+
+    fn check_plan(sql: &str, index: &str) {
+        let plan = plan(sql);
+        assert!(plan.contains(&format!("INDEX {index}")), "expected index {index}:\n{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "sorts instead of reading in order:\n{plan}");
+    }
+
+    #[test]
+    fn hot_queries_read_their_index_in_order() {
+        check_plan(DUE_JOBS, "jobs_due");
+        check_plan(EXPIRED_JOBS, "jobs_lease");
+        check_plan(PURGEABLE_JOBS, "jobs_finished");
+        check_plan("SELECT status, COUNT(*) FROM jobs GROUP BY status", "jobs_status");
+    }
+
+    #[test]
+    fn every_list_filter_reads_an_index_in_order() {
+        let before = Some(new_job_id());
+        for (status, kind, index) in [
+            (None, None, "sqlite_autoindex_jobs_1"),
+            (Some(JobStatus::Queued), None, "jobs_status"),
+            (None, Some(JobKind::Chat), "jobs_kind"),
+            (Some(JobStatus::Queued), Some(JobKind::Chat), "jobs_"),
+        ] {
+            for before in [None, before] {
+                let (sql, _) = list_query(&JobFilter { status, kind, before, limit: 10 });
+                check_plan(&sql, index);
+            }
+        }
+    }
+
+    #[test]
+    fn migrations_are_applied_once_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/orch.db");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            drop(SqliteStore::open(&path).await.unwrap());
+            // Reopening finds the schema current and leaves it alone.
+            drop(SqliteStore::open(&path).await.unwrap());
+        });
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1).unwrap();
+        let err = migrate(&conn).unwrap_err().to_string();
+        assert!(err.contains("use a newer orch"), "{err}");
+    }
+}

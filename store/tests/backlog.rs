@@ -1,0 +1,114 @@
+//! Throughput with a deep backlog, on each backend: drain rates at 1,000 and
+//! 50,000 queued jobs, and concurrent single inserts. Asserts correctness only
+//! and prints the rates; run in release for meaningful figures:
+//! `cargo test -p orch-store --release --test backlog -- --nocapture`.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use orch_store::*;
+use serde_json::json;
+use support::{now_ms, on_each_backend};
+
+const LEASE: Duration = Duration::from_secs(300);
+const CLAIM_BATCH: usize = 500;
+
+/// Measurements run one at a time so they do not share the two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn new_job(i: usize) -> NewJob {
+    let now = now_ms();
+    NewJob {
+        id: new_job_id(),
+        kind: JobKind::Chat,
+        input: json!({"prompt": format!("job {i}")}),
+        metadata: json!({}),
+        max_attempts: 3,
+        created_at: now,
+        run_at: now,
+        idempotency: None,
+    }
+}
+
+fn rate(jobs: usize, elapsed: Duration) -> f64 {
+    jobs as f64 / elapsed.as_secs_f64()
+}
+
+/// Loads `n` jobs, then claims and completes until none is left; returns the
+/// drain rate in jobs/s.
+async fn load_and_drain(store: &Arc<dyn Store>, n: usize) -> f64 {
+    let loading = Instant::now();
+    for chunk_start in (0..n).step_by(10_000) {
+        let jobs = (chunk_start..n.min(chunk_start + 10_000)).map(new_job).collect();
+        store.insert_jobs(jobs).await.unwrap();
+    }
+    let load_time = loading.elapsed();
+
+    let draining = Instant::now();
+    let mut drained = 0;
+    loop {
+        let claimed = store.claim("bench", CLAIM_BATCH, LEASE).await.unwrap();
+        if claimed.is_empty() {
+            break;
+        }
+        let completions: Vec<Completion> = claimed
+            .iter()
+            .map(|job| Completion { job_id: job.id, outcome: Outcome::Succeeded { result: json!({"ok": true}) } })
+            .collect();
+        let applied = store.complete("bench", completions).await.unwrap();
+        assert!(applied.iter().all(|&a| a), "a completion of a freshly claimed job was refused");
+        drained += claimed.len();
+    }
+    let drain_time = draining.elapsed();
+    assert_eq!(drained, n);
+    println!(
+        "[{}] backlog {n:>6}: loaded at {:>8.0} jobs/s, drained at {:>8.0} jobs/s",
+        store.backend(),
+        rate(n, load_time),
+        rate(n, drain_time)
+    );
+    rate(n, drain_time)
+}
+
+async fn drain_rate_holds_with_a_deep_backlog(store: Arc<dyn Store>) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let shallow = load_and_drain(&store, 1_000).await;
+    assert_eq!(store.count_jobs().await.unwrap(), JobCounts { succeeded: 1_000, ..Default::default() });
+    let deep = load_and_drain(&store, 50_000).await;
+    assert_eq!(store.count_jobs().await.unwrap(), JobCounts { succeeded: 51_000, ..Default::default() });
+    println!("[{}] 50,000 backlog drains at {:.2}x the 1,000 rate", store.backend(), deep / shallow);
+}
+
+async fn concurrent_inserts_are_all_stored(store: Arc<dyn Store>) {
+    const JOBS: usize = 10_000;
+    const TASKS: usize = 64;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (store, next) = (store.clone(), next.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < JOBS {
+                    let inserted = store.insert_job(new_job(0)).await.unwrap();
+                    assert!(matches!(inserted, Inserted::Created(_)), "{inserted:?}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(store.count_jobs().await.unwrap(), JobCounts { queued: JOBS as u64, ..Default::default() });
+    println!(
+        "[{}] {TASKS} tasks inserted {JOBS} jobs one by one at {:.0} jobs/s",
+        store.backend(),
+        rate(JOBS, elapsed)
+    );
+}
+
+on_each_backend!(drain_rate_holds_with_a_deep_backlog, concurrent_inserts_are_all_stored);

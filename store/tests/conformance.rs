@@ -1,0 +1,801 @@
+//! The behaviour every store backend must share, run on SQLite and on Redis.
+//!
+//! Each test is an `async fn(Arc<dyn Store>)` given a fresh, empty store; the
+//! `on_each_backend!` list at the end runs it as `sqlite::<name>` and
+//! `redis::<name>`.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use orch_store::*;
+use serde_json::{Value, json};
+use support::{now_ms, on_each_backend};
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn new_job(kind: JobKind) -> NewJob {
+    let now = now_ms();
+    NewJob {
+        id: new_job_id(),
+        kind,
+        input: json!({"prompt": "summarise the notes", "provider": "claude"}),
+        metadata: json!({"workflow": "n8n-42"}),
+        max_attempts: 3,
+        created_at: now,
+        run_at: now,
+        idempotency: None,
+    }
+}
+
+fn job_due_at(run_at: DateTime<Utc>) -> NewJob {
+    NewJob { run_at, ..new_job(JobKind::Chat) }
+}
+
+fn with_key(key: &str, body_hash: &str, expires_at: DateTime<Utc>) -> NewJob {
+    let idempotency = Some(Idempotency { key: key.into(), body_hash: body_hash.into(), expires_at });
+    NewJob { idempotency, ..new_job(JobKind::Chat) }
+}
+
+async fn insert(store: &Arc<dyn Store>, job: NewJob) -> Job {
+    match store.insert_job(job).await.unwrap() {
+        Inserted::Created(job) => job,
+        other => panic!("expected a new job, got {other:?}"),
+    }
+}
+
+async fn get(store: &Arc<dyn Store>, id: JobId) -> Job {
+    store.get_job(id).await.unwrap().expect("job exists")
+}
+
+/// A job claimed by `worker` with the given lease.
+async fn running(store: &Arc<dyn Store>, worker: &str, max_attempts: u32, lease: Duration) -> Job {
+    let job = insert(store, NewJob { max_attempts, ..new_job(JobKind::Chat) }).await;
+    let claimed = store.claim(worker, 1, lease).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, job.id);
+    claimed.into_iter().next().unwrap()
+}
+
+async fn complete(store: &Arc<dyn Store>, worker: &str, job_id: JobId, outcome: Outcome) -> bool {
+    let applied = store.complete(worker, vec![Completion { job_id, outcome }]).await.unwrap();
+    assert_eq!(applied.len(), 1);
+    applied[0]
+}
+
+fn succeeded(result: Value) -> Outcome {
+    Outcome::Succeeded { result }
+}
+
+fn step_failed() -> JobError {
+    JobError::new("step_failed", "node fetch: HTTP 502 from the MCP server", true)
+}
+
+async fn all_events(store: &Arc<dyn Store>, id: JobId) -> Vec<JobEvent> {
+    store.events(id, 0, 1000).await.unwrap()
+}
+
+async fn last_event(store: &Arc<dyn Store>, id: JobId) -> (String, Value) {
+    let event = all_events(store, id).await.pop().expect("job has events");
+    (event.kind, event.data)
+}
+
+/// `retry_at` as events carry it: chrono's serialization at millisecond precision.
+fn retry_at_json(t: DateTime<Utc>) -> Value {
+    json!(from_millis(to_millis(t)))
+}
+
+fn worker_info(id: &str, running: u32) -> WorkerInfo {
+    let now = now_ms();
+    WorkerInfo {
+        id: id.into(),
+        hostname: "box-1".into(),
+        pid: 4242,
+        started_at: now - TimeDelta::minutes(5),
+        last_seen: now,
+        concurrency: 8,
+        running,
+    }
+}
+
+fn api_key(id: &str, created_at: DateTime<Utc>) -> ApiKey {
+    ApiKey {
+        id: id.into(),
+        name: format!("{id} key"),
+        prefix: format!("orch_{id}"),
+        scopes: vec!["jobs:write".into(), "admin".into()],
+        created_at,
+        revoked_at: None,
+    }
+}
+
+fn sorted(mut ids: Vec<JobId>) -> Vec<JobId> {
+    ids.sort();
+    ids
+}
+
+// --- inserting ---
+
+async fn inserted_job_is_queued_and_readable(store: Arc<dyn Store>) {
+    let new = new_job(JobKind::Batch);
+    let job = insert(&store, new.clone()).await;
+    let expected = Job {
+        id: new.id,
+        kind: JobKind::Batch,
+        status: JobStatus::Queued,
+        input: new.input,
+        metadata: new.metadata,
+        attempts: 0,
+        max_attempts: 3,
+        progress: None,
+        error: None,
+        created_at: new.created_at,
+        updated_at: new.created_at,
+        run_at: new.run_at,
+        started_at: None,
+        finished_at: None,
+        cancel_requested: false,
+        worker: None,
+        lease_expires_at: None,
+    };
+    assert_eq!(job, expected);
+    assert_eq!(get(&store, new.id).await, expected);
+}
+
+async fn unknown_job_is_none(store: Arc<dyn Store>) {
+    assert_eq!(store.get_job(new_job_id()).await.unwrap(), None);
+    assert_eq!(store.get_result(new_job_id()).await.unwrap(), None);
+    assert!(store.events(new_job_id(), 0, 10).await.unwrap().is_empty());
+}
+
+async fn inserted_job_has_queued_event(store: Arc<dyn Store>) {
+    let job = insert(&store, new_job(JobKind::Chat)).await;
+    let events = all_events(&store, job.id).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].seq, events[0].job_id), (1, job.id));
+    assert_eq!(events[0].kind, "queued");
+    assert_eq!(events[0].data, json!({"status": "queued"}));
+}
+
+async fn insert_wakes_job_and_event_waiters(store: Arc<dyn Store>) {
+    let notifier = store.notifier();
+    let (jobs, events) = (notifier.jobs.notified(), notifier.events.notified());
+    insert(&store, new_job(JobKind::Chat)).await;
+    tokio::time::timeout(Duration::from_secs(1), async { tokio::join!(jobs, events) })
+        .await
+        .expect("insert_job notifies jobs and events");
+}
+
+async fn bulk_insert_stores_every_job_queued(store: Arc<dyn Store>) {
+    let jobs: Vec<NewJob> = (0..20).map(|_| new_job(JobKind::Batch)).collect();
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    store.insert_jobs(jobs).await.unwrap();
+    assert_eq!(store.count_jobs().await.unwrap(), JobCounts { queued: 20, ..Default::default() });
+    for id in ids {
+        assert_eq!(get(&store, id).await.status, JobStatus::Queued);
+        assert_eq!(last_event(&store, id).await, ("queued".into(), json!({"status": "queued"})));
+    }
+}
+
+// --- idempotency ---
+
+async fn repeat_with_same_body_returns_first_job(store: Arc<dyn Store>) {
+    let expires = now_ms() + TimeDelta::hours(24);
+    let first = insert(&store, with_key("key1:order-7", "hash-a", expires)).await;
+    let repeat = with_key("key1:order-7", "hash-a", expires);
+    let repeat_id = repeat.id;
+    match store.insert_job(repeat).await.unwrap() {
+        Inserted::Existing(job) => assert_eq!(job, first),
+        other => panic!("expected the first job, got {other:?}"),
+    }
+    assert_eq!(store.get_job(repeat_id).await.unwrap(), None);
+    assert_eq!(store.count_jobs().await.unwrap().queued, 1);
+}
+
+async fn repeat_with_other_body_conflicts(store: Arc<dyn Store>) {
+    let expires = now_ms() + TimeDelta::hours(24);
+    let first = insert(&store, with_key("key1:order-7", "hash-a", expires)).await;
+    let other = with_key("key1:order-7", "hash-b", expires);
+    let other_id = other.id;
+    match store.insert_job(other).await.unwrap() {
+        Inserted::Conflict { job_id } => assert_eq!(job_id, first.id),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.get_job(other_id).await.unwrap(), None);
+}
+
+async fn expired_idempotency_key_creates_a_new_job(store: Arc<dyn Store>) {
+    let expired = now_ms() - TimeDelta::seconds(1);
+    let first = insert(&store, with_key("key1:order-7", "hash-a", expired)).await;
+    let again = insert(&store, with_key("key1:order-7", "hash-a", now_ms() + TimeDelta::hours(1))).await;
+    assert_ne!(again.id, first.id);
+    // The new record now holds the key.
+    match store.insert_job(with_key("key1:order-7", "hash-a", now_ms())).await.unwrap() {
+        Inserted::Existing(job) => assert_eq!(job.id, again.id),
+        other => panic!("expected the second job, got {other:?}"),
+    }
+}
+
+async fn idempotency_keys_are_independent(store: Arc<dyn Store>) {
+    let expires = now_ms() + TimeDelta::hours(1);
+    let a = insert(&store, with_key("key1:x", "hash-a", expires)).await;
+    let b = insert(&store, with_key("key2:x", "hash-a", expires)).await;
+    assert_ne!(a.id, b.id);
+}
+
+// --- claiming ---
+
+async fn claim_takes_oldest_due_first(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let at = |secs: i64| now - TimeDelta::seconds(secs);
+    let j0 = insert(&store, job_due_at(at(1))).await.id;
+    let j1 = insert(&store, job_due_at(at(3))).await.id;
+    let j2 = insert(&store, job_due_at(at(2))).await.id;
+    let j3 = insert(&store, job_due_at(at(3))).await.id; // same run_at as j1, later id
+    let ids = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.claim("w1", 3, LEASE).await.unwrap()), [j1, j3, j2]);
+    assert_eq!(ids(store.claim("w1", 3, LEASE).await.unwrap()), [j0]);
+    assert!(store.claim("w1", 3, LEASE).await.unwrap().is_empty());
+}
+
+async fn claimed_job_runs_under_a_lease(store: Arc<dyn Store>) {
+    let queued = insert(&store, new_job(JobKind::Chat)).await;
+    let before = now_ms();
+    let claimed = store.claim("w1", 10, LEASE).await.unwrap();
+    let after = Utc::now();
+    assert_eq!(claimed.len(), 1);
+    let job = &claimed[0];
+    assert_eq!((job.id, job.status, job.attempts), (queued.id, JobStatus::Running, 1));
+    assert_eq!(job.worker.as_deref(), Some("w1"));
+    let started = job.started_at.expect("started_at is set");
+    assert!(before <= started && started <= after, "{started} not within the call");
+    assert_eq!(job.updated_at, started);
+    assert_eq!(job.lease_expires_at, Some(started + TimeDelta::from_std(LEASE).unwrap()));
+    assert_eq!(&get(&store, job.id).await, job);
+    assert_eq!(last_event(&store, job.id).await, ("running".into(), json!({"status": "running", "attempts": 1})));
+}
+
+async fn claim_leaves_jobs_not_yet_due(store: Arc<dyn Store>) {
+    let later = insert(&store, job_due_at(now_ms() + TimeDelta::hours(1))).await;
+    assert!(store.claim("w1", 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(get(&store, later.id).await.status, JobStatus::Queued);
+}
+
+async fn claim_respects_limit(store: Arc<dyn Store>) {
+    store.insert_jobs((0..5).map(|_| new_job(JobKind::Chat)).collect()).await.unwrap();
+    assert_eq!(store.claim("w1", 2, LEASE).await.unwrap().len(), 2);
+    assert_eq!(store.count_jobs().await.unwrap(), JobCounts { queued: 3, running: 2, ..Default::default() });
+}
+
+async fn concurrent_claimers_never_share_a_job(store: Arc<dyn Store>) {
+    let jobs: Vec<NewJob> = (0..300).map(|_| new_job(JobKind::Chat)).collect();
+    let all: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    store.insert_jobs(jobs).await.unwrap();
+    let claimer = |worker: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = store.claim(worker, 7, LEASE).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                assert!(batch.iter().all(|j| j.worker.as_deref() == Some(worker) && j.attempts == 1));
+                got.extend(batch.into_iter().map(|j| j.id));
+            }
+        })
+    };
+    let (a, b) = (claimer("w1"), claimer("w2"));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let both: Vec<JobId> = a.iter().chain(&b).copied().collect();
+    assert_eq!(both.iter().collect::<HashSet<_>>().len(), both.len(), "a job was claimed twice");
+    assert_eq!(sorted(both), sorted(all));
+    assert_eq!(store.count_jobs().await.unwrap(), JobCounts { running: 300, ..Default::default() });
+}
+
+// --- heartbeats ---
+
+async fn heartbeat_extends_the_lease(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, Duration::from_secs(1)).await;
+    let stop = store.heartbeat(&worker_info("w1", 1), &[job.id], Duration::from_secs(3600)).await.unwrap();
+    assert!(stop.is_empty(), "{stop:?}");
+    let lease = get(&store, job.id).await.lease_expires_at.unwrap();
+    assert!(lease > Utc::now() + TimeDelta::minutes(59), "lease not extended: {lease}");
+}
+
+async fn heartbeat_reports_cancel_requests(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    let other = running(&store, "w1", 3, LEASE).await;
+    store.cancel_job(job.id).await.unwrap();
+    let stop = store.heartbeat(&worker_info("w1", 2), &[job.id, other.id], LEASE).await.unwrap();
+    assert_eq!(stop, [job.id]);
+    assert_eq!(get(&store, job.id).await.status, JobStatus::Running);
+}
+
+async fn heartbeat_reports_jobs_the_worker_does_not_hold(store: Arc<dyn Store>) {
+    let foreign = running(&store, "w2", 3, Duration::from_secs(30)).await;
+    let finished = running(&store, "w1", 3, LEASE).await;
+    assert!(complete(&store, "w1", finished.id, succeeded(json!(1))).await);
+    let queued = insert(&store, new_job(JobKind::Chat)).await;
+    let unknown = new_job_id();
+    let asked = [foreign.id, finished.id, queued.id, unknown];
+    let stop = store.heartbeat(&worker_info("w1", 0), &asked, Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(sorted(stop), sorted(asked.to_vec()));
+    assert_eq!(get(&store, foreign.id).await.lease_expires_at, foreign.lease_expires_at);
+}
+
+async fn workers_lists_those_seen_since(store: Arc<dyn Store>) {
+    let info = worker_info("w1", 1);
+    store.heartbeat(&info, &[], LEASE).await.unwrap();
+    assert_eq!(store.workers(info.last_seen - TimeDelta::minutes(1)).await.unwrap(), [info.clone()]);
+    assert_eq!(store.workers(info.last_seen).await.unwrap(), [info.clone()]);
+    assert!(store.workers(info.last_seen + TimeDelta::minutes(1)).await.unwrap().is_empty());
+    let later = WorkerInfo { running: 3, last_seen: info.last_seen + TimeDelta::seconds(5), ..info };
+    store.heartbeat(&later, &[], LEASE).await.unwrap();
+    assert_eq!(store.workers(later.last_seen - TimeDelta::minutes(1)).await.unwrap(), [later]);
+}
+
+// --- completing ---
+
+async fn success_stores_the_result(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    assert_eq!(store.get_result(job.id).await.unwrap(), None);
+    let result = json!({"text": "done", "usage": {"tokens": 12}});
+    assert!(complete(&store, "w1", job.id, succeeded(result.clone())).await);
+    let done = get(&store, job.id).await;
+    assert_eq!((done.status, done.attempts, done.error), (JobStatus::Succeeded, 1, None));
+    assert_eq!((done.worker, done.lease_expires_at), (None, None));
+    let finished = done.finished_at.expect("finished_at is set");
+    assert!(finished >= job.started_at.unwrap());
+    assert_eq!(done.updated_at, finished);
+    assert_eq!(store.get_result(job.id).await.unwrap(), Some(result));
+    assert_eq!(last_event(&store, job.id).await, ("succeeded".into(), json!({"status": "succeeded", "attempts": 1})));
+}
+
+async fn completion_from_another_worker_is_refused(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    assert!(!complete(&store, "w2", job.id, succeeded(json!(1))).await);
+    assert_eq!(get(&store, job.id).await, job);
+    assert_eq!(store.get_result(job.id).await.unwrap(), None);
+}
+
+async fn completion_applies_once(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    let applied = store
+        .complete("w1", vec![
+            Completion { job_id: job.id, outcome: succeeded(json!("first")) },
+            Completion { job_id: job.id, outcome: succeeded(json!("second")) },
+            Completion { job_id: new_job_id(), outcome: Outcome::Cancelled },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(applied, [true, false, false]);
+    assert_eq!(store.get_result(job.id).await.unwrap(), Some(json!("first")));
+}
+
+async fn owner_completes_after_its_lease_lapsed_until_recovered(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, Duration::from_millis(1)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(complete(&store, "w1", job.id, succeeded(json!(1))).await);
+    assert_eq!(get(&store, job.id).await.status, JobStatus::Succeeded);
+}
+
+async fn failure_with_retry_requeues_for_later(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    let retry_at = Utc::now() + TimeDelta::hours(1);
+    let outcome = Outcome::Failed { error: step_failed(), retry_at: Some(retry_at) };
+    assert!(complete(&store, "w1", job.id, outcome).await);
+    let queued = get(&store, job.id).await;
+    assert_eq!((queued.status, queued.attempts), (JobStatus::Queued, 1));
+    assert_eq!(queued.run_at, from_millis(to_millis(retry_at)));
+    assert_eq!(queued.error, Some(step_failed()));
+    assert_eq!((queued.worker, queued.lease_expires_at, queued.finished_at), (None, None, None));
+    assert!(store.claim("w1", 10, LEASE).await.unwrap().is_empty(), "claimed before retry_at");
+    let expected = json!({"status": "queued", "attempts": 1, "error": step_failed(), "retry_at": retry_at_json(retry_at)});
+    assert_eq!(last_event(&store, job.id).await, ("retrying".into(), expected));
+}
+
+async fn due_retry_runs_again_as_attempt_two(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    let outcome = Outcome::Failed { error: step_failed(), retry_at: Some(now_ms() - TimeDelta::milliseconds(1)) };
+    assert!(complete(&store, "w1", job.id, outcome).await);
+    let again = store.claim("w2", 10, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts, again[0].status), (job.id, 2, JobStatus::Running));
+    assert_eq!(again[0].worker.as_deref(), Some("w2"));
+    assert_eq!(again[0].error, Some(step_failed()), "the last attempt's error is kept while running");
+    assert!(complete(&store, "w2", job.id, succeeded(json!("ok"))).await);
+    let done = get(&store, job.id).await;
+    assert_eq!((done.status, done.attempts, done.error), (JobStatus::Succeeded, 2, None));
+}
+
+async fn failure_without_retry_is_final(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    assert!(complete(&store, "w1", job.id, Outcome::Failed { error: step_failed(), retry_at: None }).await);
+    let failed = get(&store, job.id).await;
+    assert_eq!((failed.status, failed.error.clone()), (JobStatus::Failed, Some(step_failed())));
+    assert!(failed.finished_at.is_some());
+    assert_eq!((failed.worker.clone(), failed.lease_expires_at), (None, None));
+    assert_eq!(store.get_result(job.id).await.unwrap(), None);
+    assert!(store.claim("w1", 10, LEASE).await.unwrap().is_empty());
+    let expected = json!({"status": "failed", "attempts": 1, "error": step_failed()});
+    assert_eq!(last_event(&store, job.id).await, ("failed".into(), expected));
+    assert_eq!(store.cancel_job(job.id).await.unwrap(), Some(failed));
+}
+
+async fn cancelled_attempt_is_final(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    store.cancel_job(job.id).await.unwrap();
+    assert!(complete(&store, "w1", job.id, Outcome::Cancelled).await);
+    let cancelled = get(&store, job.id).await;
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    assert!(cancelled.finished_at.is_some());
+    assert_eq!((cancelled.worker, cancelled.lease_expires_at), (None, None));
+    assert_eq!(last_event(&store, job.id).await, ("cancelled".into(), json!({"status": "cancelled", "attempts": 1})));
+}
+
+async fn progress_is_recorded_for_the_lease_holder_only(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    let queued = insert(&store, new_job(JobKind::Chat)).await;
+    store.record_progress("w2", job.id, json!({"node": "fetch"})).await.unwrap();
+    store.record_progress("w1", queued.id, json!({"node": "fetch"})).await.unwrap();
+    assert_eq!(get(&store, job.id).await.progress, None);
+    assert_eq!(all_events(&store, job.id).await.len(), 2);
+    assert_eq!(all_events(&store, queued.id).await.len(), 1);
+
+    let progress = json!({"node": "fetch", "done": 1, "total": 3});
+    store.record_progress("w1", job.id, progress.clone()).await.unwrap();
+    let updated = get(&store, job.id).await;
+    assert_eq!(updated.progress, Some(progress.clone()));
+    assert!(updated.updated_at >= job.updated_at);
+    assert_eq!(last_event(&store, job.id).await, ("progress".into(), progress));
+}
+
+// --- cancelling ---
+
+async fn cancelling_a_queued_job_ends_it(store: Arc<dyn Store>) {
+    let job = insert(&store, new_job(JobKind::Chat)).await;
+    let cancelled = store.cancel_job(job.id).await.unwrap().expect("known job");
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    assert!(cancelled.finished_at.is_some());
+    assert_eq!(get(&store, job.id).await, cancelled);
+    assert!(store.claim("w1", 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(last_event(&store, job.id).await, ("cancelled".into(), json!({"status": "cancelled", "attempts": 0})));
+}
+
+async fn cancelling_a_running_job_asks_its_worker(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    let requested = store.cancel_job(job.id).await.unwrap().expect("known job");
+    assert_eq!((requested.status, requested.cancel_requested), (JobStatus::Running, true));
+    assert_eq!(requested.worker.as_deref(), Some("w1"));
+    assert_eq!(get(&store, job.id).await, requested);
+    assert_eq!(all_events(&store, job.id).await.len(), 2, "no event until the worker stops");
+}
+
+async fn cancelling_a_finished_job_changes_nothing(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    assert!(complete(&store, "w1", job.id, succeeded(json!(1))).await);
+    let done = get(&store, job.id).await;
+    assert_eq!(store.cancel_job(job.id).await.unwrap(), Some(done.clone()));
+    assert_eq!(get(&store, job.id).await, done);
+    assert_eq!(all_events(&store, job.id).await.len(), 3);
+}
+
+async fn cancelling_an_unknown_job_is_none(store: Arc<dyn Store>) {
+    assert_eq!(store.cancel_job(new_job_id()).await.unwrap(), None);
+}
+
+// --- recovering jobs of dead workers ---
+
+fn worker_lost(worker: &str) -> JobError {
+    JobError::new("worker_lost", format!("worker {worker} stopped heartbeating; its lease expired"), true)
+}
+
+async fn unexpired_leases_are_left_alone(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    assert_eq!(store.recover_expired(Utc::now(), 10).await.unwrap(), 0);
+    assert_eq!(get(&store, job.id).await, job);
+}
+
+async fn expired_job_with_attempts_left_is_requeued(store: Arc<dyn Store>) {
+    let job = running(&store, "w-dead", 3, LEASE).await;
+    let now = Utc::now() + TimeDelta::minutes(2);
+    assert_eq!(store.recover_expired(now, 10).await.unwrap(), 1);
+    let queued = get(&store, job.id).await;
+    assert_eq!((queued.status, queued.attempts), (JobStatus::Queued, 1));
+    assert_eq!(queued.run_at, from_millis(to_millis(now)));
+    assert_eq!(queued.error, Some(worker_lost("w-dead")));
+    assert_eq!((queued.worker, queued.lease_expires_at, queued.finished_at), (None, None, None));
+    let expected =
+        json!({"status": "queued", "attempts": 1, "error": worker_lost("w-dead"), "retry_at": retry_at_json(now)});
+    assert_eq!(last_event(&store, job.id).await, ("retrying".into(), expected));
+    assert!(!complete(&store, "w-dead", job.id, succeeded(json!(1))).await, "the dead worker lost its lease");
+}
+
+async fn expired_job_out_of_attempts_fails(store: Arc<dyn Store>) {
+    let job = running(&store, "w-dead", 1, LEASE).await;
+    assert_eq!(store.recover_expired(Utc::now() + TimeDelta::minutes(2), 10).await.unwrap(), 1);
+    let failed = get(&store, job.id).await;
+    assert_eq!((failed.status, failed.error), (JobStatus::Failed, Some(worker_lost("w-dead"))));
+    assert!(failed.finished_at.is_some());
+    let expected = json!({"status": "failed", "attempts": 1, "error": worker_lost("w-dead")});
+    assert_eq!(last_event(&store, job.id).await, ("failed".into(), expected));
+}
+
+async fn expired_job_with_cancel_request_is_cancelled(store: Arc<dyn Store>) {
+    let job = running(&store, "w-dead", 3, LEASE).await;
+    store.cancel_job(job.id).await.unwrap();
+    assert_eq!(store.recover_expired(Utc::now() + TimeDelta::minutes(2), 10).await.unwrap(), 1);
+    let cancelled = get(&store, job.id).await;
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    assert!(cancelled.finished_at.is_some());
+    assert_eq!(last_event(&store, job.id).await, ("cancelled".into(), json!({"status": "cancelled", "attempts": 1})));
+}
+
+async fn recovery_respects_limit(store: Arc<dyn Store>) {
+    for _ in 0..3 {
+        running(&store, "w-dead", 3, LEASE).await;
+    }
+    let later = Utc::now() + TimeDelta::minutes(2);
+    assert_eq!(store.recover_expired(later, 2).await.unwrap(), 2);
+    assert_eq!(store.recover_expired(later, 2).await.unwrap(), 1);
+    assert_eq!(store.recover_expired(later, 2).await.unwrap(), 0);
+    assert_eq!(store.count_jobs().await.unwrap(), JobCounts { queued: 3, ..Default::default() });
+}
+
+// --- events ---
+
+async fn events_are_numbered_from_one_and_paged(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    store.record_progress("w1", job.id, json!({"step": 1})).await.unwrap();
+    store.record_progress("w1", job.id, json!({"step": 2})).await.unwrap();
+    assert!(complete(&store, "w1", job.id, succeeded(json!("ok"))).await);
+
+    let events = all_events(&store, job.id).await;
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(kinds, ["queued", "running", "progress", "progress", "succeeded"]);
+    assert!(events.iter().all(|e| e.job_id == job.id));
+    assert!(events.windows(2).all(|w| w[0].at <= w[1].at), "event times go backwards");
+    assert!(events.last().unwrap().is_terminal());
+
+    let page = store.events(job.id, 2, 2).await.unwrap();
+    assert_eq!(page, events[2..4]);
+    assert!(store.events(job.id, 5, 10).await.unwrap().is_empty());
+}
+
+async fn event_appends_wake_waiters(store: Arc<dyn Store>) {
+    insert(&store, new_job(JobKind::Chat)).await;
+    let woken = store.notifier().events.notified();
+    store.claim("w1", 1, LEASE).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), woken).await.expect("claim notifies event waiters");
+}
+
+// --- listing and counting ---
+
+async fn list_pages_newest_first(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for _ in 0..25 {
+        ids.push(insert(&store, new_job(JobKind::Chat)).await.id);
+    }
+    let newest_first: Vec<JobId> = sorted(ids).into_iter().rev().collect();
+    let mut seen = Vec::new();
+    let mut before = None;
+    let mut pages = Vec::new();
+    loop {
+        let page = store.list_jobs(&JobFilter { before, limit: 10, ..Default::default() }).await.unwrap();
+        pages.push(page.len());
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        seen.extend(page.iter().map(|j| j.id));
+    }
+    assert_eq!(pages, [10, 10, 5, 0]);
+    assert_eq!(seen, newest_first);
+}
+
+async fn list_filters_by_status_and_kind(store: Arc<dyn Store>) {
+    let mut chat = Vec::new();
+    let mut batch = Vec::new();
+    for i in 0..6 {
+        let kind = if i % 2 == 0 { JobKind::Chat } else { JobKind::Batch };
+        let id = insert(&store, new_job(kind)).await.id;
+        if kind == JobKind::Chat { chat.push(id) } else { batch.push(id) }
+    }
+    // Claims the two oldest: chat[0] and batch[0].
+    store.claim("w1", 2, LEASE).await.unwrap();
+    let list = |status, kind, limit| {
+        let store = store.clone();
+        async move {
+            let jobs = store.list_jobs(&JobFilter { status, kind, before: None, limit }).await.unwrap();
+            jobs.into_iter().map(|j| j.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(Some(JobStatus::Running), None, 10).await, [batch[0], chat[0]]);
+    assert_eq!(list(None, Some(JobKind::Batch), 10).await, [batch[2], batch[1], batch[0]]);
+    assert_eq!(list(Some(JobStatus::Queued), Some(JobKind::Chat), 10).await, [chat[2], chat[1]]);
+    assert_eq!(list(Some(JobStatus::Queued), Some(JobKind::Chat), 1).await, [chat[2]]);
+    assert!(list(Some(JobStatus::Failed), None, 10).await.is_empty());
+    let page = store
+        .list_jobs(&JobFilter { kind: Some(JobKind::Chat), before: Some(chat[2]), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(page.into_iter().map(|j| j.id).collect::<Vec<_>>(), [chat[1], chat[0]]);
+}
+
+async fn counts_follow_each_status(store: Arc<dyn Store>) {
+    let ok = running(&store, "w1", 3, LEASE).await;
+    let bad = running(&store, "w1", 3, LEASE).await;
+    running(&store, "w1", 3, LEASE).await;
+    assert!(complete(&store, "w1", ok.id, succeeded(json!(1))).await);
+    assert!(complete(&store, "w1", bad.id, Outcome::Failed { error: step_failed(), retry_at: None }).await);
+    let cancelled = insert(&store, new_job(JobKind::Chat)).await;
+    store.cancel_job(cancelled.id).await.unwrap();
+    store.insert_jobs(vec![new_job(JobKind::Chat), new_job(JobKind::Batch)]).await.unwrap();
+    let expected = JobCounts { queued: 2, running: 1, succeeded: 1, failed: 1, cancelled: 1 };
+    assert_eq!(store.count_jobs().await.unwrap(), expected);
+}
+
+// --- purging ---
+
+async fn purge_removes_only_old_finished_jobs(store: Arc<dyn Store>) {
+    let ok = running(&store, "w1", 3, LEASE).await;
+    let bad = running(&store, "w1", 3, LEASE).await;
+    let busy = running(&store, "w1", 3, LEASE).await;
+    let queued = insert(&store, new_job(JobKind::Chat)).await;
+    let dropped = insert(&store, new_job(JobKind::Chat)).await;
+    let before_finishing = now_ms();
+    assert!(complete(&store, "w1", ok.id, succeeded(json!("kept until purged"))).await);
+    assert!(complete(&store, "w1", bad.id, Outcome::Failed { error: step_failed(), retry_at: None }).await);
+    store.cancel_job(dropped.id).await.unwrap();
+
+    assert_eq!(store.purge(before_finishing, 100).await.unwrap(), 0, "purged jobs that finished later");
+    assert_eq!(store.purge(Utc::now() + TimeDelta::seconds(1), 100).await.unwrap(), 3);
+    for id in [ok.id, bad.id, dropped.id] {
+        assert_eq!(store.get_job(id).await.unwrap(), None);
+        assert!(store.events(id, 0, 10).await.unwrap().is_empty());
+    }
+    assert_eq!(store.get_result(ok.id).await.unwrap(), None);
+    assert_eq!(get(&store, queued.id).await.status, JobStatus::Queued);
+    assert_eq!(get(&store, busy.id).await.status, JobStatus::Running);
+    assert_eq!(store.count_jobs().await.unwrap(), JobCounts { queued: 1, running: 1, ..Default::default() });
+}
+
+async fn purge_respects_limit(store: Arc<dyn Store>) {
+    for _ in 0..3 {
+        let job = insert(&store, new_job(JobKind::Chat)).await;
+        store.cancel_job(job.id).await.unwrap();
+    }
+    let later = Utc::now() + TimeDelta::seconds(1);
+    assert_eq!(store.purge(later, 2).await.unwrap(), 2);
+    assert_eq!(store.purge(later, 2).await.unwrap(), 1);
+    assert_eq!(store.purge(later, 2).await.unwrap(), 0);
+}
+
+async fn purge_forgets_idempotency_keys(store: Arc<dyn Store>) {
+    let expires = now_ms() + TimeDelta::hours(24);
+    let first = insert(&store, with_key("key1:order-7", "hash-a", expires)).await;
+    store.cancel_job(first.id).await.unwrap();
+    assert_eq!(store.purge(Utc::now() + TimeDelta::seconds(1), 10).await.unwrap(), 1);
+    let again = insert(&store, with_key("key1:order-7", "hash-a", expires)).await;
+    assert_ne!(again.id, first.id);
+}
+
+// --- API keys ---
+
+async fn first_key_is_created_only_once(store: Arc<dyn Store>) {
+    let now = now_ms();
+    assert!(store.create_first_key(&api_key("k1", now), "hash-1").await.unwrap());
+    assert!(!store.create_first_key(&api_key("k2", now), "hash-2").await.unwrap());
+    assert_eq!(store.list_keys().await.unwrap(), [api_key("k1", now)]);
+    assert_eq!(store.key_by_hash("hash-2").await.unwrap(), None);
+}
+
+async fn first_key_again_once_all_are_revoked(store: Arc<dyn Store>) {
+    let now = now_ms();
+    store.create_key(&api_key("k1", now), "hash-1").await.unwrap();
+    assert!(!store.create_first_key(&api_key("k2", now), "hash-2").await.unwrap());
+    assert!(store.revoke_key("k1").await.unwrap());
+    assert!(store.create_first_key(&api_key("k2", now), "hash-2").await.unwrap());
+}
+
+async fn concurrent_first_keys_store_one(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let tries = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.create_first_key(&api_key(&format!("k{i}"), now), &format!("hash-{i}")).await })
+    });
+    let stored = futures::future::join_all(tries).await.into_iter().filter(|r| *r.as_ref().unwrap().as_ref().unwrap());
+    assert_eq!(stored.count(), 1);
+    assert_eq!(store.list_keys().await.unwrap().len(), 1);
+}
+
+async fn keys_are_found_by_hash_until_revoked(store: Arc<dyn Store>) {
+    let key = api_key("k1", now_ms());
+    store.create_key(&key, "hash-1").await.unwrap();
+    assert_eq!(store.key_by_hash("hash-1").await.unwrap(), Some(key.clone()));
+    assert_eq!(store.key_by_hash("hash-9").await.unwrap(), None);
+    let before = now_ms();
+    assert!(store.revoke_key("k1").await.unwrap());
+    assert!(!store.revoke_key("k1").await.unwrap(), "revoked twice");
+    assert!(!store.revoke_key("nope").await.unwrap());
+    assert_eq!(store.key_by_hash("hash-1").await.unwrap(), None);
+    let listed = store.list_keys().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let revoked_at = listed[0].revoked_at.expect("revoked_at is set");
+    assert!(revoked_at >= before && revoked_at <= Utc::now(), "{revoked_at}");
+    assert_eq!(ApiKey { revoked_at: None, ..listed[0].clone() }, key);
+}
+
+async fn keys_are_listed_oldest_first(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let (old, mid, new) =
+        (api_key("old", now - TimeDelta::days(2)), api_key("mid", now - TimeDelta::days(1)), api_key("new", now));
+    store.create_key(&mid, "hash-mid").await.unwrap();
+    store.create_key(&new, "hash-new").await.unwrap();
+    store.create_key(&old, "hash-old").await.unwrap();
+    store.revoke_key("mid").await.unwrap();
+    let ids: Vec<String> = store.list_keys().await.unwrap().into_iter().map(|k| k.id).collect();
+    assert_eq!(ids, ["old", "mid", "new"]);
+}
+
+async fn ping_answers(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+    assert!(["sqlite", "redis"].contains(&store.backend()));
+}
+
+on_each_backend!(
+    inserted_job_is_queued_and_readable,
+    unknown_job_is_none,
+    inserted_job_has_queued_event,
+    insert_wakes_job_and_event_waiters,
+    bulk_insert_stores_every_job_queued,
+    repeat_with_same_body_returns_first_job,
+    repeat_with_other_body_conflicts,
+    expired_idempotency_key_creates_a_new_job,
+    idempotency_keys_are_independent,
+    claim_takes_oldest_due_first,
+    claimed_job_runs_under_a_lease,
+    claim_leaves_jobs_not_yet_due,
+    claim_respects_limit,
+    concurrent_claimers_never_share_a_job,
+    heartbeat_extends_the_lease,
+    heartbeat_reports_cancel_requests,
+    heartbeat_reports_jobs_the_worker_does_not_hold,
+    workers_lists_those_seen_since,
+    success_stores_the_result,
+    completion_from_another_worker_is_refused,
+    completion_applies_once,
+    owner_completes_after_its_lease_lapsed_until_recovered,
+    failure_with_retry_requeues_for_later,
+    due_retry_runs_again_as_attempt_two,
+    failure_without_retry_is_final,
+    cancelled_attempt_is_final,
+    progress_is_recorded_for_the_lease_holder_only,
+    cancelling_a_queued_job_ends_it,
+    cancelling_a_running_job_asks_its_worker,
+    cancelling_a_finished_job_changes_nothing,
+    cancelling_an_unknown_job_is_none,
+    unexpired_leases_are_left_alone,
+    expired_job_with_attempts_left_is_requeued,
+    expired_job_out_of_attempts_fails,
+    expired_job_with_cancel_request_is_cancelled,
+    recovery_respects_limit,
+    events_are_numbered_from_one_and_paged,
+    event_appends_wake_waiters,
+    list_pages_newest_first,
+    list_filters_by_status_and_kind,
+    counts_follow_each_status,
+    purge_removes_only_old_finished_jobs,
+    purge_respects_limit,
+    purge_forgets_idempotency_keys,
+    first_key_is_created_only_once,
+    first_key_again_once_all_are_revoked,
+    concurrent_first_keys_store_one,
+    keys_are_found_by_hash_until_revoked,
+    keys_are_listed_oldest_first,
+    ping_answers,
+);

@@ -1,0 +1,388 @@
+//! Orch's worker: claims due jobs from a [`Store`], runs them under a
+//! concurrency limit, and records how each attempt ended.
+//!
+//! One worker process runs four loops:
+//! - the claim loop takes up to `claim_batch` due jobs whenever there is room,
+//!   and sleeps on the in-process notifier (or `poll_interval`) when idle;
+//! - the completion flusher writes finished attempts in batches, so a busy
+//!   worker costs the store one round trip per batch rather than per job;
+//! - the heartbeat extends the leases of running jobs and stops the ones whose
+//!   cancellation was requested or whose lease was lost;
+//! - maintenance requeues jobs whose worker died (expired lease) and purges
+//!   finished jobs past the retention.
+//!
+//! Jobs are at-least-once: a job whose worker dies is run again by another
+//! worker; the store only accepts the outcome of the lease holder, so a caller
+//! sees exactly one result.
+
+pub mod exec;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use orch_store::{Completion, Job, JobError, JobId, Outcome, Store, WorkerInfo};
+use rand::Rng;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub use exec::{Executor, JobContext, Executors};
+
+/// How a worker behaves; every field is a user setting (see README).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Unique per process; leases are held in this name.
+    pub id: String,
+    /// Most jobs running at once in this process.
+    pub concurrency: usize,
+    /// Most jobs claimed in one store round trip.
+    pub claim_batch: usize,
+    /// How long a claimed job stays ours without a heartbeat.
+    pub lease: Duration,
+    /// How often an idle worker looks for due jobs queued by other processes.
+    pub poll_interval: Duration,
+    /// Backoff of the first retry; doubles per attempt, with ±20 % jitter.
+    pub retry_base: Duration,
+    /// Longest backoff between attempts.
+    pub retry_max: Duration,
+    /// Longest one attempt may run before it fails with `timeout`.
+    pub job_timeout: Duration,
+    /// Finished jobs older than this are deleted.
+    pub retention: Duration,
+    /// On shutdown, how long running jobs may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(id: String) -> WorkerConfig {
+        WorkerConfig {
+            id,
+            concurrency: 256,
+            claim_batch: 500,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(200),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(600),
+            job_timeout: Duration::from_secs(3600),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A name for this process's worker: host, pid and a random suffix.
+pub fn worker_id() -> String {
+    let host = hostname();
+    let suffix: u32 = rand::rng().random();
+    format!("{host}-{}-{suffix:08x}", std::process::id())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Backoff before attempt `attempts + 1`: `base * 2^(attempts-1)`, capped, ±20 %.
+pub fn retry_delay(config: &WorkerConfig, attempts: u32) -> Duration {
+    let exp = attempts.saturating_sub(1).min(30);
+    let raw = config.retry_base.saturating_mul(1u32 << exp).min(config.retry_max);
+    let jitter: f64 = rand::rng().random_range(0.8..1.2);
+    raw.mul_f64(jitter)
+}
+
+/// The outcome to record for an attempt that returned `result`.
+pub fn outcome_of(config: &WorkerConfig, job: &Job, result: Result<serde_json::Value, JobError>) -> Outcome {
+    match result {
+        Ok(result) => Outcome::Succeeded { result },
+        Err(error) if error.retryable && job.attempts < job.max_attempts => {
+            let delay = retry_delay(config, job.attempts);
+            let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            Outcome::Failed { error, retry_at: Some(retry_at) }
+        }
+        Err(error) => Outcome::Failed { error, retry_at: None },
+    }
+}
+
+/// Jobs this process is running, with the token that stops each.
+#[derive(Default)]
+struct Running {
+    jobs: Mutex<HashMap<JobId, CancellationToken>>,
+    /// Fires when a job finishes (room for another).
+    freed: Notify,
+}
+
+impl Running {
+    fn len(&self) -> usize {
+        self.jobs.lock().unwrap().len()
+    }
+
+    fn ids(&self) -> Vec<JobId> {
+        self.jobs.lock().unwrap().keys().copied().collect()
+    }
+}
+
+/// Runs the worker until `shutdown` fires, then lets running jobs finish for
+/// up to `shutdown_grace`. Jobs still running after that are left to lease
+/// expiry, so another worker runs them again.
+pub async fn run(store: Arc<dyn Store>, executors: Arc<Executors>, config: WorkerConfig, shutdown: CancellationToken) {
+    let config = Arc::new(config);
+    let running = Arc::new(Running::default());
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
+    let started_at = Utc::now();
+    let stop_background = CancellationToken::new();
+
+    let flusher = tokio::spawn(flush_completions(store.clone(), config.clone(), running.clone(), done_rx));
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        store.clone(),
+        config.clone(),
+        running.clone(),
+        started_at,
+        stop_background.clone(),
+    ));
+    let maintenance = tokio::spawn(maintenance_loop(store.clone(), config.clone(), stop_background.clone()));
+    tracing::info!(worker = %config.id, concurrency = config.concurrency, backend = store.backend(), "worker started");
+
+    claim_loop(&store, &executors, &config, &running, &done_tx, &shutdown).await;
+
+    tracing::info!(worker = %config.id, running = running.len(), "worker stopping; waiting for running jobs");
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    while running.len() > 0 && tokio::time::Instant::now() < deadline {
+        let _ = tokio::time::timeout_at(deadline, running.freed.notified()).await;
+    }
+    let left = running.len();
+    if left > 0 {
+        tracing::warn!(worker = %config.id, left, "shutdown grace over; these jobs go back to the queue when their lease expires");
+    }
+    drop(done_tx);
+    stop_background.cancel();
+    let _ = flusher.await;
+    let _ = heartbeat.await;
+    let _ = maintenance.await;
+    tracing::info!(worker = %config.id, "worker stopped");
+}
+
+async fn claim_loop(
+    store: &Arc<dyn Store>,
+    executors: &Arc<Executors>,
+    config: &Arc<WorkerConfig>,
+    running: &Arc<Running>,
+    done_tx: &mpsc::UnboundedSender<Completion>,
+    shutdown: &CancellationToken,
+) {
+    let mut store_backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let room = config.concurrency.saturating_sub(running.len());
+        if room == 0 {
+            tokio::select! {
+                _ = running.freed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        // Register interest before claiming so a job queued in between wakes us.
+        let queued = store.notifier().jobs.notified();
+        let jobs = match store.claim(&config.id, room.min(config.claim_batch), config.lease).await {
+            Ok(jobs) => {
+                store_backoff = Duration::from_millis(100);
+                jobs
+            }
+            Err(err) => {
+                tracing::warn!(worker = %config.id, error = %err, "claiming jobs failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(store_backoff) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if jobs.is_empty() {
+            tokio::select! {
+                _ = queued => {}
+                _ = tokio::time::sleep(config.poll_interval) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        for job in jobs {
+            start_job(store, executors, config, running, done_tx, job);
+        }
+    }
+}
+
+fn start_job(
+    store: &Arc<dyn Store>,
+    executors: &Arc<Executors>,
+    config: &Arc<WorkerConfig>,
+    running: &Arc<Running>,
+    done_tx: &mpsc::UnboundedSender<Completion>,
+    job: Job,
+) {
+    let cancel = CancellationToken::new();
+    running.jobs.lock().unwrap().insert(job.id, cancel.clone());
+    let ctx = JobContext { store: store.clone(), worker: config.id.clone(), job_id: job.id, cancel: cancel.clone() };
+    let executors = executors.clone();
+    let config = config.clone();
+    let done_tx = done_tx.clone();
+    tokio::spawn(async move {
+        let attempt = tokio::time::timeout(config.job_timeout, executors.run(&job, &ctx));
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Outcome::Cancelled,
+            result = attempt => match result {
+                Ok(result) => outcome_of(&config, &job, result),
+                Err(_) => outcome_of(&config, &job, Err(JobError::new(
+                    "timeout",
+                    format!("the attempt ran longer than the job timeout of {}s", config.job_timeout.as_secs()),
+                    true,
+                ))),
+            },
+        };
+        // The flusher removes the job from `running` once the outcome is stored.
+        let _ = done_tx.send(Completion { job_id: job.id, outcome });
+    });
+}
+
+/// Writes outcomes in batches. A store error is retried until it succeeds:
+/// an outcome is never dropped while the process lives.
+async fn flush_completions(
+    store: Arc<dyn Store>,
+    config: Arc<WorkerConfig>,
+    running: Arc<Running>,
+    mut done_rx: mpsc::UnboundedReceiver<Completion>,
+) {
+    let mut batch = Vec::with_capacity(config.claim_batch);
+    while let Some(first) = done_rx.recv().await {
+        batch.push(first);
+        while batch.len() < config.claim_batch.max(1) {
+            match done_rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<JobId> = batch.iter().map(|c| c.job_id).collect();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match store.complete(&config.id, batch.clone()).await {
+                Ok(applied) => {
+                    for (id, ok) in ids.iter().zip(applied) {
+                        if !ok {
+                            tracing::info!(job = %id, "outcome not recorded: the job's lease was lost to another worker");
+                        }
+                    }
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, jobs = ids.len(), "recording outcomes failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        batch.clear();
+        {
+            let mut jobs = running.jobs.lock().unwrap();
+            for id in &ids {
+                jobs.remove(id);
+            }
+        }
+        running.freed.notify_waiters();
+    }
+}
+
+async fn heartbeat_loop(
+    store: Arc<dyn Store>,
+    config: Arc<WorkerConfig>,
+    running: Arc<Running>,
+    started_at: chrono::DateTime<Utc>,
+    stop: CancellationToken,
+) {
+    let interval = (config.lease / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let ids = running.ids();
+        let info = WorkerInfo {
+            id: config.id.clone(),
+            hostname: hostname(),
+            pid: std::process::id(),
+            started_at,
+            last_seen: Utc::now(),
+            concurrency: config.concurrency as u32,
+            running: ids.len() as u32,
+        };
+        match store.heartbeat(&info, &ids, config.lease).await {
+            Ok(stop_ids) => {
+                let jobs = running.jobs.lock().unwrap();
+                for id in stop_ids {
+                    if let Some(token) = jobs.get(&id) {
+                        tracing::info!(job = %id, "stopping job: cancelled, or its lease moved to another worker");
+                        token.cancel();
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(worker = %config.id, error = %err, "heartbeat failed"),
+        }
+    }
+}
+
+async fn maintenance_loop(store: Arc<dyn Store>, config: Arc<WorkerConfig>, stop: CancellationToken) {
+    const RECOVER_EVERY: Duration = Duration::from_secs(1);
+    const PURGE_EVERY: u32 = 60;
+    const CHUNK: usize = 1000;
+    let mut ticks: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RECOVER_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        match store.recover_expired(Utc::now(), CHUNK).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(jobs = n, "recovered jobs whose worker stopped heartbeating"),
+            Err(err) => tracing::warn!(error = %err, "recovering expired leases failed"),
+        }
+        ticks = ticks.wrapping_add(1);
+        if ticks % PURGE_EVERY == 1 {
+            let before = Utc::now() - chrono::Duration::from_std(config.retention).unwrap_or_default();
+            loop {
+                match store.purge(before, CHUNK).await {
+                    Ok(n) if n as usize == CHUNK => continue,
+                    Ok(0) => break,
+                    Ok(n) => {
+                        tracing::info!(jobs = n, "purged finished jobs past retention");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "purging old jobs failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let mut config = WorkerConfig::new("w".into());
+        config.retry_base = Duration::from_secs(1);
+        config.retry_max = Duration::from_secs(10);
+        for (attempts, base) in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (40, 10.0)] {
+            let d = retry_delay(&config, attempts).as_secs_f64();
+            assert!(d >= base * 0.8 - 1e-9 && d <= base * 1.2 + 1e-9, "attempt {attempts}: {d}");
+        }
+    }
+}
