@@ -111,7 +111,6 @@ struct FileConfig {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub store: StoreUrl,
-    pub data_dir: PathBuf,
     pub redis_prefix: String,
     pub log: String,
     pub log_json: bool,
@@ -198,7 +197,7 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
 
     Ok(Settings {
         store,
-        data_dir,
+
         redis_prefix: global.redis_prefix.clone().or(file.redis_prefix).unwrap_or_else(|| "orch".into()),
         log: global.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
         log_json,

@@ -33,6 +33,12 @@ pub struct NewKey {
     pub hash: String,
 }
 
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKey").field("key", &self.key).field("secret", &"<redacted>").finish_non_exhaustive()
+    }
+}
+
 /// Makes a key with the given name and scopes (checked against [`SCOPES`]).
 pub fn new_key(name: &str, scopes: &[String]) -> Result<NewKey, ApiError> {
     if name.trim().is_empty() || name.len() > 100 {

@@ -149,6 +149,8 @@ pub struct JobView {
     pub metadata: Value,
     /// Cancellation was asked for and the worker is stopping the job.
     pub cancel_requested: bool,
+    /// The worker running the job (`host-pid-suffix`), while it runs.
+    pub worker: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// When the current or last attempt started.
@@ -168,6 +170,7 @@ impl From<Job> for JobView {
             error: job.error.map(|e| JobErrorView { code: e.code, message: e.message, retryable: e.retryable }),
             metadata: job.metadata,
             cancel_requested: job.cancel_requested,
+            worker: job.worker,
             created_at: job.created_at,
             updated_at: job.updated_at,
             started_at: job.started_at,

@@ -100,7 +100,7 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         check(r#"{"inner": [{"n": 1}, {"n": "x"}]}"#, 422, "inner[1].n: invalid type: string \"x\", expected u32");
-        check(r#"{"inner": [], "extra": 1}"#, 422, "body: unknown field `extra`, expected `inner`");
+        check(r#"{"inner": [], "extra": 1}"#, 422, "extra: unknown field `extra`, expected `inner`");
         check(r#"{}"#, 422, "body: missing field `inner`");
         check(r#"{"inner": [}"#, 400, "the body is not valid JSON: expected value at line 1 column 12");
     }

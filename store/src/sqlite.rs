@@ -82,10 +82,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("opening the sqlite store failed: {e}")))?
     }
 
-    async fn write<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let op: WriteOp = Box::new(move |conn| {
             let out = conn.map(|conn| in_savepoint(conn, f));
@@ -102,10 +99,7 @@ impl SqliteStore {
         rx.await.map_err(|_| writer_stopped())?
     }
 
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
         let pool = self.readers.clone();
         let permit = pool.permits.clone().acquire_owned().await.map_err(|_| writer_stopped())?;
         tokio::task::spawn_blocking(move || {
@@ -130,13 +124,11 @@ fn writer_stopped() -> StoreError {
 
 fn open_blocking(path: &Path) -> Result<SqliteStore> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create directory {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create directory {}: {e}", dir.display())))?;
     }
-    let conn = Connection::open(path).map_err(|e| {
-        StoreError::Unavailable(format!("cannot open sqlite database {}: {e}", path.display()))
-    })?;
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open sqlite database {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -470,9 +462,7 @@ fn complete_one(conn: &Connection, worker: &str, completion: &Completion) -> Res
     let id = completion.job_id.to_string();
     let at = now_millis();
     let to = match &completion.outcome {
-        Outcome::Succeeded { .. } => {
-            Move { to: JobStatus::Succeeded, at, run_at: None, error: ErrorChange::Clear }
-        }
+        Outcome::Succeeded { .. } => Move { to: JobStatus::Succeeded, at, run_at: None, error: ErrorChange::Clear },
         Outcome::Failed { error, retry_at: Some(t) } => {
             Move { to: JobStatus::Queued, at, run_at: Some(to_millis(*t)), error: ErrorChange::Set(error) }
         }
@@ -963,6 +953,79 @@ mod tests {
         assert_eq!(version, MIGRATIONS.len() as i64);
         let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    fn new_job() -> NewJob {
+        let now = from_millis(now_millis());
+        NewJob {
+            id: new_job_id(),
+            kind: JobKind::Chat,
+            input: json!({"prompt": "hi"}),
+            metadata: json!({}),
+            max_attempts: 3,
+            created_at: now,
+            run_at: now,
+            idempotency: None,
+        }
+    }
+
+    /// Two stores on one file stand for `orch api` and `orch worker` processes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_sharing_a_file_never_claim_the_same_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        let (a, b) =
+            (Arc::new(SqliteStore::open(&path).await.unwrap()), Arc::new(SqliteStore::open(&path).await.unwrap()));
+        a.insert_jobs((0..400).map(|_| new_job()).collect()).await.unwrap();
+        assert_eq!(b.count_jobs().await.unwrap().queued, 400);
+        let claimer = |store: Arc<SqliteStore>| {
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                loop {
+                    let jobs = store.claim(store.backend(), 9, Duration::from_secs(60)).await.unwrap();
+                    if jobs.is_empty() {
+                        return ids;
+                    }
+                    ids.extend(jobs.into_iter().map(|j| j.id));
+                }
+            })
+        };
+        let (from_a, from_b) = (claimer(a.clone()), claimer(b.clone()));
+        let mut all = from_a.await.unwrap();
+        all.extend(from_b.await.unwrap());
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 400);
+        assert_eq!(a.count_jobs().await.unwrap(), JobCounts { running: 400, ..Default::default() });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_undoes_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("orch.db")).await.unwrap());
+        let taken = new_job();
+        store.insert_job(taken.clone()).await.unwrap();
+        // Same id again: it stores its idempotency record, then fails on the job.
+        let idempotency = Some(Idempotency {
+            key: "k".into(),
+            body_hash: "h".into(),
+            expires_at: Utc::now() + chrono::TimeDelta::hours(1),
+        });
+        let failing = NewJob { idempotency: idempotency.clone(), ..taken };
+        let inserts = (0..100).map(|i| {
+            let store = store.clone();
+            let job = if i == 50 { failing.clone() } else { new_job() };
+            tokio::spawn(async move { store.insert_job(job).await })
+        });
+        let mut failed = 0;
+        for insert in inserts {
+            failed += insert.await.unwrap().is_err() as usize;
+        }
+        assert_eq!(failed, 1);
+        assert_eq!(store.count_jobs().await.unwrap().queued, 100);
+        // The failed insert's idempotency record was undone with it.
+        let retry = NewJob { idempotency, ..new_job() };
+        assert!(matches!(store.insert_job(retry).await.unwrap(), Inserted::Created(_)));
     }
 
     #[test]

@@ -330,8 +330,8 @@ async fn heartbeat_reports_jobs_the_worker_does_not_hold(store: Arc<dyn Store>) 
 async fn workers_lists_those_seen_since(store: Arc<dyn Store>) {
     let info = worker_info("w1", 1);
     store.heartbeat(&info, &[], LEASE).await.unwrap();
-    assert_eq!(store.workers(info.last_seen - TimeDelta::minutes(1)).await.unwrap(), [info.clone()]);
-    assert_eq!(store.workers(info.last_seen).await.unwrap(), [info.clone()]);
+    assert_eq!(store.workers(info.last_seen - TimeDelta::minutes(1)).await.unwrap(), vec![info.clone()]);
+    assert_eq!(store.workers(info.last_seen).await.unwrap(), vec![info.clone()]);
     assert!(store.workers(info.last_seen + TimeDelta::minutes(1)).await.unwrap().is_empty());
     let later = WorkerInfo { running: 3, last_seen: info.last_seen + TimeDelta::seconds(5), ..info };
     store.heartbeat(&later, &[], LEASE).await.unwrap();
@@ -365,11 +365,14 @@ async fn completion_from_another_worker_is_refused(store: Arc<dyn Store>) {
 async fn completion_applies_once(store: Arc<dyn Store>) {
     let job = running(&store, "w1", 3, LEASE).await;
     let applied = store
-        .complete("w1", vec![
-            Completion { job_id: job.id, outcome: succeeded(json!("first")) },
-            Completion { job_id: job.id, outcome: succeeded(json!("second")) },
-            Completion { job_id: new_job_id(), outcome: Outcome::Cancelled },
-        ])
+        .complete(
+            "w1",
+            vec![
+                Completion { job_id: job.id, outcome: succeeded(json!("first")) },
+                Completion { job_id: job.id, outcome: succeeded(json!("second")) },
+                Completion { job_id: new_job_id(), outcome: Outcome::Cancelled },
+            ],
+        )
         .await
         .unwrap();
     assert_eq!(applied, [true, false, false]);
@@ -394,7 +397,8 @@ async fn failure_with_retry_requeues_for_later(store: Arc<dyn Store>) {
     assert_eq!(queued.error, Some(step_failed()));
     assert_eq!((queued.worker, queued.lease_expires_at, queued.finished_at), (None, None, None));
     assert!(store.claim("w1", 10, LEASE).await.unwrap().is_empty(), "claimed before retry_at");
-    let expected = json!({"status": "queued", "attempts": 1, "error": step_failed(), "retry_at": retry_at_json(retry_at)});
+    let expected =
+        json!({"status": "queued", "attempts": 1, "error": step_failed(), "retry_at": retry_at_json(retry_at)});
     assert_eq!(last_event(&store, job.id).await, ("retrying".into(), expected));
 }
 

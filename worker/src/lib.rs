@@ -50,6 +50,8 @@ pub struct WorkerConfig {
     pub job_timeout: Duration,
     /// Finished jobs older than this are deleted.
     pub retention: Duration,
+    /// How often finished jobs past the retention are looked for.
+    pub purge_interval: Duration,
     /// On shutdown, how long running jobs may take to finish.
     pub shutdown_grace: Duration,
 }
@@ -66,6 +68,7 @@ impl WorkerConfig {
             retry_max: Duration::from_secs(600),
             job_timeout: Duration::from_secs(3600),
             retention: Duration::from_secs(7 * 24 * 3600),
+            purge_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -337,37 +340,43 @@ async fn heartbeat_loop(
 
 async fn maintenance_loop(store: Arc<dyn Store>, config: Arc<WorkerConfig>, stop: CancellationToken) {
     const RECOVER_EVERY: Duration = Duration::from_secs(1);
-    const PURGE_EVERY: u32 = 60;
     const CHUNK: usize = 1000;
-    let mut ticks: u32 = 0;
+    let mut recover = tokio::time::interval(RECOVER_EVERY.min(config.lease / 2));
+    let mut purge = tokio::time::interval(config.purge_interval);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(RECOVER_EVERY) => {}
-            _ = stop.cancelled() => return,
-        }
-        match store.recover_expired(Utc::now(), CHUNK).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(jobs = n, "recovered jobs whose worker stopped heartbeating"),
-            Err(err) => tracing::warn!(error = %err, "recovering expired leases failed"),
-        }
-        ticks = ticks.wrapping_add(1);
-        if ticks % PURGE_EVERY == 1 {
-            let before = Utc::now() - chrono::Duration::from_std(config.retention).unwrap_or_default();
-            loop {
-                match store.purge(before, CHUNK).await {
-                    Ok(n) if n as usize == CHUNK => continue,
-                    Ok(0) => break,
-                    Ok(n) => {
-                        tracing::info!(jobs = n, "purged finished jobs past retention");
-                        break;
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "purging old jobs failed");
-                        break;
-                    }
+            _ = recover.tick() => {
+                match store.recover_expired(Utc::now(), CHUNK).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(jobs = n, "recovered jobs whose worker stopped heartbeating"),
+                    Err(err) => tracing::warn!(error = %err, "recovering expired leases failed"),
                 }
             }
+            _ = purge.tick() => purge_old(store.as_ref(), &config, CHUNK).await,
+            _ = stop.cancelled() => return,
         }
+    }
+}
+
+async fn purge_old(store: &dyn Store, config: &WorkerConfig, chunk: usize) {
+    let before = Utc::now() - chrono::Duration::from_std(config.retention).unwrap_or_default();
+    let mut total = 0;
+    loop {
+        match store.purge(before, chunk).await {
+            Ok(n) => {
+                total += n;
+                if (n as usize) < chunk {
+                    break;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "purging old jobs failed");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(jobs = total, "purged finished jobs past the retention");
     }
 }
 

@@ -1,6 +1,5 @@
 -- cancel_job. ARGV[3]: id.
--- Touches: job:<id>, events:<id>, ready, delayed, status:queued, status:cancelled,
--- finished, leases.
+-- Touches: job:<id>, ready, delayed, status:queued, status:cancelled, finished, leases.
 -- Returns false for an unknown job, else {1 if an event was appended, job}.
 local id = ARGV[3]
 local v = read_job(id)
@@ -9,9 +8,9 @@ local status = v[F_STATUS]
 if status == 'queued' then
   -- LREM walks the ready list; cancelling is rare next to claiming.
   if redis.call('ZREM', K_DELAYED, id) == 0 then redis.call('LREM', K_READY, 1, id) end
-  redis.call('HSET', jkey(id), 'status', 'cancelled', 'finished_at', NOW, 'updated_at', NOW)
+  v[F_EVENTS] = update(id, v[F_EVENTS], 'cancelled', '{"status":"cancelled","attempts":' .. v[F_ATTEMPTS] .. '}',
+    'status', 'cancelled', 'finished_at', NOW, 'updated_at', NOW)
   v[F_STATUS], v[F_FINISHED], v[F_UPDATED] = 'cancelled', NOW, NOW
-  push_event(id, 'cancelled', '{"status":"cancelled","attempts":' .. v[F_ATTEMPTS] .. '}')
   finish(id, 'queued', 'cancelled')
   flush()
   return {1, v}

@@ -1,5 +1,5 @@
 -- claim. ARGV[3..]: worker, limit, lease expiry (ms).
--- Touches: ready, delayed, job:<id>, events:<id>, status:queued, status:running, leases.
+-- Touches: ready, delayed, job:<id>, status:queued, status:running, leases.
 -- Returns the claimed jobs.
 --
 -- Both queues are sorted by (run_at, id), so the oldest due jobs are a prefix of
@@ -44,11 +44,11 @@ for _, id in ipairs(ids) do
   local v = read_job(id)
   if v and v[F_STATUS] == 'queued' then
     local n = tonumber(v[F_ATTEMPTS]) + 1
-    redis.call('HSET', jkey(id), 'status', 'running', 'attempts', n, 'worker', worker,
-      'lease_expires_at', lease, 'started_at', NOW, 'updated_at', NOW)
+    v[F_EVENTS] = update(id, v[F_EVENTS], 'running', '{"status":"running","attempts":' .. n .. '}',
+      'status', 'running', 'attempts', n, 'worker', worker, 'lease_expires_at', lease,
+      'started_at', NOW, 'updated_at', NOW)
     v[F_STATUS], v[F_ATTEMPTS], v[F_WORKER], v[F_LEASE] = 'running', tostring(n), worker, lease
     v[F_STARTED], v[F_UPDATED] = NOW, NOW
-    push_event(id, 'running', '{"status":"running","attempts":' .. n .. '}')
     move_status(id, 'queued', 'running')
     defer('ZADD', K_LEASES, lease, id)
     out[#out + 1] = v

@@ -11,6 +11,8 @@
 local P = ARGV[1]
 local NOW = ARGV[2]
 local NOW_N = tonumber(NOW)
+-- The clock that decides whether a job is due now (see recover.lua).
+local DUE_N = NOW_N
 
 local K_READY = P .. ':ready'           -- LIST of due queued ids, sorted by (run_at, id)
 local K_TAIL = P .. ':ready:tail'       -- HASH run_at, id of the ready list's last entry
@@ -20,19 +22,24 @@ local K_FINISHED = P .. ':finished'     -- ZSET terminal ids by finished_at
 local K_JOBS = P .. ':jobs'             -- ZSET (score 0) every id, for lexical newest-first listing
 
 -- Field order of a job as scripts return it: the id, then these (see mod.rs).
+-- `events` is the number of events; event n is field `e<n>`.
 local FIELDS = {'kind', 'status', 'input', 'metadata', 'attempts', 'max_attempts', 'progress',
   'error', 'created_at', 'updated_at', 'run_at', 'started_at', 'finished_at', 'cancel_requested',
-  'worker', 'lease_expires_at'}
+  'worker', 'lease_expires_at', 'events'}
 local F_KIND, F_STATUS, F_ATTEMPTS, F_MAX_ATTEMPTS = 2, 3, 6, 7
 local F_PROGRESS, F_ERROR, F_UPDATED, F_RUN_AT, F_STARTED, F_FINISHED = 8, 9, 11, 12, 13, 14
-local F_CANCEL, F_WORKER, F_LEASE = 15, 16, 17
+local F_CANCEL, F_WORKER, F_LEASE, F_EVENTS = 15, 16, 17, 18
 
 local function jkey(id) return P .. ':job:' .. id end
 local function skey(status) return P .. ':status:' .. status end
 
--- Events are "<at ms>|<kind>|<data json>" entries of a per-job list: seq = index + 1.
-local function push_event(id, kind, data)
-  redis.call('RPUSH', P .. ':events:' .. id, NOW .. '|' .. kind .. '|' .. data)
+-- Appends an event and sets fields in one HSET. `count` is the job's `events`
+-- field before; an event is stored as "<at ms>|<kind>|<data json>" in field
+-- `e<seq>`, so a transition costs no extra key or call.
+local function update(id, count, kind, data, ...)
+  local seq = tonumber(count) + 1
+  redis.call('HSET', jkey(id), 'events', seq, 'e' .. seq, NOW .. '|' .. kind .. '|' .. data, ...)
+  return seq
 end
 
 -- The id followed by FIELDS, or false when the job does not exist.
@@ -43,19 +50,22 @@ local function read_job(id)
   return v
 end
 
--- Index updates are collected per (command, key) and sent in chunks at the end.
-local pending, pending_order = {}, {}
+-- Index updates are collected per command and key and sent in chunks at the end.
+local pending, pending_order = {ZADD = {}, ZREM = {}, RPUSH = {}}, {}
 local function defer(cmd, key, a, b)
-  local k = cmd .. ' ' .. key
-  local batch = pending[k]
+  local batch = pending[cmd][key]
   if not batch then
-    batch = {cmd = cmd, key = key, args = {}}
-    pending[k] = batch
+    batch = {cmd = cmd, key = key, args = {}, n = 0}
+    pending[cmd][key] = batch
     pending_order[#pending_order + 1] = batch
   end
-  local args = batch.args
-  args[#args + 1] = a
-  if b ~= nil then args[#args + 1] = b end
+  local args, n = batch.args, batch.n + 1
+  args[n] = a
+  if b ~= nil then
+    n = n + 1
+    args[n] = b
+  end
+  batch.n = n
 end
 
 local function move_status(id, from, to)
@@ -75,7 +85,7 @@ end
 local tail, tail_dirty = nil, false
 local function enqueue(id, run_at)
   local r = tonumber(run_at)
-  if r <= NOW_N then
+  if r <= DUE_N then
     if tail == nil then
       tail = false
       if redis.call('LLEN', K_READY) > 0 then
@@ -94,12 +104,12 @@ end
 
 local function flush()
   for _, batch in ipairs(pending_order) do
-    local args = batch.args
-    for i = 1, #args, 256 do
-      redis.call(batch.cmd, batch.key, unpack(args, i, math.min(i + 255, #args)))
+    local args, n = batch.args, batch.n
+    for i = 1, n, 256 do
+      redis.call(batch.cmd, batch.key, unpack(args, i, math.min(i + 255, n)))
     end
   end
-  pending, pending_order = {}, {}
+  pending, pending_order = {ZADD = {}, ZREM = {}, RPUSH = {}}, {}
   if tail_dirty then
     redis.call('HSET', K_TAIL, 'run_at', string.format('%d', tail[1]), 'id', tail[2])
     tail_dirty = false
@@ -111,8 +121,7 @@ local function create_job(id, kind, input, metadata, max_attempts, created_at, r
   redis.call('HSET', jkey(id), 'kind', kind, 'status', 'queued', 'input', input,
     'metadata', metadata, 'attempts', 0, 'max_attempts', max_attempts,
     'created_at', created_at, 'updated_at', created_at, 'run_at', run_at,
-    'cancel_requested', 0, 'idem', idem)
-  redis.call('RPUSH', P .. ':events:' .. id, created_at .. '|queued|{"status":"queued"}')
+    'cancel_requested', 0, 'idem', idem, 'events', 1, 'e1', created_at .. '|queued|{"status":"queued"}')
   defer('ZADD', K_JOBS, 0, id)
   defer('ZADD', skey('queued'), 0, id)
   defer('ZADD', P .. ':kind:' .. kind, 0, id)

@@ -1,6 +1,6 @@
 -- insert_job. ARGV[3..]: id, kind, input, metadata, max_attempts, created_at, run_at,
 -- idempotency key ('' for none), body hash, record expiry (ms).
--- Touches: idem:<key>, job:<id>, events:<id>, jobs, status:queued, kind:<kind>,
+-- Touches: idem:<key>, job:<id>, jobs, status:queued, kind:<kind>,
 -- ready + ready:tail or delayed.
 -- Returns {'created'}, {'existing', job} or {'conflict', first id}.
 local id, ikey = ARGV[3], ARGV[10]

@@ -1,6 +1,6 @@
 -- insert_jobs, one chunk. ARGV[3..]: groups of id, kind, input, metadata,
 -- max_attempts, created_at, run_at.
--- Touches: job:<id>, events:<id>, jobs, status:queued, kind:<kind>, ready +
+-- Touches: job:<id>, jobs, status:queued, kind:<kind>, ready +
 -- ready:tail or delayed.
 local n = 0
 for i = 3, #ARGV, 7 do

@@ -2,9 +2,10 @@
 //! API and worker processes can share one Redis.
 //!
 //! Key layout (all under `{prefix}:`):
-//! - `job:{id}` HASH: the job's fields (times in ms, JSON as text, `''` for none)
-//!   plus `result` and `idem` (its idempotency key, for purge).
-//! - `events:{id}` LIST of `"{at}|{kind}|{data}"`; an event's seq is its index + 1.
+//! - `job:{id}` HASH: the job's fields (times in ms, JSON as text, `''` for none),
+//!   `result`, `idem` (its idempotency key, for purge), and its event log:
+//!   `events` (the count) and `e{seq}` = `"{at}|{kind}|{data}"`. Keeping events in
+//!   the job's hash makes each transition one HSET and one key per job.
 //! - `ready` LIST of due queued ids sorted by `(run_at, id)`, and `ready:tail`, the
 //!   sort key of its last entry. Claiming pops from the head: O(1) per job however
 //!   long the backlog is.
@@ -46,7 +47,7 @@ const LIST_SCAN: usize = 1000;
 
 /// A job's hash fields in the order scripts return them after the id: `FIELDS`
 /// in common.lua.
-const JOB_FIELDS: [&str; 16] = [
+const JOB_FIELDS: [&str; 17] = [
     "kind",
     "status",
     "input",
@@ -63,8 +64,11 @@ const JOB_FIELDS: [&str; 16] = [
     "cancel_requested",
     "worker",
     "lease_expires_at",
+    "events",
 ];
 const JOB_WIDTH: usize = JOB_FIELDS.len() + 1;
+/// Events one `HMGET` reads.
+const EVENT_PAGE: u64 = 1000;
 
 struct Scripts {
     insert: Script,
@@ -590,7 +594,7 @@ impl Store for RedisStore {
         let now = to_millis(now);
         let reply = self
             .run(&self.scripts.recover, now, |s| {
-                s.arg(limit).arg(rfc3339(now));
+                s.arg(limit).arg(rfc3339(now)).arg(now_millis());
             })
             .await?;
         let moved = u64::try_from(int(&reply)?).unwrap_or(0);
@@ -605,10 +609,29 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let start = i64::try_from(after).unwrap_or(i64::MAX);
-        let stop = start.saturating_add(i64::try_from(limit).unwrap_or(i64::MAX)).saturating_sub(1);
-        let entries: Vec<String> = self.query(::redis::cmd("LRANGE").arg(self.key(&format!("events:{id}"))).arg(start).arg(stop)).await?;
-        entries.iter().zip(after + 1..).map(|(entry, seq)| parse_event(id, seq, entry)).collect()
+        // Events are fields e1, e2, ... of the job's hash: read pages until a gap.
+        let key = self.key(&format!("job:{id}"));
+        let mut events = Vec::new();
+        let mut next = after + 1;
+        let end = after.saturating_add(u64::try_from(limit).unwrap_or(u64::MAX));
+        while next <= end {
+            let last = end.min(next.saturating_add(EVENT_PAGE - 1));
+            let mut cmd = ::redis::cmd("HMGET");
+            cmd.arg(&key);
+            for seq in next..=last {
+                cmd.arg(format!("e{seq}"));
+            }
+            let entries: Vec<Option<String>> = self.query(&cmd).await?;
+            for (entry, seq) in entries.iter().zip(next..) {
+                let Some(entry) = entry else { return Ok(events) };
+                events.push(parse_event(id, seq, entry)?);
+            }
+            match last.checked_add(1) {
+                Some(n) => next = n,
+                None => break,
+            }
+        }
+        Ok(events)
     }
 
     async fn workers(&self, since: DateTime<Utc>) -> Result<Vec<WorkerInfo>> {

@@ -16,9 +16,8 @@ pub struct Backend {
 
 pub async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = orch_store::sqlite::SqliteStore::open(&dir.path().join("data/orch.db"))
-        .await
-        .expect("sqlite store opens");
+    let store =
+        orch_store::sqlite::SqliteStore::open(&dir.path().join("data/orch.db")).await.expect("sqlite store opens");
     Backend { store: Arc::new(store), _keep: Box::new(dir) }
 }
 

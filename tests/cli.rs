@@ -1,0 +1,295 @@
+//! The real `orch` binary: first start, configuration errors, key commands,
+//! and the split deployment surviving a worker killed with SIGKILL.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::Backend;
+
+const ORCH: &str = env!("CARGO_BIN_EXE_orch");
+
+/// Child processes killed when the test ends, however it ends.
+#[derive(Default)]
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn orch(dir: &std::path::Path, store: &str) -> Command {
+    let mut cmd = Command::new(ORCH);
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ORCH_STORE", store)
+        .env("ORCH_LOG", "warn");
+    cmd
+}
+
+/// Starts `orch api` and reads the first admin key it prints.
+fn start_api(procs: &mut Procs, dir: &std::path::Path, store: &str) -> (String, String) {
+    let port = orch_testkit::free_port();
+    let mut child = orch(dir, store)
+        .arg("api")
+        .env("ORCH_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    procs.0.push(child);
+    let mut key = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(k) = line.trim().strip_prefix("orch_") {
+            key = Some(format!("orch_{k}"));
+        }
+        if line.contains("POST /v1/keys") {
+            break;
+        }
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{base}/health"));
+    (base, key.expect("first start prints an admin key"))
+}
+
+fn wait_http(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = http::status(url) {
+            if r == 200 {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{url} did not answer 200 within 20 s");
+}
+
+mod http {
+    //! The few blocking HTTP calls these tests make, over async reqwest.
+    use reqwest::{Client, Method, Result};
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    pub fn status(url: &str) -> Result<u16> {
+        rt().block_on(async { Ok(Client::new().get(url).send().await?.status().as_u16()) })
+    }
+
+    pub fn call(method: Method, url: &str, key: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+        rt().block_on(async {
+            let mut req = Client::new().request(method, url).bearer_auth(key);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+        })
+    }
+}
+
+fn get(base: &str, path: &str, key: &str) -> Value {
+    let (status, body) = http::call(reqwest::Method::GET, &format!("{base}{path}"), key, None);
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+#[test]
+fn first_start_prints_one_admin_key_and_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/orch.db", dir.path().display());
+    let mut procs = Procs::default();
+    let (base, key) = start_api(&mut procs, dir.path(), &store);
+    assert_eq!(get(&base, "/v1/keys", &key)["keys"].as_array().unwrap().len(), 1);
+    drop(procs);
+
+    // A second start finds the key and prints none.
+    let port = orch_testkit::free_port();
+    let mut second = orch(dir.path(), &store)
+        .arg("api")
+        .env("ORCH_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_http(&format!("http://127.0.0.1:{port}/health"));
+    let _ = second.kill();
+    let out = second.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("orch_"), "second start printed a key: {text}");
+}
+
+#[test]
+fn serve_with_no_configuration_uses_orch_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = orch_testkit::free_port();
+    let mut procs = Procs::default();
+    let child = Command::new(ORCH)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("ORCH_BIND", format!("127.0.0.1:{port}"))
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    procs.0.push(child);
+    wait_http(&format!("http://127.0.0.1:{port}/health"));
+    assert!(dir.path().join("orch-data/orch.db").exists());
+}
+
+#[test]
+fn invalid_settings_stop_start_up_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("ORCH_BIND", "everywhere")], "ORCH_BIND"),
+        (&[("ORCH_STORE", "postgres://u:hunter2@db/orch")], "ORCH_STORE"),
+        (&[("ORCH_LOG_FORMAT", "xml")], "allowed: text, json"),
+        (&[("ORCH_LEASE", "soon")], "--lease"),
+        (&[("ORCH_MAX_ATTEMPTS", "99")], "ORCH_MAX_ATTEMPTS"),
+    ];
+    for (env, expected) in cases {
+        let mut cmd = orch(dir.path(), "sqlite://orch.db");
+        cmd.arg("serve");
+        for (k, v) in env.iter() {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{env:?} was accepted");
+        assert!(stderr.contains(expected), "{env:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "a password was printed: {stderr}");
+    }
+
+    std::fs::write(dir.path().join("orch.toml"), "bind = \"127.0.0.1:1\"\nworkers = 3\n").unwrap();
+    let out = orch(dir.path(), "sqlite://orch.db").arg("serve").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("orch.toml") && stderr.contains("workers"), "{stderr}");
+}
+
+#[test]
+fn keys_commands_create_list_and_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = "sqlite://orch.db";
+    let out = orch(dir.path(), store).args(["keys", "create", "--name", "n8n", "--scopes", "jobs:read"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(secret.starts_with("orch_"));
+    let list = orch(dir.path(), store).args(["keys", "list"]).output().unwrap();
+    let text = String::from_utf8(list.stdout).unwrap();
+    assert!(text.contains("n8n") && text.contains("jobs:read"), "{text}");
+    assert!(!text.contains(&secret), "a listing must not show secrets");
+    let id = text.lines().find(|l| l.contains("n8n")).unwrap().split_whitespace().next().unwrap().to_owned();
+    let revoke = orch(dir.path(), store).args(["keys", "revoke", &id]).output().unwrap();
+    assert!(revoke.status.success());
+    let list = orch(dir.path(), store).args(["keys", "list"]).output().unwrap();
+    assert!(String::from_utf8(list.stdout).unwrap().contains("(revoked)"));
+    let bad = orch(dir.path(), store).args(["keys", "create", "--name", "x", "--scopes", "root"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("allowed: jobs:read, jobs:write, admin"));
+}
+
+/// Split deployment: one `orch api`, two `orch worker`s. The worker running a
+/// job is killed with SIGKILL; the other one finishes the job, and the caller
+/// sees exactly one outcome.
+fn worker_killed_mid_job_is_replaced(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = (backend == Backend::Redis).then(orch_testkit::RedisServer::start);
+    let store = match &redis {
+        Some(r) => r.url(),
+        None => format!("sqlite://{}/orch.db", dir.path().display()),
+    };
+    let mut procs = Procs::default();
+    let (base, key) = start_api(&mut procs, dir.path(), &store);
+    let mut worker_pids = Vec::new();
+    for _ in 0..2 {
+        let child = orch(dir.path(), &store)
+            .arg("worker")
+            .env("ORCH_LEASE", "1s")
+            .env("ORCH_POLL_INTERVAL", "50ms")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        worker_pids.push(child.id());
+        procs.0.push(child);
+    }
+    let (status, accepted) = http::call(
+        reqwest::Method::POST,
+        &format!("{base}/v1/jobs/batch"),
+        &key,
+        Some(json!({"plan": {"nodes": [{"id": "slow", "sleep": {"ms": 2500}}, {"id": "after", "echo": "done", "depends_on": ["slow"]}]}})),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let running = loop {
+        let job = get(&base, &format!("/v1/jobs/{id}"), &key);
+        if job["status"] == "running" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "job never started: {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Worker ids are host-pid-suffix.
+    let holder = running["worker"].as_str().unwrap();
+    let pid: u32 = holder.rsplit('-').nth(1).unwrap().parse().unwrap();
+    assert!(worker_pids.contains(&pid), "{holder} is not one of {worker_pids:?}");
+    let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let job = get(&base, &format!("/v1/jobs/{id}"), &key);
+        if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "job not finished after its worker died: {job}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    let result = get(&base, &format!("/v1/jobs/{id}/result"), &key);
+    assert_eq!(result["result"]["output"]["after"], "done");
+
+    // Exactly one outcome in the job's history.
+    let events = {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let resp = reqwest::Client::new()
+                .get(format!("{base}/v1/jobs/{id}/events"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            resp.text().await.unwrap()
+        })
+    };
+    let kinds: Vec<String> = support::parse_sse(&events).into_iter().map(|(_, k, _)| k).collect();
+    assert_eq!(kinds.iter().filter(|k| ["succeeded", "failed", "cancelled"].contains(&k.as_str())).count(), 1, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "running").count(), 2, "{kinds:?}");
+}
+
+#[test]
+fn sqlite_worker_killed_mid_job_is_replaced() {
+    worker_killed_mid_job_is_replaced(Backend::Sqlite);
+}
+
+#[test]
+fn redis_worker_killed_mid_job_is_replaced() {
+    worker_killed_mid_job_is_replaced(Backend::Redis);
+}

@@ -1,0 +1,229 @@
+//! Test harness: the real API and worker on port 0 over a fresh store (SQLite
+//! in a temp dir, or a private redis-server), plus a small HTTP client.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orch_store::{Store, StoreOptions, StoreUrl};
+use orch_testkit::RedisServer;
+use orch_worker::{Executors, WorkerConfig};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Redis,
+}
+
+/// Where a test's state lives; dropping it removes the data / stops Redis.
+pub struct StoreHandle {
+    pub url: StoreUrl,
+    pub store: Arc<dyn Store>,
+    pub redis: Option<RedisServer>,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn fresh_store(backend: Backend) -> StoreHandle {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, redis) = match backend {
+        Backend::Sqlite => (StoreUrl::Sqlite(dir.path().join("orch.db")), None),
+        Backend::Redis => {
+            let server = RedisServer::start();
+            (StoreUrl::Redis(server.url()), Some(server))
+        }
+    };
+    let store = orch_store::open(&url, &StoreOptions::default()).await.expect("store opens");
+    StoreHandle { url, store, redis, dir }
+}
+
+/// How a test wants its app.
+pub struct Options {
+    /// Run a worker in the process.
+    pub worker: bool,
+    pub tweak: Box<dyn FnOnce(&mut WorkerConfig) + Send>,
+    pub max_body: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { worker: true, tweak: Box::new(|_| {}), max_body: 64 * 1024 }
+    }
+}
+
+/// Test worker settings: fast retries and leases, so tests stay short.
+pub fn quick_worker() -> WorkerConfig {
+    let mut config = WorkerConfig::new(orch_worker::worker_id());
+    config.lease = Duration::from_secs(2);
+    config.poll_interval = Duration::from_millis(20);
+    config.retry_base = Duration::from_millis(50);
+    config.retry_max = Duration::from_millis(200);
+    config.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub admin: String,
+    pub client: reqwest::Client,
+    pub store: Arc<dyn Store>,
+    pub handle: StoreHandle,
+    pub shutdown: CancellationToken,
+    pub worker: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, Options::default()).await
+}
+
+pub async fn spawn_app_with(backend: Backend, options: Options) -> TestApp {
+    let handle = fresh_store(backend).await;
+    let store = handle.store.clone();
+    let admin = make_key(store.as_ref(), &["admin"]).await;
+    let config = orch_api::ApiConfig { max_body: options.max_body, ..Default::default() };
+    let app = orch_api::app(orch_api::AppState::new(store.clone(), config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await.unwrap();
+    });
+    let worker = options.worker.then(|| {
+        let mut config = quick_worker();
+        (options.tweak)(&mut config);
+        tokio::spawn(orch_worker::run(store.clone(), Arc::new(Executors::builtin()), config, shutdown.clone()))
+    });
+    TestApp { base, admin, client: reqwest::Client::new(), store, handle, shutdown, worker }
+}
+
+/// Creates a key with `scopes` straight in the store; returns its secret.
+pub async fn make_key(store: &dyn Store, scopes: &[&str]) -> String {
+    let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+    let new = orch_api::auth::new_key("test", &scopes).unwrap();
+    store.create_key(&new.key, &new.hash).await.unwrap();
+    new.secret
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Reply {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, Some(&self.admin), None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(&self.admin), Some(body)).await
+    }
+
+    /// Submits a batch plan; returns the job id.
+    pub async fn submit_plan(&self, plan: Value) -> String {
+        self.submit_batch(json!({"plan": plan})).await
+    }
+
+    pub async fn submit_batch(&self, body: Value) -> String {
+        let r = self.post("/v1/jobs/batch", body).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the job until it reaches a terminal status; returns its view.
+    pub async fn wait_finished(&self, id: &str, timeout: Duration) -> Value {
+        self.wait_for(id, timeout, |j| ["succeeded", "failed", "cancelled"].contains(&j["status"].as_str().unwrap_or(""))).await
+    }
+
+    pub async fn wait_for(&self, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.get(&format!("/v1/jobs/{id}")).await;
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            if done(&r.body) {
+                return r.body;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not get there within {timeout:?}; last seen {}", r.body);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The job's whole event log, read through the SSE endpoint.
+    pub async fn events(&self, id: &str, last_event_id: Option<u64>) -> Vec<(u64, String, Value)> {
+        let mut req = self.client.get(format!("{}/v1/jobs/{id}/events", self.base)).bearer_auth(&self.admin);
+        if let Some(last) = last_event_id {
+            req = req.header("Last-Event-ID", last.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let text = tokio::time::timeout(Duration::from_secs(30), resp.text()).await.expect("stream ends after the terminal event").unwrap();
+        parse_sse(&text)
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.await;
+        }
+    }
+}
+
+/// Parses an SSE body into (id, event, data) triples; comments are skipped.
+pub fn parse_sse(text: &str) -> Vec<(u64, String, Value)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let (mut id, mut event, mut data) = (None, None, String::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+        if let (Some(id), Some(event)) = (id, event) {
+            out.push((id, event, serde_json::from_str(&data).unwrap()));
+        }
+    }
+    out
+}
+
+/// Runs each listed async test body once per backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::support::Backend::Sqlite).await }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::support::Backend::Redis).await }
+            )*
+        }
+    };
+}
