@@ -147,7 +147,12 @@ fn header(args: &QueueArgs) {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default();
     let command: Vec<String> = std::env::args().collect();
@@ -308,7 +313,9 @@ async fn drain_section(args: &QueueArgs, redis: &Redis) -> Result<()> {
             );
         }
     }
-    println!("(seconds: worker start until the last completion is stored; enqueue/s: insert_jobs in chunks of {INSERT_CHUNK};");
+    println!(
+        "(seconds: worker start until the last completion is stored; enqueue/s: insert_jobs in chunks of {INSERT_CHUNK};"
+    );
     println!(" ms/claim, ms/complete: mean store round trip of the worker's claim and complete calls)");
     println!();
     Ok(())
@@ -357,11 +364,7 @@ async fn drain_once(backend: Backend, n: usize, concurrency: Option<usize>, redi
 
 /// Polls the counts (and wakes early when the last completion is stored) until
 /// every job succeeded; fails when a job fails, the worker stops, or nothing moves.
-async fn wait_drained(
-    observed: &Observed,
-    n: usize,
-    worker: &mut tokio::task::JoinHandle<()>,
-) -> Result<JobCounts> {
+async fn wait_drained(observed: &Observed, n: usize, worker: &mut tokio::task::JoinHandle<()>) -> Result<JobCounts> {
     let mut last_progress = (0u64, Instant::now());
     loop {
         let done = observed.done.notified();
@@ -513,8 +516,7 @@ impl Store for Observed {
         self.inner.heartbeat(worker, jobs, lease).await
     }
     async fn complete(&self, worker: &str, completions: Vec<Completion>) -> orch_store::Result<Vec<bool>> {
-        let succeeded: Vec<bool> =
-            completions.iter().map(|c| matches!(c.outcome, Outcome::Succeeded { .. })).collect();
+        let succeeded: Vec<bool> = completions.iter().map(|c| matches!(c.outcome, Outcome::Succeeded { .. })).collect();
         let started = Instant::now();
         let out = self.inner.complete(worker, completions).await;
         let now = Instant::now();
@@ -633,7 +635,11 @@ async fn http_section(args: &QueueArgs, redis: &Redis) -> Result<()> {
         fixed_rate(&target, args).await?;
         let counts = fresh.store.count_jobs().await?;
         let sent = (warmup(args) + args.http_requests + args.rate as usize * args.seconds as usize) as u64;
-        ensure!(counts.queued == sent, "the store holds {} queued jobs after {sent} accepted submissions", counts.queued);
+        ensure!(
+            counts.queued == sent,
+            "the store holds {} queued jobs after {sent} accepted submissions",
+            counts.queued
+        );
         anyhow::Ok(())
     }
     .await;

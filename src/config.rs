@@ -130,9 +130,7 @@ fn load_file(explicit: Option<&Path>) -> Result<FileConfig> {
 }
 
 fn file_duration(name: &str, value: Option<&String>) -> Result<Option<Duration>> {
-    value
-        .map(|v| duration(v).map_err(|e| anyhow::anyhow!("orch.toml: {name} = {v:?}: {e}")))
-        .transpose()
+    value.map(|v| duration(v).map_err(|e| anyhow::anyhow!("orch.toml: {name} = {v:?}: {e}"))).transpose()
 }
 
 /// Resolves flags, environment, file and defaults into [`Settings`].
@@ -151,11 +149,13 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         other => bail!("ORCH_LOG_FORMAT (--log-format): {other:?} is not a log format; allowed: text, json"),
     };
     let bind_text = api.bind.clone().or(file.bind).unwrap_or_else(|| "127.0.0.1:8080".into());
-    let bind: SocketAddr = bind_text
-        .parse()
-        .map_err(|_| anyhow::anyhow!("ORCH_BIND (--bind): {bind_text:?} is not an address; use HOST:PORT like 127.0.0.1:8080 or 0.0.0.0:8080"))?;
+    let bind: SocketAddr = bind_text.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "ORCH_BIND (--bind): {bind_text:?} is not an address; use HOST:PORT like 127.0.0.1:8080 or 0.0.0.0:8080"
+        )
+    })?;
     let public_url = api.public_url.clone().or(file.public_url).unwrap_or_default();
-    if !public_url.is_empty() && !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+    if !(public_url.is_empty() || public_url.starts_with("http://") || public_url.starts_with("https://")) {
         bail!("ORCH_PUBLIC_URL (--public-url): {public_url:?} must start with http:// or https://");
     }
     let max_body = api.max_body.or(file.max_body).unwrap_or(2 * 1024 * 1024);
@@ -164,7 +164,10 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
     }
     let max_attempts = api.max_attempts.or(file.max_attempts).unwrap_or(3);
     if !(1..=orch_api::jobs::MAX_ATTEMPTS).contains(&max_attempts) {
-        bail!("ORCH_MAX_ATTEMPTS (--max-attempts): {max_attempts} is out of range; allowed: 1 to {}", orch_api::jobs::MAX_ATTEMPTS);
+        bail!(
+            "ORCH_MAX_ATTEMPTS (--max-attempts): {max_attempts} is out of range; allowed: 1 to {}",
+            orch_api::jobs::MAX_ATTEMPTS
+        );
     }
 
     let mut w = orch_worker::WorkerConfig::new(orch_worker::worker_id());
@@ -183,7 +186,10 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
     w.retention = pick(worker.retention, "retention", file.retention.as_ref(), w.retention)?;
     w.shutdown_grace = pick(worker.shutdown_grace, "shutdown_grace", file.shutdown_grace.as_ref(), w.shutdown_grace)?;
     if w.lease < Duration::from_millis(300) {
-        bail!("ORCH_LEASE (--lease): {:?} is too short; allowed: 300ms or more (heartbeats run every lease/3)", w.lease);
+        bail!(
+            "ORCH_LEASE (--lease): {:?} is too short; allowed: 300ms or more (heartbeats run every lease/3)",
+            w.lease
+        );
     }
     if w.poll_interval < Duration::from_millis(1) || w.poll_interval > Duration::from_secs(60) {
         bail!("ORCH_POLL_INTERVAL (--poll-interval): allowed: 1ms to 60s");

@@ -130,8 +130,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Worker { .. } => {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
-            orch_worker::run(store, Arc::new(orch_worker::Executors::builtin()), settings.worker.clone(), shutdown_signal())
-                .await;
+            orch_worker::run(
+                store,
+                Arc::new(orch_worker::Executors::builtin()),
+                settings.worker.clone(),
+                shutdown_signal(),
+            )
+            .await;
             Ok(())
         }
         Command::Keys { command } => {
@@ -146,8 +151,9 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn init_logging(settings: &Settings) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log)
-        .map_err(|e| anyhow::anyhow!("ORCH_LOG (--log): {:?} is not a log filter: {e}; e.g. info or orch_worker=debug", settings.log))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log).map_err(|e| {
+        anyhow::anyhow!("ORCH_LOG (--log): {:?} is not a log filter: {e}; e.g. info or orch_worker=debug", settings.log)
+    })?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if settings.log_json {
         builder.json().init();
@@ -235,10 +241,15 @@ async fn keys(store: &dyn Store, command: KeysCommand) -> Result<()> {
             let new = orch_api::auth::new_key(&name, &scopes).map_err(|e| anyhow::anyhow!(e.message))?;
             store.create_key(&new.key, &new.hash).await?;
             println!("{}", new.secret);
-            eprintln!("Created key {} ({}) with scopes {}. The secret above is shown only once.", new.key.id, new.key.name, new.key.scopes.join(","));
+            eprintln!(
+                "Created key {} ({}) with scopes {}. The secret above is shown only once.",
+                new.key.id,
+                new.key.name,
+                new.key.scopes.join(",")
+            );
         }
         KeysCommand::List => {
-            println!("{:<18} {:<14} {:<28} {:<25} {}", "ID", "PREFIX", "SCOPES", "CREATED", "NAME");
+            println!("{:<18} {:<14} {:<28} {:<25} NAME", "ID", "PREFIX", "SCOPES", "CREATED");
             for k in store.list_keys().await? {
                 let state = if k.revoked_at.is_some() { " (revoked)" } else { "" };
                 println!(

@@ -89,14 +89,50 @@ async fn raw(app: &support::TestApp, method: Method, path: &str, content_type: &
 fn bad_bodies() -> Vec<(&'static str, &'static str, StatusCode, &'static str, Option<&'static str>)> {
     vec![
         ("/v1/jobs/chat", "{\"prompt\": ", StatusCode::BAD_REQUEST, "malformed_json", None),
-        ("/v1/jobs/chat", "{\"prompt\": \"x\", \"temperature\": 2}", StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("temperature")),
+        (
+            "/v1/jobs/chat",
+            "{\"prompt\": \"x\", \"temperature\": 2}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("temperature"),
+        ),
         ("/v1/jobs/chat", "{\"prompt\": 5}", StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("prompt")),
-        ("/v1/jobs/chat", "{\"model\": \"gpt-9\", \"prompt\": \"x\"}", StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("model")),
-        ("/v1/jobs/chat", "{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}", StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("messages[0].role")),
+        (
+            "/v1/jobs/chat",
+            "{\"model\": \"gpt-9\", \"prompt\": \"x\"}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("model"),
+        ),
+        (
+            "/v1/jobs/chat",
+            "{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("messages[0].role"),
+        ),
         ("/v1/jobs/chat", "{}", StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("messages")),
-        ("/v1/jobs/chat", "{\"prompt\": \"x\", \"max_attempts\": 0}", StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("max_attempts")),
-        ("/v1/jobs/batch", "{\"plan\": {\"nodes\": [{\"id\": \"a\", \"sleep\": {\"ms\": \"soon\"}}]}}", StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("plan.nodes[0].sleep.ms")),
-        ("/v1/jobs/batch", "{\"plan\": {\"nodes\": [{\"id\": \"a\", \"echo\": 1, \"depends_on\": [\"b\"]}]}}", StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", Some("plan.nodes[0].depends_on[0]")),
+        (
+            "/v1/jobs/chat",
+            "{\"prompt\": \"x\", \"max_attempts\": 0}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("max_attempts"),
+        ),
+        (
+            "/v1/jobs/batch",
+            "{\"plan\": {\"nodes\": [{\"id\": \"a\", \"sleep\": {\"ms\": \"soon\"}}]}}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("plan.nodes[0].sleep.ms"),
+        ),
+        (
+            "/v1/jobs/batch",
+            "{\"plan\": {\"nodes\": [{\"id\": \"a\", \"echo\": 1, \"depends_on\": [\"b\"]}]}}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plan",
+            Some("plan.nodes[0].depends_on[0]"),
+        ),
     ]
 }
 
@@ -146,7 +182,18 @@ async fn served_openapi_matches_the_checked_in_file() {
         "openapi/openapi.json is stale: run `cargo run -q -- openapi > openapi/openapi.json`"
     );
     assert_eq!(served["openapi"], "3.1.0");
-    for path in ["/v1/jobs/chat", "/v1/jobs/batch", "/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/result", "/v1/jobs/{id}/events", "/v1/jobs/{id}/cancel", "/v1/keys", "/v1/keys/{id}", "/health"] {
+    for path in [
+        "/v1/jobs/chat",
+        "/v1/jobs/batch",
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/result",
+        "/v1/jobs/{id}/events",
+        "/v1/jobs/{id}/cancel",
+        "/v1/keys",
+        "/v1/keys/{id}",
+        "/health",
+    ] {
         assert!(served["paths"][path].is_object(), "{path} missing from the document");
     }
     assert_eq!(served["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");

@@ -65,10 +65,8 @@ fn start_api(procs: &mut Procs, dir: &std::path::Path, store: &str) -> (String, 
 fn wait_http(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Ok(r) = http::status(url) {
-            if r == 200 {
-                return;
-            }
+        if matches!(http::status(url), Ok(200)) {
+            return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -184,7 +182,8 @@ fn invalid_settings_stop_start_up_naming_the_setting() {
 fn keys_commands_create_list_and_revoke() {
     let dir = tempfile::tempdir().unwrap();
     let store = "sqlite://orch.db";
-    let out = orch(dir.path(), store).args(["keys", "create", "--name", "n8n", "--scopes", "jobs:read"]).output().unwrap();
+    let out =
+        orch(dir.path(), store).args(["keys", "create", "--name", "n8n", "--scopes", "jobs:read"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(secret.starts_with("orch_"));
@@ -231,7 +230,9 @@ fn worker_killed_mid_job_is_replaced(backend: Backend) {
         reqwest::Method::POST,
         &format!("{base}/v1/jobs/batch"),
         &key,
-        Some(json!({"plan": {"nodes": [{"id": "slow", "sleep": {"ms": 2500}}, {"id": "after", "echo": "done", "depends_on": ["slow"]}]}})),
+        Some(
+            json!({"plan": {"nodes": [{"id": "slow", "sleep": {"ms": 2500}}, {"id": "after", "echo": "done", "depends_on": ["slow"]}]}}),
+        ),
     );
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().unwrap();
@@ -280,7 +281,11 @@ fn worker_killed_mid_job_is_replaced(backend: Backend) {
         })
     };
     let kinds: Vec<String> = support::parse_sse(&events).into_iter().map(|(_, k, _)| k).collect();
-    assert_eq!(kinds.iter().filter(|k| ["succeeded", "failed", "cancelled"].contains(&k.as_str())).count(), 1, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| ["succeeded", "failed", "cancelled"].contains(&k.as_str())).count(),
+        1,
+        "{kinds:?}"
+    );
     assert_eq!(kinds.iter().filter(|k| *k == "running").count(), 2, "{kinds:?}");
 }
 

@@ -15,7 +15,10 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn chat_job_runs_and_returns_its_result(backend: Backend) {
     let app = spawn_app(backend).await;
     let r = app
-        .post("/v1/jobs/chat", json!({"messages": [{"role": "user", "content": "hello orch"}], "metadata": {"flow": "t1"}}))
+        .post(
+            "/v1/jobs/chat",
+            json!({"messages": [{"role": "user", "content": "hello orch"}], "metadata": {"flow": "t1"}}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
     let id = r.body["id"].as_str().unwrap().to_owned();
@@ -65,7 +68,9 @@ async fn batch_plan_runs_branches_in_parallel(backend: Backend) {
 
 async fn events_stream_to_the_end_and_resume(backend: Backend) {
     let app = spawn_app(backend).await;
-    let id = app.submit_plan(json!({"nodes": [{"id": "a", "sleep": {"ms": 100}}, {"id": "b", "echo": 1, "depends_on": ["a"]}]})).await;
+    let id = app
+        .submit_plan(json!({"nodes": [{"id": "a", "sleep": {"ms": 100}}, {"id": "b", "echo": 1, "depends_on": ["a"]}]}))
+        .await;
     let events = app.events(&id, None).await;
     let kinds: Vec<&str> = events.iter().map(|(_, k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["queued", "running", "progress", "progress", "succeeded"]);
@@ -209,7 +214,9 @@ async fn failed_attempts_are_retried_with_backoff(backend: Backend) {
     let kinds: Vec<String> = app.events(&id, None).await.into_iter().map(|(_, k, _)| k).collect();
     assert_eq!(kinds, ["queued", "running", "retrying", "running", "retrying", "running", "progress", "succeeded"]);
 
-    let id = app.submit_batch(json!({"plan": {"nodes": [{"id": "broken", "fail": {"message": "always"}}]}, "max_attempts": 2})).await;
+    let id = app
+        .submit_batch(json!({"plan": {"nodes": [{"id": "broken", "fail": {"message": "always"}}]}, "max_attempts": 2}))
+        .await;
     let job = app.wait_finished(&id, WAIT).await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["attempts"], 2);
@@ -262,7 +269,10 @@ async fn job_of_a_dead_worker_is_finished_by_another(backend: Backend) {
     assert_eq!(kinds, ["queued", "running", "retrying", "running", "progress", "succeeded"]);
     assert_eq!(events[2].2["data"]["error"]["code"], "worker_lost");
     // The dead worker coming back cannot record a second outcome.
-    let late = orch_store::Completion { job_id: claimed[0].id, outcome: orch_store::Outcome::Succeeded { result: json!("zombie") } };
+    let late = orch_store::Completion {
+        job_id: claimed[0].id,
+        outcome: orch_store::Outcome::Succeeded { result: json!("zombie") },
+    };
     assert_eq!(app.store.complete("dead-worker", vec![late]).await.unwrap(), [false]);
     let result = app.get(&format!("/v1/jobs/{id}/result")).await.body;
     assert_eq!(result["result"]["output"]["a"], "survived");
@@ -347,10 +357,13 @@ async fn health_reports_store_and_queue(backend: Backend) {
     let r = app.call(Method::GET, "/health", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "ok");
-    assert_eq!(r.body["store"]["backend"], match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Redis => "redis",
-    });
+    assert_eq!(
+        r.body["store"]["backend"],
+        match backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Redis => "redis",
+        }
+    );
     assert_eq!(r.body["store"]["ok"], true);
     assert_eq!(r.body["queue"]["queued"], 0);
     app.stop().await;

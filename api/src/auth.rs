@@ -45,7 +45,10 @@ pub fn new_key(name: &str, scopes: &[String]) -> Result<NewKey, ApiError> {
         return Err(ApiError::invalid_field("name", "give the key a name of 1–100 characters"));
     }
     if scopes.is_empty() {
-        return Err(ApiError::invalid_field("scopes", format!("give at least one scope; allowed: {}", SCOPES.join(", "))));
+        return Err(ApiError::invalid_field(
+            "scopes",
+            format!("give at least one scope; allowed: {}", SCOPES.join(", ")),
+        ));
     }
     for (i, s) in scopes.iter().enumerate() {
         if !SCOPES.contains(&s.as_str()) {
@@ -140,7 +143,9 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized("missing Authorization header; send Authorization: Bearer <key> (make a key with `orch keys create`)")
+            ApiError::unauthorized(
+                "missing Authorization header; send Authorization: Bearer <key> (make a key with `orch keys create`)",
+            )
         })?;
         let secret = header
             .to_str()

@@ -90,7 +90,8 @@ impl From<orch_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message, details: self.details } };
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message, details: self.details } };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

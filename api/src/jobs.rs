@@ -222,7 +222,10 @@ fn urls(state: &AppState, id: JobId) -> (String, String, String) {
 fn check_options(options: &JobOptions<'_>, default_attempts: u32) -> ApiResult<u32> {
     let attempts = options.max_attempts.unwrap_or(default_attempts);
     if !(1..=MAX_ATTEMPTS).contains(&attempts) {
-        return Err(ApiError::invalid_field("max_attempts", format!("must be between 1 and {MAX_ATTEMPTS}; got {attempts}")));
+        return Err(ApiError::invalid_field(
+            "max_attempts",
+            format!("must be between 1 and {MAX_ATTEMPTS}; got {attempts}"),
+        ));
     }
     Ok(attempts)
 }
@@ -248,7 +251,9 @@ fn check_chat(req: &ChatJobRequest) -> ApiResult<()> {
     }
     let has_user = req.messages.iter().flatten().any(|m| m.role == "user");
     match (&req.prompt, has_user) {
-        (Some(_), true) => Err(ApiError::invalid_field("prompt", "give either prompt or messages with a user message, not both")),
+        (Some(_), true) => {
+            Err(ApiError::invalid_field("prompt", "give either prompt or messages with a user message, not both"))
+        }
         (None, false) => Err(ApiError::invalid_field("messages", "give a user message in messages, or a prompt")),
         (Some(p), false) if p.trim().is_empty() => Err(ApiError::invalid_field("prompt", "must not be empty")),
         _ => Ok(()),
@@ -262,12 +267,18 @@ fn plan_error(issues: Vec<PlanIssue>) -> ApiError {
     } else {
         format!("plan.{}: {} (and {} more problems in details)", first.field, first.message, issues.len() - 1)
     };
-    let list: Vec<Value> = issues.iter().map(|i| json!({"field": format!("plan.{}", i.field), "message": i.message})).collect();
+    let list: Vec<Value> =
+        issues.iter().map(|i| json!({"field": format!("plan.{}", i.field), "message": i.message})).collect();
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", message)
         .with_details(json!({"field": format!("plan.{}", first.field), "issues": list}))
 }
 
-fn idempotency(headers: &HeaderMap, principal: &Principal, kind: JobKind, raw: &[u8]) -> ApiResult<Option<Idempotency>> {
+fn idempotency(
+    headers: &HeaderMap,
+    principal: &Principal,
+    kind: JobKind,
+    raw: &[u8],
+) -> ApiResult<Option<Idempotency>> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     let key = value
         .to_str()
@@ -313,7 +324,9 @@ async fn submit(
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "idempotency_conflict",
-                format!("this Idempotency-Key was used for job {job_id} with a different body; use a new key for a new job"),
+                format!(
+                    "this Idempotency-Key was used for job {job_id} with a different body; use a new key for a new job"
+                ),
             )
             .with_details(json!({"job_id": job_id})));
         }
@@ -437,7 +450,11 @@ async fn load(state: &AppState, id: &str) -> ApiResult<Job> {
     ),
     security(("bearer" = []))
 )]
-pub async fn get_job(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+pub async fn get_job(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
     principal.require("jobs:read")?;
     Ok(Json(load(&state, &id).await?.into()))
 }
@@ -456,7 +473,11 @@ pub async fn get_job(State(state): State<AppState>, principal: Principal, Path(i
     ),
     security(("bearer" = []))
 )]
-pub async fn get_result(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<JobResult>> {
+pub async fn get_result(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobResult>> {
     principal.require("jobs:read")?;
     let job = load(&state, &id).await?;
     if !job.status.is_terminal() {
@@ -501,14 +522,13 @@ pub async fn list_jobs(
         .as_deref()
         .map(|s| s.parse::<JobKind>().map_err(|e| ApiError::invalid_field("kind", e.to_string())))
         .transpose()?;
-    let limit = match params.limit.as_deref() {
-        None => 50,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=200).contains(l))
-            .ok_or_else(|| ApiError::invalid_field("limit", format!("must be a number from 1 to 200; got {l:?}")))?,
-    };
+    let limit =
+        match params.limit.as_deref() {
+            None => 50,
+            Some(l) => l.parse::<usize>().ok().filter(|l| (1..=200).contains(l)).ok_or_else(|| {
+                ApiError::invalid_field("limit", format!("must be a number from 1 to 200; got {l:?}"))
+            })?,
+        };
     let before = params
         .cursor
         .as_deref()
@@ -535,7 +555,11 @@ pub async fn list_jobs(
     ),
     security(("bearer" = []))
 )]
-pub async fn cancel_job(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
     principal.require("jobs:write")?;
     let job_id = parse_id(&id)?;
     let before = state.store.get_job(job_id).await?.ok_or_else(|| ApiError::not_found("job", &id))?;
@@ -580,7 +604,10 @@ pub async fn job_events(
     let from_header = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let after = match from_header.or(query.last_event_id) {
         None => 0,
-        Some(v) => v.trim().parse::<u64>().map_err(|_| ApiError::invalid_field("Last-Event-ID", "must be an event id (a whole number)"))?,
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| ApiError::invalid_field("Last-Event-ID", "must be an event id (a whole number)"))?,
     };
     let stream = event_stream(state, job.id, after);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
@@ -622,7 +649,8 @@ fn event_stream(state: AppState, job_id: JobId, mut after: u64) -> impl Stream<I
             for event in events {
                 after = event.seq;
                 let terminal = event.is_terminal();
-                let data = json!({"job_id": job_id, "seq": event.seq, "type": event.kind, "at": event.at, "data": event.data});
+                let data =
+                    json!({"job_id": job_id, "seq": event.seq, "type": event.kind, "at": event.at, "data": event.data});
                 let sse = Event::default().id(event.seq.to_string()).event(event.kind.clone()).data(data.to_string());
                 if tx.send(Ok(sse)).await.is_err() {
                     return;

@@ -37,7 +37,14 @@ pub struct KeyView {
 
 impl From<ApiKey> for KeyView {
     fn from(k: ApiKey) -> KeyView {
-        KeyView { id: k.id, name: k.name, prefix: k.prefix, scopes: k.scopes, created_at: k.created_at, revoked_at: k.revoked_at }
+        KeyView {
+            id: k.id,
+            name: k.name,
+            prefix: k.prefix,
+            scopes: k.scopes,
+            created_at: k.created_at,
+            revoked_at: k.revoked_at,
+        }
     }
 }
 
@@ -102,7 +109,11 @@ pub async fn list_keys(State(state): State<AppState>, principal: Principal) -> A
     ),
     security(("bearer" = []))
 )]
-pub async fn revoke_key(State(state): State<AppState>, principal: Principal, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     principal.require(auth::ADMIN)?;
     if !state.store.revoke_key(&id).await? {
         return Err(ApiError::not_found("unrevoked key", &id));

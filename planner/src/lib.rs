@@ -160,7 +160,8 @@ pub fn validate(plan: &Plan) -> Vec<PlanIssue> {
                 format!("{:?} is not a valid id: use 1–64 letters, digits, '_' or '-'", node.id),
             ));
         } else if let Some(first) = index.insert(&node.id, i) {
-            issues.push(issue(format!("{at}.id"), format!("duplicate id {:?}: nodes[{first}] has it already", node.id)));
+            issues
+                .push(issue(format!("{at}.id"), format!("duplicate id {:?}: nodes[{first}] has it already", node.id)));
         }
         if node.step().is_none() {
             issues.push(issue(at.clone(), "set exactly one step: sleep, echo or fail"));
@@ -263,7 +264,10 @@ mod tests {
     fn exactly_one_step() {
         check(
             json!({"nodes": [{"id": "a"}, {"id": "b", "echo": 1, "sleep": {"ms": 1}}]}),
-            &["nodes[0]: set exactly one step: sleep, echo or fail", "nodes[1]: set exactly one step: sleep, echo or fail"],
+            &[
+                "nodes[0]: set exactly one step: sleep, echo or fail",
+                "nodes[1]: set exactly one step: sleep, echo or fail",
+            ],
         );
     }
 
@@ -271,7 +275,10 @@ mod tests {
     fn unknown_dependency_and_self() {
         check(
             json!({"nodes": [{"id": "a", "echo": 1, "depends_on": ["zz", "a"]}]}),
-            &["nodes[0].depends_on[0]: no node has id \"zz\"", "nodes[0].depends_on[1]: a node cannot depend on itself"],
+            &[
+                "nodes[0].depends_on[0]: no node has id \"zz\"",
+                "nodes[0].depends_on[1]: a node cannot depend on itself",
+            ],
         );
     }
 
@@ -304,7 +311,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let err = serde_json::from_value::<Plan>(json!({"nodes": [{"id": "a", "echo": 1, "colour": "red"}]})).unwrap_err();
+        let err =
+            serde_json::from_value::<Plan>(json!({"nodes": [{"id": "a", "echo": 1, "colour": "red"}]})).unwrap_err();
         assert!(err.to_string().contains("unknown field `colour`"), "{err}");
     }
 }

@@ -210,7 +210,10 @@ mod tests {
     fn store_urls() {
         assert_eq!(StoreUrl::parse("sqlite://./x/orch.db").unwrap(), StoreUrl::Sqlite("./x/orch.db".into()));
         assert_eq!(StoreUrl::parse("sqlite:/tmp/a.db").unwrap(), StoreUrl::Sqlite("/tmp/a.db".into()));
-        assert_eq!(StoreUrl::parse("redis://127.0.0.1:6379/2").unwrap(), StoreUrl::Redis("redis://127.0.0.1:6379/2".into()));
+        assert_eq!(
+            StoreUrl::parse("redis://127.0.0.1:6379/2").unwrap(),
+            StoreUrl::Redis("redis://127.0.0.1:6379/2".into())
+        );
         let err = StoreUrl::parse("postgres://u:secret@h/db").unwrap_err().to_string();
         assert!(err.contains("sqlite://PATH"), "{err}");
         assert!(!err.contains("secret"), "{err}");

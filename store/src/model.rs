@@ -46,13 +46,8 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 5] = [
-        JobStatus::Queued,
-        JobStatus::Running,
-        JobStatus::Succeeded,
-        JobStatus::Failed,
-        JobStatus::Cancelled,
-    ];
+    pub const ALL: [JobStatus; 5] =
+        [JobStatus::Queued, JobStatus::Running, JobStatus::Succeeded, JobStatus::Failed, JobStatus::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,10 +86,10 @@ impl FromStr for JobStatus {
 impl FromStr for JobKind {
     type Err = UnknownVariant;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobKind::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| UnknownVariant {
-            value: s.to_owned(),
-            allowed: "chat, batch",
-        })
+        JobKind::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownVariant { value: s.to_owned(), allowed: "chat, batch" })
     }
 }
 
@@ -210,10 +205,15 @@ impl JobEvent {
 /// How an attempt ended, as reported by a worker.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Succeeded { result: Value },
+    Succeeded {
+        result: Value,
+    },
     /// With `retry_at`, the job is queued again for then (the worker has
     /// already checked attempts against `max_attempts`); without, it failed.
-    Failed { error: JobError, retry_at: Option<DateTime<Utc>> },
+    Failed {
+        error: JobError,
+        retry_at: Option<DateTime<Utc>>,
+    },
     /// The attempt stopped because cancellation was requested.
     Cancelled,
 }

@@ -126,7 +126,8 @@ impl TestApp {
         let status = resp.status();
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap();
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         Reply { status, headers, body }
     }
 
@@ -151,7 +152,10 @@ impl TestApp {
 
     /// Polls the job until it reaches a terminal status; returns its view.
     pub async fn wait_finished(&self, id: &str, timeout: Duration) -> Value {
-        self.wait_for(id, timeout, |j| ["succeeded", "failed", "cancelled"].contains(&j["status"].as_str().unwrap_or(""))).await
+        self.wait_for(id, timeout, |j| {
+            ["succeeded", "failed", "cancelled"].contains(&j["status"].as_str().unwrap_or(""))
+        })
+        .await
     }
 
     pub async fn wait_for(&self, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
@@ -176,7 +180,10 @@ impl TestApp {
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
-        let text = tokio::time::timeout(Duration::from_secs(30), resp.text()).await.expect("stream ends after the terminal event").unwrap();
+        let text = tokio::time::timeout(Duration::from_secs(30), resp.text())
+            .await
+            .expect("stream ends after the terminal event")
+            .unwrap();
         parse_sse(&text)
     }
 

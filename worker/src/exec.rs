@@ -159,7 +159,10 @@ async fn run_plan(plan: &Plan, attempt: u32, ctx: &JobContext) -> Result<Value, 
     let mut nodes = serde_json::Map::new();
     for (node, run) in plan.nodes.iter().zip(outputs) {
         let run = run.expect("every node ran");
-        nodes.insert(node.id.clone(), json!({"status": "succeeded", "output": run.output, "duration_ms": run.duration_ms}));
+        nodes.insert(
+            node.id.clone(),
+            json!({"status": "succeeded", "output": run.output, "duration_ms": run.duration_ms}),
+        );
     }
     let output = match &plan.output {
         Some(output) => output.clone(),

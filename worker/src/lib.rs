@@ -27,7 +27,7 @@ use rand::Rng;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-pub use exec::{Executor, JobContext, Executors};
+pub use exec::{Executor, Executors, JobContext};
 
 /// How a worker behaves; every field is a user setting (see README).
 #[derive(Debug, Clone)]

@@ -132,7 +132,8 @@ impl RedisStore {
             // Bulk inserts and large claims are single scripts; give them time.
             .set_response_timeout(Some(Duration::from_secs(30)));
         let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
-        let store = RedisStore { conn, prefix: prefix.to_owned(), scripts: Scripts::new(), notifier: Notifier::default() };
+        let store =
+            RedisStore { conn, prefix: prefix.to_owned(), scripts: Scripts::new(), notifier: Notifier::default() };
         store.ping().await?;
         Ok(store)
     }
@@ -142,7 +143,12 @@ impl RedisStore {
     }
 
     /// Runs a script with the prefix and `now` as its first two arguments.
-    async fn run<'a>(&self, script: &'a Script, now: i64, args: impl FnOnce(&mut ::redis::ScriptInvocation<'a>)) -> Result<Reply> {
+    async fn run<'a>(
+        &self,
+        script: &'a Script,
+        now: i64,
+        args: impl FnOnce(&mut ::redis::ScriptInvocation<'a>),
+    ) -> Result<Reply> {
         let mut invocation = script.prepare_invoke();
         invocation.arg(&self.prefix).arg(now);
         args(&mut invocation);
@@ -490,10 +496,11 @@ impl Store for RedisStore {
     }
 
     async fn cancel_job(&self, id: JobId) -> Result<Option<Job>> {
-        let reply = self.run(&self.scripts.cancel, now_millis(), |s| {
-            s.arg(id.to_string());
-        })
-        .await?;
+        let reply = self
+            .run(&self.scripts.cancel, now_millis(), |s| {
+                s.arg(id.to_string());
+            })
+            .await?;
         let [evented, job] = array(&reply)? else {
             return Ok(None);
         };
@@ -535,16 +542,16 @@ impl Store for RedisStore {
         .expect("worker records serialize");
         let reply = self
             .run(&self.scripts.heartbeat, now, |s| {
-                s.arg(&worker.id).arg(&record).arg(to_millis(worker.last_seen)).arg(now.saturating_add(lease_millis(lease)));
+                s.arg(&worker.id)
+                    .arg(&record)
+                    .arg(to_millis(worker.last_seen))
+                    .arg(now.saturating_add(lease_millis(lease)));
                 for id in jobs {
                     s.arg(id.to_string());
                 }
             })
             .await?;
-        array(&reply)?
-            .iter()
-            .map(|v| job_id(text(v)?.unwrap_or_default()))
-            .collect()
+        array(&reply)?.iter().map(|v| job_id(text(v)?.unwrap_or_default())).collect()
     }
 
     async fn complete(&self, worker: &str, completions: Vec<Completion>) -> Result<Vec<bool>> {
@@ -666,10 +673,11 @@ impl Store for RedisStore {
         let mut left = limit;
         while left > 0 {
             let chunk = left.min(PURGE_CHUNK);
-            let reply = self.run(&self.scripts.purge, now_millis(), |s| {
-                s.arg(before).arg(chunk);
-            })
-            .await?;
+            let reply = self
+                .run(&self.scripts.purge, now_millis(), |s| {
+                    s.arg(before).arg(chunk);
+                })
+                .await?;
             let n = usize::try_from(int(&reply)?).unwrap_or(0);
             purged += n as u64;
             left -= n.min(left);
@@ -689,10 +697,11 @@ impl Store for RedisStore {
     }
 
     async fn key_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>> {
-        let reply = self.run(&self.scripts.keys, now_millis(), |s| {
-            s.arg("by_hash").arg(secret_hash);
-        })
-        .await?;
+        let reply = self
+            .run(&self.scripts.keys, now_millis(), |s| {
+                s.arg("by_hash").arg(secret_hash);
+            })
+            .await?;
         match reply {
             Reply::Nil => Ok(None),
             reply => parse_key(&reply).map(Some),
@@ -700,18 +709,20 @@ impl Store for RedisStore {
     }
 
     async fn list_keys(&self) -> Result<Vec<ApiKey>> {
-        let reply = self.run(&self.scripts.keys, now_millis(), |s| {
-            s.arg("list");
-        })
-        .await?;
+        let reply = self
+            .run(&self.scripts.keys, now_millis(), |s| {
+                s.arg("list");
+            })
+            .await?;
         array(&reply)?.iter().map(parse_key).collect()
     }
 
     async fn revoke_key(&self, id: &str) -> Result<bool> {
-        let reply = self.run(&self.scripts.keys, now_millis(), |s| {
-            s.arg("revoke").arg(id);
-        })
-        .await?;
+        let reply = self
+            .run(&self.scripts.keys, now_millis(), |s| {
+                s.arg("revoke").arg(id);
+            })
+            .await?;
         Ok(int(&reply)? == 1)
     }
 }
