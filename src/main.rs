@@ -3,6 +3,7 @@
 mod bench;
 mod config;
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -186,11 +187,16 @@ async fn first_key(store: &dyn Store) -> Result<()> {
     let new = orch_api::auth::new_key("first admin key", &[orch_api::auth::ADMIN.to_owned()])
         .map_err(|e| anyhow::anyhow!(e.message))?;
     if store.create_first_key(&new.key, &new.hash).await? {
-        println!("Created an admin API key. It is shown only this once; keep it somewhere safe:\n");
-        println!("    {}\n", new.secret);
-        println!("Use it as `Authorization: Bearer <key>`. Make keys for your workflows with");
-        println!("    orch keys create --name n8n --scopes jobs:read,jobs:write");
-        println!("or POST /v1/keys with this admin key.\n");
+        // Written, not println!: a closed stdout must not stop the service.
+        let text = format!(
+            "Created an admin API key. It is shown only this once; keep it somewhere safe:\n\n    {}\n\n\
+             Use it as `Authorization: Bearer <key>`. Make keys for your workflows with\n    \
+             orch keys create --name n8n --scopes jobs:read,jobs:write\n\
+             or POST /v1/keys with this admin key.\n\n",
+            new.secret
+        );
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     }
     Ok(())
 }
@@ -201,11 +207,20 @@ async fn serve_api(settings: &Settings, store: Arc<dyn Store>, shutdown: Cancell
         .with_context(|| format!("cannot listen on {} (ORCH_BIND / --bind)", settings.bind))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = store.backend(), "Orch API listening; Swagger UI at http://{addr}/docs");
-    let app = orch_api::app(orch_api::AppState::new(store, settings.api.clone()));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("HTTP server failed")
+    let mut state = orch_api::AppState::new(store, settings.api.clone());
+    state.shutdown = shutdown.clone();
+    let stopped = shutdown.clone();
+    let server =
+        axum::serve(listener, orch_api::app(state)).with_graceful_shutdown(async move { stopped.cancelled().await });
+    // Requests in flight get the shutdown grace to finish, then are dropped.
+    let grace = settings.worker.shutdown_grace;
+    tokio::select! {
+        result = server => result.context("HTTP server failed"),
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("HTTP requests still open after the shutdown grace; closing them");
+            Ok(())
+        }
+    }
 }
 
 /// A token cancelled on SIGINT or SIGTERM.

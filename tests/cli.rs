@@ -298,3 +298,59 @@ fn sqlite_worker_killed_mid_job_is_replaced() {
 fn redis_worker_killed_mid_job_is_replaced() {
     worker_killed_mid_job_is_replaced(Backend::Redis);
 }
+
+#[test]
+fn sigterm_lets_the_running_job_finish_then_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/orch.db", dir.path().display());
+    let port = orch_testkit::free_port();
+    let mut procs = Procs::default();
+    let mut child = orch(dir.path(), &store)
+        .arg("serve")
+        .env("ORCH_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id();
+    procs.0.push(child);
+    let key = BufReader::new(stdout)
+        .lines()
+        .map(|l| l.unwrap())
+        .find_map(|l| l.trim().strip_prefix("orch_").map(|k| format!("orch_{k}")))
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{base}/health"));
+    let (status, accepted) = http::call(
+        reqwest::Method::POST,
+        &format!("{base}/v1/jobs/batch"),
+        &key,
+        Some(json!({"plan": {"nodes": [{"id": "a", "sleep": {"ms": 1500}}]}})),
+    );
+    assert_eq!(status, 202);
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&base, &format!("/v1/jobs/{id}"), &key)["status"] != "running" {
+        assert!(Instant::now() < deadline, "job never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let child = procs.0.last_mut().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "orch serve did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let job = rt.block_on(async {
+        let store = orch_store::open(&orch_store::StoreUrl::parse(&store).unwrap(), &Default::default()).await.unwrap();
+        store.get_job(id.parse().unwrap()).await.unwrap().unwrap()
+    });
+    assert_eq!(job.status, orch_store::JobStatus::Succeeded, "{job:?}");
+}

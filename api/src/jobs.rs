@@ -643,6 +643,7 @@ fn event_stream(state: AppState, job_id: JobId, mut after: u64) -> impl Stream<I
                     _ = wake => {}
                     _ = tokio::time::sleep(EVENT_POLL) => {}
                     _ = tx.closed() => return,
+                    _ = state.shutdown.cancelled() => return,
                 }
                 continue;
             }

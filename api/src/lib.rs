@@ -19,6 +19,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{delete, get, post};
 use orch_store::Store;
+use tokio_util::sync::CancellationToken;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
@@ -49,11 +50,13 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<ApiConfig>,
     pub keys: Arc<auth::KeyCache>,
+    /// Fires on shutdown; long-lived responses (SSE) end when it does.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, config: ApiConfig) -> AppState {
-        AppState { store, config: Arc::new(config), keys: Arc::default() }
+        AppState { store, config: Arc::new(config), keys: Arc::default(), shutdown: CancellationToken::new() }
     }
 }
 

@@ -39,19 +39,20 @@ else
   if j > 1 then redis.call('ZREMRANGEBYRANK', K_DELAYED, 0, j - 2) end
 end
 
+-- Only what claiming does not overwrite is read; the reply has the FIELDS layout.
 local out = {}
 for _, id in ipairs(ids) do
-  local v = read_job(id)
-  if v and v[F_STATUS] == 'queued' then
-    local n = tonumber(v[F_ATTEMPTS]) + 1
-    v[F_EVENTS] = update(id, v[F_EVENTS], 'running', '{"status":"running","attempts":' .. n .. '}',
+  local s = redis.call('HMGET', jkey(id), 'status', 'attempts', 'events', 'spec', 'progress', 'error',
+    'run_at', 'cancel_requested')
+  if s[1] == 'queued' then
+    local n = tonumber(s[2]) + 1
+    local seq = update(id, s[3], 'running', '{"status":"running","attempts":' .. n .. '}',
       'status', 'running', 'attempts', n, 'worker', worker, 'lease_expires_at', lease,
       'started_at', NOW, 'updated_at', NOW)
-    v[F_STATUS], v[F_ATTEMPTS], v[F_WORKER], v[F_LEASE] = 'running', tostring(n), worker, lease
-    v[F_STARTED], v[F_UPDATED] = NOW, NOW
+    out[#out + 1] = {id, s[4], 'running', tostring(n), s[5], s[6], NOW, s[7], NOW, false, s[8], worker,
+      lease, tostring(seq)}
     move_status(id, 'queued', 'running')
     defer('ZADD', K_LEASES, lease, id)
-    out[#out + 1] = v
   end
 end
 flush()

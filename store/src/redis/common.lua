@@ -21,14 +21,16 @@ local K_LEASES = P .. ':leases'         -- ZSET running ids by lease_expires_at
 local K_FINISHED = P .. ':finished'     -- ZSET terminal ids by finished_at
 local K_JOBS = P .. ':jobs'             -- ZSET (score 0) every id, for lexical newest-first listing
 
--- Field order of a job as scripts return it: the id, then these (see mod.rs).
--- `events` is the number of events; event n is field `e<n>`.
-local FIELDS = {'kind', 'status', 'input', 'metadata', 'attempts', 'max_attempts', 'progress',
-  'error', 'created_at', 'updated_at', 'run_at', 'started_at', 'finished_at', 'cancel_requested',
-  'worker', 'lease_expires_at', 'events'}
-local F_KIND, F_STATUS, F_ATTEMPTS, F_MAX_ATTEMPTS = 2, 3, 6, 7
-local F_PROGRESS, F_ERROR, F_UPDATED, F_RUN_AT, F_STARTED, F_FINISHED = 8, 9, 11, 12, 13, 14
-local F_CANCEL, F_WORKER, F_LEASE, F_EVENTS = 15, 16, 17, 18
+-- Field order of a job as scripts return it: the id, then these (JOB_FIELDS in
+-- mod.rs). `spec` holds what never changes (kind, max_attempts, created_at, input,
+-- metadata) as one JSON text written by Rust; `kind` and `max_attempts` are also
+-- fields of their own for the scripts. `events` is the number of events; event n
+-- is field `e<n>`. `worker` and `lease_expires_at` are left stale once a job stops
+-- running and read as none.
+local FIELDS = {'spec', 'status', 'attempts', 'progress', 'error', 'updated_at', 'run_at',
+  'started_at', 'finished_at', 'cancel_requested', 'worker', 'lease_expires_at', 'events'}
+local F_SPEC, F_STATUS, F_ATTEMPTS, F_PROGRESS, F_ERROR, F_UPDATED, F_RUN_AT = 2, 3, 4, 5, 6, 7, 8
+local F_STARTED, F_FINISHED, F_CANCEL, F_WORKER, F_LEASE, F_EVENTS = 9, 10, 11, 12, 13, 14
 
 local function jkey(id) return P .. ':job:' .. id end
 local function skey(status) return P .. ':status:' .. status end
@@ -117,11 +119,12 @@ local function flush()
 end
 
 -- A new queued job with its `queued` event (at its creation time).
-local function create_job(id, kind, input, metadata, max_attempts, created_at, run_at, idem)
-  redis.call('HSET', jkey(id), 'kind', kind, 'status', 'queued', 'input', input,
-    'metadata', metadata, 'attempts', 0, 'max_attempts', max_attempts,
-    'created_at', created_at, 'updated_at', created_at, 'run_at', run_at,
-    'cancel_requested', 0, 'idem', idem, 'events', 1, 'e1', created_at .. '|queued|{"status":"queued"}')
+-- The fields the hot paths touch come first: a small hash is a list scanned in order.
+local function create_job(id, kind, spec, max_attempts, created_at, run_at, idem)
+  redis.call('HSET', jkey(id), 'status', 'queued', 'attempts', 0, 'events', 1,
+    'updated_at', created_at, 'run_at', run_at, 'cancel_requested', 0, 'spec', spec,
+    'kind', kind, 'max_attempts', max_attempts, 'idem', idem,
+    'e1', created_at .. '|queued|{"status":"queued"}')
   defer('ZADD', K_JOBS, 0, id)
   defer('ZADD', skey('queued'), 0, id)
   defer('ZADD', P .. ':kind:' .. kind, 0, id)

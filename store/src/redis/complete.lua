@@ -16,26 +16,23 @@ for i = 4, #ARGV, 5 do
     if outcome == 's' then
       update(id, events, 'succeeded', '{"status":"succeeded","attempts":' .. n .. '}',
         'status', 'succeeded', 'result', payload, 'error', '', 'finished_at', NOW,
-        'updated_at', NOW, 'worker', '', 'lease_expires_at', '')
+        'updated_at', NOW)
       finish(id, 'running', 'succeeded')
     elseif outcome == 'r' then
       local retry_at = ARGV[i + 3]
       update(id, events, 'retrying', '{"status":"queued","attempts":' .. n .. ',"error":' .. payload
           .. ',"retry_at":"' .. ARGV[i + 4] .. '"}',
-        'status', 'queued', 'run_at', retry_at, 'error', payload, 'updated_at', NOW,
-        'worker', '', 'lease_expires_at', '')
+        'status', 'queued', 'run_at', retry_at, 'error', payload, 'updated_at', NOW)
       move_status(id, 'running', 'queued')
       defer('ZREM', K_LEASES, id)
       enqueue(id, retry_at)
     elseif outcome == 'f' then
       update(id, events, 'failed', '{"status":"failed","attempts":' .. n .. ',"error":' .. payload .. '}',
-        'status', 'failed', 'error', payload, 'finished_at', NOW, 'updated_at', NOW,
-        'worker', '', 'lease_expires_at', '')
+        'status', 'failed', 'error', payload, 'finished_at', NOW, 'updated_at', NOW)
       finish(id, 'running', 'failed')
     else
       update(id, events, 'cancelled', '{"status":"cancelled","attempts":' .. n .. '}',
-        'status', 'cancelled', 'finished_at', NOW, 'updated_at', NOW,
-        'worker', '', 'lease_expires_at', '')
+        'status', 'cancelled', 'finished_at', NOW, 'updated_at', NOW)
       finish(id, 'running', 'cancelled')
     end
     out[#out + 1] = 1

@@ -9,13 +9,12 @@ local scan, want = tonumber(ARGV[7]), tonumber(ARGV[8])
 local start = '+'
 if before ~= '' then start = '(' .. before end
 local ids = redis.call('ZRANGE', P .. ':' .. index, start, '-', 'BYLEX', 'REV', 'LIMIT', 0, scan)
-local at = ({status = F_STATUS, kind = F_KIND})[field]
 local out, last = {}, ''
 for _, id in ipairs(ids) do
   last = id
-  local v = read_job(id)
-  if v and (not at or v[at] == value) then
-    out[#out + 1] = v
+  if field == '' or redis.call('HGET', jkey(id), field) == value then
+    local v = read_job(id)
+    if v then out[#out + 1] = v end
     if #out >= want then break end
   end
 end

@@ -2,10 +2,11 @@
 //! API and worker processes can share one Redis.
 //!
 //! Key layout (all under `{prefix}:`):
-//! - `job:{id}` HASH: the job's fields (times in ms, JSON as text, `''` for none),
-//!   `result`, `idem` (its idempotency key, for purge), and its event log:
-//!   `events` (the count) and `e{seq}` = `"{at}|{kind}|{data}"`. Keeping events in
-//!   the job's hash makes each transition one HSET and one key per job.
+//! - `job:{id}` HASH: the job's changing fields (times in ms, JSON as text, `''`
+//!   for none), `spec` (the fields that never change, as one JSON text), `result`,
+//!   `idem` (its idempotency key, for purge), and its event log: `events` (the
+//!   count) and `e{seq}` = `"{at}|{kind}|{data}"`. Keeping events in the job's
+//!   hash makes each transition one HSET, and a job one key.
 //! - `ready` LIST of due queued ids sorted by `(run_at, id)`, and `ready:tail`, the
 //!   sort key of its last entry. Claiming pops from the head: O(1) per job however
 //!   long the backlog is.
@@ -34,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    ApiKey, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter, JobId, JobStatus, NewJob, Notifier,
+    ApiKey, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter, JobId, JobKind, JobStatus, NewJob, Notifier,
     Outcome, Result, Store, StoreError, WorkerInfo, from_millis, redact_url, to_millis,
 };
 
@@ -47,16 +48,12 @@ const LIST_SCAN: usize = 1000;
 
 /// A job's hash fields in the order scripts return them after the id: `FIELDS`
 /// in common.lua.
-const JOB_FIELDS: [&str; 17] = [
-    "kind",
+const JOB_FIELDS: [&str; 13] = [
+    "spec",
     "status",
-    "input",
-    "metadata",
     "attempts",
-    "max_attempts",
     "progress",
     "error",
-    "created_at",
     "updated_at",
     "run_at",
     "started_at",
@@ -242,30 +239,55 @@ impl Fields<'_> {
     }
 }
 
+/// What never changes about a job, stored as one field (`spec`).
+#[derive(Serialize, Deserialize)]
+struct Spec<V = Value> {
+    kind: JobKind,
+    max_attempts: u32,
+    created_at: i64,
+    input: V,
+    metadata: V,
+}
+
+fn spec_text(job: &NewJob) -> String {
+    let spec = Spec {
+        kind: job.kind,
+        max_attempts: job.max_attempts,
+        created_at: to_millis(job.created_at),
+        input: &job.input,
+        metadata: &job.metadata,
+    };
+    serde_json::to_string(&spec).expect("job specs serialize")
+}
+
 fn parse_job(v: &Reply) -> Result<Job> {
     let items = array(v)?;
     if items.len() != JOB_WIDTH {
         return Err(corrupt(format!("a job has {} fields, expected {JOB_WIDTH}", items.len())));
     }
     let f = Fields(items);
+    let spec: Spec = f.json(1)?.ok_or_else(|| corrupt("job without spec"))?;
+    let status: JobStatus = f.parse(2)?;
+    let running = status == JobStatus::Running;
     Ok(Job {
         id: job_id(f.req(0)?)?,
-        kind: f.parse(1)?,
-        status: f.parse(2)?,
-        input: f.json(3)?.unwrap_or(Value::Null),
-        metadata: f.json(4)?.unwrap_or(Value::Null),
-        attempts: f.parse(5)?,
-        max_attempts: f.parse(6)?,
-        progress: f.json(7)?,
-        error: f.json(8)?,
-        created_at: f.time(9)?,
-        updated_at: f.time(10)?,
-        run_at: f.time(11)?,
-        started_at: f.opt_time(12)?,
-        finished_at: f.opt_time(13)?,
-        cancel_requested: f.opt(14)? == Some("1"),
-        worker: f.opt(15)?.map(str::to_owned),
-        lease_expires_at: f.opt_time(16)?,
+        kind: spec.kind,
+        status,
+        input: spec.input,
+        metadata: spec.metadata,
+        attempts: f.parse(3)?,
+        max_attempts: spec.max_attempts,
+        progress: f.json(4)?,
+        error: f.json(5)?,
+        created_at: from_millis(spec.created_at),
+        updated_at: f.time(6)?,
+        run_at: f.time(7)?,
+        started_at: f.opt_time(8)?,
+        finished_at: f.opt_time(9)?,
+        cancel_requested: f.opt(10)? == Some("1"),
+        // Stale once the job stopped running (scripts do not clear them).
+        worker: if running { f.opt(11)?.map(str::to_owned) } else { None },
+        lease_expires_at: if running { f.opt_time(12)? } else { None },
     })
 }
 
@@ -333,14 +355,12 @@ impl Store for RedisStore {
 
     async fn insert_job(&self, job: NewJob) -> Result<Inserted> {
         let now = now_millis();
-        let input = json_text(&job.input);
-        let metadata = json_text(&job.metadata);
+        let spec = spec_text(&job);
         let reply = self
             .run(&self.scripts.insert, now, |s| {
                 s.arg(job.id.to_string())
                     .arg(job.kind.as_str())
-                    .arg(&input)
-                    .arg(&metadata)
+                    .arg(&spec)
                     .arg(job.max_attempts)
                     .arg(to_millis(job.created_at))
                     .arg(to_millis(job.run_at));
@@ -393,8 +413,7 @@ impl Store for RedisStore {
                 for job in chunk {
                     s.arg(job.id.to_string())
                         .arg(job.kind.as_str())
-                        .arg(json_text(&job.input))
-                        .arg(json_text(&job.metadata))
+                        .arg(spec_text(job))
                         .arg(job.max_attempts)
                         .arg(to_millis(job.created_at))
                         .arg(to_millis(job.run_at));
@@ -748,4 +767,21 @@ impl RedisStore {
 
 fn error_text(error: &JobError) -> String {
     serde_json::to_string(error).expect("job errors serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unreachable_redis_is_unavailable_without_the_password() {
+        let port = orch_testkit::free_port();
+        let started = std::time::Instant::now();
+        let err = RedisStore::open(&format!("redis://:hunter2@127.0.0.1:{port}/0"), "orch").await.err().unwrap();
+        let message = err.to_string();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(message.contains("***@127.0.0.1"), "{message}");
+        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    }
 }

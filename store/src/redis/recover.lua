@@ -19,8 +19,7 @@ for _, id in ipairs(ids) do
     local n, events = s[2], s[6]
     if s[4] == '1' then
       update(id, events, 'cancelled', '{"status":"cancelled","attempts":' .. n .. '}',
-        'status', 'cancelled', 'finished_at', NOW, 'updated_at', NOW,
-        'worker', '', 'lease_expires_at', '')
+        'status', 'cancelled', 'finished_at', NOW, 'updated_at', NOW)
       finish(id, 'running', 'cancelled')
     else
       local err = '{"code":"worker_lost","message":' .. cjson.encode('worker ' .. (s[5] or '')
@@ -28,14 +27,12 @@ for _, id in ipairs(ids) do
       if tonumber(n) < tonumber(s[3]) then
         update(id, events, 'retrying', '{"status":"queued","attempts":' .. n .. ',"error":' .. err
             .. ',"retry_at":"' .. now_rfc .. '"}',
-          'status', 'queued', 'run_at', NOW, 'error', err, 'updated_at', NOW,
-          'worker', '', 'lease_expires_at', '')
+          'status', 'queued', 'run_at', NOW, 'error', err, 'updated_at', NOW)
         move_status(id, 'running', 'queued')
         enqueue(id, NOW)
       else
         update(id, events, 'failed', '{"status":"failed","attempts":' .. n .. ',"error":' .. err .. '}',
-          'status', 'failed', 'error', err, 'finished_at', NOW, 'updated_at', NOW,
-          'worker', '', 'lease_expires_at', '')
+          'status', 'failed', 'error', err, 'finished_at', NOW, 'updated_at', NOW)
         finish(id, 'running', 'failed')
       end
     end
