@@ -9,7 +9,6 @@ use utoipa::ToSchema;
 
 /// Body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"error": {"code": "invalid_field", "message": "plan.nodes[0].sleep.ms: invalid type: string \"x\", expected u64", "details": {"field": "plan.nodes[0].sleep.ms"}}}))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
@@ -104,3 +103,68 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Reusable error responses of the OpenAPI document, each with its own example.
+/// These types exist only to describe responses; nothing constructs them.
+#[allow(dead_code)]
+pub mod responses {
+    use utoipa::ToResponse;
+
+    use super::ErrorBody;
+
+    #[derive(ToResponse)]
+    #[response(
+        description = "Malformed JSON",
+        example = json!({"error": {"code": "malformed_json", "message": "the body is not valid JSON: EOF while parsing an object at line 1 column 12"}})
+    )]
+    pub struct BadRequest(#[to_schema] ErrorBody);
+
+    #[derive(ToResponse)]
+    #[response(
+        description = "Missing, unknown or revoked API key (`Authorization: Bearer <key>`)",
+        example = json!({"error": {"code": "unauthorized", "message": "missing Authorization header; send Authorization: Bearer <key> (make a key with `orch keys create`)"}})
+    )]
+    pub struct Unauthorized(#[to_schema] ErrorBody);
+
+    #[derive(ToResponse)]
+    #[response(
+        description = "The key lacks the scope this route needs",
+        example = json!({"error": {"code": "missing_scope", "message": "this key lacks the scope \"jobs:write\"; its scopes are [\"jobs:read\"]", "details": {"required_scope": "jobs:write"}}})
+    )]
+    pub struct Forbidden(#[to_schema] ErrorBody);
+
+    #[derive(ToResponse)]
+    #[response(
+        description = "No such resource (jobs are gone after the retention)",
+        example = json!({"error": {"code": "not_found", "message": "no job with id 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11"}})
+    )]
+    pub struct NotFound(#[to_schema] ErrorBody);
+
+    #[derive(ToResponse)]
+    #[response(
+        description = "The body is larger than ORCH_MAX_BODY",
+        example = json!({"error": {"code": "body_too_large", "message": "the request body is larger than the server accepts (ORCH_MAX_BODY)"}})
+    )]
+    pub struct TooLarge(#[to_schema] ErrorBody);
+
+    #[derive(ToResponse)]
+    #[response(
+        description = "The body is not JSON",
+        example = json!({"error": {"code": "unsupported_media_type", "message": "send the body as JSON with the header Content-Type: application/json"}})
+    )]
+    pub struct NotJson(#[to_schema] ErrorBody);
+
+    #[derive(ToResponse)]
+    #[response(
+        description = "A field is invalid; `details.field` names it",
+        example = json!({"error": {"code": "invalid_field", "message": "plan.nodes[0].sleep.ms: invalid type: string \"soon\", expected u64", "details": {"field": "plan.nodes[0].sleep.ms"}}})
+    )]
+    pub struct Invalid(#[to_schema] ErrorBody);
+
+    #[derive(ToResponse)]
+    #[response(
+        description = "The store is unavailable; nothing was stored. Retry after `Retry-After` seconds",
+        example = json!({"error": {"code": "store_unavailable", "message": "the job store is unavailable; retry shortly"}})
+    )]
+    pub struct Unavailable(#[to_schema] ErrorBody);
+}

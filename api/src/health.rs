@@ -47,7 +47,7 @@ pub struct QueueHealth {
 /// 200 when the store answers, 503 when it does not. Needs no key.
 #[utoipa::path(
     get, path = "/health", tag = "health",
-    responses((status = 200, body = Health), (status = 503, description = "Store unreachable", body = Health))
+    responses((status = 200, description = "The store answers", body = Health), (status = 503, description = "Store unreachable", body = Health))
 )]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let started = Instant::now();

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Principal;
+use crate::error::responses::{BadRequest, Forbidden, Invalid, NotFound, NotJson, TooLarge, Unauthorized, Unavailable};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
 
@@ -359,14 +360,15 @@ async fn submit(
     responses(
         (status = 202, description = "Stored and queued", body = JobAccepted,
             headers(("Location" = String, description = "The job's status URL"))),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or unknown key", body = ErrorBody),
-        (status = 403, description = "Key lacks `jobs:write`", body = ErrorBody),
-        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 422, description = "A field is invalid; `details.field` names it", body = ErrorBody),
-        (status = 503, description = "Store unavailable; nothing was stored", body = ErrorBody),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody,
+            example = json!({"error": {"code": "idempotency_conflict", "message": "this Idempotency-Key was used for job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11 with a different body; use a new key for a new job", "details": {"job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11"}}})),
+        (status = 413, response = TooLarge),
+        (status = 415, response = NotJson),
+        (status = 422, response = Invalid),
+        (status = 503, response = Unavailable),
     ),
     security(("bearer" = []))
 )]
@@ -403,14 +405,16 @@ pub async fn submit_chat(
     responses(
         (status = 202, description = "Stored and queued", body = JobAccepted,
             headers(("Location" = String, description = "The job's status URL"))),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or unknown key", body = ErrorBody),
-        (status = 403, description = "Key lacks `jobs:write`", body = ErrorBody),
-        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid field or plan", body = ErrorBody),
-        (status = 503, description = "Store unavailable; nothing was stored", body = ErrorBody),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody,
+            example = json!({"error": {"code": "idempotency_conflict", "message": "this Idempotency-Key was used for job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11 with a different body; use a new key for a new job", "details": {"job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11"}}})),
+        (status = 413, response = TooLarge),
+        (status = 415, response = NotJson),
+        (status = 422, description = "Invalid field, or a plan with problems (all listed in `details.issues`)", body = ErrorBody,
+            example = json!({"error": {"code": "invalid_plan", "message": "plan.nodes[1].depends_on[0]: no node has id \"fetch\"", "details": {"field": "plan.nodes[1].depends_on[0]", "issues": [{"field": "plan.nodes[1].depends_on[0]", "message": "no node has id \"fetch\""}]}}})),
+        (status = 503, response = Unavailable),
     ),
     security(("bearer" = []))
 )]
@@ -444,9 +448,9 @@ async fn load(state: &AppState, id: &str) -> ApiResult<Job> {
     get, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses(
-        (status = 200, body = JobView),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, description = "No such job (or purged after the retention)", body = ErrorBody),
+        (status = 200, description = "The job", body = JobView),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
     ),
     security(("bearer" = []))
 )]
@@ -466,10 +470,12 @@ pub async fn get_job(
     get, path = "/v1/jobs/{id}/result", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses(
-        (status = 200, body = JobResult),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 409, description = "Not finished yet; `details.status` says where it is", body = ErrorBody),
+        (status = 200, description = "The finished job's result or error", body = JobResult),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, description = "Not finished yet; `details.status` says where it is", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again")),
+            example = json!({"error": {"code": "job_not_finished", "message": "job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11 is running; poll its status_url or follow its events_url", "details": {"status": "running"}}})),
     ),
     security(("bearer" = []))
 )]
@@ -500,9 +506,9 @@ pub async fn get_result(
     get, path = "/v1/jobs", tag = "jobs",
     params(ListParams),
     responses(
-        (status = 200, body = JobPage),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 422, description = "Bad filter; `details.field` names it", body = ErrorBody),
+        (status = 200, description = "A page of jobs, newest first", body = JobPage),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 422, response = Invalid),
     ),
     security(("bearer" = []))
 )]
@@ -549,9 +555,10 @@ pub async fn list_jobs(
     params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "Cancelled, or cancellation requested", body = JobView),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 409, description = "The job already finished", body = ErrorBody),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, description = "The job already finished", body = ErrorBody,
+            example = json!({"error": {"code": "job_finished", "message": "job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11 already succeeded", "details": {"status": "succeeded"}}})),
     ),
     security(("bearer" = []))
 )]
@@ -587,8 +594,8 @@ pub async fn cancel_job(
     responses(
         (status = 200, description = "text/event-stream of job events", content_type = "text/event-stream", body = String,
             example = json!("id: 1\nevent: queued\ndata: {\"job_id\":\"019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11\",\"seq\":1,\"type\":\"queued\",\"at\":\"2026-11-21T09:00:00.000Z\",\"data\":{\"status\":\"queued\"}}\n\n")),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
     ),
     security(("bearer" = []))
 )]

@@ -10,7 +10,8 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::{self, Principal};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::responses::{Forbidden, Invalid, NotFound, Unauthorized};
+use crate::error::{ApiError, ApiResult};
 use crate::json::ApiJson;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -68,9 +69,9 @@ pub struct KeyList {
     post, path = "/v1/keys", tag = "keys",
     request_body = CreateKey,
     responses(
-        (status = 201, body = CreatedKey),
-        (status = 401, body = ErrorBody), (status = 403, description = "Needs `admin`", body = ErrorBody),
-        (status = 422, body = ErrorBody),
+        (status = 201, description = "Created; the secret is shown only now", body = CreatedKey),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 422, response = Invalid),
     ),
     security(("bearer" = []))
 )]
@@ -89,7 +90,7 @@ pub async fn create_key(
 /// List API keys (without secrets).
 #[utoipa::path(
     get, path = "/v1/keys", tag = "keys",
-    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, description = "Every key, revoked ones included", body = KeyList), (status = 401, response = Unauthorized), (status = 403, response = Forbidden)),
     security(("bearer" = []))
 )]
 pub async fn list_keys(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<KeyList>> {
@@ -104,8 +105,8 @@ pub async fn list_keys(State(state): State<AppState>, principal: Principal) -> A
     params(("id" = String, Path, description = "Key id, e.g. key_3f2a9c01b7de")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, description = "No unrevoked key with this id", body = ErrorBody),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
     ),
     security(("bearer" = []))
 )]

@@ -110,7 +110,14 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         keys::create_key, keys::list_keys, keys::revoke_key,
         health::health,
     ),
-    components(schemas(orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep)),
+    components(
+        schemas(orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep),
+        responses(
+            error::responses::BadRequest, error::responses::Unauthorized, error::responses::Forbidden,
+            error::responses::NotFound, error::responses::TooLarge, error::responses::NotJson,
+            error::responses::Invalid, error::responses::Unavailable,
+        )
+    ),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Submit and follow chat and batch jobs"),
