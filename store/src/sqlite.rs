@@ -101,7 +101,8 @@ impl SqliteStore {
 
     async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
         let pool = self.readers.clone();
-        let permit = pool.permits.clone().acquire_owned().await.map_err(|_| writer_stopped())?;
+        // The semaphore is never closed.
+        let permit = pool.permits.clone().acquire_owned().await.expect("read permits stay open");
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -138,7 +139,8 @@ fn open_blocking(path: &Path) -> Result<SqliteStore> {
         )));
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "cache_size", -16_384)?;
+    // 64 MiB, at most: a 50,000-job backlog and its events stay in memory while draining.
+    conn.pragma_update(None, "cache_size", -65_536)?;
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     conn.set_prepared_statement_cache_capacity(64);
     migrate(&conn)?;

@@ -14,14 +14,11 @@ use orch_testkit::RedisServer;
 use serde_json::json;
 
 const LEASE: Duration = Duration::from_secs(300);
+/// Jobs per claim and per completion batch.
+const BATCH: usize = 500;
 
 /// One test at a time, so the printed rates are not shared with another test.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-const BATCH: usize = 500;
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn open(server: &RedisServer) -> RedisStore {
     RedisStore::open(&server.url(), "orch").await.expect("open the redis store")
@@ -45,8 +42,8 @@ fn new_jobs(n: usize, run_at: Option<DateTime<Utc>>) -> Vec<NewJob> {
         .collect()
 }
 
-fn succeeded(ids: impl IntoIterator<Item = JobId>) -> Vec<Completion> {
-    ids.into_iter().map(|job_id| Completion { job_id, outcome: Outcome::Succeeded { result: json!(null) } }).collect()
+fn success(job_id: JobId) -> Completion {
+    Completion { job_id, outcome: Outcome::Succeeded { result: json!(null) } }
 }
 
 /// Claims and completes (as `outcome` says) until nothing is due or `max` jobs
@@ -77,7 +74,7 @@ fn assert_unique(claimed: &[JobId], expected: usize) {
 async fn drain_rate(store: &RedisStore, n: usize) -> f64 {
     store.insert_jobs(new_jobs(n, None)).await.unwrap();
     let started = Instant::now();
-    let claimed = drain(store, "bench", usize::MAX, |id| succeeded([id]).remove(0)).await;
+    let claimed = drain(store, "bench", usize::MAX, success).await;
     let rate = n as f64 / started.elapsed().as_secs_f64();
     assert_unique(&claimed, n);
     rate
@@ -85,7 +82,7 @@ async fn drain_rate(store: &RedisStore, n: usize) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_of_50000_drains_beyond_the_lua_unpack_limit() {
-    let _serial = serial();
+    let _turn = ONE_AT_A_TIME.lock().await;
     let server = RedisServer::start();
     let store = open(&server).await;
 
@@ -114,7 +111,7 @@ async fn backlog_of_50000_drains_beyond_the_lua_unpack_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn due_backlog_of_12000_in_the_delayed_set_drains() {
     const N: usize = 12_000;
-    let _serial = serial();
+    let _turn = ONE_AT_A_TIME.lock().await;
     let server = RedisServer::start();
     let store = open(&server).await;
     let mut raw = ::redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
@@ -145,7 +142,7 @@ async fn due_backlog_of_12000_in_the_delayed_set_drains() {
     assert_eq!(delayed(&mut raw).await, N);
 
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let second = drain(&store, "w", usize::MAX, |id| succeeded([id]).remove(0)).await;
+    let second = drain(&store, "w", usize::MAX, success).await;
     assert_unique(&second, N);
     assert_eq!(delayed(&mut raw).await, 0);
     let counts = store.count_jobs().await.unwrap();
@@ -158,7 +155,7 @@ async fn due_backlog_of_12000_in_the_delayed_set_drains() {
 /// oldest `run_at` first.
 #[tokio::test]
 async fn claim_merges_ready_and_delayed_oldest_first() {
-    let _serial = serial();
+    let _turn = ONE_AT_A_TIME.lock().await;
     let server = RedisServer::start();
     let store = open(&server).await;
     let now = Utc::now();
@@ -184,7 +181,7 @@ async fn claim_merges_ready_and_delayed_oldest_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_workers_never_share_a_job() {
     const N: usize = 20_000;
-    let _serial = serial();
+    let _turn = ONE_AT_A_TIME.lock().await;
     let server = RedisServer::start();
     let store = open(&server).await;
     store.insert_jobs(new_jobs(N, None)).await.unwrap();
@@ -200,7 +197,7 @@ async fn concurrent_workers_never_share_a_job() {
                     return claimed;
                 }
                 let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
-                store.complete(&worker, succeeded(ids.clone())).await.unwrap();
+                store.complete(&worker, ids.iter().copied().map(success).collect()).await.unwrap();
                 claimed.extend(ids);
             }
         }));

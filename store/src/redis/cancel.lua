@@ -8,14 +8,14 @@ local status = v[F_STATUS]
 if status == 'queued' then
   -- LREM walks the ready list; cancelling is rare next to claiming.
   if redis.call('ZREM', K_DELAYED, id) == 0 then redis.call('LREM', K_READY, 1, id) end
-  v[F_EVENTS] = update(id, v[F_EVENTS], 'cancelled', '{"status":"cancelled","attempts":' .. v[F_ATTEMPTS] .. '}',
+  v[F_EVENTS] = update(jkey(id), v[F_EVENTS], 'cancelled', '{"status":"cancelled","attempts":' .. v[F_ATTEMPTS] .. '}',
     'status', 'cancelled', 'finished_at', NOW, 'updated_at', NOW)
   v[F_STATUS], v[F_FINISHED], v[F_UPDATED] = 'cancelled', NOW, NOW
   finish(id, 'queued', 'cancelled')
   flush()
   return {1, v}
 elseif status == 'running' and v[F_CANCEL] ~= '1' then
-  redis.call('HSET', jkey(id), 'cancel_requested', 1, 'updated_at', NOW)
+  redis.call('HSET', jkey(id), 'cancel_requested', '1', 'updated_at', NOW)
   v[F_CANCEL], v[F_UPDATED] = '1', NOW
 end
 return {0, v}

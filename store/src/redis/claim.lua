@@ -1,6 +1,8 @@
 -- claim. ARGV[3..]: worker, limit, lease expiry (ms).
 -- Touches: ready, delayed, job:<id>, status:queued, status:running, leases.
--- Returns the claimed jobs.
+-- Returns, flat, per claimed job: id, spec, attempts, progress, error, run_at,
+-- cancel_requested; the caller knows the rest (status running, its worker, the
+-- lease, and now as started_at and updated_at).
 --
 -- Both queues are sorted by (run_at, id), so the oldest due jobs are a prefix of
 -- each: merge at most `limit` from the head of each and cut those prefixes off.
@@ -39,21 +41,31 @@ else
   if j > 1 then redis.call('ZREMRANGEBYRANK', K_DELAYED, 0, j - 2) end
 end
 
--- Only what claiming does not overwrite is read; the reply has the FIELDS layout.
-local out = {}
+-- Only what claiming does not overwrite is read.
+local out, o = {}, 0
 for _, id in ipairs(ids) do
-  local s = redis.call('HMGET', jkey(id), 'status', 'attempts', 'events', 'spec', 'progress', 'error',
+  local k = jkey(id)
+  local s = redis.call('HMGET', k, 'status', 'attempts', 'events', 'spec', 'progress', 'error',
     'run_at', 'cancel_requested')
   if s[1] == 'queued' then
-    local n = tonumber(s[2]) + 1
-    local seq = update(id, s[3], 'running', '{"status":"running","attempts":' .. n .. '}',
+    local n = itoa(tonumber(s[2]) + 1)
+    update(k, s[3], 'running', '{"status":"running","attempts":' .. n .. '}',
       'status', 'running', 'attempts', n, 'worker', worker, 'lease_expires_at', lease,
       'started_at', NOW, 'updated_at', NOW)
-    out[#out + 1] = {id, s[4], 'running', tostring(n), s[5], s[6], NOW, s[7], NOW, false, s[8], worker,
-      lease, tostring(seq)}
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6], out[o + 7] =
+      id, s[4], n, s[5], s[6], s[7], s[8]
+    o = o + 7
     move_status(id, 'queued', 'running')
     defer('ZADD', K_LEASES, lease, id)
   end
+end
+-- Sentinels ('' at +inf, '' in the lexical index, never read as jobs) keep these
+-- two sets from being deleted each time the last running job ends: a busy set
+-- then stays a skiplist instead of being rebuilt through a listpack, member by
+-- member, with every batch.
+if o > 0 then
+  defer('ZADD', K_LEASES, '+inf', '')
+  defer('ZADD', skey('running'), '0', '')
 end
 flush()
 return out

@@ -5,8 +5,8 @@
 -- scripts are not Redis Cluster safe (hash tags are out of scope).
 --
 -- Bounds: a script only visits ids it was handed or got from a ranged read with a
--- LIMIT; multi-member commands are sent in chunks of 256 arguments, so no
--- `unpack` ever sees an unbounded table.
+-- LIMIT; multi-member commands are sent in chunks of 1,000 arguments, so no
+-- `unpack` ever sees an unbounded table (Lua's limit is about 8,000).
 
 local P = ARGV[1]
 local NOW = ARGV[2]
@@ -17,7 +17,7 @@ local DUE_N = NOW_N
 local K_READY = P .. ':ready'           -- LIST of due queued ids, sorted by (run_at, id)
 local K_TAIL = P .. ':ready:tail'       -- HASH run_at, id of the ready list's last entry
 local K_DELAYED = P .. ':delayed'       -- ZSET queued ids that could not join the ready list, by run_at
-local K_LEASES = P .. ':leases'         -- ZSET running ids by lease_expires_at
+local K_LEASES = P .. ':leases'         -- ZSET running ids by lease_expires_at (+ sentinel)
 local K_FINISHED = P .. ':finished'     -- ZSET terminal ids by finished_at
 local K_JOBS = P .. ':jobs'             -- ZSET (score 0) every id, for lexical newest-first listing
 
@@ -29,18 +29,37 @@ local K_JOBS = P .. ':jobs'             -- ZSET (score 0) every id, for lexical 
 -- running and read as none.
 local FIELDS = {'spec', 'status', 'attempts', 'progress', 'error', 'updated_at', 'run_at',
   'started_at', 'finished_at', 'cancel_requested', 'worker', 'lease_expires_at', 'events'}
-local F_SPEC, F_STATUS, F_ATTEMPTS, F_PROGRESS, F_ERROR, F_UPDATED, F_RUN_AT = 2, 3, 4, 5, 6, 7, 8
-local F_STARTED, F_FINISHED, F_CANCEL, F_WORKER, F_LEASE, F_EVENTS = 9, 10, 11, 12, 13, 14
+local F_STATUS, F_ATTEMPTS, F_UPDATED, F_FINISHED, F_CANCEL, F_EVENTS = 3, 4, 7, 10, 11, 14
+
+-- Small integers as text, cached: Lua formats numbers with sprintf("%.14g"),
+-- which showed up in profiles; text is passed to Redis as is.
+local itoa_cache = {}
+local function itoa(n)
+  local s = itoa_cache[n]
+  if not s then
+    s = string.format('%d', n)
+    itoa_cache[n] = s
+  end
+  return s
+end
 
 local function jkey(id) return P .. ':job:' .. id end
-local function skey(status) return P .. ':status:' .. status end
+local skeys = {}
+local function skey(status)
+  local k = skeys[status]
+  if not k then
+    k = P .. ':status:' .. status
+    skeys[status] = k
+  end
+  return k
+end
 
--- Appends an event and sets fields in one HSET. `count` is the job's `events`
--- field before; an event is stored as "<at ms>|<kind>|<data json>" in field
--- `e<seq>`, so a transition costs no extra key or call.
-local function update(id, count, kind, data, ...)
-  local seq = tonumber(count) + 1
-  redis.call('HSET', jkey(id), 'events', seq, 'e' .. seq, NOW .. '|' .. kind .. '|' .. data, ...)
+-- Appends an event to the job at key `k` and sets fields, in one HSET. `count` is
+-- the job's `events` field before; an event is stored as "<at ms>|<kind>|<data
+-- json>" in field `e<seq>`, so a transition costs no extra key or call.
+local function update(k, count, kind, data, ...)
+  local seq = itoa(tonumber(count) + 1)
+  redis.call('HSET', k, 'events', seq, 'e' .. seq, NOW .. '|' .. kind .. '|' .. data, ...)
   return seq
 end
 
@@ -72,7 +91,7 @@ end
 
 local function move_status(id, from, to)
   defer('ZREM', skey(from), id)
-  defer('ZADD', skey(to), 0, id)
+  defer('ZADD', skey(to), '0', id)
 end
 
 local function finish(id, from, to)
@@ -107,8 +126,8 @@ end
 local function flush()
   for _, batch in ipairs(pending_order) do
     local args, n = batch.args, batch.n
-    for i = 1, n, 256 do
-      redis.call(batch.cmd, batch.key, unpack(args, i, math.min(i + 255, n)))
+    for i = 1, n, 1000 do
+      redis.call(batch.cmd, batch.key, unpack(args, i, math.min(i + 999, n)))
     end
   end
   pending, pending_order = {ZADD = {}, ZREM = {}, RPUSH = {}}, {}
@@ -121,12 +140,12 @@ end
 -- A new queued job with its `queued` event (at its creation time).
 -- The fields the hot paths touch come first: a small hash is a list scanned in order.
 local function create_job(id, kind, spec, max_attempts, created_at, run_at, idem)
-  redis.call('HSET', jkey(id), 'status', 'queued', 'attempts', 0, 'events', 1,
-    'updated_at', created_at, 'run_at', run_at, 'cancel_requested', 0, 'spec', spec,
+  redis.call('HSET', jkey(id), 'status', 'queued', 'attempts', '0', 'events', '1',
+    'updated_at', created_at, 'run_at', run_at, 'cancel_requested', '0', 'spec', spec,
     'kind', kind, 'max_attempts', max_attempts, 'idem', idem,
     'e1', created_at .. '|queued|{"status":"queued"}')
-  defer('ZADD', K_JOBS, 0, id)
-  defer('ZADD', skey('queued'), 0, id)
-  defer('ZADD', P .. ':kind:' .. kind, 0, id)
+  defer('ZADD', K_JOBS, '0', id)
+  defer('ZADD', skey('queued'), '0', id)
+  defer('ZADD', P .. ':kind:' .. kind, '0', id)
   enqueue(id, run_at)
 end

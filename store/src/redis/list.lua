@@ -8,7 +8,8 @@ local index, field, value, before = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local scan, want = tonumber(ARGV[7]), tonumber(ARGV[8])
 local start = '+'
 if before ~= '' then start = '(' .. before end
-local ids = redis.call('ZRANGE', P .. ':' .. index, start, '-', 'BYLEX', 'REV', 'LIMIT', 0, scan)
+-- '(' excludes the '' sentinel (claim.lua).
+local ids = redis.call('ZRANGE', P .. ':' .. index, start, '(', 'BYLEX', 'REV', 'LIMIT', 0, scan)
 local out, last = {}, ''
 for _, id in ipairs(ids) do
   last = id

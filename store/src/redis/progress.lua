@@ -3,5 +3,5 @@
 local worker, id, progress = ARGV[3], ARGV[4], ARGV[5]
 local s = redis.call('HMGET', jkey(id), 'status', 'worker', 'events')
 if s[1] ~= 'running' or s[2] ~= worker then return 0 end
-update(id, s[3], 'progress', progress, 'progress', progress, 'updated_at', NOW)
+update(jkey(id), s[3], 'progress', progress, 'progress', progress, 'updated_at', NOW)
 return 1

@@ -12,26 +12,27 @@ if #ids == 0 then return 0 end
 redis.call('ZREMRANGEBYRANK', K_LEASES, 0, #ids - 1)
 local moved = 0
 for _, id in ipairs(ids) do
-  local s = redis.call('HMGET', jkey(id), 'status', 'attempts', 'max_attempts', 'cancel_requested',
+  local k = jkey(id)
+  local s = redis.call('HMGET', k, 'status', 'attempts', 'max_attempts', 'cancel_requested',
     'worker', 'events')
   if s[1] == 'running' then
     moved = moved + 1
     local n, events = s[2], s[6]
     if s[4] == '1' then
-      update(id, events, 'cancelled', '{"status":"cancelled","attempts":' .. n .. '}',
+      update(k, events, 'cancelled', '{"status":"cancelled","attempts":' .. n .. '}',
         'status', 'cancelled', 'finished_at', NOW, 'updated_at', NOW)
       finish(id, 'running', 'cancelled')
     else
       local err = '{"code":"worker_lost","message":' .. cjson.encode('worker ' .. (s[5] or '')
         .. ' stopped heartbeating; its lease expired') .. ',"retryable":true}'
       if tonumber(n) < tonumber(s[3]) then
-        update(id, events, 'retrying', '{"status":"queued","attempts":' .. n .. ',"error":' .. err
+        update(k, events, 'retrying', '{"status":"queued","attempts":' .. n .. ',"error":' .. err
             .. ',"retry_at":"' .. now_rfc .. '"}',
           'status', 'queued', 'run_at', NOW, 'error', err, 'updated_at', NOW)
         move_status(id, 'running', 'queued')
         enqueue(id, NOW)
       else
-        update(id, events, 'failed', '{"status":"failed","attempts":' .. n .. ',"error":' .. err .. '}',
+        update(k, events, 'failed', '{"status":"failed","attempts":' .. n .. ',"error":' .. err .. '}',
           'status', 'failed', 'error', err, 'finished_at', NOW, 'updated_at', NOW)
         finish(id, 'running', 'failed')
       end
