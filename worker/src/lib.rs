@@ -153,8 +153,14 @@ pub async fn run(store: Arc<dyn Store>, executors: Arc<Executors>, config: Worke
 
     tracing::info!(worker = %config.id, running = running.len(), "worker stopping; waiting for running jobs");
     let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-    while running.len() > 0 && tokio::time::Instant::now() < deadline {
-        let _ = tokio::time::timeout_at(deadline, running.freed.notified()).await;
+    loop {
+        let freed = running.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if running.len() == 0 || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        let _ = tokio::time::timeout_at(deadline, freed).await;
     }
     let left = running.len();
     if left > 0 {
@@ -178,11 +184,14 @@ async fn claim_loop(
 ) {
     let mut store_backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
+        // Listen before looking, so a job finishing in between still wakes us.
+        let freed = running.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
         let room = config.concurrency.saturating_sub(running.len());
         if room == 0 {
             tokio::select! {
-                _ = running.freed.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = freed => {}
                 _ = shutdown.cancelled() => break,
             }
             continue;
