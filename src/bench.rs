@@ -61,7 +61,7 @@ pub struct QueueArgs {
     #[arg(long, value_delimiter = ',', default_value = "1000,50000")]
     pub sizes: Vec<usize>,
     /// Drain runs per backend and size (each on a fresh store); the median rate is compared.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Worker concurrency [default: the worker's default, 256].
     #[arg(long)]
@@ -104,7 +104,8 @@ pub async fn run(command: BenchCommand) -> Result<()> {
 /// Jobs per `insert_jobs` call when loading a backlog.
 const INSERT_CHUNK: usize = 5_000;
 /// How often the drain loop looks at the job counts.
-const POLL: Duration = Duration::from_millis(10);
+// Counting is a scan on SQLite; polling often would compete with the worker.
+const POLL: Duration = Duration::from_millis(250);
 /// A drain with no job finishing for this long is reported as stuck.
 const STALL: Duration = Duration::from_secs(60);
 
@@ -158,7 +159,10 @@ fn header(args: &QueueArgs) {
     let command: Vec<String> = std::env::args().collect();
     let defaults = orch_worker::WorkerConfig::new(String::new());
     println!("orch bench queue (orch {}), {}", env!("CARGO_PKG_VERSION"), Utc::now().format("%Y-%m-%d %H:%M UTC"));
-    println!("machine: {cores} cores ({cpu}), Linux {kernel}");
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    println!("machine: {cores} cores ({cpu}), Linux {kernel}, load average at start {load}");
     println!("command: {}", command.join(" "));
     println!(
         "worker:  concurrency {}, claim_batch {}, poll_interval {} ms",
@@ -261,6 +265,11 @@ struct DrainRow {
     enqueue: Duration,
     drain: Duration,
     stats: CallStats,
+    /// Cores busy on average during the drain: this process, and the whole machine.
+    cpu_self: f64,
+    cpu_all: f64,
+    /// Cores the private redis-server was busy on average (redis rows only).
+    cpu_redis: Option<f64>,
 }
 
 impl DrainRow {
@@ -272,8 +281,19 @@ impl DrainRow {
 async fn drain_section(args: &QueueArgs, redis: &Redis) -> Result<()> {
     println!("== Drain: N queued no-op batch jobs, one in-process worker, fresh store per run ==");
     println!(
-        "{:<8} {:>8} {:>10} {:>9} {:>10}   {:>7} {:>9} {:>10} {:>11}",
-        "backend", "backlog", "enqueue/s", "seconds", "jobs/s", "claims", "ms/claim", "completes", "ms/complete"
+        "{:<8} {:>8} {:>10} {:>9} {:>10}   {:>7} {:>9} {:>10} {:>11} {:>9} {:>9} {:>8}",
+        "backend",
+        "backlog",
+        "enqueue/s",
+        "seconds",
+        "jobs/s",
+        "claims",
+        "ms/claim",
+        "completes",
+        "ms/complete",
+        "cpu orch",
+        "cpu redis",
+        "cpu all"
     );
     let mut rows: Vec<DrainRow> = Vec::new();
     for &backend in &args.backends {
@@ -282,7 +302,7 @@ async fn drain_section(args: &QueueArgs, redis: &Redis) -> Result<()> {
                 let row = drain_once(backend, n, args.concurrency, redis).await?;
                 let s = &row.stats;
                 println!(
-                    "{:<8} {:>8} {:>10.0} {:>9.3} {:>10.0}   {:>7} {:>9.2} {:>10} {:>11.2}",
+                    "{:<8} {:>8} {:>10.0} {:>9.3} {:>10.0}   {:>7} {:>9.2} {:>10} {:>11.2} {:>9.2} {:>9} {:>8.2}",
                     backend.name(),
                     n,
                     n as f64 / row.enqueue.as_secs_f64(),
@@ -291,7 +311,10 @@ async fn drain_section(args: &QueueArgs, redis: &Redis) -> Result<()> {
                     s.claims,
                     s.claim_ms(),
                     s.completes,
-                    s.complete_ms()
+                    s.complete_ms(),
+                    row.cpu_self,
+                    row.cpu_redis.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
+                    row.cpu_all
                 );
                 rows.push(row);
             }
@@ -316,7 +339,9 @@ async fn drain_section(args: &QueueArgs, redis: &Redis) -> Result<()> {
     println!(
         "(seconds: worker start until the last completion is stored; enqueue/s: insert_jobs in chunks of {INSERT_CHUNK};"
     );
-    println!(" ms/claim, ms/complete: mean store round trip of the worker's claim and complete calls)");
+    println!(" ms/claim, ms/complete: mean store round trip of the worker's claim and complete calls;");
+    println!(" cpu orch / redis / all: cores busy on average while draining: this process (worker and store client),");
+    println!(" the private redis-server (INFO cpu), the whole machine including anything else running)");
     println!();
     Ok(())
 }
@@ -332,6 +357,15 @@ async fn drain_once(backend: Backend, n: usize, concurrency: Option<usize>, redi
         config.concurrency = c;
     }
     let shutdown = CancellationToken::new();
+    let redis_port = match (backend, redis) {
+        (Backend::Redis, Redis::Private(server)) => Some(server.port()),
+        _ => None,
+    };
+    let redis_cpu_before = match redis_port {
+        Some(port) => redis_cpu_seconds(port).await,
+        None => None,
+    };
+    let cpu_before = CpuTimes::now();
     let started = Instant::now();
     let mut worker = tokio::spawn(orch_worker::run(
         store.clone(),
@@ -341,6 +375,12 @@ async fn drain_once(backend: Backend, n: usize, concurrency: Option<usize>, redi
     ));
 
     let result = wait_drained(&observed, n, &mut worker).await;
+    let wall = started.elapsed();
+    let (cpu_self, cpu_all) = cpu_before.cores_since(wall);
+    let cpu_redis = match (redis_port, redis_cpu_before) {
+        (Some(port), Some(before)) => redis_cpu_seconds(port).await.map(|after| (after - before) / wall.as_secs_f64()),
+        _ => None,
+    };
     shutdown.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(40), &mut worker).await;
     let counts = result.with_context(|| format!("{} backend, backlog {n}", backend.name()))?;
@@ -359,7 +399,7 @@ async fn drain_once(backend: Backend, n: usize, concurrency: Option<usize>, redi
         purge_all(fresh.store.as_ref(), n).await.with_context(|| format!("purging redis keys under {prefix}"))?;
     }
     let stats = observed.stats();
-    Ok(DrainRow { backend, backlog: n, enqueue, drain, stats })
+    Ok(DrainRow { backend, backlog: n, enqueue, drain, stats, cpu_self, cpu_all, cpu_redis })
 }
 
 /// Polls the counts (and wakes early when the last completion is stored) until
@@ -421,6 +461,77 @@ fn median(mut values: Vec<f64>) -> f64 {
         n if n % 2 == 1 => values[n / 2],
         n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
+}
+
+/// CPU time used so far by this process and by the whole machine, in clock
+/// ticks (USER_HZ, 100 on Linux), from /proc; zero where /proc is unreadable.
+struct CpuTimes {
+    own: u64,
+    busy: u64,
+}
+
+impl CpuTimes {
+    const TICKS_PER_SECOND: f64 = 100.0;
+
+    fn now() -> CpuTimes {
+        // /proc/self/stat: utime and stime are the 12th and 13th fields after the ")" closing the name.
+        let own = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1.split_whitespace().map(|f| f.parse::<u64>().ok()).collect::<Vec<_>>();
+                Some(rest.get(11)?.unwrap_or(0) + rest.get(12)?.unwrap_or(0))
+            })
+            .unwrap_or(0);
+        // /proc/stat "cpu" line: user nice system idle iowait irq softirq steal ...
+        let busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let fields: Vec<u64> =
+                    s.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+                let total: u64 = fields.iter().take(8).sum();
+                Some(total - fields.get(3).copied().unwrap_or(0) - fields.get(4).copied().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        CpuTimes { own, busy }
+    }
+
+    /// Average busy cores since `self` over `wall`: (this process, whole machine).
+    fn cores_since(&self, wall: Duration) -> (f64, f64) {
+        let now = CpuTimes::now();
+        let secs = wall.as_secs_f64().max(1e-9) * Self::TICKS_PER_SECOND;
+        (now.own.saturating_sub(self.own) as f64 / secs, now.busy.saturating_sub(self.busy) as f64 / secs)
+    }
+}
+
+/// CPU seconds (user + system, all threads) a redis-server on loopback has
+/// used, from `INFO cpu` spoken over a plain socket; None when it does not answer.
+async fn redis_cpu_seconds(port: u16) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        conn.write_all(b"INFO cpu\r\n").await.ok()?;
+        // A bulk string: "$<len>\r\n<len bytes>\r\n".
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let k = conn.read(&mut buf).await.ok()?;
+            if k == 0 {
+                return None;
+            }
+            reply.extend_from_slice(&buf[..k]);
+            let text = String::from_utf8_lossy(&reply);
+            if let Some((head, body)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n")) {
+                let len: usize = head.parse().ok()?;
+                if body.len() >= len {
+                    let field = |name: &str| {
+                        body.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok())
+                    };
+                    return Some(field("used_cpu_sys:")? + field("used_cpu_user:")?);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange).await.ok().flatten()
 }
 
 #[derive(Debug, Default, Clone, Copy)]

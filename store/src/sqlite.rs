@@ -52,7 +52,12 @@ pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
     readers: Arc<ReadPool>,
     notifier: Notifier,
+    /// Dropping it stops the checkpoint thread.
+    _checkpointer: std::sync::mpsc::Sender<()>,
 }
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// A write command for the writer thread. It runs inside the batch transaction,
 /// or is given `None` when the transaction could not begin; the reply it returns
@@ -142,8 +147,12 @@ fn open_blocking(path: &Path) -> Result<SqliteStore> {
     // 64 MiB, at most: a 50,000-job backlog and its events stay in memory while draining.
     conn.pragma_update(None, "cache_size", -65_536)?;
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    // Checkpoints run on their own thread (below): done inside a commit, they
+    // stall every write queued behind it for the time of a database fsync.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.set_prepared_statement_cache_capacity(64);
     migrate(&conn)?;
+    let checkpointer = start_checkpointer(path)?;
 
     let readers = (0..READERS).map(|_| open_reader(path)).collect::<Result<Vec<_>>>()?;
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -159,7 +168,32 @@ fn open_blocking(path: &Path) -> Result<SqliteStore> {
             permits: Arc::new(Semaphore::new(READERS)),
         }),
         notifier: Notifier::default(),
+        _checkpointer: checkpointer,
     })
+}
+
+/// Copies the WAL into the database file every [`CHECKPOINT_EVERY`] from a
+/// connection of its own. PASSIVE never waits for the writer, so commits keep
+/// their latency; the thread ends when the store is dropped.
+fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::Sender<()>> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("orch-sqlite-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "sqlite checkpoint failed; retrying");
+                }
+            }
+            // Leave a small WAL behind for the next start.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the sqlite checkpoint thread: {e}")))?;
+    Ok(stop)
 }
 
 fn open_reader(path: &Path) -> Result<Connection> {
