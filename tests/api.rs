@@ -201,3 +201,22 @@ async fn served_openapi_matches_the_checked_in_file() {
     let expected: Vec<&str> = orch_store::JobStatus::ALL.iter().map(|s| s.as_str()).collect();
     assert_eq!(statuses, &json!(expected));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_answers_503_and_accepts_nothing() {
+    let mut app = spawn_app_with(Backend::Redis, Options { worker: false, ..Default::default() }).await;
+    let ok = app.call(Method::GET, "/health", None, None).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    // Redis goes away.
+    drop(app.handle.redis.take());
+    let health = app.call(Method::GET, "/health", None, None).await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", health.body);
+    assert_eq!(health.body["status"], "unavailable");
+    assert_eq!(health.body["store"]["ok"], false);
+    assert!(health.body["store"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{:?}", health.body);
+    let submit = app.post("/v1/jobs/chat", json!({"prompt": "lost?"})).await;
+    // The key was never seen before, so its lookup meets the outage: a store
+    // failure must read as 503, never as a bad key, and nothing is accepted.
+    assert_error(&submit, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+    assert_eq!(submit.headers["retry-after"], "1");
+}
