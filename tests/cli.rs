@@ -35,17 +35,20 @@ fn orch(dir: &std::path::Path, store: &str) -> Command {
     cmd
 }
 
-/// Starts `orch api` and reads the first admin key it prints.
-fn start_api(procs: &mut Procs, dir: &std::path::Path, store: &str) -> (String, String) {
+/// Starts `orch <command>` (api or serve) on a free port on a new store and
+/// reads the admin key its first start prints. Returns the base URL, the key
+/// and the pid.
+fn start_first(procs: &mut Procs, dir: &std::path::Path, store: &str, command: &str) -> (String, String, u32) {
     let port = orch_testkit::free_port();
     let mut child = orch(dir, store)
-        .arg("api")
+        .arg(command)
         .env("ORCH_BIND", format!("127.0.0.1:{port}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let pid = child.id();
     procs.0.push(child);
     let mut key = None;
     for line in BufReader::new(stdout).lines() {
@@ -59,7 +62,7 @@ fn start_api(procs: &mut Procs, dir: &std::path::Path, store: &str) -> (String, 
     }
     let base = format!("http://127.0.0.1:{port}");
     wait_http(&format!("{base}/health"));
-    (base, key.expect("first start prints an admin key"))
+    (base, key.expect("first start prints an admin key"), pid)
 }
 
 fn wait_http(url: &str) {
@@ -109,7 +112,7 @@ fn first_start_prints_one_admin_key_and_only_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}/orch.db", dir.path().display());
     let mut procs = Procs::default();
-    let (base, key) = start_api(&mut procs, dir.path(), &store);
+    let (base, key, _) = start_first(&mut procs, dir.path(), &store, "api");
     assert_eq!(get(&base, "/v1/keys", &key)["keys"].as_array().unwrap().len(), 1);
     drop(procs);
 
@@ -212,7 +215,7 @@ fn worker_killed_mid_job_is_replaced(backend: Backend) {
         None => format!("sqlite://{}/orch.db", dir.path().display()),
     };
     let mut procs = Procs::default();
-    let (base, key) = start_api(&mut procs, dir.path(), &store);
+    let (base, key, _) = start_first(&mut procs, dir.path(), &store, "api");
     let mut worker_pids = Vec::new();
     for _ in 0..2 {
         let child = orch(dir.path(), &store)
@@ -303,25 +306,8 @@ fn redis_worker_killed_mid_job_is_replaced() {
 fn sigterm_lets_the_running_job_finish_then_exits() {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}/orch.db", dir.path().display());
-    let port = orch_testkit::free_port();
     let mut procs = Procs::default();
-    let mut child = orch(dir.path(), &store)
-        .arg("serve")
-        .env("ORCH_BIND", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let pid = child.id();
-    procs.0.push(child);
-    let key = BufReader::new(stdout)
-        .lines()
-        .map(|l| l.unwrap())
-        .find_map(|l| l.trim().strip_prefix("orch_").map(|k| format!("orch_{k}")))
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_http(&format!("{base}/health"));
+    let (base, key, pid) = start_first(&mut procs, dir.path(), &store, "serve");
     let (status, accepted) = http::call(
         reqwest::Method::POST,
         &format!("{base}/v1/jobs/batch"),

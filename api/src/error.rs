@@ -142,6 +142,13 @@ pub mod responses {
 
     #[derive(ToResponse)]
     #[response(
+        description = "The Idempotency-Key was used with another body",
+        example = json!({"error": {"code": "idempotency_conflict", "message": "this Idempotency-Key was used for job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11 with a different body; use a new key for a new job", "details": {"job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11"}}})
+    )]
+    pub struct IdempotencyConflict(#[to_schema] ErrorBody);
+
+    #[derive(ToResponse)]
+    #[response(
         description = "The body is larger than ORCH_MAX_BODY",
         example = json!({"error": {"code": "body_too_large", "message": "the request body is larger than the server accepts (ORCH_MAX_BODY)"}})
     )]

@@ -20,7 +20,9 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Principal;
-use crate::error::responses::{BadRequest, Forbidden, Invalid, NotFound, NotJson, TooLarge, Unauthorized, Unavailable};
+use crate::error::responses::{
+    BadRequest, Forbidden, IdempotencyConflict, Invalid, NotFound, NotJson, TooLarge, Unauthorized, Unavailable,
+};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
 
@@ -363,8 +365,7 @@ async fn submit(
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
-        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody,
-            example = json!({"error": {"code": "idempotency_conflict", "message": "this Idempotency-Key was used for job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11 with a different body; use a new key for a new job", "details": {"job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11"}}})),
+        (status = 409, response = IdempotencyConflict),
         (status = 413, response = TooLarge),
         (status = 415, response = NotJson),
         (status = 422, response = Invalid),
@@ -408,8 +409,7 @@ pub async fn submit_chat(
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
-        (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody,
-            example = json!({"error": {"code": "idempotency_conflict", "message": "this Idempotency-Key was used for job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11 with a different body; use a new key for a new job", "details": {"job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11"}}})),
+        (status = 409, response = IdempotencyConflict),
         (status = 413, response = TooLarge),
         (status = 415, response = NotJson),
         (status = 422, description = "Invalid field, or a plan with problems (all listed in `details.issues`)", body = ErrorBody,

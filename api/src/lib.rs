@@ -114,7 +114,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         schemas(orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep),
         responses(
             error::responses::BadRequest, error::responses::Unauthorized, error::responses::Forbidden,
-            error::responses::NotFound, error::responses::TooLarge, error::responses::NotJson,
+            error::responses::NotFound, error::responses::IdempotencyConflict, error::responses::TooLarge, error::responses::NotJson,
             error::responses::Invalid, error::responses::Unavailable,
         )
     ),
