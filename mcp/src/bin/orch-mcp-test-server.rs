@@ -1,0 +1,182 @@
+//! A small stdio MCP server for tests, with behaviours the reference servers
+//! lack: `sleep` (counts cancellations), `fail_n_times`, `stats` (concurrency
+//! seen by the server), `add_tool` (sends `tools/list_changed`), `pid`, `exit`.
+//! It lists tools two per page, so clients must follow `nextCursor`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::{RequestContext, ServiceExt};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+
+const PAGE_SIZE: usize = 2;
+
+#[derive(Default)]
+struct State {
+    active: u64,
+    max_active: u64,
+    cancelled: u64,
+    calls: u64,
+    failures: HashMap<String, u64>,
+    added: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct TestServer {
+    state: Arc<Mutex<State>>,
+}
+
+fn schema(properties: Value, required: &[&str]) -> Arc<serde_json::Map<String, Value>> {
+    let Value::Object(map) = json!({"type": "object", "properties": properties, "required": required}) else {
+        unreachable!("a json! object literal is an object")
+    };
+    Arc::new(map)
+}
+
+fn tools(added: &[String]) -> Vec<Tool> {
+    let mut tools = vec![
+        Tool::new("echo", "Returns `message`", schema(json!({"message": {"type": "string"}}), &["message"])),
+        Tool::new(
+            "sleep",
+            "Waits `ms` milliseconds; counts the calls cancelled meanwhile",
+            schema(json!({"ms": {"type": "integer"}}), &["ms"]),
+        ),
+        Tool::new(
+            "fail_n_times",
+            "Fails the first `n` calls with the same `key`, then succeeds",
+            schema(json!({"key": {"type": "string"}, "n": {"type": "integer"}}), &["key", "n"]),
+        ),
+        Tool::new("stats", "Calls in flight, most at once, cancellations seen", schema(json!({}), &[])),
+        Tool::new(
+            "add_tool",
+            "Adds an echo tool called `name` and notifies tools/list_changed",
+            schema(json!({"name": {"type": "string"}}), &["name"]),
+        ),
+        Tool::new("pid", "This server's process id", schema(json!({}), &[])),
+        Tool::new("exit", "Exits the process with `code`", schema(json!({"code": {"type": "integer"}}), &[])),
+    ];
+    for name in added {
+        tools.push(Tool::new(name.clone(), "Added by add_tool; returns `message`", schema(json!({}), &[])));
+    }
+    tools
+}
+
+fn text(s: impl Into<String>) -> CallToolResponse {
+    CallToolResult::success(vec![ContentBlock::text(s)]).into()
+}
+
+impl TestServer {
+    fn arg<'a>(request: &'a CallToolRequestParams, name: &str) -> Option<&'a Value> {
+        request.arguments.as_ref().and_then(|a| a.get(name))
+    }
+
+    async fn run(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let bad = |m: &str| ErrorData::invalid_params(m.to_string(), None);
+        match request.name.as_ref() {
+            "echo" => {
+                let message = Self::arg(&request, "message").and_then(Value::as_str).ok_or_else(|| bad("message"))?;
+                Ok(text(message))
+            }
+            "sleep" => {
+                let ms = Self::arg(&request, "ms").and_then(Value::as_u64).ok_or_else(|| bad("ms"))?;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(text(format!("slept {ms} ms"))),
+                    () = context.ct.cancelled() => {
+                        self.state.lock().unwrap().cancelled += 1;
+                        Err(ErrorData::internal_error("cancelled", None))
+                    }
+                }
+            }
+            "fail_n_times" => {
+                let key = Self::arg(&request, "key").and_then(Value::as_str).ok_or_else(|| bad("key"))?;
+                let n = Self::arg(&request, "n").and_then(Value::as_u64).ok_or_else(|| bad("n"))?;
+                let mut state = self.state.lock().unwrap();
+                let seen = state.failures.entry(key.to_string()).or_default();
+                *seen += 1;
+                if *seen <= n {
+                    Ok(CallToolResult::error(vec![ContentBlock::text(format!("failure {seen} of {n}"))]).into())
+                } else {
+                    Ok(text(format!("succeeded after {n} failures")))
+                }
+            }
+            "stats" => {
+                let state = self.state.lock().unwrap();
+                // This call itself is in flight; do not count it.
+                Ok(text(
+                    json!({
+                        "active": state.active - 1,
+                        "max_active": state.max_active,
+                        "cancelled": state.cancelled,
+                        "calls": state.calls,
+                    })
+                    .to_string(),
+                ))
+            }
+            "add_tool" => {
+                let name = Self::arg(&request, "name").and_then(Value::as_str).ok_or_else(|| bad("name"))?;
+                self.state.lock().unwrap().added.push(name.to_string());
+                let _ = context.peer.notify_tool_list_changed().await;
+                Ok(text(format!("added {name}")))
+            }
+            "pid" => Ok(text(std::process::id().to_string())),
+            "exit" => {
+                let code = Self::arg(&request, "code").and_then(Value::as_i64).unwrap_or(1);
+                std::process::exit(code as i32)
+            }
+            other if self.state.lock().unwrap().added.iter().any(|a| a == other) => Ok(text(other)),
+            other => Err(ErrorData::invalid_params(format!("no tool {other}"), None)),
+        }
+    }
+}
+
+impl ServerHandler for TestServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build())
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let all = tools(&self.state.lock().unwrap().added);
+        let start: usize = request.and_then(|r| r.cursor).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let end = (start + PAGE_SIZE).min(all.len());
+        let mut page = ListToolsResult::with_all_items(all[start.min(end)..end].to_vec());
+        page.next_cursor = (end < all.len()).then(|| end.to_string());
+        Ok(page)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        {
+            let mut state = self.state.lock().unwrap();
+            state.active += 1;
+            state.calls += 1;
+            state.max_active = state.max_active.max(state.active);
+        }
+        let result = self.run(request, context).await;
+        self.state.lock().unwrap().active -= 1;
+        result
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let service = TestServer::default().serve(rmcp::transport::stdio()).await?;
+    service.waiting().await?;
+    Ok(())
+}
