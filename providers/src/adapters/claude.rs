@@ -1,0 +1,206 @@
+//! Claude Code (`claude -p`), and Qwen Code, whose JSON output uses the same
+//! system / assistant / result messages.
+//!
+//! Claude reports failures inside its `result` message (`is_error: true`,
+//! `api_error_status`) and exits 0 or 1; a usage limit is announced first by a
+//! `rate_limit_event` with `status: "rejected"` and `resetsAt` (Unix seconds).
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{Invocation, Setup, crashed, empty_output, json_events, output_format, str_at, u64_at};
+use crate::config::OutputFormat;
+use crate::error::{ErrorKind, TurnError};
+use crate::process::{Exit, RawOutput};
+use crate::turn::{ProgressEvent, TurnOutput, TurnRequest, Usage};
+
+pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation {
+    let pty = setup.config.pty;
+    let mut args = vec!["-p".to_owned()];
+    if pty {
+        // A pty's stdin is the terminal, and its line discipline would mangle a long prompt.
+        args.push(request.prompt.clone());
+    }
+    match output_format(setup.config, OutputFormat::StreamJson) {
+        OutputFormat::Json => args.extend(["--output-format".into(), "json".into()]),
+        _ => args.extend(["--output-format".into(), "stream-json".into(), "--verbose".into()]),
+    }
+    if let Some(model) = setup.model {
+        args.extend(["--model".into(), model.to_owned()]);
+    }
+    if let Some(system) = &request.system {
+        args.extend(["--system-prompt".into(), system.clone()]);
+    }
+    if let Some(max_turns) = request.max_turns {
+        args.extend(["--max-turns".into(), max_turns.to_string()]);
+    }
+    // `--tools` picks the built-in tools that exist at all ("" = none);
+    // `--allowedTools` lets the allowed ones run without a permission prompt.
+    let tools = request.allowed_tools.join(",");
+    args.extend(["--tools".into(), tools.clone()]);
+    if !tools.is_empty() {
+        args.extend(["--allowedTools".into(), tools]);
+    }
+    // Only the MCP servers Orch passes, never the user's own.
+    args.push("--strict-mcp-config".into());
+    if let Some(path) = &request.mcp_config {
+        args.extend(["--mcp-config".into(), path.display().to_string()]);
+    }
+    args.extend(setup.config.args.iter().cloned());
+    let mut env = Vec::new();
+    if let Some(dir) = setup.slot_dir {
+        env.push(("CLAUDE_CONFIG_DIR".into(), dir.display().to_string()));
+    }
+    Invocation {
+        args,
+        stdin: (!pty).then(|| request.prompt.clone()),
+        env,
+        // It would bill the API key instead of the subscription.
+        env_remove: vec!["ANTHROPIC_API_KEY"],
+    }
+}
+
+pub(super) fn qwen_invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation {
+    let mut args = vec!["-p".to_owned(), request.prompt.clone(), "-o".into(), "json".into()];
+    if let Some(model) = setup.model {
+        args.extend(["-m".into(), model.to_owned()]);
+    }
+    if let Some(system) = &request.system {
+        args.extend(["--system-prompt".into(), system.clone()]);
+    }
+    args.extend(setup.config.args.iter().cloned());
+    // Qwen reads a piped stdin as extra context; give it none.
+    Invocation { args, stdin: None, env: Vec::new(), env_remove: Vec::new() }
+}
+
+pub(super) fn progress(line: &str) -> Option<ProgressEvent> {
+    let event: Value = serde_json::from_str(line).ok()?;
+    match (str_at(&event, "/type")?, str_at(&event, "/subtype")) {
+        ("system", Some("api_retry")) => Some(ProgressEvent::ApiRetry {
+            attempt: u64_at(&event, "/attempt").unwrap_or(0) as u32,
+            max_retries: u64_at(&event, "/max_retries").map(|n| n as u32),
+            delay_ms: event["retry_delay_ms"].as_f64().unwrap_or(0.0).round() as u64,
+            status: u64_at(&event, "/error_status").map(|s| s as u16),
+            error: str_at(&event, "/error").map(str::to_owned),
+        }),
+        ("assistant", _) => {
+            let text = assistant_text(&event);
+            // Synthetic error messages repeat the result; they are not answer text.
+            (!text.is_empty() && event.get("error").is_none()).then_some(ProgressEvent::Text { text })
+        }
+        _ => None,
+    }
+}
+
+fn assistant_text(event: &Value) -> String {
+    let Some(content) = event.pointer("/message/content").and_then(Value::as_array) else { return String::new() };
+    content.iter().filter(|c| c["type"] == "text").filter_map(|c| c["text"].as_str()).collect()
+}
+
+/// What the events before the `result` told.
+#[derive(Default)]
+struct Seen {
+    model: Option<String>,
+    session_id: Option<String>,
+    rejected: bool,
+    resets_at: Option<DateTime<Utc>>,
+    retries: u32,
+    last_retry_status: Option<u16>,
+    assistant_error: Option<String>,
+    text: String,
+}
+
+pub(super) fn parse(raw: &RawOutput) -> Result<TurnOutput, TurnError> {
+    let (events, _) = json_events(&raw.stdout);
+    let mut seen = Seen::default();
+    let mut result = None;
+    for event in &events {
+        match (str_at(event, "/type").unwrap_or(""), str_at(event, "/subtype")) {
+            ("system", Some("init" | "session_start")) => {
+                seen.model = str_at(event, "/model").map(str::to_owned);
+                seen.session_id = str_at(event, "/session_id").map(str::to_owned);
+            }
+            ("system", Some("api_retry")) => {
+                seen.retries += 1;
+                seen.last_retry_status = u64_at(event, "/error_status").map(|s| s as u16);
+            }
+            ("rate_limit_event", _) if str_at(event, "/rate_limit_info/status") == Some("rejected") => {
+                seen.rejected = true;
+                seen.resets_at = event
+                    .pointer("/rate_limit_info/resetsAt")
+                    .and_then(Value::as_i64)
+                    .and_then(|s| DateTime::from_timestamp(s, 0));
+            }
+            ("assistant", _) => {
+                if let Some(error) = str_at(event, "/error") {
+                    seen.assistant_error = Some(error.to_owned());
+                } else {
+                    seen.text.push_str(&assistant_text(event));
+                }
+            }
+            ("result", _) => result = Some(event),
+            _ => {}
+        }
+    }
+    match result {
+        Some(result) => from_result(result, seen),
+        None => Err(without_result(raw, &seen)),
+    }
+}
+
+fn from_result(result: &Value, seen: Seen) -> Result<TurnOutput, TurnError> {
+    let text = str_at(result, "/result").map(str::to_owned);
+    if result["is_error"].as_bool().unwrap_or(false) {
+        let status = u64_at(result, "/api_error_status").map(|s| s as u16);
+        let detail = text.or_else(|| str_at(result, "/subtype").map(str::to_owned)).unwrap_or_default();
+        return Err(failure(status, &detail, &seen));
+    }
+    let usage = &result["usage"];
+    Ok(TurnOutput {
+        text: text.unwrap_or(seen.text),
+        usage: Usage {
+            input_tokens: u64_at(usage, "/input_tokens").unwrap_or(0),
+            output_tokens: u64_at(usage, "/output_tokens").unwrap_or(0),
+            cache_read_tokens: u64_at(usage, "/cache_read_input_tokens"),
+            cache_creation_tokens: u64_at(usage, "/cache_creation_input_tokens"),
+        },
+        cost_usd: result["total_cost_usd"].as_f64(),
+        // `modelUsage` names the model that answered; init only the one configured.
+        model: result["modelUsage"].as_object().and_then(|m| m.keys().next().cloned()).or(seen.model),
+        session_id: str_at(result, "/session_id").map(str::to_owned).or(seen.session_id),
+        num_turns: u64_at(result, "/num_turns").map(|n| n as u32),
+        ..empty_output()
+    })
+}
+
+fn failure(status: Option<u16>, detail: &str, seen: &Seen) -> TurnError {
+    let auth_failed = seen.assistant_error.as_deref() == Some("authentication_failed");
+    if status == Some(429) || seen.rejected {
+        let when = seen.resets_at.map(|t| format!(" (resets at {})", t.to_rfc3339())).unwrap_or_default();
+        return TurnError::new(
+            ErrorKind::UsageLimit { resets_at: seen.resets_at },
+            format!("usage limit reached{when}: {detail}"),
+        );
+    }
+    if status == Some(401) || auth_failed || detail.contains("OAuth token has expired") {
+        let expired = detail.contains("expired");
+        let fix = "create a new token with `claude setup-token` and set CLAUDE_CODE_OAUTH_TOKEN";
+        return TurnError::new(ErrorKind::Auth { expired }, format!("authentication failed: {detail}; {fix}"));
+    }
+    TurnError::new(ErrorKind::Upstream { status }, format!("the model API failed: {detail}"))
+}
+
+fn without_result(raw: &RawOutput, seen: &Seen) -> TurnError {
+    if matches!(raw.exit, Exit::Code(_)) && seen.retries > 0 {
+        let status = seen.last_retry_status;
+        let shown = status.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into());
+        return TurnError::new(
+            ErrorKind::Upstream { status },
+            format!("the CLI gave up after {} API retries (last status {shown})", seen.retries),
+        );
+    }
+    match raw.exit {
+        Exit::Code(0) => TurnError::malformed("no result message in the output"),
+        _ => crashed(raw),
+    }
+}

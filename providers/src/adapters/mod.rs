@@ -1,0 +1,155 @@
+//! Per-CLI knowledge: the command line for a turn, progress from output lines,
+//! and reading the finished output into an answer or a classified failure.
+
+mod claude;
+mod cli;
+mod codex;
+mod gemini;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::config::{OutputFormat, ProviderConfig, ProviderKind};
+use crate::error::{ErrorKind, TurnError};
+use crate::process::{Exit, RawOutput};
+use crate::turn::{ProgressEvent, TurnOutput, TurnRequest};
+
+/// How to start the CLI for one turn (the program comes from configuration).
+#[derive(Debug, Default)]
+pub(crate) struct Invocation {
+    pub args: Vec<String>,
+    /// The prompt on stdin, or None for stdin on /dev/null.
+    pub stdin: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub env_remove: Vec<&'static str>,
+}
+
+/// What building an invocation needs besides the request.
+pub(crate) struct Setup<'a> {
+    pub kind: ProviderKind,
+    pub config: &'a ProviderConfig,
+    pub model: Option<&'a str>,
+    /// Claude's per-slot `CLAUDE_CONFIG_DIR`.
+    pub slot_dir: Option<&'a Path>,
+}
+
+pub(crate) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation {
+    let mut inv = match setup.kind {
+        ProviderKind::Claude => claude::invocation(setup, request),
+        ProviderKind::Gemini => gemini::invocation(setup, request),
+        ProviderKind::Codex => codex::invocation(setup, request),
+        ProviderKind::Qwen => claude::qwen_invocation(setup, request),
+        ProviderKind::Cli => cli::invocation(setup, request),
+    };
+    // Configured env first, so the adapter's own settings (slots, NO_BROWSER) win.
+    let removed = inv.env_remove.clone();
+    let configured =
+        setup.config.env.0.iter().filter(|(k, _)| !removed.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone()));
+    inv.env = configured.chain(std::mem::take(&mut inv.env)).collect();
+    inv
+}
+
+pub(crate) fn progress(kind: ProviderKind, line: &str) -> Option<ProgressEvent> {
+    match kind {
+        ProviderKind::Claude | ProviderKind::Qwen => claude::progress(line),
+        ProviderKind::Gemini => gemini::progress(line),
+        ProviderKind::Codex => codex::progress(line),
+        ProviderKind::Cli => None,
+    }
+}
+
+/// Reads a finished turn. `provider` and `duration` of the output are the caller's to fill.
+pub(crate) fn parse(kind: ProviderKind, config: &ProviderConfig, raw: &RawOutput) -> Result<TurnOutput, TurnError> {
+    match kind {
+        ProviderKind::Claude | ProviderKind::Qwen => claude::parse(raw),
+        ProviderKind::Gemini => gemini::parse(raw),
+        ProviderKind::Codex => codex::parse(raw),
+        ProviderKind::Cli => cli::parse(config, raw),
+    }
+}
+
+pub(crate) fn output_format(config: &ProviderConfig, default: OutputFormat) -> OutputFormat {
+    config.output.as_ref().map_or(default, |o| o.format)
+}
+
+/// A CLI without a system prompt flag gets it ahead of the prompt.
+fn with_system(request: &TurnRequest) -> String {
+    match &request.system {
+        Some(system) if !system.is_empty() => format!("{system}\n\n{}", request.prompt),
+        _ => request.prompt.clone(),
+    }
+}
+
+/// The JSON values in a CLI's stdout: one document (pretty-printed or an
+/// array of events) or one event per line. Lines that are not JSON are counted.
+fn json_events(stdout: &str) -> (Vec<Value>, usize) {
+    let trimmed = stdout.trim();
+    match serde_json::from_str::<Value>(trimmed) {
+        Ok(Value::Array(items)) => return (items, 0),
+        Ok(value @ Value::Object(_)) => return (vec![value], 0),
+        _ => {}
+    }
+    let mut bad = 0;
+    let events = trimmed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_str::<Value>(l).inspect_err(|_| bad += 1).ok())
+        .collect();
+    (events, bad)
+}
+
+fn u64_at(value: &Value, pointer: &str) -> Option<u64> {
+    value.pointer(pointer).and_then(Value::as_u64)
+}
+
+fn str_at<'v>(value: &'v Value, pointer: &str) -> Option<&'v str> {
+    value.pointer(pointer).and_then(Value::as_str)
+}
+
+/// Guesses the kind of a failure from an error text, for CLIs that only say it in words.
+fn classify_text(text: &str) -> Option<ErrorKind> {
+    let lower = text.to_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+    if has(&["401", "unauthorized", "unauthenticated", "authentication", "invalid api key", "not logged in"]) {
+        return Some(ErrorKind::Auth { expired: lower.contains("expired") });
+    }
+    if has(&["429", "rate limit", "rate_limit", "usage limit", "quota"]) {
+        return Some(ErrorKind::UsageLimit { resets_at: None });
+    }
+    None
+}
+
+/// The last lines of stderr, for a message a person can act on.
+fn tail(text: &str, max: usize) -> String {
+    let text = text.trim_end();
+    match text.char_indices().rev().nth(max) {
+        Some((i, _)) => format!("…{}", &text[i..]),
+        None => text.to_owned(),
+    }
+}
+
+/// A CLI that ended without an answer its adapter recognises.
+fn crashed(raw: &RawOutput) -> TurnError {
+    let stderr_tail = tail(&raw.stderr, 2000);
+    let (exit, signal, how) = match raw.exit {
+        Exit::Code(code) => (Some(code), None, format!("exited with status {code}")),
+        Exit::Signal(sig) => (None, Some(sig), format!("was killed by signal {sig}")),
+    };
+    let detail = if stderr_tail.is_empty() { String::new() } else { format!(": {stderr_tail}") };
+    TurnError::new(ErrorKind::Crashed { exit, signal, stderr_tail }, format!("the CLI {how} without an answer{detail}"))
+}
+
+fn empty_output() -> TurnOutput {
+    TurnOutput {
+        provider: String::new(),
+        text: String::new(),
+        usage: Default::default(),
+        cost_usd: None,
+        duration: Default::default(),
+        model: None,
+        session_id: None,
+        num_turns: None,
+    }
+}

@@ -1,0 +1,376 @@
+//! Provider configuration as the user writes it (`[providers.NAME]` in `orch.toml`),
+//! validated before any provider is built.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The built-in adapters, and `cli` for a command described only by configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Claude,
+    Gemini,
+    Codex,
+    Qwen,
+    Cli,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 5] =
+        [ProviderKind::Claude, ProviderKind::Gemini, ProviderKind::Codex, ProviderKind::Qwen, ProviderKind::Cli];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Claude => "claude",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Codex => "codex",
+            ProviderKind::Qwen => "qwen",
+            ProviderKind::Cli => "cli",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<ProviderKind> {
+        ProviderKind::ALL.into_iter().find(|k| k.name() == name && *k != ProviderKind::Cli)
+    }
+
+    /// The executable looked up on PATH when `command` is not configured.
+    pub fn default_command(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Cli => None,
+            kind => Some(kind.name()),
+        }
+    }
+
+    /// How to install the CLI, for `NotInstalled` errors and `orch doctor`.
+    pub fn install_hint(self) -> &'static str {
+        match self {
+            ProviderKind::Claude => "npm i -g @anthropic-ai/claude-code",
+            ProviderKind::Gemini => "npm i -g @google/gemini-cli",
+            ProviderKind::Codex => "npm i -g @openai/codex",
+            ProviderKind::Qwen => "npm i -g @qwen-code/qwen-code",
+            ProviderKind::Cli => "install the configured command or fix its path in `command`",
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// All configured providers by name. The default has the four built-ins with
+/// default settings; a missing CLI only fails its own turns (and `orch doctor`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct ProvidersConfig(pub BTreeMap<String, ProviderConfig>);
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        let builtins = [ProviderKind::Claude, ProviderKind::Gemini, ProviderKind::Codex, ProviderKind::Qwen];
+        ProvidersConfig(builtins.into_iter().map(|k| (k.name().to_owned(), ProviderConfig::default())).collect())
+    }
+}
+
+/// One provider. For built-ins every field is optional; `cli` needs `command`,
+/// `args` (the argument template) and `output`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Which adapter; defaults to the provider's name when that is a built-in.
+    pub kind: Option<ProviderKind>,
+    /// The executable (a path, or a name looked up on PATH).
+    pub command: Option<PathBuf>,
+    /// Built-ins: extra arguments appended to Orch's. `cli`: the whole argument
+    /// template, with `{prompt}`, `{model}` and `{system}` placeholders.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment for the CLI (credentials, gateway URLs). Values are secret.
+    #[serde(default)]
+    pub env: EnvMap,
+    /// Models callers may ask for; empty = any.
+    #[serde(default)]
+    pub models: Vec<String>,
+    pub default_model: Option<String>,
+    /// Built-ins: `json` or `stream-json` (claude, gemini). `cli`: required.
+    pub output: Option<OutputConfig>,
+    /// Run the CLI in a pseudo-terminal (ANSI stripped); the prompt then goes as an argument.
+    #[serde(default)]
+    pub pty: bool,
+    /// Gemini only: its `GEMINI_CLI_HOME` (where its settings and logins live).
+    pub home: Option<PathBuf>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Environment variables for a CLI. `Debug` shows names only: values are credentials.
+#[derive(Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct EnvMap(pub BTreeMap<String, String>);
+
+impl fmt::Debug for EnvMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// How a `cli` provider prints its answer.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    pub format: OutputFormat,
+    /// For `json` and `jsonl`: dotted path to the answer text, e.g. `result.text`
+    /// (for `jsonl`, the text of every event that has it is joined).
+    pub text: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    Text,
+    Json,
+    Jsonl,
+    StreamJson,
+}
+
+impl OutputFormat {
+    fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Text => "text",
+            OutputFormat::Json => "json",
+            OutputFormat::Jsonl => "jsonl",
+            OutputFormat::StreamJson => "stream-json",
+        }
+    }
+}
+
+/// Per-provider limits, per worker process.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Turns at once on this worker (and each its own config dir, for Claude).
+    pub concurrency: u32,
+    /// A turn running longer is killed with its whole process group.
+    pub timeout_secs: u64,
+    /// A CLI printing more than this on stdout is killed.
+    pub output_cap_bytes: u64,
+    /// Cooldown after a usage limit when the CLI gave no reset time.
+    pub cooldown_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { concurrency: 2, timeout_secs: 600, output_cap_bytes: 8 << 20, cooldown_secs: 300 }
+    }
+}
+
+/// A configuration mistake, naming the field (`providers.NAME.FIELD`).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+pub(crate) const PLACEHOLDERS: [&str; 3] = ["{prompt}", "{model}", "{system}"];
+
+impl ProvidersConfig {
+    /// Checks every provider; the first mistake is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, config) in &self.0 {
+            config.validate(name)?;
+        }
+        Ok(())
+    }
+}
+
+impl ProviderConfig {
+    /// The adapter this provider uses (validated configs always have one).
+    pub fn resolved_kind(&self, name: &str) -> Option<ProviderKind> {
+        self.kind.or_else(|| ProviderKind::from_name(name))
+    }
+
+    /// Checks one provider named `name`.
+    pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        let field = |f: &str| format!("providers.{name}.{f}");
+        let err = |f: &str, message: String| Err(ConfigError { field: field(f), message });
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b))
+        {
+            return Err(ConfigError {
+                field: format!("providers.{name:?}"),
+                message: "a provider name uses only a-z, 0-9, '-' and '_'".into(),
+            });
+        }
+        let Some(kind) = self.resolved_kind(name) else {
+            return err(
+                "kind",
+                "required for a provider not named after a built-in; one of claude, gemini, codex, qwen, cli".into(),
+            );
+        };
+        if kind == ProviderKind::Cli && self.command.is_none() {
+            return err("command", "required for a `cli` provider (the executable to run)".into());
+        }
+        if self.command.as_ref().is_some_and(|c| c.as_os_str().is_empty()) {
+            return err("command", "must not be empty".into());
+        }
+        for key in self.env.0.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return err("env", format!("{key:?} is not a valid variable name"));
+            }
+        }
+        if let Some(default) = &self.default_model
+            && !self.models.is_empty()
+            && !self.models.contains(default)
+        {
+            return err("default_model", format!("{default:?} is not one of models {:?}", self.models));
+        }
+        if self.home.is_some() && kind != ProviderKind::Gemini {
+            return err("home", format!("only a gemini provider has a home (this one is {kind})"));
+        }
+        let limits = &self.limits;
+        if !(1..=256).contains(&limits.concurrency) {
+            return err("limits.concurrency", format!("must be between 1 and 256 (got {})", limits.concurrency));
+        }
+        if limits.timeout_secs == 0 {
+            return err("limits.timeout_secs", "must be at least 1".into());
+        }
+        if limits.output_cap_bytes < 1024 {
+            return err("limits.output_cap_bytes", format!("must be at least 1024 (got {})", limits.output_cap_bytes));
+        }
+        let format = self.output.as_ref().map(|o| o.format);
+        match kind {
+            ProviderKind::Claude | ProviderKind::Gemini => {
+                if let Some(f) = format
+                    && !matches!(f, OutputFormat::Json | OutputFormat::StreamJson)
+                {
+                    return err("output.format", format!("{kind} prints json or stream-json (got {})", f.name()));
+                }
+                if self.output.as_ref().is_some_and(|o| o.text.is_some()) {
+                    return err("output.text", format!("{kind} output is read by its adapter; remove `text`"));
+                }
+            }
+            ProviderKind::Codex | ProviderKind::Qwen => {
+                if self.output.is_some() {
+                    return err("output", format!("{kind} output is fixed by its adapter; remove `output`"));
+                }
+            }
+            ProviderKind::Cli => {
+                let Some(output) = &self.output else {
+                    return err("output", "required for a `cli` provider: { format = \"text\" | \"json\" | \"jsonl\", text = \"path.to.text\" }".into());
+                };
+                match output.format {
+                    OutputFormat::Text => {}
+                    OutputFormat::Json | OutputFormat::Jsonl if output.text.is_none() => {
+                        return err(
+                            "output.text",
+                            format!("a path to the answer is required with format {}", output.format.name()),
+                        );
+                    }
+                    OutputFormat::Json | OutputFormat::Jsonl => {}
+                    OutputFormat::StreamJson => {
+                        return err(
+                            "output.format",
+                            "a `cli` provider prints text, json or jsonl (got stream-json)".into(),
+                        );
+                    }
+                }
+                for arg in &self.args {
+                    let mut rest = arg.as_str();
+                    while let Some(start) = rest.find('{') {
+                        let Some(len) = rest[start..].find('}') else { break };
+                        let placeholder = &rest[start..start + len + 1];
+                        if !PLACEHOLDERS.contains(&placeholder) {
+                            return err(
+                                "args",
+                                format!("unknown placeholder {placeholder} in {arg:?}; allowed: {PLACEHOLDERS:?}"),
+                            );
+                        }
+                        rest = &rest[start + len + 1..];
+                    }
+                }
+                if self.pty && !self.args.iter().any(|a| a.contains("{prompt}")) {
+                    return err(
+                        "args",
+                        "a `cli` provider with pty = true takes the prompt as an argument: add {prompt}".into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `toml` as the `[providers]` table and validates it.
+    fn check(toml_text: &str, expected: Result<(), &str>) {
+        let parsed: Result<ProvidersConfig, _> = toml::from_str(toml_text);
+        let result = match parsed {
+            Ok(config) => config.validate().map_err(|e| e.to_string()),
+            Err(e) => Err(e.message().to_owned()),
+        };
+        match (result, expected) {
+            (Ok(()), Ok(())) => {}
+            (Err(got), Err(want)) => assert!(got.contains(want), "error {got:?} does not contain {want:?}"),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn configurations() {
+        check("[claude]\n", Ok(()));
+        check("[claude]\nmodels = ['sonnet', 'opus']\ndefault_model = 'opus'\nlimits = { concurrency = 4 }\n", Ok(()));
+        check("[claude]\nmodel = 'x'\n", Err("unknown field `model`"));
+        check(
+            "[claude]\nlimits = { concurrency = 0 }\n",
+            Err("providers.claude.limits.concurrency: must be between 1 and 256"),
+        );
+        check("[claude]\nlimits = { timeout = 3 }\n", Err("unknown field `timeout`"));
+        check(
+            "[claude]\nmodels = ['a']\ndefault_model = 'b'\n",
+            Err("providers.claude.default_model: \"b\" is not one of"),
+        );
+        check(
+            "[claude]\noutput = { format = 'text' }\n",
+            Err("providers.claude.output.format: claude prints json or stream-json"),
+        );
+        check("[claude]\nhome = '/x'\n", Err("providers.claude.home: only a gemini provider"));
+        check("[gemini]\nhome = '/srv/gemini'\noutput = { format = 'json' }\n", Ok(()));
+        check("[codex]\noutput = { format = 'json' }\n", Err("providers.codex.output"));
+        check("[work]\ncommand = 'claude'\n", Err("providers.work.kind: required"));
+        check("[work]\nkind = 'claude'\ncommand = '/opt/claude/bin/claude'\n", Ok(()));
+        check("[Bad]\nkind = 'claude'\n", Err("a provider name uses only"));
+        check("[mine]\nkind = 'cli'\noutput = { format = 'text' }\n", Err("providers.mine.command: required"));
+        check("[mine]\nkind = 'cli'\ncommand = 'x'\n", Err("providers.mine.output: required"));
+        check("[mine]\nkind = 'cli'\ncommand = 'x'\noutput = { format = 'json' }\n", Err("providers.mine.output.text"));
+        check(
+            "[mine]\nkind = 'cli'\ncommand = 'x'\nargs = ['--m={model}', '{prompt}']\noutput = { format = 'json', text = 'a.b' }\n",
+            Ok(()),
+        );
+        check(
+            "[mine]\nkind = 'cli'\ncommand = 'x'\nargs = ['{promt}']\noutput = { format = 'text' }\n",
+            Err("unknown placeholder {promt}"),
+        );
+        check("[mine]\nkind = 'cli'\ncommand = 'x'\npty = true\noutput = { format = 'text' }\n", Err("add {prompt}"));
+        check("[mine]\nkind = 'cli'\ncommand = 'x'\noutput = { format = 'yaml' }\n", Err("unknown variant `yaml`"));
+    }
+
+    #[test]
+    fn debug_hides_env_values() {
+        let config: ProviderConfig = toml::from_str("env = { CLAUDE_CODE_OAUTH_TOKEN = 'sk-ant-oat-secret' }").unwrap();
+        let debug = format!("{config:?}");
+        assert!(debug.contains("CLAUDE_CODE_OAUTH_TOKEN") && !debug.contains("sk-ant-oat-secret"), "{debug}");
+    }
+
+    #[test]
+    fn default_has_the_four_builtins() {
+        let config = ProvidersConfig::default();
+        assert_eq!(config.0.keys().collect::<Vec<_>>(), ["claude", "codex", "gemini", "qwen"]);
+        config.validate().unwrap();
+    }
+}

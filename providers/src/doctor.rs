@@ -1,0 +1,161 @@
+//! What `orch doctor` asks of a provider: is the CLI there (and which
+//! version), are credentials present, and how to fix what is not.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ProviderKind;
+use crate::process::{self, Exit};
+use crate::provider::Provider;
+
+/// The state of one provider's prerequisites.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Diagnosis {
+    pub provider: String,
+    pub kind: ProviderKind,
+    pub cli: CliStatus,
+    pub credentials: Credentials,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CliStatus {
+    Found {
+        path: PathBuf,
+        version: String,
+    },
+    /// Present but `--version` failed.
+    Broken {
+        path: PathBuf,
+        detail: String,
+    },
+    Missing {
+        fix: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Credentials {
+    /// `source` names the variable or file, never its content.
+    Present {
+        source: String,
+    },
+    Missing {
+        fix: String,
+    },
+    /// A `cli` provider: Orch cannot know what it needs.
+    NotChecked,
+}
+
+impl Diagnosis {
+    pub fn ok(&self) -> bool {
+        matches!(self.cli, CliStatus::Found { .. }) && !matches!(self.credentials, Credentials::Missing { .. })
+    }
+
+    /// What to do, one line per problem.
+    pub fn fixes(&self) -> Vec<String> {
+        let mut fixes = Vec::new();
+        match &self.cli {
+            CliStatus::Found { .. } => {}
+            CliStatus::Broken { path, detail } => fixes.push(format!("{} --version failed ({detail})", path.display())),
+            CliStatus::Missing { fix } => fixes.push(fix.clone()),
+        }
+        if let Credentials::Missing { fix } = &self.credentials {
+            fixes.push(fix.clone());
+        }
+        fixes
+    }
+}
+
+/// Checks `provider`'s CLI (`--version`) and credentials.
+pub async fn check(provider: &Provider) -> Diagnosis {
+    let cli = match provider.resolve_command() {
+        None => CliStatus::Missing {
+            fix: format!("{:?} not found: {}", provider.command(), provider.kind().install_hint()),
+        },
+        Some(path) => version(&path, provider).await,
+    };
+    Diagnosis {
+        provider: provider.name().to_owned(),
+        kind: provider.kind(),
+        cli,
+        credentials: credentials(provider),
+        warnings: provider.warnings(),
+    }
+}
+
+async fn version(path: &Path, provider: &Provider) -> CliStatus {
+    // The CLI's own environment: a wrapper script may need it to start at all.
+    let env: Vec<(String, String)> = provider.config().env.0.clone().into_iter().collect();
+    let command = process::Command {
+        program: path,
+        args: &["--version".to_owned()],
+        env: &env,
+        env_remove: &[],
+        cwd: None,
+        stdin: None,
+        pty: false,
+        timeout: Duration::from_secs(20),
+        output_cap: 64 * 1024,
+    };
+    let broken = |detail: String| CliStatus::Broken { path: path.to_owned(), detail };
+    match process::run(command, &CancellationToken::new(), &mut |_| {}).await {
+        Ok(out) if out.exit == Exit::Code(0) => match out.stdout.lines().map(str::trim).find(|l| !l.is_empty()) {
+            Some(line) => CliStatus::Found { path: path.to_owned(), version: line.to_owned() },
+            None => broken("it printed no version".into()),
+        },
+        Ok(out) => broken(format!("{:?}: {}", out.exit, out.stderr.trim())),
+        Err(err) => broken(format!("{err:?}")),
+    }
+}
+
+fn credentials(provider: &Provider) -> Credentials {
+    let env = &provider.config().env.0;
+    let var = |name: &str| env.get(name).cloned().or_else(|| std::env::var(name).ok()).filter(|v| !v.is_empty());
+    let first_var = |names: &[&str]| names.iter().find(|n| var(n).is_some()).map(|n| n.to_string());
+    let home = var("HOME").map(PathBuf::from).unwrap_or_default();
+    let file = |path: PathBuf| path.is_file().then(|| path.display().to_string());
+    let found = |source: Option<String>, fix: &str| match source {
+        Some(source) => Credentials::Present { source },
+        None => Credentials::Missing { fix: fix.to_owned() },
+    };
+    let name = provider.name();
+    match provider.kind() {
+        ProviderKind::Claude => found(
+            first_var(&["CLAUDE_CODE_OAUTH_TOKEN"]),
+            &format!(
+                "run `claude setup-token` and set CLAUDE_CODE_OAUTH_TOKEN in Orch's environment or \
+                 [providers.{name}.env] (ANTHROPIC_API_KEY does not count: Orch runs on the subscription)"
+            ),
+        ),
+        ProviderKind::Gemini => {
+            let gemini_home = provider.config().home.clone().or_else(|| var("GEMINI_CLI_HOME").map(PathBuf::from));
+            let oauth = file(gemini_home.unwrap_or(home).join(".gemini/oauth_creds.json"));
+            found(
+                first_var(&["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_GCA"])
+                    .or(oauth),
+                &format!(
+                    "set GEMINI_API_KEY in [providers.{name}.env], or log in with a Code Assist Standard/Enterprise \
+                     account under the provider's home; personal Google logins no longer work with Gemini CLI"
+                ),
+            )
+        }
+        ProviderKind::Codex => {
+            let codex_home = var("CODEX_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".codex"));
+            found(
+                first_var(&["CODEX_API_KEY", "OPENAI_API_KEY"]).or(file(codex_home.join("auth.json"))),
+                "run `codex login` as the user Orch runs as (or set CODEX_HOME in the provider's env)",
+            )
+        }
+        ProviderKind::Qwen => found(
+            first_var(&["OPENAI_API_KEY", "DASHSCOPE_API_KEY"]).or(file(home.join(".qwen/oauth_creds.json"))),
+            "run `qwen` once and log in as the user Orch runs as, or set OPENAI_API_KEY in the provider's env",
+        ),
+        ProviderKind::Cli => Credentials::NotChecked,
+    }
+}

@@ -1,0 +1,376 @@
+//! A configured provider at run time: its slots (concurrency limit, Claude's
+//! config dir per slot), cooldown after a usage limit, and running one turn.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::adapters::{self, Setup};
+use crate::config::{ConfigError, ProviderConfig, ProviderKind, ProvidersConfig};
+use crate::error::{ErrorKind, TurnError};
+use crate::process::{self, RunError};
+use crate::turn::{TurnControl, TurnOutput, TurnRequest};
+
+/// A limit on turns across all workers (Redis, later). The per-worker
+/// semaphore is always applied first; this is asked for a permit after it.
+#[async_trait]
+pub trait SharedLimit: Send + Sync {
+    /// Waits for a permit for one turn on `provider`, which allows `limit` at once.
+    /// The permit is released when dropped.
+    async fn acquire(&self, provider: &str, limit: u32) -> Result<SharedPermit, TurnError>;
+}
+
+/// Holds a shared-limit permit until dropped.
+pub struct SharedPermit(pub Box<dyn Send + Sync>);
+
+/// The default: no limit beyond each worker's own.
+pub struct NoSharedLimit;
+
+#[async_trait]
+impl SharedLimit for NoSharedLimit {
+    async fn acquire(&self, _provider: &str, _limit: u32) -> Result<SharedPermit, TurnError> {
+        Ok(SharedPermit(Box::new(())))
+    }
+}
+
+/// All configured providers, built from a validated configuration.
+pub struct Providers {
+    providers: BTreeMap<String, Arc<Provider>>,
+}
+
+impl Providers {
+    /// Validates `config` and builds each provider; per-provider state lives
+    /// under `data_dir/NAME/` (Claude's slot config dirs, the CLIs' working dir).
+    pub fn new(config: &ProvidersConfig, data_dir: &Path) -> Result<Providers, ConfigError> {
+        Providers::with_shared_limit(config, data_dir, Arc::new(NoSharedLimit))
+    }
+
+    /// Like [`Providers::new`], with a limit shared by all workers (Redis) on top
+    /// of each worker's own.
+    pub fn with_shared_limit(
+        config: &ProvidersConfig,
+        data_dir: &Path,
+        shared: Arc<dyn SharedLimit>,
+    ) -> Result<Providers, ConfigError> {
+        config.validate()?;
+        let providers = config
+            .0
+            .iter()
+            .map(|(name, c)| {
+                let mut provider = Provider::build(name, c.clone(), data_dir);
+                provider.shared = shared.clone();
+                (name.clone(), Arc::new(provider))
+            })
+            .collect();
+        Ok(Providers { providers })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.providers.values()
+    }
+
+    /// Things to say at start-up, e.g. an `ANTHROPIC_API_KEY` Orch will not pass on.
+    pub fn warnings(&self) -> Vec<String> {
+        self.iter().flat_map(|p| p.warnings()).collect()
+    }
+}
+
+/// One provider: configuration plus its run-time state.
+pub struct Provider {
+    name: String,
+    kind: ProviderKind,
+    config: ProviderConfig,
+    dir: PathBuf,
+    permits: Arc<Semaphore>,
+    free_slots: Mutex<Vec<u32>>,
+    shared: Arc<dyn SharedLimit>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    cooldown_until: Option<DateTime<Utc>>,
+    last_error: Option<TurnError>,
+}
+
+/// What `GET /v1/providers` shows about one provider.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ProviderStatus {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub in_use: u32,
+    pub limit: u32,
+    pub cooldown_until: Option<DateTime<Utc>>,
+    pub last_error: Option<TurnError>,
+}
+
+impl Provider {
+    /// Builds one provider from a validated configuration.
+    pub fn new(name: &str, config: ProviderConfig, data_dir: &Path) -> Result<Provider, ConfigError> {
+        config.validate(name)?;
+        Ok(Provider::build(name, config, data_dir))
+    }
+
+    fn build(name: &str, config: ProviderConfig, data_dir: &Path) -> Provider {
+        let limit = config.limits.concurrency;
+        Provider {
+            name: name.to_owned(),
+            kind: config.resolved_kind(name).expect("validated: the kind is known"),
+            dir: data_dir.join(name),
+            permits: Arc::new(Semaphore::new(limit as usize)),
+            // Popped from the end: slot 1 is used first.
+            free_slots: Mutex::new((1..=limit).rev().collect()),
+            shared: Arc::new(NoSharedLimit),
+            state: Mutex::new(State::default()),
+            config,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> ProviderKind {
+        self.kind
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    pub fn status(&self) -> ProviderStatus {
+        let limit = self.config.limits.concurrency;
+        let state = self.state.lock().expect("provider state lock");
+        ProviderStatus {
+            name: self.name.clone(),
+            kind: self.kind,
+            in_use: limit - self.permits.available_permits() as u32,
+            limit,
+            cooldown_until: state.cooldown_until.filter(|t| *t > Utc::now()),
+            last_error: state.last_error.clone(),
+        }
+    }
+
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.kind == ProviderKind::Claude {
+            let configured = self.config.env.0.contains_key("ANTHROPIC_API_KEY");
+            if configured || std::env::var_os("ANTHROPIC_API_KEY").is_some() {
+                warnings.push(format!(
+                    "ANTHROPIC_API_KEY is set{}; provider {} removes it from the CLI's environment, because it \
+                     would bill the API key instead of the subscription (CLAUDE_CODE_OAUTH_TOKEN)",
+                    if configured { " in its env" } else { "" },
+                    self.name
+                ));
+            }
+        }
+        warnings
+    }
+
+    /// The command to run: configured, or the kind's default looked up on PATH.
+    pub fn command(&self) -> PathBuf {
+        self.config
+            .command
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(self.kind.default_command().expect("validated: cli has a command")))
+    }
+
+    /// Where the command resolves, using the PATH the CLI would get.
+    pub fn resolve_command(&self) -> Option<PathBuf> {
+        let path = self.config.env.0.get("PATH").map(OsString::from).or_else(|| std::env::var_os("PATH"));
+        resolve_program(&self.command(), path.as_deref())
+    }
+
+    pub(crate) fn not_installed(&self) -> TurnError {
+        let hint = self.kind.install_hint().to_owned();
+        TurnError::new(
+            ErrorKind::NotInstalled { hint: hint.clone() },
+            format!("{}: command {:?} not found; {hint}", self.name, self.command()),
+        )
+    }
+
+    /// Runs one turn: waits for a slot, runs the CLI under the provider's
+    /// limits, and reads its answer. A provider cooling down after a usage
+    /// limit refuses at once.
+    pub async fn run(&self, request: &TurnRequest, control: &TurnControl) -> Result<TurnOutput, TurnError> {
+        let result = self.run_inner(request, control).await;
+        if let Err(err) = &result {
+            let mut state = self.state.lock().expect("provider state lock");
+            if let ErrorKind::UsageLimit { resets_at } = err.kind {
+                let fallback = Utc::now() + Duration::from_secs(self.config.limits.cooldown_secs);
+                // A reset time already past (clock skew, stale event) still earns the default pause.
+                let until = resets_at.filter(|t| *t > Utc::now()).unwrap_or(fallback);
+                state.cooldown_until = Some(state.cooldown_until.map_or(until, |t| t.max(until)));
+            }
+            if !matches!(err.kind, ErrorKind::Cancelled) {
+                state.last_error = Some(err.clone());
+            }
+        }
+        result
+    }
+
+    async fn run_inner(&self, request: &TurnRequest, control: &TurnControl) -> Result<TurnOutput, TurnError> {
+        self.refuse_in_cooldown()?;
+        let model = self.model(request)?;
+        let cancelled = || TurnError::new(ErrorKind::Cancelled, format!("{}: cancelled", self.name));
+        let slot = tokio::select! {
+            slot = self.acquire_slot() => slot,
+            _ = control.cancel.cancelled() => return Err(cancelled()),
+        };
+        let _shared = tokio::select! {
+            permit = self.shared.acquire(&self.name, self.config.limits.concurrency) => permit?,
+            _ = control.cancel.cancelled() => return Err(cancelled()),
+        };
+        // Another turn may have hit the limit while this one waited.
+        self.refuse_in_cooldown()?;
+        let program = self.resolve_command().ok_or_else(|| self.not_installed())?;
+        let slot_dir = (self.kind == ProviderKind::Claude).then(|| self.dir.join(format!("slot-{}", slot.number)));
+        let workdir = self.dir.join("work");
+        for dir in slot_dir.iter().chain([&workdir]) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                TurnError::new(
+                    ErrorKind::Crashed { exit: None, signal: None, stderr_tail: String::new() },
+                    format!("{}: cannot create {}: {e}", self.name, dir.display()),
+                )
+            })?;
+        }
+        let setup =
+            Setup { kind: self.kind, config: &self.config, model: model.as_deref(), slot_dir: slot_dir.as_deref() };
+        let invocation = adapters::invocation(&setup, request);
+        let secrets = secrets(&invocation.env);
+        let limits = &self.config.limits;
+        let timeout = Duration::from_secs(limits.timeout_secs);
+        let command = process::Command {
+            program: &program,
+            args: &invocation.args,
+            env: &invocation.env,
+            env_remove: &invocation.env_remove,
+            cwd: Some(&workdir),
+            stdin: invocation.stdin.map(String::into_bytes),
+            pty: self.config.pty,
+            timeout,
+            output_cap: limits.output_cap_bytes,
+        };
+        let kind = self.kind;
+        let mut on_line = |line: &str| {
+            if let Some(event) = adapters::progress(kind, line) {
+                control.report(event);
+            }
+        };
+        let started = Instant::now();
+        let raw = process::run(command, &control.cancel, &mut on_line).await.map_err(|err| match err {
+            RunError::Spawn(e) if e.kind() == std::io::ErrorKind::NotFound => self.not_installed(),
+            RunError::Spawn(e) => TurnError::new(
+                ErrorKind::Crashed { exit: None, signal: None, stderr_tail: String::new() },
+                format!("{}: cannot start {}: {e}", self.name, program.display()),
+            ),
+            RunError::Timeout => TurnError::new(
+                ErrorKind::Timeout { after: timeout },
+                format!("{}: no answer within {} s; the CLI was killed", self.name, timeout.as_secs()),
+            ),
+            RunError::Cancelled => cancelled(),
+            RunError::OutputTooLarge => TurnError::new(
+                ErrorKind::OutputTooLarge { limit: limits.output_cap_bytes },
+                format!(
+                    "{}: the CLI printed more than {} bytes (limits.output_cap_bytes); it was killed",
+                    self.name, limits.output_cap_bytes
+                ),
+            ),
+        })?;
+        let duration = started.elapsed();
+        match adapters::parse(kind, &self.config, &raw) {
+            Ok(output) => {
+                Ok(TurnOutput { provider: self.name.clone(), duration, model: output.model.or(model), ..output })
+            }
+            Err(err) => Err(redact(TurnError { message: format!("{}: {}", self.name, err.message), ..err }, &secrets)),
+        }
+    }
+
+    fn refuse_in_cooldown(&self) -> Result<(), TurnError> {
+        let until = self.state.lock().expect("provider state lock").cooldown_until;
+        match until {
+            Some(until) if until > Utc::now() => Err(TurnError::new(
+                ErrorKind::UsageLimit { resets_at: Some(until) },
+                format!("{}: cooling down after a usage limit until {}", self.name, until.to_rfc3339()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn model(&self, request: &TurnRequest) -> Result<Option<String>, TurnError> {
+        let model = request.model.clone().or_else(|| self.config.default_model.clone());
+        if let Some(m) = &model
+            && !self.config.models.is_empty()
+            && !self.config.models.contains(m)
+        {
+            return Err(TurnError::new(
+                ErrorKind::InvalidRequest { field: "model".into() },
+                format!("{}: unknown model {m:?}; configured: {}", self.name, self.config.models.join(", ")),
+            ));
+        }
+        Ok(model)
+    }
+
+    async fn acquire_slot(&self) -> Slot<'_> {
+        let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let number = self.free_slots.lock().expect("slot lock").pop().expect("a permit guarantees a free slot");
+        Slot { provider: self, number, _permit: permit }
+    }
+}
+
+/// A concurrency slot; its number names Claude's config dir (`slot-N`).
+struct Slot<'p> {
+    provider: &'p Provider,
+    number: u32,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        // Returned before the permit (a later field) is released.
+        self.provider.free_slots.lock().expect("slot lock").push(self.number);
+    }
+}
+
+/// Looks `program` up like a shell would: a path is taken as is, a bare name on PATH.
+pub(crate) fn resolve_program(program: &Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.components().count() > 1 {
+        return executable(program).then(|| program.to_owned());
+    }
+    std::env::split_paths(path?).map(|dir| dir.join(program)).find(|p| executable(p))
+}
+
+/// Values of credential-like variables the CLI sees, to keep out of messages.
+fn secrets(env: &[(String, String)]) -> Vec<String> {
+    let secret_name = |k: &str| ["TOKEN", "KEY", "SECRET", "PASSWORD"].iter().any(|w| k.to_uppercase().contains(w));
+    let inherited = std::env::vars().filter(|(k, _)| secret_name(k));
+    env.iter()
+        .filter(|(k, _)| secret_name(k))
+        .cloned()
+        .chain(inherited)
+        .map(|(_, v)| v)
+        .filter(|v| v.len() >= 8)
+        .collect()
+}
+
+fn redact(mut err: TurnError, secrets: &[String]) -> TurnError {
+    for secret in secrets {
+        err.message = err.message.replace(secret.as_str(), "[redacted]");
+        if let ErrorKind::Crashed { stderr_tail, .. } = &mut err.kind {
+            *stderr_tail = stderr_tail.replace(secret.as_str(), "[redacted]");
+        }
+    }
+    err
+}

@@ -1,0 +1,76 @@
+//! One chat turn: what goes in, what comes out, and what is reported meanwhile.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A chat turn as a provider runs it. The caller renders any conversation
+/// history into `prompt`; sessions live above this crate.
+#[derive(Clone, Debug, Default)]
+pub struct TurnRequest {
+    pub prompt: String,
+    /// The provider's model name (no `provider/` prefix); None = the configured default.
+    pub model: Option<String>,
+    pub system: Option<String>,
+    pub max_turns: Option<u32>,
+    /// The CLI's own tools the job allows (Claude: `Bash`, `Read`, ...). Empty = none.
+    pub allowed_tools: Vec<String>,
+    /// An MCP configuration file for the CLI (Claude's `--mcp-config`).
+    pub mcp_config: Option<PathBuf>,
+}
+
+/// What a successful turn produced.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TurnOutput {
+    /// The provider's configured name (`claude`, or a custom name).
+    pub provider: String,
+    pub text: String,
+    pub usage: Usage,
+    /// Cost as the CLI reported it (Claude's `total_cost_usd`); never estimated here.
+    pub cost_usd: Option<f64>,
+    /// Wall time of the turn as Orch measured it, slot wait excluded.
+    pub duration: Duration,
+    /// The model the CLI says it used, or the one requested.
+    pub model: Option<String>,
+    pub session_id: Option<String>,
+    pub num_turns: Option<u32>,
+}
+
+/// Token counts as the CLI reported them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: Option<u64>,
+    pub cache_creation_tokens: Option<u64>,
+}
+
+/// What a running turn reports before it ends, for job progress and streaming.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProgressEvent {
+    /// The CLI is retrying its model API (Claude's `api_retry` events).
+    ApiRetry { attempt: u32, max_retries: Option<u32>, delay_ms: u64, status: Option<u16>, error: Option<String> },
+    /// A piece of the answer as the CLI streamed it.
+    Text { text: String },
+}
+
+/// How the caller steers a running turn: cancellation and progress.
+#[derive(Clone, Debug, Default)]
+pub struct TurnControl {
+    /// Fires to stop the turn; its whole process group is killed.
+    pub cancel: CancellationToken,
+    /// Receives progress events; a closed receiver is ignored.
+    pub progress: Option<mpsc::UnboundedSender<ProgressEvent>>,
+}
+
+impl TurnControl {
+    pub(crate) fn report(&self, event: ProgressEvent) {
+        if let Some(tx) = &self.progress {
+            let _ = tx.send(event);
+        }
+    }
+}
