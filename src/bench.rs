@@ -676,6 +676,15 @@ impl Store for Observed {
     async fn revoke_key(&self, id: &str) -> orch_store::Result<bool> {
         self.inner.revoke_key(id).await
     }
+    async fn list_servers(&self) -> orch_store::Result<Vec<orch_store::StoredServer>> {
+        self.inner.list_servers().await
+    }
+    async fn put_server(&self, server: &orch_store::StoredServer) -> orch_store::Result<bool> {
+        self.inner.put_server(server).await
+    }
+    async fn delete_server(&self, name: &str) -> orch_store::Result<bool> {
+        self.inner.delete_server(name).await
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -53,6 +53,18 @@ pub struct ApiArgs {
     /// Attempts of jobs that do not set max_attempts, 1–20 [default: 3].
     #[arg(long, env = "ORCH_MAX_ATTEMPTS", value_name = "N")]
     pub max_attempts: Option<u32>,
+    /// MCP servers to connect to (Claude Desktop / Cline format); changes apply on save
+    /// [default: ./mcp-config.json when present].
+    #[arg(long, env = "ORCH_MCP_CONFIG", value_name = "PATH")]
+    pub mcp_config: Option<PathBuf>,
+    /// Between server and tool in tool names: `.` gives github.search; `__` for clients
+    /// that reject dots [default: .].
+    #[arg(long, env = "ORCH_MCP_SEPARATOR", value_name = "TEXT")]
+    pub mcp_separator: Option<String>,
+    /// Let admins register stdio MCP servers (commands run on this host) through the API:
+    /// true or false [default: false].
+    #[arg(long, env = "ORCH_MCP_ALLOW_API_STDIO", value_name = "BOOL")]
+    pub mcp_allow_api_stdio: Option<String>,
 }
 
 /// Settings of a worker.
@@ -97,6 +109,9 @@ struct FileConfig {
     public_url: Option<String>,
     max_body: Option<usize>,
     max_attempts: Option<u32>,
+    mcp_config: Option<PathBuf>,
+    mcp_separator: Option<String>,
+    mcp_allow_api_stdio: Option<bool>,
     concurrency: Option<usize>,
     lease: Option<String>,
     poll_interval: Option<String>,
@@ -117,6 +132,10 @@ pub struct Settings {
     pub bind: SocketAddr,
     pub api: orch_api::ApiConfig,
     pub worker: orch_worker::WorkerConfig,
+    /// mcp-config.json and whether the API may register stdio servers.
+    pub mcp: orch_api::servers::McpSettings,
+    /// Between server and tool in namespaced tool names.
+    pub mcp_separator: String,
 }
 
 fn load_file(explicit: Option<&Path>) -> Result<FileConfig> {
@@ -169,6 +188,32 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
             orch_api::jobs::MAX_ATTEMPTS
         );
     }
+    let mcp_file = match api.mcp_config.clone().or(file.mcp_config) {
+        Some(path) => {
+            if !path.is_file() {
+                bail!(
+                    "ORCH_MCP_CONFIG (--mcp-config): {} is not a readable file; give the path of an mcp-config.json",
+                    path.display()
+                );
+            }
+            Some(path)
+        }
+        None => Some(PathBuf::from("mcp-config.json")).filter(|p| p.is_file()),
+    };
+    let mcp_separator = api.mcp_separator.clone().or(file.mcp_separator).unwrap_or_else(|| ".".into());
+    if mcp_separator.is_empty() || mcp_separator.len() > 8 || mcp_separator.chars().any(char::is_whitespace) {
+        bail!(
+            "ORCH_MCP_SEPARATOR (--mcp-separator): {mcp_separator:?} is not a separator; use 1 to 8 characters without spaces, e.g. . or __"
+        );
+    }
+    let allow_api_stdio = match api.mcp_allow_api_stdio.as_deref() {
+        Some(text) => parse_bool(text).ok_or_else(|| {
+            anyhow::anyhow!(
+                "ORCH_MCP_ALLOW_API_STDIO (--mcp-allow-api-stdio): {text:?} is not a boolean; allowed: true, false"
+            )
+        })?,
+        None => file.mcp_allow_api_stdio.unwrap_or(false),
+    };
 
     let mut w = orch_worker::WorkerConfig::new(orch_worker::worker_id());
     w.concurrency = worker.concurrency.or(file.concurrency).unwrap_or(w.concurrency);
@@ -210,5 +255,15 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         bind,
         api: orch_api::ApiConfig { public_url, max_body, default_max_attempts: max_attempts },
         worker: w,
+        mcp: orch_api::servers::McpSettings { file: mcp_file, allow_api_stdio },
+        mcp_separator,
     })
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod mcp;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -43,6 +44,12 @@ enum Command {
         #[command(flatten)]
         worker: WorkerArgs,
     },
+    /// A stdio MCP server with every MCP server's tools plus Orch's own (for Claude Desktop,
+    /// Cursor, Cline); logs go to stderr.
+    Mcp {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// Manage API keys.
@@ -64,9 +71,12 @@ enum KeysCommand {
         /// A name to recognise the key by.
         #[arg(long)]
         name: String,
-        /// Comma-separated scopes: jobs:read, jobs:write, admin.
+        /// Comma-separated scopes: jobs:read, jobs:write, tools:call, admin.
         #[arg(long, value_delimiter = ',', default_value = "jobs:read,jobs:write")]
         scopes: Vec<String>,
+        /// Comma-separated MCP servers the key may see and call [default: every server].
+        #[arg(long, value_delimiter = ',')]
+        servers: Option<Vec<String>>,
     },
     /// List keys (never their secrets).
     List,
@@ -99,10 +109,15 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve { api, worker } => (api, worker),
         Command::Api { api } => (api, &no_worker),
         Command::Worker { worker } => (&no_api, worker),
+        Command::Mcp { api } => (api, &no_worker),
         _ => (&no_api, &no_worker),
     };
     let settings = config::resolve(&cli.global, api, worker)?;
     match cli.command {
+        Command::Mcp { .. } => {
+            init_logging(&settings)?;
+            mcp::run(&settings).await
+        }
         Command::Openapi => {
             print!("{}", orch_api::openapi_json());
             Ok(())
@@ -209,18 +224,47 @@ async fn serve_api(settings: &Settings, store: Arc<dyn Store>, shutdown: Cancell
     tracing::info!(%addr, backend = store.backend(), "Orch API listening; Swagger UI at http://{addr}/docs");
     let mut state = orch_api::AppState::new(store, settings.api.clone());
     state.shutdown = shutdown.clone();
+    start_mcp(settings, &mut state).await?;
+    let registry = state.registry.clone();
+    tokio::spawn(orch_api::servers::watch_file(state.clone(), MCP_CONFIG_POLL));
     let stopped = shutdown.clone();
     let server =
         axum::serve(listener, orch_api::app(state)).with_graceful_shutdown(async move { stopped.cancelled().await });
     // Requests in flight get the shutdown grace to finish, then are dropped.
     let grace = settings.worker.shutdown_grace;
-    tokio::select! {
+    let served = tokio::select! {
         result = server => result.context("HTTP server failed"),
         _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!("HTTP requests still open after the shutdown grace; closing them");
             Ok(())
         }
+    };
+    // Every MCP child's process group goes with us.
+    registry.shutdown(grace.min(MCP_CHILD_GRACE)).await;
+    served
+}
+
+/// How often mcp-config.json is checked for changes.
+const MCP_CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest wait for MCP children to exit after their stdin closes.
+const MCP_CHILD_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects the MCP servers of mcp-config.json and of the store. Invalid
+/// entries are logged (server and field) and left out; the others start.
+async fn start_mcp(settings: &Settings, state: &mut orch_api::AppState) -> Result<()> {
+    let options = orch_mcp::RegistryOptions { separator: settings.mcp_separator.clone(), ..Default::default() };
+    state.registry = orch_mcp::Registry::new(options).map_err(|e| anyhow::anyhow!("ORCH_MCP_SEPARATOR: {e}"))?;
+    state.mcp = Arc::new(orch_api::servers::McpSources::new(settings.mcp.clone()));
+    let report = state
+        .mcp
+        .reload(state.store.as_ref(), &state.registry)
+        .await
+        .context("cannot read the MCP servers registered through the API")?;
+    if let Some(file) = &settings.mcp.file {
+        tracing::info!(file = %file.display(), "MCP config; changes apply on save");
     }
+    tracing::info!(servers = ?report.added, invalid = report.invalid.len(), "MCP servers started");
+    Ok(())
 }
 
 /// A token cancelled on SIGINT or SIGTERM.
@@ -252,8 +296,12 @@ fn shutdown_signal() -> CancellationToken {
 
 async fn keys(store: &dyn Store, command: KeysCommand) -> Result<()> {
     match command {
-        KeysCommand::Create { name, scopes } => {
-            let new = orch_api::auth::new_key(&name, &scopes).map_err(|e| anyhow::anyhow!(e.message))?;
+        KeysCommand::Create { name, scopes, servers } => {
+            let mut new = orch_api::auth::new_key(&name, &scopes).map_err(|e| anyhow::anyhow!(e.message))?;
+            if let Some(servers) = &servers {
+                orch_api::auth::check_servers(servers).map_err(|e| anyhow::anyhow!("--{}", e.message))?;
+            }
+            new.key.servers = servers;
             store.create_key(&new.key, &new.hash).await?;
             println!("{}", new.secret);
             eprintln!(

@@ -201,7 +201,11 @@ fn keys_commands_create_list_and_revoke() {
     assert!(String::from_utf8(list.stdout).unwrap().contains("(revoked)"));
     let bad = orch(dir.path(), store).args(["keys", "create", "--name", "x", "--scopes", "root"]).output().unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("allowed: jobs:read, jobs:write, admin"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("allowed: jobs:read, jobs:write, tools:call, admin"));
+    let limited = ["keys", "create", "--name", "gh", "--scopes", "tools:call", "--servers", "github,a.b"];
+    let bad = orch(dir.path(), store).args(limited).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--servers[1]: invalid server name `a.b`"));
 }
 
 /// Split deployment: one `orch api`, two `orch worker`s. The worker running a

@@ -21,7 +21,10 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// Every scope a key can carry. `admin` implies all others.
-pub const SCOPES: &[&str] = &["jobs:read", "jobs:write", "admin"];
+pub const SCOPES: &[&str] = &["jobs:read", "jobs:write", "tools:call", "admin"];
+
+/// List MCP servers and tools, and call tools (REST and the MCP endpoints).
+pub const TOOLS_CALL: &str = "tools:call";
 
 /// Scopes of the key printed on first start.
 pub const ADMIN: &str = "admin";
@@ -68,10 +71,19 @@ pub fn new_key(name: &str, scopes: &[String]) -> Result<NewKey, ApiError> {
         name: name.trim().to_owned(),
         prefix: secret[..12].to_owned(),
         scopes: scopes.to_vec(),
+        servers: None,
         created_at: Utc::now(),
         revoked_at: None,
     };
     Ok(NewKey { hash: hash_secret(&secret), key, secret })
+}
+
+/// Checks the server names a key is limited to (`servers` of a new key).
+pub fn check_servers(servers: &[String]) -> Result<(), ApiError> {
+    for (i, name) in servers.iter().enumerate() {
+        orch_mcp::config::validate_name(name).map_err(|m| ApiError::invalid_field(&format!("servers[{i}]"), m))?;
+    }
+    Ok(())
 }
 
 pub fn hash_secret(secret: &str) -> String {
@@ -136,6 +148,26 @@ impl Principal {
             .with_details(serde_json::json!({"required_scope": scope})))
         }
     }
+
+    /// Whether the key may see and call the MCP server `name` (keys without
+    /// a server list may use every server).
+    pub fn may_use_server(&self, name: &str) -> bool {
+        self.key.servers.as_ref().is_none_or(|allowed| allowed.iter().any(|s| s == name))
+    }
+
+    /// 403 unless [`Principal::may_use_server`].
+    pub fn require_server(&self, name: &str) -> Result<(), ApiError> {
+        if self.may_use_server(name) {
+            return Ok(());
+        }
+        let allowed = self.key.servers.clone().unwrap_or_default();
+        Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "server_not_allowed",
+            format!("this key may use only the MCP servers {allowed:?}, not {name:?}"),
+        )
+        .with_details(serde_json::json!({"server": name, "allowed_servers": allowed})))
+    }
 }
 
 impl FromRequestParts<AppState> for Principal {
@@ -181,7 +213,7 @@ mod tests {
     #[test]
     fn scopes_are_checked() {
         let err = new_key("x", &["jobs:read".into(), "root".into()]).unwrap_err();
-        assert_eq!(err.message, "scopes[1]: unknown scope \"root\"; allowed: jobs:read, jobs:write, admin");
+        assert_eq!(err.message, "scopes[1]: unknown scope \"root\"; allowed: jobs:read, jobs:write, tools:call, admin");
         assert!(new_key("x", &[]).is_err());
         assert!(new_key(" ", &["admin".into()]).is_err());
     }
@@ -193,5 +225,17 @@ mod tests {
         let reader = Principal { key: new_key("r", &["jobs:read".into()]).unwrap().key };
         assert!(reader.require("jobs:read").is_ok());
         assert_eq!(reader.require("jobs:write").unwrap_err().status.as_u16(), 403);
+    }
+
+    #[test]
+    fn a_limited_key_uses_only_its_servers() {
+        let mut key = new_key("l", &["tools:call".into()]).unwrap().key;
+        assert!(Principal { key: key.clone() }.may_use_server("anything"));
+        key.servers = Some(vec!["github".into()]);
+        let limited = Principal { key };
+        assert!(limited.require_server("github").is_ok());
+        let err = limited.require_server("memory").unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (403, "server_not_allowed"));
+        assert!(check_servers(&["github".into(), "a.b".into()]).unwrap_err().message.starts_with("servers[1]: "));
     }
 }

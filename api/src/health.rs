@@ -1,4 +1,5 @@
-//! `GET /health`: whether the store and queue answer, for load balancers and people.
+//! `GET /health`: whether the store and queue answer and how the MCP servers
+//! are, for load balancers and people.
 
 use std::time::{Duration, Instant};
 
@@ -6,15 +7,17 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
+use orch_mcp::ServerState;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"status": "ok", "version": "0.1.0", "store": {"backend": "sqlite", "ok": true, "latency_ms": 0.4, "error": null}, "queue": {"queued": 3, "running": 1, "succeeded": 120, "failed": 2, "cancelled": 0}, "workers": 1}))]
+#[schema(example = json!({"status": "degraded", "version": "0.1.0", "store": {"backend": "sqlite", "ok": true, "latency_ms": 0.4, "error": null}, "queue": {"queued": 3, "running": 1, "succeeded": 120, "failed": 2, "cancelled": 0}, "workers": 1, "servers": [{"name": "everything", "state": "up"}, {"name": "github", "state": "down"}]}))]
 pub struct Health {
-    /// `ok` or `unavailable`.
+    /// `ok`; `degraded` when an MCP server is down or degraded; `unavailable`
+    /// when the store does not answer (only this answers 503).
     pub status: String,
     pub version: String,
     pub store: StoreHealth,
@@ -22,6 +25,16 @@ pub struct Health {
     pub queue: Option<QueueHealth>,
     /// Workers that sent a heartbeat in the last minute.
     pub workers: Option<usize>,
+    /// The MCP servers and their state.
+    pub servers: Vec<ServerHealth>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerHealth {
+    pub name: String,
+    /// `up`, `degraded`, `down` or `disabled`.
+    #[schema(value_type = String)]
+    pub state: ServerState,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -44,7 +57,8 @@ pub struct QueueHealth {
 
 /// Service health.
 ///
-/// 200 when the store answers, 503 when it does not. Needs no key.
+/// 200 when the store answers, 503 when it does not; an MCP server that is
+/// down makes the status `degraded` but still answers 200. Needs no key.
 #[utoipa::path(
     get, path = "/health", tag = "health",
     responses((status = 200, description = "The store answers", body = Health), (status = 503, description = "Store unreachable", body = Health))
@@ -74,12 +88,23 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     } else {
         (None, None)
     };
+    let servers: Vec<ServerHealth> =
+        state.registry.status().into_iter().map(|s| ServerHealth { name: s.name, state: s.state }).collect();
+    let degraded = servers.iter().any(|s| matches!(s.state, ServerState::Down | ServerState::Degraded));
     let body = Health {
-        status: if ok { "ok" } else { "unavailable" }.into(),
+        status: if !ok {
+            "unavailable"
+        } else if degraded {
+            "degraded"
+        } else {
+            "ok"
+        }
+        .into(),
         version: env!("CARGO_PKG_VERSION").into(),
         store: StoreHealth { backend: state.store.backend().into(), ok, latency_ms, error },
         queue,
         workers,
+        servers,
     };
     (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }

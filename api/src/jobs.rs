@@ -299,15 +299,17 @@ fn idempotency(
     }))
 }
 
-async fn submit(
+/// Stores a validated job and says where to follow it; `true` when an
+/// idempotency record replayed an earlier job. Shared by the REST handlers and
+/// the MCP `submit_job` tool. `idempotency` runs after the options are checked,
+/// so errors come in the same order on every path.
+pub async fn submit_job(
     state: &AppState,
-    principal: &Principal,
-    headers: &HeaderMap,
     kind: JobKind,
-    raw: &[u8],
     input: Value,
     options: JobOptions<'_>,
-) -> ApiResult<Response> {
+    idempotency: impl FnOnce() -> ApiResult<Option<Idempotency>>,
+) -> ApiResult<(JobAccepted, bool)> {
     let max_attempts = check_options(&options, state.config.default_max_attempts)?;
     let now = Utc::now();
     let job = NewJob {
@@ -318,7 +320,7 @@ async fn submit(
         max_attempts,
         created_at: now,
         run_at: now,
-        idempotency: idempotency(headers, principal, kind, raw)?,
+        idempotency: idempotency()?,
     };
     let (job, replayed) = match state.store.insert_job(job).await? {
         Inserted::Created(job) => (job, false),
@@ -335,11 +337,22 @@ async fn submit(
         }
     };
     let (status_url, result_url, events_url) = urls(state, job.id);
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(JobAccepted { id: job.id, status: job.status, status_url: status_url.clone(), result_url, events_url }),
-    )
-        .into_response();
+    Ok((JobAccepted { id: job.id, status: job.status, status_url, result_url, events_url }, replayed))
+}
+
+async fn submit(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    kind: JobKind,
+    raw: &[u8],
+    input: Value,
+    options: JobOptions<'_>,
+) -> ApiResult<Response> {
+    let (accepted, replayed) =
+        submit_job(state, kind, input, options, || idempotency(headers, principal, kind, raw)).await?;
+    let status_url = accepted.status_url.clone();
+    let mut response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     let headers = response.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&status_url) {
         headers.insert(header::LOCATION, location);
@@ -348,6 +361,30 @@ async fn submit(
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// The input of a chat job: the request checked and its messages normalised
+/// (system prompt first, `prompt` as the last user message).
+pub fn chat_input(req: &ChatJobRequest) -> ApiResult<Value> {
+    check_chat(req)?;
+    let mut messages: Vec<ChatMessage> = Vec::new();
+    if let Some(system) = &req.system {
+        messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+    }
+    messages.extend(req.messages.iter().flatten().cloned());
+    if let Some(prompt) = &req.prompt {
+        messages.push(ChatMessage { role: "user".into(), content: prompt.clone() });
+    }
+    Ok(json!({"model": req.model.as_deref().unwrap_or("echo"), "messages": messages}))
+}
+
+/// The input of a batch job: the plan, validated.
+pub fn batch_input(req: &BatchJobRequest) -> ApiResult<Value> {
+    let issues = orch_planner::validate(&req.plan);
+    if !issues.is_empty() {
+        return Err(plan_error(issues));
+    }
+    Ok(json!({"plan": req.plan}))
 }
 
 /// Submit a chat job.
@@ -381,16 +418,7 @@ pub async fn submit_chat(
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
     let req = &body.value;
-    check_chat(req)?;
-    let mut messages: Vec<ChatMessage> = Vec::new();
-    if let Some(system) = &req.system {
-        messages.push(ChatMessage { role: "system".into(), content: system.clone() });
-    }
-    messages.extend(req.messages.iter().flatten().cloned());
-    if let Some(prompt) = &req.prompt {
-        messages.push(ChatMessage { role: "user".into(), content: prompt.clone() });
-    }
-    let input = json!({"model": req.model.as_deref().unwrap_or("echo"), "messages": messages});
+    let input = chat_input(req)?;
     let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
     submit(&state, &principal, &headers, JobKind::Chat, &body.raw, input, options).await
 }
@@ -425,11 +453,7 @@ pub async fn submit_batch(
     body: ApiJson<BatchJobRequest>,
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
-    let issues = orch_planner::validate(&body.value.plan);
-    if !issues.is_empty() {
-        return Err(plan_error(issues));
-    }
-    let input = json!({"plan": body.value.plan});
+    let input = batch_input(&body.value)?;
     let options = JobOptions { metadata: &body.value.metadata, max_attempts: body.value.max_attempts };
     submit(&state, &principal, &headers, JobKind::Batch, &body.raw, input, options).await
 }
@@ -438,7 +462,8 @@ fn parse_id(id: &str) -> ApiResult<JobId> {
     JobId::parse_str(id).map_err(|_| ApiError::not_found("job", id))
 }
 
-async fn load(state: &AppState, id: &str) -> ApiResult<Job> {
+/// The job with this id (404 for ids that are not job ids, too).
+pub async fn load(state: &AppState, id: &str) -> ApiResult<Job> {
     let job_id = parse_id(id)?;
     state.store.get_job(job_id).await?.ok_or_else(|| ApiError::not_found("job", id))
 }

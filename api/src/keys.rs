@@ -16,12 +16,15 @@ use crate::json::ApiJson;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"name": "n8n production", "scopes": ["jobs:read", "jobs:write"]}))]
+#[schema(example = json!({"name": "n8n production", "scopes": ["jobs:read", "jobs:write", "tools:call"], "servers": ["github"]}))]
 pub struct CreateKey {
     /// A name to recognise the key by (1–100 characters).
     pub name: String,
-    /// Any of `jobs:read`, `jobs:write`, `admin`.
+    /// Any of `jobs:read`, `jobs:write`, `tools:call`, `admin`.
     pub scopes: Vec<String>,
+    /// The MCP servers the key may see and call; absent for every server.
+    #[serde(default)]
+    pub servers: Option<Vec<String>>,
 }
 
 /// A key as listed: never the secret.
@@ -32,6 +35,8 @@ pub struct KeyView {
     /// The secret's first characters, to recognise it.
     pub prefix: String,
     pub scopes: Vec<String>,
+    /// The MCP servers the key may use; `null` for every server.
+    pub servers: Option<Vec<String>>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
@@ -43,6 +48,7 @@ impl From<ApiKey> for KeyView {
             name: k.name,
             prefix: k.prefix,
             scopes: k.scopes,
+            servers: k.servers,
             created_at: k.created_at,
             revoked_at: k.revoked_at,
         }
@@ -51,7 +57,7 @@ impl From<ApiKey> for KeyView {
 
 /// A new key with its secret, shown this once.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"id": "key_3f2a9c01b7de", "name": "n8n production", "prefix": "orch_Xk3v9QaL", "scopes": ["jobs:read", "jobs:write"], "created_at": "2026-11-21T09:00:00Z", "revoked_at": null, "secret": "orch_Xk3v9QaLr2T0m7N4pWcE1yH6uJ8bZsVdG5fK0qAoi3s"}))]
+#[schema(example = json!({"id": "key_3f2a9c01b7de", "name": "n8n production", "prefix": "orch_Xk3v9QaL", "scopes": ["jobs:read", "jobs:write"], "servers": null, "created_at": "2026-11-21T09:00:00Z", "revoked_at": null, "secret": "orch_Xk3v9QaLr2T0m7N4pWcE1yH6uJ8bZsVdG5fK0qAoi3s"}))]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: KeyView,
@@ -81,7 +87,11 @@ pub async fn create_key(
     body: ApiJson<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
     principal.require(auth::ADMIN)?;
-    let new = auth::new_key(&body.value.name, &body.value.scopes)?;
+    let mut new = auth::new_key(&body.value.name, &body.value.scopes)?;
+    if let Some(servers) = &body.value.servers {
+        auth::check_servers(servers)?;
+    }
+    new.key.servers = body.value.servers;
     state.store.create_key(&new.key, &new.hash).await?;
     tracing::info!(key = %new.key.id, by = %principal.key.id, "API key created");
     Ok((StatusCode::CREATED, Json(CreatedKey { key: new.key.into(), secret: new.secret })))

@@ -11,6 +11,9 @@ pub mod health;
 pub mod jobs;
 pub mod json;
 pub mod keys;
+pub mod mcp_server;
+pub mod servers;
+pub mod tools;
 
 use std::sync::Arc;
 
@@ -52,11 +55,26 @@ pub struct AppState {
     pub keys: Arc<auth::KeyCache>,
     /// Fires on shutdown; long-lived responses (SSE) end when it does.
     pub shutdown: CancellationToken,
+    /// The MCP servers Orch is connected to (empty until configured).
+    pub registry: orch_mcp::Registry,
+    /// Where the registry's servers come from (mcp-config.json, the store);
+    /// [`servers::McpSources::reload`] applies them to `registry`.
+    pub mcp: Arc<servers::McpSources>,
 }
 
 impl AppState {
+    /// State with no MCP servers; set `registry` to serve some.
     pub fn new(store: Arc<dyn Store>, config: ApiConfig) -> AppState {
-        AppState { store, config: Arc::new(config), keys: Arc::default(), shutdown: CancellationToken::new() }
+        let registry = orch_mcp::Registry::new(orch_mcp::RegistryOptions::default())
+            .expect("the default registry options are valid");
+        AppState {
+            store,
+            config: Arc::new(config),
+            keys: Arc::default(),
+            shutdown: CancellationToken::new(),
+            registry,
+            mcp: Arc::default(),
+        }
     }
 }
 
@@ -74,6 +92,16 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
         .route("/v1/keys/{id}", delete(keys::revoke_key))
+        .route("/v1/tools", get(tools::list_tools))
+        .route("/v1/tools/{server}/{tool}", get(tools::get_tool).post(tools::call_tool))
+        .route("/v1/servers", get(servers::list_servers).post(servers::create_server))
+        .route("/v1/servers/reload", post(servers::reload_servers))
+        .route(
+            "/v1/servers/{name}",
+            get(servers::get_server).put(servers::replace_server).delete(servers::delete_server),
+        )
+        .route("/v1/servers/{name}/test", post(servers::test_server))
+        .merge(mcp_server::routes())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -101,13 +129,16 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 #[openapi(
     info(
         title = "Orch",
-        description = "Job service for n8n: chat and batch jobs run by workers, followed by polling, Server-Sent Events or (later) webhooks.\n\nEvery route except `/health`, `/docs` and `/openapi.json` needs `Authorization: Bearer <key>`. Errors are always `{\"error\": {\"code\", \"message\", \"details\"?}}`.",
+        description = "Job service for n8n: chat and batch jobs run by workers, followed by polling, Server-Sent Events or (later) webhooks.\n\nEvery route except `/health`, `/docs` and `/openapi.json` needs `Authorization: Bearer <key>`. Errors are always `{\"error\": {\"code\", \"message\", \"details\"?}}`.\n\nMCP clients connect to `/mcp` and `/mcp/{server}` (streamable HTTP) and `/sse/{server}` (legacy SSE) with a key that has `tools:call`; those endpoints speak MCP, not REST, so they are not listed here.",
         license(name = "Apache-2.0")
     ),
     paths(
         jobs::submit_chat, jobs::submit_batch, jobs::list_jobs, jobs::get_job, jobs::get_result,
         jobs::job_events, jobs::cancel_job,
         keys::create_key, keys::list_keys, keys::revoke_key,
+        tools::list_tools, tools::get_tool, tools::call_tool,
+        servers::list_servers, servers::create_server, servers::get_server, servers::replace_server,
+        servers::delete_server, servers::test_server, servers::reload_servers,
         health::health,
     ),
     components(
@@ -122,6 +153,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     tags(
         (name = "jobs", description = "Submit and follow chat and batch jobs"),
         (name = "keys", description = "API keys (admin)"),
+        (name = "tools", description = "Tools of the MCP servers: list, schema, call"),
+        (name = "servers", description = "MCP servers: status; registering, testing and reloading (admin)"),
         (name = "health", description = "Liveness of the service and its store"),
     )
 )]

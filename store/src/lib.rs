@@ -1,5 +1,5 @@
-//! Orch's durable state: jobs, their event logs and results, worker liveness and
-//! API keys, behind one [`Store`] trait with two backends.
+//! Orch's durable state: jobs, their event logs and results, worker liveness,
+//! API keys and the MCP servers registered through the API, behind one [`Store`] trait with two backends.
 //!
 //! - [`sqlite::SqliteStore`], the embedded default: one file, no service. All
 //!   writes go through one writer thread that commits whatever is pending in a
@@ -123,6 +123,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Revokes a key; returns false when no unrevoked key has that id.
     async fn revoke_key(&self, id: &str) -> Result<bool>;
+
+    /// MCP servers registered through the API, by name.
+    async fn list_servers(&self) -> Result<Vec<StoredServer>>;
+
+    /// Stores a server by name, replacing one of the same name (whose
+    /// `created_at` is kept); returns whether it was new.
+    async fn put_server(&self, server: &StoredServer) -> Result<bool>;
+
+    /// Removes a server; returns false when none has that name.
+    async fn delete_server(&self, name: &str) -> Result<bool>;
 }
 
 /// In-process wake-ups shared by the API and worker of one process.

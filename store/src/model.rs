@@ -285,6 +285,20 @@ pub struct ApiKey {
     /// First characters of the secret, to recognise a key in listings.
     pub prefix: String,
     pub scopes: Vec<String>,
+    /// The MCP servers this key may see and call; `None` for all of them.
+    #[serde(default)]
+    pub servers: Option<Vec<String>>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// An MCP server registered through the admin API (servers of mcp-config.json
+/// are not stored). `config` is the entry as the caller gave it, in the
+/// mcp-config.json format, with `${VAR}`s unexpanded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredServer {
+    pub name: String,
+    pub config: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }

@@ -25,7 +25,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::*;
 
 /// Schema migrations; migration `i` brings `PRAGMA user_version` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../../migrations/sqlite/0001_init.sql"), include_str!("../../migrations/sqlite/0002_servers.sql")];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most commands the writer puts in one transaction.
@@ -607,10 +608,20 @@ fn key_from_row(row: &Row) -> Result<ApiKey> {
         scopes: parse_json(&row.get::<_, String>(3)?, "key scopes")?,
         created_at: from_millis(row.get(4)?),
         revoked_at: row.get::<_, Option<i64>>(5)?.map(from_millis),
+        servers: row.get::<_, Option<String>>(6)?.map(|s| parse_json(&s, "key servers")).transpose()?,
     })
 }
 
-const KEY_COLUMNS: &str = "id, name, prefix, scopes, created_at, revoked_at";
+const KEY_COLUMNS: &str = "id, name, prefix, scopes, created_at, revoked_at, servers";
+
+fn server_from_row(row: &Row) -> Result<StoredServer> {
+    Ok(StoredServer {
+        name: row.get(0)?,
+        config: parse_json(&row.get::<_, String>(1)?, "server config")?,
+        created_at: from_millis(row.get(2)?),
+        updated_at: from_millis(row.get(3)?),
+    })
+}
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -848,8 +859,8 @@ impl Store for SqliteStore {
         let (key, hash) = (key.clone(), secret_hash.to_owned());
         self.write(move |conn| {
             conn.prepare_cached(
-                "INSERT INTO api_keys (id, name, prefix, scopes, secret_hash, created_at, revoked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO api_keys (id, name, prefix, scopes, secret_hash, created_at, revoked_at, servers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 key.id,
@@ -858,7 +869,8 @@ impl Store for SqliteStore {
                 to_text(&key.scopes),
                 hash,
                 to_millis(key.created_at),
-                key.revoked_at.map(to_millis)
+                key.revoked_at.map(to_millis),
+                key.servers.as_ref().map(to_text)
             ])?;
             Ok(())
         })
@@ -870,8 +882,8 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let stored = conn
                 .prepare_cached(
-                    "INSERT INTO api_keys (id, name, prefix, scopes, secret_hash, created_at, revoked_at)
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
+                    "INSERT INTO api_keys (id, name, prefix, scopes, secret_hash, created_at, revoked_at, servers)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
                      WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)",
                 )?
                 .execute(params![
@@ -881,7 +893,8 @@ impl Store for SqliteStore {
                     to_text(&key.scopes),
                     hash,
                     to_millis(key.created_at),
-                    key.revoked_at.map(to_millis)
+                    key.revoked_at.map(to_millis),
+                    key.servers.as_ref().map(to_text)
                 ])?;
             Ok(stored == 1)
         })
@@ -921,6 +934,52 @@ impl Store for SqliteStore {
                 .prepare_cached("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")?
                 .execute(params![id, now_millis()])?;
             Ok(revoked == 1)
+        })
+        .await
+    }
+
+    async fn list_servers(&self) -> Result<Vec<StoredServer>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT name, config, created_at, updated_at FROM mcp_servers ORDER BY name")?;
+            let mut rows = stmt.query([])?;
+            let mut servers = Vec::new();
+            while let Some(row) = rows.next()? {
+                servers.push(server_from_row(row)?);
+            }
+            Ok(servers)
+        })
+        .await
+    }
+
+    async fn put_server(&self, server: &StoredServer) -> Result<bool> {
+        let server = server.clone();
+        self.write(move |conn| {
+            let existed = conn
+                .prepare_cached("SELECT 1 FROM mcp_servers WHERE name = ?1")?
+                .query_row([&server.name], |_| Ok(()))
+                .optional()?
+                .is_some();
+            conn.prepare_cached(
+                "INSERT INTO mcp_servers (name, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                server.name,
+                to_text(&server.config),
+                to_millis(server.created_at),
+                to_millis(server.updated_at)
+            ])?;
+            Ok(!existed)
+        })
+        .await
+    }
+
+    async fn delete_server(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let deleted = conn.prepare_cached("DELETE FROM mcp_servers WHERE name = ?1")?.execute([name])?;
+            Ok(deleted == 1)
         })
         .await
     }

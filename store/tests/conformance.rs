@@ -107,9 +107,14 @@ fn api_key(id: &str, created_at: DateTime<Utc>) -> ApiKey {
         name: format!("{id} key"),
         prefix: format!("orch_{id}"),
         scopes: vec!["jobs:write".into(), "admin".into()],
+        servers: None,
         created_at,
         revoked_at: None,
     }
+}
+
+fn stored_server(name: &str, config: Value, at: DateTime<Utc>) -> StoredServer {
+    StoredServer { name: name.into(), config, created_at: at, updated_at: at }
 }
 
 fn sorted(mut ids: Vec<JobId>) -> Vec<JobId> {
@@ -746,6 +751,51 @@ async fn keys_are_listed_oldest_first(store: Arc<dyn Store>) {
     assert_eq!(ids, ["old", "mid", "new"]);
 }
 
+async fn keys_keep_their_server_limits(store: Arc<dyn Store>) {
+    let limited = ApiKey { servers: Some(vec!["github".into(), "memory".into()]), ..api_key("k1", now_ms()) };
+    store.create_key(&limited, "hash-1").await.unwrap();
+    assert_eq!(store.key_by_hash("hash-1").await.unwrap(), Some(limited.clone()));
+    let first = ApiKey { servers: Some(vec![]), ..api_key("k2", now_ms()) };
+    store.revoke_key("k1").await.unwrap();
+    assert!(store.create_first_key(&first, "hash-2").await.unwrap());
+    let listed = store.list_keys().await.unwrap();
+    assert_eq!(listed[0].servers, limited.servers);
+    assert_eq!(listed[1], first, "an empty limit (no server) is not the same as no limit");
+}
+
+// --- MCP servers registered through the API ---
+
+async fn servers_are_stored_listed_by_name_and_deleted(store: Arc<dyn Store>) {
+    assert_eq!(store.list_servers().await.unwrap(), []);
+    let now = now_ms();
+    let remote = json!({"url": "https://mcp.example.com/mcp", "headers": {"Authorization": "Bearer ${TOKEN}"}});
+    let github = json!({"transportType": "sse", "url": "http://127.0.0.1:9/sse", "timeout": 30});
+    assert!(store.put_server(&stored_server("remote", remote.clone(), now)).await.unwrap());
+    assert!(store.put_server(&stored_server("github", github.clone(), now)).await.unwrap());
+    assert_eq!(
+        store.list_servers().await.unwrap(),
+        [stored_server("github", github, now), stored_server("remote", remote.clone(), now)]
+    );
+    assert!(store.delete_server("github").await.unwrap());
+    assert!(!store.delete_server("github").await.unwrap(), "deleted twice");
+    assert!(!store.delete_server("nope").await.unwrap());
+    assert_eq!(store.list_servers().await.unwrap(), [stored_server("remote", remote, now)]);
+}
+
+async fn replacing_a_server_keeps_its_creation_time(store: Arc<dyn Store>) {
+    let created = now_ms() - TimeDelta::hours(1);
+    assert!(store.put_server(&stored_server("remote", json!({"url": "http://a/mcp"}), created)).await.unwrap());
+    let later = now_ms();
+    let changed = stored_server("remote", json!({"url": "http://b/mcp", "disabled": true}), later);
+    assert!(!store.put_server(&changed).await.unwrap(), "a replacement is not new");
+    let listed = store.list_servers().await.unwrap();
+    assert_eq!(listed, [StoredServer { created_at: created, ..changed }]);
+    // Deleted and added again: new once more.
+    store.delete_server("remote").await.unwrap();
+    assert!(store.put_server(&stored_server("remote", json!({"url": "http://c/mcp"}), later)).await.unwrap());
+    assert_eq!(store.list_servers().await.unwrap()[0].created_at, later);
+}
+
 async fn ping_answers(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
     assert!(["sqlite", "redis"].contains(&store.backend()));
@@ -801,5 +851,8 @@ on_each_backend!(
     concurrent_first_keys_store_one,
     keys_are_found_by_hash_until_revoked,
     keys_are_listed_oldest_first,
+    keys_keep_their_server_limits,
+    servers_are_stored_listed_by_name_and_deleted,
+    replacing_a_server_keeps_its_creation_time,
     ping_answers,
 );

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orch_api::servers::{McpSettings, McpSources};
 use orch_store::{Store, StoreOptions, StoreUrl};
 use orch_testkit::RedisServer;
 use orch_worker::{Executors, WorkerConfig};
@@ -45,11 +46,16 @@ pub struct Options {
     pub worker: bool,
     pub tweak: Box<dyn FnOnce(&mut WorkerConfig) + Send>,
     pub max_body: usize,
+    /// mcp-config.json and whether the API may register stdio servers; the
+    /// servers are started (with those stored) before the app answers.
+    pub mcp: McpSettings,
+    /// Watch the MCP config file this often (`None`: only `POST /v1/servers/reload`).
+    pub watch: Option<Duration>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { worker: true, tweak: Box::new(|_| {}), max_body: 64 * 1024 }
+        Options { worker: true, tweak: Box::new(|_| {}), max_body: 64 * 1024, mcp: McpSettings::default(), watch: None }
     }
 }
 
@@ -72,6 +78,7 @@ pub struct TestApp {
     pub handle: StoreHandle,
     pub shutdown: CancellationToken,
     pub worker: Option<tokio::task::JoinHandle<()>>,
+    pub registry: orch_mcp::Registry,
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -80,13 +87,26 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 pub async fn spawn_app_with(backend: Backend, options: Options) -> TestApp {
     let handle = fresh_store(backend).await;
+    let admin = make_key(handle.store.as_ref(), &["admin"]).await;
+    spawn_app_on(handle, admin, options).await
+}
+
+/// The app over an existing store, with `admin` as its admin key.
+pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) -> TestApp {
     let store = handle.store.clone();
-    let admin = make_key(store.as_ref(), &["admin"]).await;
     let config = orch_api::ApiConfig { max_body: options.max_body, ..Default::default() };
-    let app = orch_api::app(orch_api::AppState::new(store.clone(), config));
+    let mut state = orch_api::AppState::new(store.clone(), config);
+    state.mcp = Arc::new(McpSources::new(options.mcp));
+    state.mcp.reload(store.as_ref(), &state.registry).await.expect("MCP servers load");
+    let shutdown = CancellationToken::new();
+    state.shutdown = shutdown.clone();
+    let registry = state.registry.clone();
+    if let Some(every) = options.watch {
+        tokio::spawn(orch_api::servers::watch_file(state.clone(), every));
+    }
+    let app = orch_api::app(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await.unwrap();
@@ -96,7 +116,7 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> TestApp {
         (options.tweak)(&mut config);
         tokio::spawn(orch_worker::run(store.clone(), Arc::new(Executors::builtin()), config, shutdown.clone()))
     });
-    TestApp { base, admin, client: reqwest::Client::new(), store, handle, shutdown, worker }
+    TestApp { base, admin, client: reqwest::Client::new(), store, handle, shutdown, worker, registry }
 }
 
 /// Creates a key with `scopes` straight in the store; returns its secret.
@@ -187,11 +207,21 @@ impl TestApp {
         parse_sse(&text)
     }
 
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        drop(self.stop_keeping_store().await);
+    }
+
+    /// Stops the app (and its MCP children) and hands back its store, opened
+    /// again from its URL as a restarted process would, for [`spawn_app_on`].
+    pub async fn stop_keeping_store(mut self) -> (StoreHandle, String) {
         self.shutdown.cancel();
         if let Some(worker) = self.worker.take() {
             let _ = worker.await;
         }
+        self.registry.shutdown(Duration::from_secs(2)).await;
+        let mut handle = self.handle;
+        handle.store = orch_store::open(&handle.url, &StoreOptions::default()).await.expect("store opens again");
+        (handle, self.admin)
     }
 }
 

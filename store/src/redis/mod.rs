@@ -22,6 +22,8 @@
 //! - `idem:{key}` HASH `job, hash, expires_at` expiring at `expires_at`.
 //! - `workers` HASH id → record, `workers:seen` ZSET by last seen.
 //! - `key:{id}` HASH, `keys` ZSET by creation, `keys:active` HASH secret hash → id.
+//! - `servers` HASH name → `{"config", "updated_at"}` (JSON) of the MCP servers
+//!   registered through the API; `servers:created` HASH name → creation time.
 //!
 //! Scripts build key names from the prefix rather than declaring them in `KEYS`,
 //! so this backend does not support Redis Cluster; Cluster hash tags are out of
@@ -38,7 +40,7 @@ use serde_json::Value;
 
 use crate::{
     ApiKey, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter, JobId, JobKind, JobStatus, NewJob,
-    Notifier, Outcome, Result, Store, StoreError, WorkerInfo, from_millis, redact_url, to_millis,
+    Notifier, Outcome, Result, Store, StoreError, StoredServer, WorkerInfo, from_millis, redact_url, to_millis,
 };
 
 /// Jobs per `insert_jobs` script call.
@@ -355,7 +357,7 @@ struct StoredWorker {
 
 fn parse_key(v: &Reply) -> Result<ApiKey> {
     let items = array(v)?;
-    let [id, name, prefix, scopes, created_at, revoked_at] = items else {
+    let [id, name, prefix, scopes, created_at, revoked_at, servers] = items else {
         return Err(corrupt("an API key record has the wrong shape"));
     };
     let opt = |r: &Reply| -> Result<Option<String>> { Ok(text(r)?.filter(|s| !s.is_empty()).map(str::to_owned)) };
@@ -367,7 +369,15 @@ fn parse_key(v: &Reply) -> Result<ApiKey> {
         scopes: serde_json::from_str(&opt(scopes)?.unwrap_or_else(|| "[]".into())).map_err(corrupt)?,
         created_at: time(opt(created_at)?.ok_or_else(|| corrupt("API key without created_at"))?)?,
         revoked_at: opt(revoked_at)?.map(time).transpose()?,
+        servers: opt(servers)?.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
     })
+}
+
+/// The value of a server in the `servers` hash.
+#[derive(Serialize, Deserialize)]
+struct ServerRecord {
+    config: Value,
+    updated_at: i64,
 }
 
 #[async_trait]
@@ -783,11 +793,66 @@ impl Store for RedisStore {
             .await?;
         Ok(int(&reply)? == 1)
     }
+
+    async fn list_servers(&self) -> Result<Vec<StoredServer>> {
+        let (records, created): (Vec<(String, String)>, std::collections::HashMap<String, i64>) = {
+            let mut conn = self.conn.clone();
+            ::redis::pipe()
+                .atomic()
+                .hgetall(self.key("servers"))
+                .hgetall(self.key("servers:created"))
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?
+        };
+        let mut servers = records
+            .into_iter()
+            .map(|(name, text)| {
+                let record: ServerRecord = serde_json::from_str(&text).map_err(corrupt)?;
+                let created_at = created.get(&name).copied().unwrap_or(record.updated_at);
+                Ok(StoredServer {
+                    name,
+                    config: record.config,
+                    created_at: from_millis(created_at),
+                    updated_at: from_millis(record.updated_at),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        servers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(servers)
+    }
+
+    async fn put_server(&self, server: &StoredServer) -> Result<bool> {
+        let record = ServerRecord { config: server.config.clone(), updated_at: to_millis(server.updated_at) };
+        let record = serde_json::to_string(&record).expect("server records serialize");
+        let mut conn = self.conn.clone();
+        let (created, _): (i64, i64) = ::redis::pipe()
+            .atomic()
+            .hset_nx(self.key("servers:created"), &server.name, to_millis(server.created_at))
+            .hset(self.key("servers"), &server.name, record)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(created == 1)
+    }
+
+    async fn delete_server(&self, name: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let (deleted, _): (i64, i64) = ::redis::pipe()
+            .atomic()
+            .hdel(self.key("servers"), name)
+            .hdel(self.key("servers:created"), name)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(deleted == 1)
+    }
 }
 
 impl RedisStore {
     async fn store_key(&self, op: &str, key: &ApiKey, secret_hash: &str) -> Result<bool> {
         let scopes = serde_json::to_string(&key.scopes).expect("scopes serialize");
+        let servers = key.servers.as_ref().map(|s| serde_json::to_string(s).expect("server names serialize"));
         let reply = self
             .run(&self.scripts.keys, now_millis(), |s| {
                 s.arg(op)
@@ -797,7 +862,8 @@ impl RedisStore {
                     .arg(&scopes)
                     .arg(to_millis(key.created_at))
                     .arg(key.revoked_at.map(|t| to_millis(t).to_string()).unwrap_or_default())
-                    .arg(secret_hash);
+                    .arg(secret_hash)
+                    .arg(servers.as_deref().unwrap_or_default());
             })
             .await?;
         Ok(int(&reply)? == 1)

@@ -1,0 +1,404 @@
+//! The MCP server behind every exposed endpoint: upstream tools from the
+//! registry (all of them namespaced, or one server's unprefixed), Orch's own
+//! tools and the `job://{id}` resource, and `tools/list_changed` forwarding.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+use orch_mcp::RegistryEvent;
+use orch_mcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject,
+    ListResourceTemplatesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
+    Tool,
+};
+use orch_store::{JobKind, JobStatus};
+use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::jobs::{self, BatchJobRequest, ChatJobRequest, JobOptions, JobView};
+
+/// Which tools an endpoint shows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Every server's tools as `server<sep>tool`, plus Orch's own tools (`/mcp`, `orch mcp`).
+    Aggregate,
+    /// One server's tools under their own names (`/mcp/{server}`, `/sse/{server}`).
+    Server(String),
+}
+
+/// One MCP session's handler. rmcp makes one per session and drops it when
+/// the session ends, which stops its list_changed forwarder.
+pub struct OrchMcp {
+    state: AppState,
+    scope: Scope,
+    forwarder: Mutex<Option<DropGuard>>,
+}
+
+impl OrchMcp {
+    pub fn new(state: AppState, scope: Scope) -> OrchMcp {
+        OrchMcp { state, scope, forwarder: Mutex::default() }
+    }
+
+    /// The upstream tools this endpoint shows to this key.
+    fn upstream_tools(&self, principal: Option<&Principal>) -> Vec<Tool> {
+        self.state
+            .registry
+            .tools()
+            .into_iter()
+            .filter(|entry| principal.is_none_or(|p| p.may_use_server(&entry.server)))
+            .filter_map(|entry| match &self.scope {
+                Scope::Aggregate => {
+                    let mut tool = entry.tool;
+                    tool.name = entry.name.into();
+                    Some(tool)
+                }
+                Scope::Server(server) => (entry.server == *server).then_some(entry.tool),
+            })
+            .collect()
+    }
+
+    async fn call_upstream(
+        &self,
+        name: &str,
+        arguments: Option<JsonObject>,
+        principal: Option<&Principal>,
+        cancel: CancellationToken,
+    ) -> Result<CallToolResult, ErrorData> {
+        if self.scope == Scope::Aggregate
+            && let Ok((server, _)) = self.state.registry.resolve(name)
+            && let Err(err) = require_server(principal, server)
+        {
+            return Err(ErrorData::invalid_params(err.message, err.details));
+        }
+        // The client's `notifications/cancelled` cancels `cancel`; the registry
+        // then abandons the call and cancels it upstream too.
+        let options = orch_mcp::CallOptions { timeout: None, cancel: Some(cancel) };
+        let result = match &self.scope {
+            Scope::Aggregate => self.state.registry.call(name, arguments, options).await,
+            Scope::Server(server) => self.state.registry.call_tool(server, name, arguments, options).await,
+        };
+        match result {
+            Ok(result) => Ok(result),
+            // A name the client should not have sent is a protocol error ...
+            Err(
+                err @ (orch_mcp::Error::UnknownServer { .. }
+                | orch_mcp::Error::UnknownTool { .. }
+                | orch_mcp::Error::BadToolName { .. }),
+            ) => Err(ErrorData::invalid_params(err.to_string(), None)),
+            // ... while a failing server is a tool error the model gets to read.
+            Err(err) => Ok(CallToolResult::error(vec![ContentBlock::text(err.to_string())])),
+        }
+    }
+
+    async fn call_own(&self, name: &str, arguments: JsonObject, principal: Option<&Principal>) -> CallToolResult {
+        let outcome = match name {
+            SUBMIT_JOB => self.submit_job(arguments, principal).await,
+            GET_JOB => self.get_job(arguments, principal).await,
+            _ => Ok(list_servers(&self.state, principal)),
+        };
+        match outcome {
+            Ok(value) => CallToolResult::structured(value),
+            Err(err) => CallToolResult::error(vec![ContentBlock::text(error_text(&err))]),
+        }
+    }
+
+    async fn submit_job(&self, mut arguments: JsonObject, principal: Option<&Principal>) -> Result<Value, ApiError> {
+        require(principal, "jobs:write")?;
+        let kind = match arguments.remove("kind") {
+            Some(Value::String(kind)) if kind == "chat" => JobKind::Chat,
+            Some(Value::String(kind)) if kind == "batch" => JobKind::Batch,
+            other => {
+                return Err(ApiError::invalid_field(
+                    "kind",
+                    format!("must be \"chat\" or \"batch\"; got {}", other.unwrap_or(Value::Null)),
+                ));
+            }
+        };
+        // Parsed exactly as the REST bodies are, so errors name the same fields.
+        let raw = serde_json::to_vec(&arguments).map_err(ApiError::internal)?;
+        let (input, metadata, max_attempts) = match kind {
+            JobKind::Chat => {
+                let req: ChatJobRequest = crate::json::parse(&raw)?;
+                (jobs::chat_input(&req)?, req.metadata, req.max_attempts)
+            }
+            JobKind::Batch => {
+                let req: BatchJobRequest = crate::json::parse(&raw)?;
+                (jobs::batch_input(&req)?, req.metadata, req.max_attempts)
+            }
+        };
+        let options = JobOptions { metadata: &metadata, max_attempts };
+        // MCP has no Idempotency-Key header; a retried tool call makes a new job.
+        let (accepted, _) = jobs::submit_job(&self.state, kind, input, options, || Ok(None)).await?;
+        Ok(json!(accepted))
+    }
+
+    async fn get_job(&self, arguments: JsonObject, principal: Option<&Principal>) -> Result<Value, ApiError> {
+        require(principal, "jobs:read")?;
+        let id = arguments
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::invalid_field("id", "give the job id that submit_job returned"))?;
+        job_json(&self.state, id).await
+    }
+
+    fn start_forwarding(&self, peer: rmcp::Peer<RoleServer>) {
+        let stop = CancellationToken::new();
+        let mut events = self.state.registry.subscribe();
+        let scope = self.scope.clone();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = stopped.cancelled() => return,
+                    event = events.recv() => event,
+                };
+                let relevant = match event {
+                    Ok(RegistryEvent::ToolsChanged { server }) => match &scope {
+                        Scope::Aggregate => true,
+                        Scope::Server(name) => *name == server,
+                    },
+                    Ok(RegistryEvent::ServerState { .. }) => false,
+                    // Missed events may have been tool changes: say so, to be safe.
+                    Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => return,
+                };
+                if relevant && peer.notify_tool_list_changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        *self.forwarder.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop.drop_guard());
+    }
+}
+
+const SUBMIT_JOB: &str = "submit_job";
+const GET_JOB: &str = "get_job";
+const LIST_SERVERS: &str = "list_servers";
+const OWN_TOOLS: [&str; 3] = [SUBMIT_JOB, GET_JOB, LIST_SERVERS];
+
+fn schema(value: Value) -> Arc<JsonObject> {
+    match value {
+        Value::Object(map) => Arc::new(map),
+        _ => unreachable!("schemas are object literals"),
+    }
+}
+
+fn own_tools() -> Vec<Tool> {
+    vec![
+        Tool::new(
+            SUBMIT_JOB,
+            "Queue an Orch job and return its id and URLs. `kind` is \"chat\" (with `prompt` or `messages`, \
+             as POST /v1/jobs/chat) or \"batch\" (with `plan`, as POST /v1/jobs/batch). Follow it with get_job.",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "kind": {"type": "string", "enum": ["chat", "batch"]},
+                    "prompt": {"type": "string", "description": "chat: a single user message"},
+                    "messages": {
+                        "type": "array",
+                        "description": "chat: the conversation so far",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "role": {"type": "string", "enum": ["system", "user", "assistant"]},
+                                "content": {"type": "string"}
+                            },
+                            "required": ["role", "content"]
+                        }
+                    },
+                    "system": {"type": "string", "description": "chat: system prompt"},
+                    "model": {"type": "string", "description": "chat: model to run the turn on"},
+                    "plan": {"type": "object", "description": "batch: a plan of nodes, as in POST /v1/jobs/batch"},
+                    "metadata": {"type": "object", "description": "returned with the job as given"},
+                    "max_attempts": {"type": "integer", "minimum": 1, "maximum": jobs::MAX_ATTEMPTS}
+                },
+                "required": ["kind"]
+            })),
+        ),
+        Tool::new(
+            GET_JOB,
+            "A job's status (queued, running, succeeded, failed, cancelled), progress and error; \
+             with its result once it succeeded.",
+            schema(json!({
+                "type": "object",
+                "properties": {"id": {"type": "string", "description": "the id submit_job returned"}},
+                "required": ["id"]
+            })),
+        ),
+        Tool::new(
+            LIST_SERVERS,
+            "The MCP servers Orch is connected to: state, tool count, latency and last error.",
+            schema(json!({"type": "object", "properties": {}})),
+        ),
+    ]
+}
+
+/// 403 unless the key has `scope`; calls over stdio have no key and run as
+/// whoever started `orch mcp`.
+fn require(principal: Option<&Principal>, scope: &str) -> Result<(), ApiError> {
+    principal.map_or(Ok(()), |p| p.require(scope))
+}
+
+/// 403 unless the key may use `server` (keys can be limited to some servers).
+fn require_server(principal: Option<&Principal>, server: &str) -> Result<(), ApiError> {
+    principal.map_or(Ok(()), |p| p.require_server(server))
+}
+
+/// The key the HTTP layer authenticated, which it put in the request's extensions.
+fn principal(extensions: &rmcp::model::Extensions) -> Option<Principal> {
+    extensions.get::<axum::http::request::Parts>().and_then(|parts| parts.extensions.get::<Principal>()).cloned()
+}
+
+/// The API's error body, so MCP clients read the same messages as REST callers.
+fn error_text(err: &ApiError) -> String {
+    let mut error = json!({"code": err.code, "message": err.message});
+    if let Some(details) = &err.details {
+        error["details"] = details.clone();
+    }
+    json!({ "error": error }).to_string()
+}
+
+async fn job_json(state: &AppState, id: &str) -> Result<Value, ApiError> {
+    let job = jobs::load(state, id).await?;
+    let result = if job.status == JobStatus::Succeeded { state.store.get_result(job.id).await? } else { None };
+    let mut value = json!(JobView::from(job));
+    if let Some(result) = result {
+        value["result"] = result;
+    }
+    Ok(value)
+}
+
+fn list_servers(state: &AppState, principal: Option<&Principal>) -> Value {
+    let servers: Vec<Value> = state
+        .registry
+        .status()
+        .into_iter()
+        .filter(|s| principal.is_none_or(|p| p.may_use_server(&s.name)))
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "transport": s.transport,
+                "state": s.state,
+                "tools": s.tools,
+                "latency_ms": s.latency.map(|l| l.as_secs_f64() * 1000.0),
+                "last_error": s.last_error,
+                "connections": s.connections.len(),
+                "restarts": s.restarts,
+            })
+        })
+        .collect();
+    json!({ "servers": servers })
+}
+
+const JOB_URI: &str = "job://";
+
+impl ServerHandler for OrchMcp {
+    fn get_info(&self) -> ServerConfig {
+        let tools = ServerCapabilities::builder().enable_tools().enable_tool_list_changed();
+        let instructions = match &self.scope {
+            Scope::Aggregate => {
+                "Tools of every MCP server Orch is connected to, named <server><separator><tool>, plus Orch's \
+                 own: submit_job, get_job, list_servers. Jobs are also readable as job://{id} resources."
+                    .to_owned()
+            }
+            Scope::Server(server) => format!("The tools of the MCP server `{server}`, through Orch."),
+        };
+        let capabilities =
+            if self.scope == Scope::Aggregate { tools.enable_resources().build() } else { tools.build() };
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("orch", env!("CARGO_PKG_VERSION")))
+            .with_instructions(instructions)
+    }
+
+    // 2026-07-28 serves HTTP statelessly and sends list_changed only inside
+    // `subscriptions/listen`; the session-based revisions let us push it to
+    // every connected client, which is what the gateway promises. Clients that
+    // prefer 2026-07-28 fall back to `initialize`.
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::LATEST_WITH_INITIALIZE))
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        self.start_forwarding(context.peer);
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let principal = principal(&context.extensions);
+        let mut tools = self.upstream_tools(principal.as_ref());
+        if self.scope == Scope::Aggregate {
+            tools.extend(own_tools());
+        }
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.as_ref();
+        let principal = principal(&context.extensions);
+        if self.scope == Scope::Aggregate && OWN_TOOLS.contains(&name) {
+            let arguments = request.arguments.unwrap_or_default();
+            return Ok(self.call_own(name, arguments, principal.as_ref()).await.into());
+        }
+        Ok(self.call_upstream(name, request.arguments, principal.as_ref(), context.ct).await?.into())
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let templates = match self.scope {
+            Scope::Aggregate => vec![
+                ResourceTemplate::new(format!("{JOB_URI}{{id}}"), "job")
+                    .with_description("An Orch job: status, progress, error, and its result once it succeeded")
+                    .with_mime_type("application/json"),
+            ],
+            Scope::Server(_) => Vec::new(),
+        };
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let id = match (&self.scope, request.uri.strip_prefix(JOB_URI)) {
+            (Scope::Aggregate, Some(id)) => id,
+            _ => {
+                return Err(ErrorData::resource_not_found(
+                    format!("no resource {}; Orch serves job://{{id}}", request.uri),
+                    None,
+                ));
+            }
+        };
+        let principal = principal(&context.extensions);
+        let job = async {
+            require(principal.as_ref(), "jobs:read")?;
+            job_json(&self.state, id).await
+        }
+        .await
+        .map_err(|err| ErrorData::resource_not_found(err.message, err.details))?;
+        let contents = ResourceContents::TextResourceContents {
+            uri: request.uri.clone(),
+            mime_type: Some("application/json".into()),
+            text: job.to_string(),
+            meta: None,
+        };
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}

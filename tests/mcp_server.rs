@@ -1,0 +1,296 @@
+//! Orch as an MCP server, driven by real clients against the project's
+//! `orch-mcp-test-server` behind the registry: rmcp's streamable-HTTP client on
+//! `/mcp` and `/mcp/{server}`, orch-mcp's SSE client on `/sse/{server}`, and
+//! `orch mcp` spawned over stdio. Tool lists, upstream calls, Orch's own tools,
+//! auth, cancellation forwarded upstream, and `tools/list_changed` forwarding.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use orch_api::servers::McpSettings;
+use orch_mcp::model::{CallToolRequestParams, CallToolResult, ReadResourceRequestParams, ResourceContents};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use support::{Backend, Options, TestApp, make_key, spawn_app_with};
+use tokio::sync::mpsc;
+
+/// The orch-mcp test server, built beside this test binary (scripts/test
+/// builds it; so does `cargo test --workspace`).
+fn test_server() -> String {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/orch-mcp-test-server
+    let path = exe.parent().and_then(Path::parent).unwrap().join("orch-mcp-test-server");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p orch-mcp --bin orch-mcp-test-server` (scripts/test does)",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+/// The app (with a worker) and an mcp-config.json with the test server as `t`.
+async fn app(backend: Backend) -> (TestApp, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mcp-config.json");
+    let config = json!({"mcpServers": {"t": {"command": test_server(), "timeout": 30}}});
+    std::fs::write(&file, config.to_string()).unwrap();
+    let mcp = McpSettings { file: Some(file.clone()), allow_api_stdio: false };
+    (spawn_app_with(backend, Options { mcp, ..Default::default() }).await, dir, file)
+}
+
+/// A client that reports each `notifications/tools/list_changed`.
+struct Watcher {
+    changed: mpsc::UnboundedSender<()>,
+}
+
+impl ClientHandler for Watcher {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.changed.send(());
+    }
+}
+
+type Client = RunningService<RoleClient, Watcher>;
+
+async fn connect<T, E, A>(transport: T) -> (Client, mpsc::UnboundedReceiver<()>)
+where
+    T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let (changed, rx) = mpsc::unbounded_channel();
+    let client = tokio::time::timeout(Duration::from_secs(30), Watcher { changed }.serve(transport))
+        .await
+        .expect("the MCP handshake finishes within 30s")
+        .expect("the MCP handshake succeeds");
+    (client, rx)
+}
+
+async fn http_client(app: &TestApp, path: &str, key: &str) -> (Client, mpsc::UnboundedReceiver<()>) {
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{}{path}", app.base)).auth_header(key);
+    connect(StreamableHttpClientTransport::with_client(reqwest::Client::new(), config)).await
+}
+
+async fn names(client: &Client) -> Vec<String> {
+    let mut names: Vec<String> =
+        client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.into_owned()).collect();
+    names.sort();
+    names
+}
+
+async fn call(client: &Client, name: &str, arguments: Value) -> CallToolResult {
+    let Value::Object(arguments) = arguments else { panic!("arguments must be an object") };
+    client.call_tool(CallToolRequestParams::new(name.to_owned()).with_arguments(arguments)).await.unwrap()
+}
+
+fn text(result: &CallToolResult) -> String {
+    serde_json::to_value(result).unwrap()["content"][0]["text"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The JSON a tool answered (Orch's own tools answer structured content).
+fn structured(result: &CallToolResult) -> Value {
+    assert_ne!(result.is_error, Some(true), "tool failed: {}", text(result));
+    result.structured_content.clone().expect("structured content")
+}
+
+/// Submits a chat job with `submit_job`, then polls `get_job` until it succeeded.
+async fn run_job(client: &Client) -> Value {
+    let accepted = structured(&call(client, "submit_job", json!({"kind": "chat", "prompt": "hello over MCP"})).await);
+    let id = accepted["id"].as_str().expect("a job id").to_owned();
+    assert_eq!(accepted["status_url"], format!("/v1/jobs/{id}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = structured(&call(client, "get_job", json!({"id": id})).await);
+        if job["status"] == "succeeded" {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} did not succeed within 30s: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const UPSTREAM: [&str; 7] = ["add_tool", "echo", "exit", "fail_n_times", "pid", "sleep", "stats"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_serves_namespaced_tools_and_orchs_own() {
+    let (app, _dir, _) = app(Backend::Sqlite).await;
+    let key = make_key(app.store.as_ref(), &["tools:call", "jobs:read", "jobs:write"]).await;
+    let (client, _) = http_client(&app, "/mcp", &key).await;
+
+    let mut expected: Vec<String> = UPSTREAM.iter().map(|t| format!("t.{t}")).collect();
+    expected.extend(["get_job", "list_servers", "submit_job"].map(String::from));
+    expected.sort();
+    assert_eq!(names(&client).await, expected);
+
+    assert_eq!(text(&call(&client, "t.echo", json!({"message": "through /mcp"})).await), "through /mcp");
+    let servers = structured(&call(&client, "list_servers", json!({})).await);
+    assert_eq!(servers["servers"][0]["name"], "t");
+    assert_eq!(servers["servers"][0]["tools"], 7);
+
+    let job = run_job(&client).await;
+    assert_eq!(job["kind"], "chat");
+    assert!(job["result"].to_string().contains("hello over MCP"), "{job}");
+
+    // The job is a resource too.
+    let uri = format!("job://{}", job["id"].as_str().unwrap());
+    let read = client.read_resource(ReadResourceRequestParams::new(uri)).await.unwrap();
+    let ResourceContents::TextResourceContents { text: contents, .. } = &read.contents[0] else {
+        panic!("text contents")
+    };
+    assert_eq!(serde_json::from_str::<Value>(contents).unwrap()["status"], "succeeded");
+
+    // Bad input is a tool error with the API's message, naming the field.
+    let bad = call(&client, "submit_job", json!({"kind": "batch", "plan": {"nodes": []}, "extra": 1})).await;
+    assert_eq!(bad.is_error, Some(true));
+    let error: Value = serde_json::from_str(&text(&bad)).unwrap();
+    assert_eq!(error["error"]["code"], "invalid_field", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().starts_with("extra: unknown field"), "{error}");
+
+    // An unknown upstream tool is a protocol error.
+    let unknown = CallToolRequestParams::new("t.nope").with_arguments(Default::default());
+    assert!(client.call_tool(unknown).await.is_err());
+    client.cancel().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_endpoint_serves_its_tools_unprefixed() {
+    let (app, _dir, _) = app(Backend::Sqlite).await;
+    let (client, _) = http_client(&app, "/mcp/t", &app.admin).await;
+    assert_eq!(names(&client).await, UPSTREAM);
+    assert_eq!(text(&call(&client, "echo", json!({"message": "through /mcp/t"})).await), "through /mcp/t");
+    let failed = call(&client, "fail_n_times", json!({"key": "k", "n": 1})).await;
+    assert_eq!((failed.is_error, text(&failed)), (Some(true), "failure 1 of 1".to_owned()));
+    client.cancel().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_sse_endpoint_serves_one_server() {
+    let (app, _dir, _) = app(Backend::Sqlite).await;
+    let mut headers = HeaderMap::new();
+    headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {}", app.admin)).unwrap());
+    let url = format!("{}/sse/t", app.base);
+    let transport =
+        orch_mcp::sse::SseClientTransport::connect(reqwest::Client::new(), &url, headers, Duration::from_secs(10))
+            .await
+            .expect("the SSE stream opens with an endpoint event");
+    assert_eq!(transport.endpoint().path(), "/sse/t/messages");
+    let (client, _) = connect(transport).await;
+    assert_eq!(names(&client).await, UPSTREAM);
+    assert_eq!(text(&call(&client, "echo", json!({"message": "through SSE"})).await), "through SSE");
+    client.cancel().await.unwrap();
+
+    let gone = app.call(Method::POST, "/sse/t/messages?session_id=nope", Some(&app.admin), Some(json!({}))).await;
+    assert_eq!((gone.status, gone.body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_session")));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoints_need_a_key_with_tools_call() {
+    let (app, _dir, _) = app(Backend::Sqlite).await;
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "curl", "version": "1"}}});
+    for path in ["/mcp", "/mcp/t", "/sse/t", "/sse/t/messages?session_id=x"] {
+        let method = if path == "/sse/t" { Method::GET } else { Method::POST };
+        let reply = app.call(method, path, None, Some(initialize.clone())).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(reply.body["error"]["code"], "unauthorized", "{path}");
+    }
+    let reader = make_key(app.store.as_ref(), &["jobs:read"]).await;
+    let reply = app.call(Method::POST, "/mcp", Some(&reader), Some(initialize.clone())).await;
+    assert_eq!((reply.status, reply.body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("missing_scope")));
+
+    // A key limited to other servers cannot reach this one.
+    let mut limited = orch_api::auth::new_key("limited", &["tools:call".into()]).unwrap();
+    limited.key.servers = Some(vec!["other".into()]);
+    app.store.create_key(&limited.key, &limited.hash).await.unwrap();
+    let reply = app.call(Method::POST, "/mcp/t", Some(&limited.secret), Some(initialize.clone())).await;
+    assert_eq!(reply.body["error"]["code"], "server_not_allowed", "{}", reply.body);
+    let (client, _) = http_client(&app, "/mcp", &limited.secret).await;
+    assert_eq!(names(&client).await, ["get_job", "list_servers", "submit_job"]);
+    client.cancel().await.unwrap();
+
+    let reply = app.call(Method::POST, "/mcp/ghost", Some(&app.admin), Some(initialize)).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hear_when_a_servers_tools_change() {
+    let (app, _dir, _) = app(Backend::Sqlite).await;
+    let (aggregate, mut aggregate_changed) = http_client(&app, "/mcp", &app.admin).await;
+    let (single, mut single_changed) = http_client(&app, "/mcp/t", &app.admin).await;
+
+    // The test server adds a tool and sends list_changed upstream; the
+    // registry relists and every connected client is told.
+    assert_eq!(text(&call(&aggregate, "t.add_tool", json!({"name": "extra"})).await), "added extra");
+    for changed in [&mut aggregate_changed, &mut single_changed] {
+        tokio::time::timeout(Duration::from_secs(10), changed.recv())
+            .await
+            .expect("notifications/tools/list_changed within 10s");
+    }
+    assert!(names(&aggregate).await.contains(&"t.extra".to_owned()));
+    assert!(names(&single).await.contains(&"extra".to_owned()));
+    aggregate.cancel().await.unwrap();
+    single.cancel().await.unwrap();
+    app.stop().await;
+}
+
+/// `orch mcp` over stdio, beside an app whose worker runs the jobs it submits
+/// (both on one Redis, as separate processes would be).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orch_mcp_serves_over_stdio() {
+    let (app, dir, config) = app(Backend::Redis).await;
+    let orch_store::StoreUrl::Redis(store) = &app.handle.url else { unreachable!("a Redis app") };
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_orch"));
+    command
+        .arg("mcp")
+        .current_dir(dir.path())
+        .env("ORCH_STORE", store)
+        .env("ORCH_MCP_CONFIG", &config)
+        .env("ORCH_LOG", "warn");
+    let (client, _) = connect(TokioChildProcess::new(command).unwrap()).await;
+
+    let listed = names(&client).await;
+    assert!(listed.contains(&"t.echo".to_owned()) && listed.contains(&"submit_job".to_owned()), "{listed:?}");
+    assert_eq!(text(&call(&client, "t.echo", json!({"message": "through stdio"})).await), "through stdio");
+    let job = run_job(&client).await;
+    assert_eq!(job["status"], "succeeded");
+    client.cancel().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_is_cancelled_upstream() {
+    use orch_mcp::model::{CallToolRequest, ClientRequest};
+    let (app, _dir, _) = app(Backend::Sqlite).await;
+    let (client, _) = http_client(&app, "/mcp", &app.admin).await;
+    let Value::Object(arguments) = json!({"ms": 20_000}) else { unreachable!() };
+    let sleep = CallToolRequest::new(CallToolRequestParams::new("t.sleep").with_arguments(arguments));
+    let handle = client
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(sleep),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle.cancel(Some("changed my mind".into())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats: Value = serde_json::from_str(&text(&call(&client, "t.stats", json!({})).await)).unwrap();
+        if stats["cancelled"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the test server never saw the cancellation: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.cancel().await.unwrap();
+    app.stop().await;
+}
