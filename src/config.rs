@@ -63,8 +63,8 @@ pub struct ApiArgs {
     pub mcp_separator: Option<String>,
     /// Let admins register stdio MCP servers (commands run on this host) through the API:
     /// true or false [default: false].
-    #[arg(long, env = "ORCH_MCP_ALLOW_API_STDIO", value_name = "BOOL")]
-    pub mcp_allow_api_stdio: Option<String>,
+    #[arg(long, env = "ORCH_ALLOW_STDIO_REGISTRATION", value_name = "BOOL")]
+    pub allow_stdio_registration: Option<String>,
 }
 
 /// Settings of a worker.
@@ -111,7 +111,7 @@ struct FileConfig {
     max_attempts: Option<u32>,
     mcp_config: Option<PathBuf>,
     mcp_separator: Option<String>,
-    mcp_allow_api_stdio: Option<bool>,
+    allow_stdio_registration: Option<bool>,
     concurrency: Option<usize>,
     lease: Option<String>,
     poll_interval: Option<String>,
@@ -206,13 +206,13 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
             "ORCH_MCP_SEPARATOR (--mcp-separator): {mcp_separator:?} is not a separator; use 1 to 8 characters without spaces, e.g. . or __"
         );
     }
-    let allow_api_stdio = match api.mcp_allow_api_stdio.as_deref() {
+    let allow_api_stdio = match api.allow_stdio_registration.as_deref() {
         Some(text) => parse_bool(text).ok_or_else(|| {
             anyhow::anyhow!(
-                "ORCH_MCP_ALLOW_API_STDIO (--mcp-allow-api-stdio): {text:?} is not a boolean; allowed: true, false"
+                "ORCH_ALLOW_STDIO_REGISTRATION (--allow-stdio-registration): {text:?} is not a boolean; allowed: true, false"
             )
         })?,
-        None => file.mcp_allow_api_stdio.unwrap_or(false),
+        None => file.allow_stdio_registration.unwrap_or(false),
     };
 
     let mut w = orch_worker::WorkerConfig::new(orch_worker::worker_id());

@@ -352,7 +352,7 @@ pub struct CreateServer {
     pub name: String,
     /// The entry in the mcp-config.json format (`url`, `transportType`, `headers`, `timeout`,
     /// `autoApprove`, `disabled`, `pool`; `command`, `args`, `env`, `cwd` only when
-    /// ORCH_MCP_ALLOW_API_STDIO is on). `${VAR}` expands from Orch's environment.
+    /// ORCH_ALLOW_STDIO_REGISTRATION is on). `${VAR}` expands from Orch's environment.
     #[schema(value_type = Object)]
     pub config: Map<String, Value>,
 }
@@ -403,7 +403,7 @@ pub fn check_entry(name: &str, entry: &Value, allow_stdio: bool, separator: &str
             "stdio_not_allowed",
             format!(
                 "server `{name}` would run a command on this host (stdio); such servers come from mcp-config.json, \
-                 or from the API only when ORCH_MCP_ALLOW_API_STDIO=true. Register an HTTP server (`url`) instead"
+                 or from the API only when ORCH_ALLOW_STDIO_REGISTRATION=true. Register an HTTP server (`url`) instead"
             ),
         )
         .with_details(json!({"server": name, "field": "config.command"})));
@@ -494,7 +494,7 @@ pub async fn get_server(
 /// Register an MCP server (admin).
 ///
 /// Stored (on either store backend) and connected at once; the answer shows its
-/// first status. Only HTTP servers (`url`) unless ORCH_MCP_ALLOW_API_STDIO is on.
+/// first status. Only HTTP servers (`url`) unless ORCH_ALLOW_STDIO_REGISTRATION is on.
 #[utoipa::path(
     post, path = "/v1/servers", tag = "servers",
     request_body = CreateServer,
