@@ -13,7 +13,7 @@ pub fn fake_cli() -> PathBuf {
 }
 
 pub fn captures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/cli-captures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cli-captures")
 }
 
 pub fn outputs() -> PathBuf {
