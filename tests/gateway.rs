@@ -6,86 +6,18 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orch_api::servers::McpSettings;
+use orch_testkit::everything::{HttpServer, entry, node};
+use orch_testkit::free_port;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Backend, Options, Reply, TestApp, spawn_app_on, spawn_app_with};
+use support::{Backend, Options, Reply, TestApp, spawn_app_on, spawn_app_with, test_server};
 
 const FILE_SECRET: &str = "file-secret-7f3a";
 const HEADER_SECRET: &str = "header-secret-91bc";
-
-fn node() -> String {
-    let ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    assert!(ok, "these tests run MCP servers with Node.js: install node 20+ and put it on PATH");
-    "node".into()
-}
-
-/// server-everything's entry point, from the pinned package scripts/test installs.
-fn everything() -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("mcp/tests/servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    assert!(
-        path.exists(),
-        "{} is missing: run `(cd mcp/tests/servers && npm ci --no-audit --no-fund)` (scripts/test does)",
-        path.display()
-    );
-    path.display().to_string()
-}
-
-/// The orch-mcp test server, built beside this test binary (`cargo test
-/// --workspace` builds every binary of the workspace into the same target dir).
-fn test_server() -> String {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> → target/<profile>/orch-mcp-test-server
-    let path = exe.parent().and_then(Path::parent).unwrap().join("orch-mcp-test-server");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p orch-mcp --bin orch-mcp-test-server` (cargo test --workspace builds it)",
-        path.display()
-    );
-    path.display().to_string()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// server-everything over streamable HTTP on a free port; killed on drop.
-struct HttpEverything {
-    url: String,
-    child: Child,
-}
-
-impl HttpEverything {
-    fn start() -> HttpEverything {
-        let port = free_port();
-        let child = Command::new(node())
-            .args([everything(), "streamableHttp".into()])
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start server-everything");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "server-everything did not listen on port {port} within 30s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        HttpEverything { url: format!("http://127.0.0.1:{port}/mcp"), child }
-    }
-}
-
-impl Drop for HttpEverything {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Writes an mcp-config.json with these servers into `dir`.
 fn write_config(dir: &Path, servers: Value) -> PathBuf {
@@ -146,7 +78,7 @@ async fn pid(app: &TestApp, server: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_are_listed_searched_described_and_called() {
     let servers = json!({
-        "everything": {"command": node(), "args": [everything(), "stdio"], "timeout": 30},
+        "everything": {"command": node(), "args": [entry(), "stdio"], "timeout": 30},
         "test": test_entry(30),
         "slow": {"command": test_server(), "timeout": 1},
     });
@@ -239,10 +171,11 @@ async fn a_limited_key_sees_and_calls_only_its_servers() {
 }
 
 async fn servers_registered_through_the_api_persist(backend: Backend) {
-    let upstream = HttpEverything::start();
+    let upstream = HttpServer::start("streamableHttp");
+    let upstream_url = format!("http://127.0.0.1:{}/mcp", upstream.port);
     let (app, dir) = app_with_file(backend, json!({"test": test_entry(30)}), None).await;
 
-    let remote = json!({"transportType": "streamable-http", "url": upstream.url, "timeout": 20,
+    let remote = json!({"transportType": "streamable-http", "url": upstream_url, "timeout": 20,
         "headers": {"X-Api-Key": HEADER_SECRET}});
     let r = app.post("/v1/servers", json!({"name": "remote", "config": remote})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -253,12 +186,12 @@ async fn servers_registered_through_the_api_persist(backend: Backend) {
     assert!(text(&sum).contains("42"), "{}", sum.body);
 
     // Rules of the API: names unique, the file's servers read-only, no stdio.
-    let r = app.post("/v1/servers", json!({"name": "remote", "config": {"url": upstream.url}})).await;
+    let r = app.post("/v1/servers", json!({"name": "remote", "config": {"url": upstream_url}})).await;
     assert_error(&r, StatusCode::CONFLICT, "server_exists");
     let file = dir.path().join("mcp-config.json").display().to_string();
     for r in [
-        app.post("/v1/servers", json!({"name": "test", "config": {"url": upstream.url}})).await,
-        app.call(Method::PUT, "/v1/servers/test", Some(&app.admin), Some(json!({"config": {"url": upstream.url}})))
+        app.post("/v1/servers", json!({"name": "test", "config": {"url": upstream_url}})).await,
+        app.call(Method::PUT, "/v1/servers/test", Some(&app.admin), Some(json!({"config": {"url": upstream_url}})))
             .await,
         app.call(Method::DELETE, "/v1/servers/test", Some(&app.admin), None).await,
     ] {
@@ -301,7 +234,7 @@ async fn servers_registered_through_the_api_persist(backend: Backend) {
     assert_eq!(server(&list, "test")["config"]["env"]["SECRET_TOKEN"], "<redacted>");
     assert_eq!(call(&app, &app.admin, "remote", "echo", json!({"message": "back"})).await.status, StatusCode::OK);
 
-    let changed = json!({"config": {"url": upstream.url, "timeout": 40, "headers": {"X-Api-Key": HEADER_SECRET}}});
+    let changed = json!({"config": {"url": upstream_url, "timeout": 40, "headers": {"X-Api-Key": HEADER_SECRET}}});
     let r = app.call(Method::PUT, "/v1/servers/remote", Some(&app.admin), Some(changed)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["config"]["timeout"], 40);

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use orch_api::servers::McpSettings;
@@ -18,22 +18,8 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
-use support::{Backend, Options, TestApp, make_key, spawn_app_with};
+use support::{Backend, Options, TestApp, make_key, spawn_app_with, test_server};
 use tokio::sync::mpsc;
-
-/// The orch-mcp test server, built beside this test binary (scripts/test
-/// builds it; so does `cargo test --workspace`).
-fn test_server() -> String {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> → target/<profile>/orch-mcp-test-server
-    let path = exe.parent().and_then(Path::parent).unwrap().join("orch-mcp-test-server");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p orch-mcp --bin orch-mcp-test-server` (scripts/test does)",
-        path.display()
-    );
-    path.display().to_string()
-}
 
 /// The app (with a worker) and an mcp-config.json with the test server as `t`.
 async fn app(backend: Backend) -> (TestApp, tempfile::TempDir, PathBuf) {

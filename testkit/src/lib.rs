@@ -78,3 +78,69 @@ impl Drop for RedisServer {
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// The reference MCP server `@modelcontextprotocol/server-everything`, from the
+/// npm package pinned in `mcp/tests/servers` (the README's test command installs
+/// it). Missing Node.js or a missing package fails the test loudly.
+pub mod everything {
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// The `node` command, after checking it runs.
+    pub fn node() -> String {
+        let ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+        assert!(ok, "these tests run MCP servers with Node.js: install node 20+ and put it on PATH");
+        "node".into()
+    }
+
+    /// server-everything's entry point.
+    pub fn entry() -> String {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../mcp/tests/servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+        assert!(
+            path.exists(),
+            "{} is missing: run `(cd mcp/tests/servers && npm ci --no-audit --no-fund)` (scripts/test does)",
+            path.display()
+        );
+        path.display().to_string()
+    }
+
+    /// server-everything in an HTTP mode (`sse` or `streamableHttp`); killed on drop.
+    pub struct HttpServer {
+        pub port: u16,
+        child: Child,
+    }
+
+    impl HttpServer {
+        /// On a free port.
+        pub fn start(mode: &str) -> HttpServer {
+            HttpServer::start_on(mode, super::free_port())
+        }
+
+        /// On `port`, once it listens.
+        pub fn start_on(mode: &str, port: u16) -> HttpServer {
+            let child = Command::new(node())
+                .arg(entry())
+                .arg(mode)
+                .env("PORT", port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start server-everything");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "server-everything {mode} did not listen on port {port} within 30s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            HttpServer { port, child }
+        }
+    }
+
+    impl Drop for HttpServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

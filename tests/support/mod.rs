@@ -264,3 +264,17 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// The orch-mcp test server, built beside this test binary (scripts/test
+/// builds it; so does `cargo test --workspace`).
+pub fn test_server() -> String {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/orch-mcp-test-server
+    let path = exe.parent().and_then(std::path::Path::parent).unwrap().join("orch-mcp-test-server");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p orch-mcp --bin orch-mcp-test-server` (scripts/test does)",
+        path.display()
+    );
+    path.display().to_string()
+}

@@ -4,9 +4,6 @@
 
 #![allow(dead_code)] // Each test binary uses a different part.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orch_mcp::config::{self, Parsed};
@@ -17,22 +14,12 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("orch_mcp=debug,rmcp=warn").try_init();
 }
 
-pub fn node() -> String {
-    let ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    assert!(ok, "these tests run MCP servers with Node.js: install node 20+ and put it on PATH");
-    "node".into()
-}
+pub use orch_testkit::everything::{HttpServer, node};
+pub use orch_testkit::free_port;
 
 /// server-everything's entry point, from the pinned package in tests/servers.
 pub fn everything() -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    assert!(
-        path.exists(),
-        "{} is missing: run `(cd mcp/tests/servers && npm ci --no-audit --no-fund)` (scripts/test does)",
-        path.display()
-    );
-    path.display().to_string()
+    orch_testkit::everything::entry()
 }
 
 /// The test server binary built from src/bin.
@@ -75,47 +62,6 @@ pub async fn start(config: McpConfig) -> Registry {
     let (registry, report) = Registry::start(config, fast_options()).await.expect("registry starts");
     assert!(report.rejected.is_empty(), "{report:?}");
     registry
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// server-everything in an HTTP mode (`sse` or `streamableHttp`) on a free
-/// port; killed on drop.
-pub struct HttpServer {
-    pub port: u16,
-    child: Child,
-}
-
-impl HttpServer {
-    pub fn start(mode: &str) -> HttpServer {
-        HttpServer::start_on(mode, free_port())
-    }
-
-    pub fn start_on(mode: &str, port: u16) -> HttpServer {
-        let child = Command::new(node())
-            .arg(everything())
-            .arg(mode)
-            .env("PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start server-everything");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "server-everything {mode} did not listen on port {port} within 30s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        HttpServer { port, child }
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Polls `check` until it returns `Some`, failing after `within`.
