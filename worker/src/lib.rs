@@ -16,6 +16,7 @@
 //! sees exactly one result.
 
 pub mod exec;
+pub mod llm;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
