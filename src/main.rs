@@ -126,14 +126,15 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
             first_key(store.as_ref()).await?;
+            let router = providers(&settings)?;
             let shutdown = shutdown_signal();
             let worker = tokio::spawn(orch_worker::run(
                 store.clone(),
-                Arc::new(orch_worker::Executors::builtin()),
+                Arc::new(orch_worker::Executors::new(router.clone())),
                 settings.worker.clone(),
                 shutdown.clone(),
             ));
-            serve_api(&settings, store, shutdown).await?;
+            serve_api(&settings, store, router, shutdown).await?;
             worker.await.context("worker task")?;
             Ok(())
         }
@@ -141,14 +142,14 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
             first_key(store.as_ref()).await?;
-            serve_api(&settings, store, shutdown_signal()).await
+            serve_api(&settings, store, providers(&settings)?, shutdown_signal()).await
         }
         Command::Worker { .. } => {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
             orch_worker::run(
                 store,
-                Arc::new(orch_worker::Executors::builtin()),
+                Arc::new(orch_worker::Executors::new(providers(&settings)?)),
                 settings.worker.clone(),
                 shutdown_signal(),
             )
@@ -216,13 +217,30 @@ async fn first_key(store: &dyn Store) -> Result<()> {
     Ok(())
 }
 
-async fn serve_api(settings: &Settings, store: Arc<dyn Store>, shutdown: CancellationToken) -> Result<()> {
+/// The configured providers and routing; says at start-up what it will not pass on.
+fn providers(settings: &Settings) -> Result<Arc<orch_providers::Router>> {
+    let router = settings.router()?;
+    for warning in router.providers().warnings() {
+        tracing::warn!("{warning}");
+    }
+    let names: Vec<&str> = router.providers().iter().map(|p| p.name()).collect();
+    tracing::info!(providers = ?names, default_model = %router.config().default_model, "chat providers");
+    Ok(Arc::new(router))
+}
+
+async fn serve_api(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    router: Arc<orch_providers::Router>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .with_context(|| format!("cannot listen on {} (ORCH_BIND / --bind)", settings.bind))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = store.backend(), "Orch API listening; Swagger UI at http://{addr}/docs");
     let mut state = orch_api::AppState::new(store, settings.api.clone());
+    state.router = router;
     state.shutdown = shutdown.clone();
     start_mcp(settings, &mut state).await?;
     let registry = state.registry.clone();

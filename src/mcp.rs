@@ -11,6 +11,7 @@ use crate::config::Settings;
 pub async fn run(settings: &Settings) -> Result<()> {
     let store = crate::open_store(settings).await?;
     let mut state = orch_api::AppState::new(store, settings.api.clone());
+    state.router = std::sync::Arc::new(settings.router()?);
     state.shutdown = crate::shutdown_signal();
     crate::start_mcp(settings, &mut state).await?;
     let registry = state.registry.clone();

@@ -160,6 +160,22 @@ fn invalid_settings_stop_start_up_naming_the_setting() {
         (&[("ORCH_LOG_FORMAT", "xml")], "allowed: text, json"),
         (&[("ORCH_LEASE", "soon")], "--lease"),
         (&[("ORCH_MAX_ATTEMPTS", "99")], "ORCH_MAX_ATTEMPTS"),
+        (
+            &[("ORCH_PROVIDER_CLAUDE_CONCURRENCY", "many")],
+            "ORCH_PROVIDER_CLAUDE_CONCURRENCY: \"many\" is not a whole number",
+        ),
+        (
+            &[("ORCH_PROVIDER_CLAUDE_CONCURRENCY", "0")],
+            "providers.claude.limits.concurrency: must be between 1 and 256",
+        ),
+        (
+            &[("ORCH_DEFAULT_MODEL", "gpt-4o")],
+            "routing.default_model: unknown model \"gpt-4o\"; configured: auto, claude",
+        ),
+        (
+            &[("ORCH_PROVIDER_CLAUDE_ENV_CLAUDE_CODE_OAUTH_TOKEN", "hunter2"), ("ORCH_CHAT_WAIT", "0s")],
+            "ORCH_CHAT_WAIT",
+        ),
     ];
     for (env, expected) in cases {
         let mut cmd = orch(dir.path(), "sqlite://orch.db");
@@ -179,6 +195,16 @@ fn invalid_settings_stop_start_up_naming_the_setting() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("orch.toml") && stderr.contains("workers"), "{stderr}");
+
+    let routing = "[providers.claude]\n[routing.table]\ncoding = ['claude', 'copilot']\n";
+    std::fs::write(dir.path().join("orch.toml"), routing).unwrap();
+    let out = orch(dir.path(), "sqlite://orch.db").arg("serve").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("routing.table.coding[1]: unknown model \"copilot\"; configured: auto, claude"),
+        "{stderr}"
+    );
 }
 
 #[test]

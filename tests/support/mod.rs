@@ -51,11 +51,20 @@ pub struct Options {
     pub mcp: McpSettings,
     /// Watch the MCP config file this often (`None`: only `POST /v1/servers/reload`).
     pub watch: Option<Duration>,
+    /// Providers and routing of the API and worker (default: [`echo_router`]).
+    pub router: Option<Arc<orch_providers::Router>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { worker: true, tweak: Box::new(|_| {}), max_body: 64 * 1024, mcp: McpSettings::default(), watch: None }
+        Options {
+            worker: true,
+            tweak: Box::new(|_| {}),
+            max_body: 64 * 1024,
+            mcp: McpSettings::default(),
+            watch: None,
+            router: None,
+        }
     }
 }
 
@@ -95,7 +104,9 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> TestApp {
 pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) -> TestApp {
     let store = handle.store.clone();
     let config = orch_api::ApiConfig { max_body: options.max_body, ..Default::default() };
+    let router = options.router.unwrap_or_else(echo_router);
     let mut state = orch_api::AppState::new(store.clone(), config);
+    state.router = router.clone();
     state.mcp = Arc::new(McpSources::new(options.mcp));
     state.mcp.reload(store.as_ref(), &state.registry).await.expect("MCP servers load");
     let shutdown = CancellationToken::new();
@@ -114,9 +125,26 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     let worker = options.worker.then(|| {
         let mut config = quick_worker();
         (options.tweak)(&mut config);
-        tokio::spawn(orch_worker::run(store.clone(), Arc::new(Executors::builtin()), config, shutdown.clone()))
+        tokio::spawn(orch_worker::run(store.clone(), Arc::new(Executors::new(router)), config, shutdown.clone()))
     });
     TestApp { base, admin, client: reqwest::Client::new(), store, handle, shutdown, worker, registry }
+}
+
+/// One provider, `echo`: a generic `cli` provider running /bin/echo, so the
+/// answer is the prompt. The default model of test apps.
+pub fn echo_router() -> Arc<orch_providers::Router> {
+    router(
+        "[echo]\nkind = 'cli'\ncommand = '/bin/echo'\nargs = ['{prompt}']\noutput = { format = 'text' }\n",
+        "default_model = 'echo'\n",
+    )
+}
+
+/// A router from `[providers]` and `[routing]` bodies; provider state in a fresh temporary dir.
+pub fn router(providers: &str, routing: &str) -> Arc<orch_providers::Router> {
+    let providers: orch_providers::ProvidersConfig = toml::from_str(providers).expect("providers TOML");
+    let routing: orch_providers::RoutingConfig = toml::from_str(routing).expect("routing TOML");
+    let dir = tempfile::tempdir().unwrap().keep();
+    Arc::new(orch_providers::Router::from_config(&providers, routing, &dir).expect("valid providers"))
 }
 
 /// Creates a key with `scopes` straight in the store; returns its secret.
