@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod doctor;
 mod mcp;
 
 use std::io::Write;
@@ -47,6 +48,12 @@ enum Command {
     /// A stdio MCP server with every MCP server's tools plus Orch's own (for Claude Desktop,
     /// Cursor, Cline); logs go to stderr.
     Mcp {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Check the store, each provider's CLI and credentials, and each MCP server; say how to
+    /// fix what fails (exit status 1 when something does).
+    Doctor {
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -110,6 +117,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Api { api } => (api, &no_worker),
         Command::Worker { worker } => (&no_api, worker),
         Command::Mcp { api } => (api, &no_worker),
+        Command::Doctor { api } => (api, &no_worker),
         _ => (&no_api, &no_worker),
     };
     let settings = config::resolve(&cli.global, api, worker)?;
@@ -117,6 +125,15 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Mcp { .. } => {
             init_logging(&settings)?;
             mcp::run(&settings).await
+        }
+        Command::Doctor { .. } => {
+            // The report says what failed; log lines would only repeat it.
+            tracing_subscriber::fmt().with_env_filter("off").with_writer(std::io::stderr).init();
+            if doctor::run(&settings).await? {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("orch doctor found problems (above)"))
+            }
         }
         Command::Openapi => {
             print!("{}", orch_api::openapi_json());

@@ -189,8 +189,10 @@ impl ProvidersConfig {
 
 /// Fields settable as `ORCH_PROVIDER_<NAME>_<FIELD>`, longest first so
 /// `DEFAULT_MODEL` wins over a name ending in `DEFAULT`.
-const ENV_FIELDS: [&str; 11] = [
+const ENV_FIELDS: [&str; 13] = [
     "OUTPUT_CAP_BYTES",
+    "OUTPUT_FORMAT",
+    "OUTPUT_TEXT",
     "COOLDOWN_SECS",
     "DEFAULT_MODEL",
     "TIMEOUT_SECS",
@@ -207,6 +209,7 @@ impl ProvidersConfig {
     /// Applies `ORCH_PROVIDER_<NAME>_<FIELD>` variables over the file's
     /// settings: COMMAND, ARGS (a JSON array, or words split on spaces),
     /// MODELS (comma-separated), DEFAULT_MODEL, KIND, HOME, PTY (true/false),
+    /// OUTPUT_FORMAT (text, json, jsonl, stream-json), OUTPUT_TEXT (the answer's path),
     /// CONCURRENCY, TIMEOUT_SECS, OUTPUT_CAP_BYTES, COOLDOWN_SECS, and
     /// `ENV_<VAR>` for a variable of the CLI's environment. `<NAME>` is the
     /// provider's name in capitals with `-` as `_`; an unknown name adds a
@@ -266,6 +269,24 @@ impl ProvidersConfig {
                     .ok_or_else(|| format!("{value:?} is not a kind; allowed: claude, gemini, codex, qwen, cli")),
                 "HOME" => {
                     config.home = Some(value.clone().into());
+                    Ok(())
+                }
+                "OUTPUT_FORMAT" => {
+                    let format =
+                        [OutputFormat::Text, OutputFormat::Json, OutputFormat::Jsonl, OutputFormat::StreamJson]
+                            .into_iter()
+                            .find(|f| f.name() == value)
+                            .ok_or_else(|| {
+                                format!("{value:?} is not a format; allowed: text, json, jsonl, stream-json")
+                            });
+                    format.map(|format| {
+                        let text = config.output.take().and_then(|o| o.text);
+                        config.output = Some(OutputConfig { format, text });
+                    })
+                }
+                "OUTPUT_TEXT" => {
+                    let format = config.output.as_ref().map_or(OutputFormat::Json, |o| o.format);
+                    config.output = Some(OutputConfig { format, text: Some(value.clone()) });
                     Ok(())
                 }
                 "PTY" => match value.as_str() {
@@ -485,6 +506,8 @@ mod tests {
             ("ORCH_PROVIDER_CLAUDE_CONCURRENCY", "4"),
             ("ORCH_PROVIDER_CLAUDE_ENV_CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat-x"),
             ("ORCH_PROVIDER_MY_CLI_ARGS", "[\"--say\", \"{prompt}\"]"),
+            ("ORCH_PROVIDER_MY_CLI_OUTPUT_FORMAT", "json"),
+            ("ORCH_PROVIDER_MY_CLI_OUTPUT_TEXT", "answer.text"),
             ("ORCH_PROVIDER_WORK_KIND", "gemini"),
             ("ORCH_PROVIDER_WORK_TIMEOUT_SECS", "30"),
             ("ORCH_BIND", "ignored"),
@@ -497,6 +520,8 @@ mod tests {
         assert_eq!(claude.limits.concurrency, 4);
         assert_eq!(claude.env.0["CLAUDE_CODE_OAUTH_TOKEN"], "sk-ant-oat-x");
         assert_eq!(config.0["my-cli"].args, ["--say", "{prompt}"]);
+        let output = config.0["my-cli"].output.clone().unwrap();
+        assert_eq!((output.format, output.text.as_deref()), (OutputFormat::Json, Some("answer.text")));
         assert_eq!(config.0["work"].kind, Some(ProviderKind::Gemini));
         assert_eq!(config.0["work"].limits.timeout_secs, 30);
         config.validate().unwrap();
