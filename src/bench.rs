@@ -35,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 pub enum BenchCommand {
     /// Queue drain rate per backend, HTTP submission rate and latency, peak memory.
     Queue(QueueArgs),
+    /// Orch's own overhead per chat turn: latency, turns/s, memory per running turn.
+    Chat(crate::bench_chat::ChatArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +100,7 @@ pub struct QueueArgs {
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Queue(args) => queue(args).await,
+        BenchCommand::Chat(args) => crate::bench_chat::chat(args).await,
     }
 }
 
@@ -874,7 +877,7 @@ async fn fixed_rate(target: &Arc<HttpTarget>, args: &QueueArgs) -> Result<()> {
     Ok(())
 }
 
-fn percentiles(mut latencies: Vec<Duration>) -> String {
+pub(crate) fn percentiles(mut latencies: Vec<Duration>) -> String {
     if latencies.is_empty() {
         return "(no samples)".into();
     }

@@ -1,6 +1,7 @@
 //! `orch`: argument parsing and the glue that starts the API, the worker, or both.
 
 mod bench;
+mod bench_chat;
 mod config;
 mod doctor;
 mod mcp;
