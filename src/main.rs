@@ -1,6 +1,7 @@
 //! `orch`: argument parsing and the glue that starts the API, the worker, or both.
 
 mod bench;
+mod bench_plans;
 mod config;
 mod mcp;
 
@@ -127,13 +128,15 @@ async fn run(cli: Cli) -> Result<()> {
             let store = open_store(&settings).await?;
             first_key(store.as_ref()).await?;
             let shutdown = shutdown_signal();
+            let state = api_state(&settings, store.clone(), shutdown.clone()).await?;
+            // The worker calls plan tools through the API's registry: one pool per process.
             let worker = tokio::spawn(orch_worker::run(
                 store.clone(),
-                Arc::new(orch_worker::Executors::builtin()),
+                executors(&state.registry),
                 settings.worker.clone(),
                 shutdown.clone(),
             ));
-            serve_api(&settings, store, shutdown).await?;
+            serve_api(&settings, state, shutdown).await?;
             worker.await.context("worker task")?;
             Ok(())
         }
@@ -141,18 +144,19 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
             first_key(store.as_ref()).await?;
-            serve_api(&settings, store, shutdown_signal()).await
+            let shutdown = shutdown_signal();
+            let state = api_state(&settings, store, shutdown.clone()).await?;
+            serve_api(&settings, state, shutdown).await
         }
         Command::Worker { .. } => {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
-            orch_worker::run(
-                store,
-                Arc::new(orch_worker::Executors::builtin()),
-                settings.worker.clone(),
-                shutdown_signal(),
-            )
-            .await;
+            let shutdown = shutdown_signal();
+            // The same MCP servers as an API process: the file and those registered in the store.
+            let state = api_state(&settings, store.clone(), shutdown.clone()).await?;
+            let registry = state.registry.clone();
+            orch_worker::run(store, executors(&registry), settings.worker.clone(), shutdown).await;
+            registry.shutdown(MCP_CHILD_GRACE).await;
             Ok(())
         }
         Command::Keys { command } => {
@@ -216,17 +220,32 @@ async fn first_key(store: &dyn Store) -> Result<()> {
     Ok(())
 }
 
-async fn serve_api(settings: &Settings, store: Arc<dyn Store>, shutdown: CancellationToken) -> Result<()> {
+/// The executors of a worker whose plans call tools through `registry`.
+fn executors(registry: &orch_mcp::Registry) -> Arc<orch_worker::Executors> {
+    let plans = orch_worker::PlanRunner { tools: Some(registry.clone()), llm: None };
+    Arc::new(orch_worker::Executors { chat: Box::new(orch_worker::exec::EchoChat), batch: Box::new(plans) })
+}
+
+/// The API's state with the MCP servers connected and the config file watched.
+async fn api_state(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> Result<orch_api::AppState> {
+    let mut state = orch_api::AppState::new(store, settings.api.clone());
+    state.shutdown = shutdown;
+    start_mcp(settings, &mut state).await?;
+    tokio::spawn(orch_api::servers::watch_file(state.clone(), MCP_CONFIG_POLL));
+    Ok(state)
+}
+
+async fn serve_api(settings: &Settings, state: orch_api::AppState, shutdown: CancellationToken) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .with_context(|| format!("cannot listen on {} (ORCH_BIND / --bind)", settings.bind))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, backend = store.backend(), "Orch API listening; Swagger UI at http://{addr}/docs");
-    let mut state = orch_api::AppState::new(store, settings.api.clone());
-    state.shutdown = shutdown.clone();
-    start_mcp(settings, &mut state).await?;
+    tracing::info!(%addr, backend = state.store.backend(), "Orch API listening; Swagger UI at http://{addr}/docs");
     let registry = state.registry.clone();
-    tokio::spawn(orch_api::servers::watch_file(state.clone(), MCP_CONFIG_POLL));
     let stopped = shutdown.clone();
     let server =
         axum::serve(listener, orch_api::app(state)).with_graceful_shutdown(async move { stopped.cancelled().await });

@@ -73,15 +73,16 @@ async fn events_stream_to_the_end_and_resume(backend: Backend) {
         .await;
     let events = app.events(&id, None).await;
     let kinds: Vec<&str> = events.iter().map(|(_, k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["queued", "running", "progress", "progress", "succeeded"]);
+    // Per node: started, then succeeded.
+    assert_eq!(kinds, ["queued", "running", "progress", "progress", "progress", "progress", "succeeded"]);
     let ids: Vec<u64> = events.iter().map(|(i, _, _)| *i).collect();
-    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(events[2].2["data"]["node"], "a");
     assert_eq!(events[4].2["job_id"], id);
 
     let rest = app.events(&id, Some(3)).await;
     let rest_ids: Vec<u64> = rest.iter().map(|(i, _, _)| *i).collect();
-    assert_eq!(rest_ids, [4, 5]);
+    assert_eq!(rest_ids, [4, 5, 6, 7]);
     app.stop().await;
 }
 
@@ -212,7 +213,25 @@ async fn failed_attempts_are_retried_with_backoff(backend: Backend) {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 3);
     let kinds: Vec<String> = app.events(&id, None).await.into_iter().map(|(_, k, _)| k).collect();
-    assert_eq!(kinds, ["queued", "running", "retrying", "running", "retrying", "running", "progress", "succeeded"]);
+    // Per attempt: the node started, then failed (or succeeded).
+    assert_eq!(
+        kinds,
+        [
+            "queued",
+            "running",
+            "progress",
+            "progress",
+            "retrying",
+            "running",
+            "progress",
+            "progress",
+            "retrying",
+            "running",
+            "progress",
+            "progress",
+            "succeeded"
+        ]
+    );
 
     let id = app
         .submit_batch(json!({"plan": {"nodes": [{"id": "broken", "fail": {"message": "always"}}]}, "max_attempts": 2}))
@@ -266,7 +285,7 @@ async fn job_of_a_dead_worker_is_finished_by_another(backend: Backend) {
     assert_eq!(job["attempts"], 2);
     let events = app.events(&id, None).await;
     let kinds: Vec<&str> = events.iter().map(|(_, k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["queued", "running", "retrying", "running", "progress", "succeeded"]);
+    assert_eq!(kinds, ["queued", "running", "retrying", "running", "progress", "progress", "succeeded"]);
     assert_eq!(events[2].2["data"]["error"]["code"], "worker_lost");
     // The dead worker coming back cannot record a second outcome.
     let late = orch_store::Completion {

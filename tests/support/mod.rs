@@ -51,11 +51,20 @@ pub struct Options {
     pub mcp: McpSettings,
     /// Watch the MCP config file this often (`None`: only `POST /v1/servers/reload`).
     pub watch: Option<Duration>,
+    /// What plans' `llm` nodes call (a fake in tests).
+    pub llm: Option<Arc<dyn orch_worker::llm::Llm>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { worker: true, tweak: Box::new(|_| {}), max_body: 64 * 1024, mcp: McpSettings::default(), watch: None }
+        Options {
+            worker: true,
+            tweak: Box::new(|_| {}),
+            max_body: 64 * 1024,
+            mcp: McpSettings::default(),
+            watch: None,
+            llm: None,
+        }
     }
 }
 
@@ -114,7 +123,9 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     let worker = options.worker.then(|| {
         let mut config = quick_worker();
         (options.tweak)(&mut config);
-        tokio::spawn(orch_worker::run(store.clone(), Arc::new(Executors::builtin()), config, shutdown.clone()))
+        let plans = orch_worker::PlanRunner { tools: Some(registry.clone()), llm: options.llm };
+        let executors = Executors { chat: Box::new(orch_worker::exec::EchoChat), batch: Box::new(plans) };
+        tokio::spawn(orch_worker::run(store.clone(), Arc::new(executors), config, shutdown.clone()))
     });
     TestApp { base, admin, client: reqwest::Client::new(), store, handle, shutdown, worker, registry }
 }
