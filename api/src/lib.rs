@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod json;
 pub mod keys;
 pub mod mcp_server;
+pub mod plans;
 pub mod servers;
 pub mod tools;
 
@@ -90,6 +91,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}/result", get(jobs::get_result))
         .route("/v1/jobs/{id}/events", get(jobs::job_events))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/jobs/{id}/graph", get(plans::job_graph))
+        .route("/v1/plans", post(plans::preview_plan))
         .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
         .route("/v1/keys/{id}", delete(keys::revoke_key))
         .route("/v1/tools", get(tools::list_tools))
@@ -134,7 +137,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ),
     paths(
         jobs::submit_chat, jobs::submit_batch, jobs::list_jobs, jobs::get_job, jobs::get_result,
-        jobs::job_events, jobs::cancel_job,
+        jobs::job_events, jobs::cancel_job, plans::job_graph, plans::preview_plan,
         keys::create_key, keys::list_keys, keys::revoke_key,
         tools::list_tools, tools::get_tool, tools::call_tool,
         servers::list_servers, servers::create_server, servers::get_server, servers::replace_server,
@@ -142,7 +145,10 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         health::health,
     ),
     components(
-        schemas(orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep),
+        schemas(
+            orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep,
+            orch_planner::LlmStep, orch_planner::MapStep, orch_planner::StepTemplate,
+        ),
         responses(
             error::responses::BadRequest, error::responses::Unauthorized, error::responses::Forbidden,
             error::responses::NotFound, error::responses::IdempotencyConflict, error::responses::TooLarge, error::responses::NotJson,
@@ -152,6 +158,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Submit and follow chat and batch jobs"),
+        (name = "plans", description = "Batch plans: validate, analyse and draw without running"),
         (name = "keys", description = "API keys (admin)"),
         (name = "tools", description = "Tools of the MCP servers: list, schema, call"),
         (name = "servers", description = "MCP servers: status; registering, testing and reloading (admin)"),
