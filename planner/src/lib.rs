@@ -312,6 +312,27 @@ pub struct Catalogue {
     pub tools: HashMap<String, Value>,
 }
 
+/// A catalogue with each tool's input schema compiled once per validation.
+struct Tools<'a> {
+    catalogue: &'a Catalogue,
+    validators: HashMap<&'a str, Option<jsonschema::Validator>>,
+}
+
+impl<'a> Tools<'a> {
+    /// Compiles the schemas of the tools `plan` names.
+    fn new(catalogue: &'a Catalogue, plan: &Plan) -> Tools<'a> {
+        let mut validators = HashMap::new();
+        let named =
+            plan.nodes.iter().flat_map(|n| [n.tool.as_deref(), n.map.as_ref().and_then(|m| m.node.tool.as_deref())]);
+        for name in named.flatten() {
+            if let Some((key, schema)) = catalogue.tools.get_key_value(name) {
+                validators.entry(key.as_str()).or_insert_with(|| jsonschema::validator_for(schema).ok());
+            }
+        }
+        Tools { catalogue, validators }
+    }
+}
+
 /// One problem found in a plan, with the JSON path of the offending field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PlanIssue {
@@ -408,9 +429,10 @@ pub fn validate(plan: &Plan, catalogue: Option<&Catalogue>) -> Vec<PlanIssue> {
         }
     }
     let known = Known { plan, index: &index };
+    let tools = catalogue.map(|c| Tools::new(c, plan));
     for (i, node) in plan.nodes.iter().enumerate() {
         let at = format!("nodes[{i}]");
-        check_node(node, &at, &known, catalogue, &mut issues);
+        check_node(node, &at, &known, tools.as_ref(), &mut issues);
     }
 
     // The graph: explicit dependencies and those implied by references.
@@ -499,7 +521,7 @@ impl Known<'_> {
     }
 }
 
-fn check_node(node: &Node, at: &str, known: &Known<'_>, catalogue: Option<&Catalogue>, issues: &mut Vec<PlanIssue>) {
+fn check_node(node: &Node, at: &str, known: &Known<'_>, tools: Option<&Tools<'_>>, issues: &mut Vec<PlanIssue>) {
     let id = &node.id;
     let Some(step) = node.step() else {
         issues
@@ -519,7 +541,7 @@ fn check_node(node: &Node, at: &str, known: &Known<'_>, catalogue: Option<&Catal
     {
         issues.push(issue(format!("{at}.retries"), format!("node {id:?}: at most {MAX_RETRIES}; got {r}")));
     }
-    check_step(id, &step, at, known, catalogue, false, issues);
+    check_step(id, &step, at, known, tools, false, issues);
     if node.args.is_some() && node.tool.is_none() {
         issues.push(issue(format!("{at}.args"), format!("node {id:?}: `args` goes with `tool`")));
     }
@@ -530,7 +552,7 @@ fn check_step(
     step: &Step<'_>,
     at: &str,
     known: &Known<'_>,
-    catalogue: Option<&Catalogue>,
+    tools: Option<&Tools<'_>>,
     in_map: bool,
     issues: &mut Vec<PlanIssue>,
 ) {
@@ -543,16 +565,15 @@ fn check_step(
                     issues.push(issue(format!("{at}.args"), format!("node {id:?}: `args` must be an object")));
                 }
             }
-            if let Some(catalogue) = catalogue {
-                match catalogue.tools.get(*name) {
-                    None => issues.push(issue(
+            if let Some(tools) = tools {
+                if !tools.catalogue.tools.contains_key(*name) {
+                    issues.push(issue(
                         format!("{at}.tool"),
                         format!("node {id:?}: unknown tool {name:?}; GET /v1/tools lists the tools (`server.tool`)"),
-                    )),
-                    Some(schema) => {
-                        let args = args.cloned().unwrap_or_else(|| Value::Object(Map::new()));
-                        check_args(id, name, schema, &args, &format!("{at}.args"), known, issues);
-                    }
+                    ));
+                } else if let Some(Some(validator)) = tools.validators.get(*name) {
+                    let args = args.cloned().unwrap_or_else(|| Value::Object(Map::new()));
+                    check_args(id, name, validator, &args, &format!("{at}.args"), known, issues);
                 }
             }
         }
@@ -598,7 +619,7 @@ fn check_step(
                         "node {id:?}: the map template needs exactly one step: tool, llm, value, sleep, echo or fail"
                     ),
                 )),
-                Some(step) => check_step(id, &step, &inner, known, catalogue, true, issues),
+                Some(step) => check_step(id, &step, &inner, known, tools, true, issues),
             }
             if map.node.args.is_some() && map.node.tool.is_none() {
                 issues.push(issue(format!("{at}.map.node.args"), format!("node {id:?}: `args` goes with `tool`")));
@@ -673,13 +694,12 @@ fn check_reference(f: &Found, node: Option<&str>, known: &Known<'_>, item_allowe
 fn check_args(
     id: &str,
     tool: &str,
-    schema: &Value,
+    validator: &jsonschema::Validator,
     args: &Value,
     at: &str,
     known: &Known<'_>,
     issues: &mut Vec<PlanIssue>,
 ) {
-    let Ok(validator) = jsonschema::validator_for(schema) else { return };
     let mut loose = Vec::new();
     let probe = probe(args, String::new(), known, &mut loose);
     for error in validator.iter_errors(&probe) {
