@@ -35,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 pub enum BenchCommand {
     /// Queue drain rate per backend, HTTP submission rate and latency, peak memory.
     Queue(QueueArgs),
+    /// Batch plans: validation speed, scheduling efficiency, per-node overhead, speed-up.
+    Plans(crate::bench_plans::PlansArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +100,7 @@ pub struct QueueArgs {
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Queue(args) => queue(args).await,
+        BenchCommand::Plans(args) => crate::bench_plans::plans(args).await,
     }
 }
 
