@@ -37,6 +37,8 @@ pub enum BenchCommand {
     Queue(QueueArgs),
     /// Orch's own overhead per chat turn: latency, turns/s, memory per running turn.
     Chat(crate::bench_chat::ChatArgs),
+    /// Batch plans: validation speed, scheduling efficiency, per-node overhead, speed-up.
+    Plans(crate::bench_plans::PlansArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,6 +103,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Queue(args) => queue(args).await,
         BenchCommand::Chat(args) => crate::bench_chat::chat(args).await,
+        BenchCommand::Plans(args) => crate::bench_plans::plans(args).await,
     }
 }
 
@@ -372,7 +375,7 @@ async fn drain_once(backend: Backend, n: usize, concurrency: Option<usize>, redi
     let started = Instant::now();
     let mut worker = tokio::spawn(orch_worker::run(
         store.clone(),
-        Arc::new(orch_worker::Executors::new(Arc::new(orch_api::default_router()))),
+        Arc::new(orch_worker::Executors::new(Arc::new(orch_api::default_router()), None)),
         config,
         shutdown.clone(),
     ));

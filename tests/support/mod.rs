@@ -53,6 +53,8 @@ pub struct Options {
     pub watch: Option<Duration>,
     /// Providers and routing of the API and worker (default: [`echo_router`]).
     pub router: Option<Arc<orch_providers::Router>>,
+    /// What plans' `llm` nodes call instead of the router's providers (a fake in tests).
+    pub llm: Option<Arc<dyn orch_worker::llm::Llm>>,
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
             mcp: McpSettings::default(),
             watch: None,
             router: None,
+            llm: None,
         }
     }
 }
@@ -125,7 +128,11 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     let worker = options.worker.then(|| {
         let mut config = quick_worker();
         (options.tweak)(&mut config);
-        tokio::spawn(orch_worker::run(store.clone(), Arc::new(Executors::new(router)), config, shutdown.clone()))
+        let mut executors = Executors::new(router, Some(registry.clone()));
+        if let Some(llm) = options.llm {
+            executors.batch = Box::new(orch_worker::PlanRunner { tools: Some(registry.clone()), llm: Some(llm) });
+        }
+        tokio::spawn(orch_worker::run(store.clone(), Arc::new(executors), config, shutdown.clone()))
     });
     TestApp { base, admin, client: reqwest::Client::new(), store, handle, shutdown, worker, registry }
 }

@@ -79,7 +79,7 @@ impl OrchMcp {
         }
         // The client's `notifications/cancelled` cancels `cancel`; the registry
         // then abandons the call and cancels it upstream too.
-        let options = orch_mcp::CallOptions { timeout: None, cancel: Some(cancel) };
+        let options = orch_mcp::CallOptions { cancel: Some(cancel), ..Default::default() };
         let result = match &self.scope {
             Scope::Aggregate => self.state.registry.call(name, arguments, options).await,
             Scope::Server(server) => self.state.registry.call_tool(server, name, arguments, options).await,
@@ -135,7 +135,7 @@ impl OrchMcp {
             }
             JobKind::Batch => {
                 let req: BatchJobRequest = crate::json::parse(&raw)?;
-                (jobs::batch_input(&req)?, req.metadata, req.max_attempts)
+                (jobs::batch_input(&self.state, principal, &req)?, req.metadata, req.max_attempts)
             }
         };
         let options = JobOptions { metadata: &metadata, max_attempts };
