@@ -53,11 +53,57 @@ pub async fn attach(state: &AppState, principal: Option<&Principal>, input: &mut
     Ok(())
 }
 
-async fn load(state: &AppState, principal: &Principal, id: &str) -> ApiResult<Session> {
+/// A session the caller may read (`None`: over stdio, no key).
+pub async fn load(state: &AppState, principal: Option<&Principal>, id: &str) -> ApiResult<Session> {
     check_id("id", id)?;
     let session = state.store.get_session(id).await?.ok_or_else(|| ApiError::not_found("session", id))?;
-    check_owner(Some(principal), &session)?;
+    check_owner(principal, &session)?;
     Ok(session)
+}
+
+/// Where the session view of a session goes, with its messages.
+pub fn view(session: Session) -> Value {
+    json!(SessionView::of(session, true))
+}
+
+/// A session's memory note: `{session, summary, markdown, filename}`. With
+/// `summarize`, an LLM turn on `provider` (as chat's model) writes the summary.
+pub async fn memory(
+    state: &AppState,
+    principal: Option<&Principal>,
+    id: &str,
+    summarize: bool,
+    provider: Option<&str>,
+) -> ApiResult<Value> {
+    let session = load(state, principal, id).await?;
+    let summary = if summarize {
+        if let Some(p) = principal {
+            p.require("jobs:write")?;
+        }
+        if let Some(model) = provider
+            && model != "auto"
+            && state.router.target(model).is_err()
+        {
+            return Err(crate::jobs::unknown_model(&state.router, "provider", model));
+        }
+        let mut input = json!({"messages": [
+            {"role": "system", "content": SUMMARY_SYSTEM},
+            {"role": "user", "content": transcript(&session)},
+        ], "task_type": "reasoning"});
+        if let Some(model) = provider {
+            input["model"] = json!(model);
+        }
+        let (_, text, _) = crate::openai::run_chat(state, input, "session-memory").await?;
+        Some(text)
+    } else {
+        None
+    };
+    let now = Utc::now();
+    let markdown = note(&session, summary.as_deref(), now);
+    let filename = format!("session_{}_{}.md", session.id.replace(':', "-"), now.format("%Y%m%dT%H%M%SZ"));
+    Ok(
+        json!({"session": SessionView::of(session, true), "summary": summary, "markdown": markdown, "filename": filename}),
+    )
 }
 
 /// A session with its messages.
@@ -169,7 +215,7 @@ pub async fn get_session(
     Path(id): Path<String>,
 ) -> ApiResult<Json<SessionView>> {
     principal.require("jobs:read")?;
-    Ok(Json(SessionView::of(load(&state, &principal, &id).await?, true)))
+    Ok(Json(SessionView::of(load(&state, Some(&principal), &id).await?, true)))
 }
 
 /// Forget a session.
@@ -189,7 +235,7 @@ pub async fn delete_session(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     principal.require("jobs:write")?;
-    load(&state, &principal, &id).await?;
+    load(&state, Some(&principal), &id).await?;
     state.store.delete_session(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -242,34 +288,13 @@ pub async fn export_memory(
             ));
         }
     };
-    let session = load(&state, &principal, &id).await?;
-    let summary = if params.summarize.unwrap_or(false) {
-        principal.require("jobs:write")?;
-        if let Some(model) = params.provider.as_deref()
-            && model != "auto"
-            && state.router.target(model).is_err()
-        {
-            return Err(crate::jobs::unknown_model(&state.router, "provider", model));
-        }
-        let mut input = json!({"messages": [
-            {"role": "system", "content": SUMMARY_SYSTEM},
-            {"role": "user", "content": transcript(&session)},
-        ], "task_type": "reasoning"});
-        if let Some(model) = &params.provider {
-            input["model"] = json!(model);
-        }
-        let (_, text, _) = crate::openai::run_chat(&state, input, "session-memory").await?;
-        Some(text)
-    } else {
-        None
-    };
-    let now = Utc::now();
-    let markdown = note(&session, summary.as_deref(), now);
-    let filename = format!("session_{}_{}.md", session.id.replace(':', "-"), now.format("%Y%m%dT%H%M%SZ"));
+    let memory =
+        memory(&state, Some(&principal), &id, params.summarize.unwrap_or(false), params.provider.as_deref()).await?;
     if json_format {
-        let body = json!({"session": SessionView::of(session, true), "summary": summary, "markdown": markdown, "filename": filename});
-        return Ok(Json(body).into_response());
+        return Ok(Json(memory).into_response());
     }
+    let markdown = memory["markdown"].as_str().unwrap_or_default().to_owned();
+    let filename = memory["filename"].as_str().unwrap_or_default().to_owned();
     let mut response = markdown.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/markdown; charset=utf-8"));
