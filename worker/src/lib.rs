@@ -19,6 +19,7 @@ pub mod chat;
 pub mod exec;
 pub mod llm;
 pub mod plan;
+pub mod planning;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use exec::{Executor, Executors, JobContext};
 pub use plan::PlanRunner;
+pub use planning::{PlannerSettings, Planning};
 
 /// How a worker behaves; every field is a user setting (see README).
 #[derive(Debug, Clone)]
