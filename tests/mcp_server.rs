@@ -109,7 +109,8 @@ async fn aggregate_serves_namespaced_tools_and_orchs_own() {
     let (client, _) = http_client(&app, "/mcp", &key).await;
 
     let mut expected: Vec<String> = UPSTREAM.iter().map(|t| format!("t.{t}")).collect();
-    expected.extend(["chat", "get_job", "list_providers", "list_servers", "submit_job"].map(String::from));
+    expected
+        .extend(["batch_execute", "chat", "get_job", "list_providers", "list_servers", "submit_job"].map(String::from));
     expected.sort();
     assert_eq!(names(&client).await, expected);
 
@@ -212,7 +213,10 @@ async fn http_endpoints_need_a_key_with_tools_call() {
     let reply = app.call(Method::POST, "/mcp/t", Some(&limited.secret), Some(initialize.clone())).await;
     assert_eq!(reply.body["error"]["code"], "server_not_allowed", "{}", reply.body);
     let (client, _) = http_client(&app, "/mcp", &limited.secret).await;
-    assert_eq!(names(&client).await, ["chat", "get_job", "list_providers", "list_servers", "submit_job"]);
+    assert_eq!(
+        names(&client).await,
+        ["batch_execute", "chat", "get_job", "list_providers", "list_servers", "submit_job"]
+    );
     client.cancel().await.unwrap();
 
     let reply = app.call(Method::POST, "/mcp/ghost", Some(&app.admin), Some(initialize)).await;
