@@ -151,7 +151,7 @@ async fn run(cli: Cli) -> Result<()> {
             // The worker calls plan tools through the API's registry: one pool per process.
             let worker = tokio::spawn(orch_worker::run(
                 store.clone(),
-                executors(router, &state.registry),
+                executors(&settings, router, &state.registry),
                 settings.worker.clone(),
                 shutdown.clone(),
             ));
@@ -175,7 +175,7 @@ async fn run(cli: Cli) -> Result<()> {
             // The same MCP servers as an API process: the file and those registered in the store.
             let state = api_state(&settings, store.clone(), router.clone(), shutdown.clone()).await?;
             let registry = state.registry.clone();
-            orch_worker::run(store, executors(router, &registry), settings.worker.clone(), shutdown).await;
+            orch_worker::run(store, executors(&settings, router, &registry), settings.worker.clone(), shutdown).await;
             registry.shutdown(MCP_CHILD_GRACE).await;
             Ok(())
         }
@@ -257,10 +257,14 @@ fn providers(settings: &Settings, store: Option<&Arc<dyn Store>>) -> Result<Arc<
     Ok(Arc::new(router))
 }
 
-/// The executors of a worker: chat and plans' `llm` steps on `router`, plan
-/// tools through `registry`.
-fn executors(router: Arc<orch_providers::Router>, registry: &orch_mcp::Registry) -> Arc<orch_worker::Executors> {
-    Arc::new(orch_worker::Executors::new(router, Some(registry.clone())))
+/// The executors of a worker: chat, plans' `llm` steps and the planner on
+/// `router`, plan tools through `registry`.
+fn executors(
+    settings: &Settings,
+    router: Arc<orch_providers::Router>,
+    registry: &orch_mcp::Registry,
+) -> Arc<orch_worker::Executors> {
+    Arc::new(orch_worker::Executors::with_planner(router, Some(registry.clone()), settings.planner.clone()))
 }
 
 /// The API's state with the providers, the MCP servers connected and the config file watched.
