@@ -168,6 +168,13 @@ pub(crate) async fn connect(
     let (service, group) = match &server.transport {
         TransportConfig::Stdio { command, args, env, cwd } => {
             let mut cmd = tokio::process::Command::new(command);
+            // Orch's own settings (`ORCH_*`: the store URL with its password, provider
+            // credentials) stay with Orch unless the server's `env` names one.
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("ORCH_") {
+                    cmd.env_remove(key);
+                }
+            }
             cmd.args(args).envs(env.iter().map(|(k, v)| (k, v.expose())));
             if let Some(cwd) = cwd {
                 cmd.current_dir(cwd);

@@ -57,6 +57,13 @@ pub(crate) enum RunError {
     OutputTooLarge,
 }
 
+/// Orch's own settings in its environment (`ORCH_*`: the store URL with its
+/// password, provider credentials): a CLI gets none of them unless its
+/// provider's `env` names one.
+fn orch_settings() -> impl Iterator<Item = String> {
+    std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).filter(|k| k.starts_with("ORCH_"))
+}
+
 /// Runs `cmd` to its end, calling `on_line` with each stdout line as it arrives.
 pub(crate) async fn run(
     cmd: Command<'_>,
@@ -73,7 +80,7 @@ async fn run_piped(
 ) -> Result<RawOutput, RunError> {
     let mut command = tokio::process::Command::new(cmd.program);
     command.args(cmd.args);
-    for key in cmd.env_remove {
+    for key in orch_settings().chain(cmd.env_remove.iter().map(|k| k.to_string())) {
         command.env_remove(key);
     }
     command.envs(cmd.env.iter().map(|(k, v)| (k, v)));
@@ -126,7 +133,7 @@ async fn run_pty(
     let pair = native_pty_system().openpty(size).map_err(pty_error)?;
     let mut builder = CommandBuilder::new(cmd.program);
     builder.args(cmd.args);
-    for key in cmd.env_remove {
+    for key in orch_settings().chain(cmd.env_remove.iter().map(|k| k.to_string())) {
         builder.env_remove(key);
     }
     for (key, value) in cmd.env {

@@ -1,4 +1,4 @@
-//! `ANTHROPIC_API_KEY` in Orch's own environment never reaches Claude.
+//! `ANTHROPIC_API_KEY` and Orch's own `ORCH_*` settings in Orch's environment never reach Claude.
 //! (Alone in its binary: it changes the process environment.)
 
 mod common;
@@ -6,7 +6,10 @@ mod common;
 #[tokio::test]
 async fn inherited_anthropic_api_key_is_removed_and_warned_about() {
     // SAFETY: the only test in this binary; set before any thread reads the environment.
-    unsafe { std::env::set_var("ANTHROPIC_API_KEY", "sk-ant-api03-from-orch-env") };
+    unsafe {
+        std::env::set_var("ANTHROPIC_API_KEY", "sk-ant-api03-from-orch-env");
+        std::env::set_var("ORCH_STORE", "redis://:hunter2@db:6379/0");
+    }
     let f = common::fixture(
         "claude",
         "",
@@ -14,6 +17,8 @@ async fn inherited_anthropic_api_key_is_removed_and_warned_about() {
     );
     f.run("hi").await.unwrap();
     assert_eq!(f.record().env.get("ANTHROPIC_API_KEY"), None);
+    // Orch's own settings (a store password here) stay with Orch.
+    assert_eq!(f.record().env.get("ORCH_STORE"), None);
     let warnings = f.provider.warnings();
     assert_eq!(warnings.len(), 1);
     assert!(warnings[0].starts_with("ANTHROPIC_API_KEY is set; provider claude removes it"), "{}", warnings[0]);
