@@ -129,7 +129,7 @@ async fn run(cli: Cli) -> Result<()> {
             let shutdown = shutdown_signal();
             let worker = tokio::spawn(orch_worker::run(
                 store.clone(),
-                Arc::new(orch_worker::Executors::builtin()),
+                Arc::new(executors(&settings, &store)),
                 settings.worker.clone(),
                 shutdown.clone(),
             ));
@@ -147,8 +147,8 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
             orch_worker::run(
-                store,
-                Arc::new(orch_worker::Executors::builtin()),
+                store.clone(),
+                Arc::new(executors(&settings, &store)),
                 settings.worker.clone(),
                 shutdown_signal(),
             )
@@ -163,6 +163,16 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging_quiet();
             bench::run(command).await
         }
+    }
+}
+
+/// The worker's executors: the built-in ones, plus webhook deliveries.
+fn executors(settings: &Settings, store: &Arc<dyn Store>) -> orch_worker::Executors {
+    let webhooks = orch_webhooks::Webhooks::new(store.clone(), settings.webhooks.clone());
+    orch_worker::Executors {
+        delivery: Some(Box::new(orch_webhooks::DeliveryExecutor(webhooks.clone()))),
+        followups: Some(webhooks),
+        ..orch_worker::Executors::builtin()
     }
 }
 
@@ -222,7 +232,8 @@ async fn serve_api(settings: &Settings, store: Arc<dyn Store>, shutdown: Cancell
         .with_context(|| format!("cannot listen on {} (ORCH_BIND / --bind)", settings.bind))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = store.backend(), "Orch API listening; Swagger UI at http://{addr}/docs");
-    let mut state = orch_api::AppState::new(store, settings.api.clone());
+    let mut state = orch_api::AppState::new(store.clone(), settings.api.clone());
+    state.webhooks = orch_webhooks::Webhooks::new(store, settings.webhooks.clone());
     state.shutdown = shutdown.clone();
     start_mcp(settings, &mut state).await?;
     let registry = state.registry.clone();

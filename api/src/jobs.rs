@@ -65,6 +65,18 @@ pub struct ChatJobRequest {
     /// Attempts before the job fails for good (1–20, default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Where to POST when the job ends (see the webhooks tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<crate::webhooks::CallbackRequest>,
+    /// Title of the note in the webhook payload (default: the prompt's first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Tags of the note in the webhook payload's front matter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Vault path of the note, e.g. `Inbox/{date}-{slug}.md` (default: ORCH_WEBHOOK_OBSIDIAN_PATH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obsidian_path: Option<String>,
 }
 
 /// A batch job: a plan of steps run as a DAG.
@@ -80,6 +92,40 @@ pub struct BatchJobRequest {
     /// Attempts before the job fails for good (1–20, default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Where to POST when the job ends (see the webhooks tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<crate::webhooks::CallbackRequest>,
+    /// Title of the note in the webhook payload (default: the prompt's first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Tags of the note in the webhook payload's front matter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Vault path of the note, e.g. `Inbox/{date}-{slug}.md` (default: ORCH_WEBHOOK_OBSIDIAN_PATH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obsidian_path: Option<String>,
+}
+
+impl ChatJobRequest {
+    pub fn webhook_fields(&self) -> crate::webhooks::WebhookFields<'_> {
+        crate::webhooks::WebhookFields {
+            callback: &self.callback,
+            title: &self.title,
+            tags: &self.tags,
+            obsidian_path: &self.obsidian_path,
+        }
+    }
+}
+
+impl BatchJobRequest {
+    pub fn webhook_fields(&self) -> crate::webhooks::WebhookFields<'_> {
+        crate::webhooks::WebhookFields {
+            callback: &self.callback,
+            title: &self.title,
+            tags: &self.tags,
+            obsidian_path: &self.obsidian_path,
+        }
+    }
 }
 
 /// Options every job accepts.
@@ -122,6 +168,7 @@ pub enum JobStatusSchema {
 pub enum JobKindSchema {
     Chat,
     Batch,
+    Delivery,
 }
 
 /// The error of a failed attempt.
@@ -209,7 +256,7 @@ pub struct JobResult {
 pub struct ListParams {
     /// queued, running, succeeded, failed or cancelled.
     pub status: Option<String>,
-    /// chat or batch.
+    /// chat, batch or delivery (deliveries are listed only when asked for).
     pub kind: Option<String>,
     /// Page size, 1–200 (default 50).
     pub limit: Option<String>,
@@ -418,7 +465,7 @@ pub async fn submit_chat(
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
     let req = &body.value;
-    let input = chat_input(req)?;
+    let input = crate::webhooks::attach(&state, chat_input(req)?, req.webhook_fields()).await?;
     let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
     submit(&state, &principal, &headers, JobKind::Chat, &body.raw, input, options).await
 }
@@ -453,7 +500,7 @@ pub async fn submit_batch(
     body: ApiJson<BatchJobRequest>,
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
-    let input = batch_input(&body.value)?;
+    let input = crate::webhooks::attach(&state, batch_input(&body.value)?, body.value.webhook_fields()).await?;
     let options = JobOptions { metadata: &body.value.metadata, max_attempts: body.value.max_attempts };
     submit(&state, &principal, &headers, JobKind::Batch, &body.raw, input, options).await
 }
@@ -599,6 +646,8 @@ pub async fn cancel_job(
         return Err(ApiError::new(StatusCode::CONFLICT, "job_finished", format!("job {id} already {}", before.status))
             .with_details(json!({"status": before.status})));
     }
+    // Queued before the status can change, so no cancellation goes unreported.
+    state.webhooks.enqueue(&before, JobStatus::Cancelled).await?;
     let job = state.store.cancel_job(job_id).await?.ok_or_else(|| ApiError::not_found("job", &id))?;
     Ok(Json(job.into()))
 }

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod mcp_server;
 pub mod servers;
 pub mod tools;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -60,6 +61,8 @@ pub struct AppState {
     /// Where the registry's servers come from (mcp-config.json, the store);
     /// [`servers::McpSources::reload`] applies them to `registry`.
     pub mcp: Arc<servers::McpSources>,
+    /// Queues deliveries (cancel) and checks and test-sends webhook URLs.
+    pub webhooks: Arc<orch_webhooks::Webhooks>,
 }
 
 impl AppState {
@@ -68,6 +71,7 @@ impl AppState {
         let registry = orch_mcp::Registry::new(orch_mcp::RegistryOptions::default())
             .expect("the default registry options are valid");
         AppState {
+            webhooks: orch_webhooks::Webhooks::new(store.clone(), Default::default()),
             store,
             config: Arc::new(config),
             keys: Arc::default(),
@@ -90,6 +94,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}/result", get(jobs::get_result))
         .route("/v1/jobs/{id}/events", get(jobs::job_events))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/jobs/{id}/deliveries", get(webhooks::job_deliveries))
+        .route("/v1/deliveries", get(webhooks::list_deliveries))
+        .route("/v1/deliveries/{id}/redeliver", post(webhooks::redeliver))
+        .route("/v1/webhooks", get(webhooks::list_webhooks).post(webhooks::create_webhook))
+        .route("/v1/webhooks/test", post(webhooks::test_webhook))
+        .route("/v1/webhooks/{id}", get(webhooks::get_webhook).delete(webhooks::delete_webhook))
         .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
         .route("/v1/keys/{id}", delete(keys::revoke_key))
         .route("/v1/tools", get(tools::list_tools))
@@ -129,7 +139,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 #[openapi(
     info(
         title = "Orch",
-        description = "Job service for n8n: chat and batch jobs run by workers, followed by polling, Server-Sent Events or (later) webhooks.\n\nEvery route except `/health`, `/docs` and `/openapi.json` needs `Authorization: Bearer <key>`. Errors are always `{\"error\": {\"code\", \"message\", \"details\"?}}`.\n\nMCP clients connect to `/mcp` and `/mcp/{server}` (streamable HTTP) and `/sse/{server}` (legacy SSE) with a key that has `tools:call`; those endpoints speak MCP, not REST, so they are not listed here.",
+        description = "Job service for n8n: chat and batch jobs run by workers, followed by polling, Server-Sent Events or webhooks.\n\nEvery route except `/health`, `/docs` and `/openapi.json` needs `Authorization: Bearer <key>`. Errors are always `{\"error\": {\"code\", \"message\", \"details\"?}}`.\n\nMCP clients connect to `/mcp` and `/mcp/{server}` (streamable HTTP) and `/sse/{server}` (legacy SSE) with a key that has `tools:call`; those endpoints speak MCP, not REST, so they are not listed here.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -139,10 +149,12 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         tools::list_tools, tools::get_tool, tools::call_tool,
         servers::list_servers, servers::create_server, servers::get_server, servers::replace_server,
         servers::delete_server, servers::test_server, servers::reload_servers,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
+        webhooks::test_webhook, webhooks::job_deliveries, webhooks::list_deliveries, webhooks::redeliver,
         health::health,
     ),
     components(
-        schemas(orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep),
+        schemas(orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep, webhooks::WebhookPayload),
         responses(
             error::responses::BadRequest, error::responses::Unauthorized, error::responses::Forbidden,
             error::responses::NotFound, error::responses::IdempotencyConflict, error::responses::TooLarge, error::responses::NotJson,
@@ -155,6 +167,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         (name = "keys", description = "API keys (admin)"),
         (name = "tools", description = "Tools of the MCP servers: list, schema, call"),
         (name = "servers", description = "MCP servers: status; registering, testing and reloading (admin)"),
+        (name = "webhooks", description = "Job callbacks and global subscriptions: signed (Standard Webhooks), durable, retried deliveries; the payload is the WebhookPayload schema"),
         (name = "health", description = "Liveness of the service and its store"),
     )
 )]

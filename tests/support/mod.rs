@@ -51,11 +51,20 @@ pub struct Options {
     pub mcp: McpSettings,
     /// Watch the MCP config file this often (`None`: only `POST /v1/servers/reload`).
     pub watch: Option<Duration>,
+    /// Webhook settings of the API and the worker.
+    pub webhooks: orch_webhooks::WebhookConfig,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { worker: true, tweak: Box::new(|_| {}), max_body: 64 * 1024, mcp: McpSettings::default(), watch: None }
+        Options {
+            worker: true,
+            tweak: Box::new(|_| {}),
+            max_body: 64 * 1024,
+            mcp: McpSettings::default(),
+            watch: None,
+            webhooks: Default::default(),
+        }
     }
 }
 
@@ -96,6 +105,8 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     let store = handle.store.clone();
     let config = orch_api::ApiConfig { max_body: options.max_body, ..Default::default() };
     let mut state = orch_api::AppState::new(store.clone(), config);
+    let webhooks = orch_webhooks::Webhooks::new(store.clone(), options.webhooks);
+    state.webhooks = webhooks.clone();
     state.mcp = Arc::new(McpSources::new(options.mcp));
     state.mcp.reload(store.as_ref(), &state.registry).await.expect("MCP servers load");
     let shutdown = CancellationToken::new();
@@ -114,7 +125,12 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     let worker = options.worker.then(|| {
         let mut config = quick_worker();
         (options.tweak)(&mut config);
-        tokio::spawn(orch_worker::run(store.clone(), Arc::new(Executors::builtin()), config, shutdown.clone()))
+        let executors = Executors {
+            delivery: Some(Box::new(orch_webhooks::DeliveryExecutor(webhooks.clone()))),
+            followups: Some(webhooks.clone()),
+            ..Executors::builtin()
+        };
+        tokio::spawn(orch_worker::run(store.clone(), Arc::new(executors), config, shutdown.clone()))
     });
     TestApp { base, admin, client: reqwest::Client::new(), store, handle, shutdown, worker, registry }
 }

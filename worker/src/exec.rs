@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use orch_planner::{Plan, Step};
-use orch_store::{Job, JobError, JobId, JobKind, Store};
+use orch_store::{Job, JobError, JobId, JobKind, JobStatus, Store};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -40,22 +40,43 @@ pub trait Executor: Send + Sync {
     async fn run(&self, job: &Job, ctx: &JobContext) -> Result<Value, JobError>;
 }
 
+/// Work that must be durable before a job's terminal status is written, such
+/// as queueing its webhook deliveries. It may run more than once for the same
+/// job and status (a worker can die between it and the write), so it must be
+/// idempotent; and the status may end up different (another worker won), so
+/// what it queues must check the job again when it runs.
+#[async_trait]
+pub trait Followups: Send + Sync {
+    async fn before_terminal(&self, job: &Job, status: JobStatus) -> Result<(), String>;
+}
+
 /// The executor for each job kind.
 pub struct Executors {
     pub chat: Box<dyn Executor>,
     pub batch: Box<dyn Executor>,
+    /// Sends webhook deliveries; without it, deliveries wait for a worker that has one.
+    pub delivery: Option<Box<dyn Executor>>,
+    /// Called before every terminal status of a chat or batch job.
+    pub followups: Option<Arc<dyn Followups>>,
 }
 
 impl Executors {
     /// The built-in executors: echo chat and test-step plans.
     pub fn builtin() -> Executors {
-        Executors { chat: Box::new(EchoChat), batch: Box::new(PlanRunner) }
+        Executors { chat: Box::new(EchoChat), batch: Box::new(PlanRunner), delivery: None, followups: None }
     }
 
     pub async fn run(&self, job: &Job, ctx: &JobContext) -> Result<Value, JobError> {
         match job.kind {
             JobKind::Chat => self.chat.run(job, ctx).await,
             JobKind::Batch => self.batch.run(job, ctx).await,
+            JobKind::Delivery => {
+                match &self.delivery {
+                    Some(delivery) => delivery.run(job, ctx).await,
+                    None => Err(JobError::new("no_sender", "this worker sends no webhooks", true)
+                        .retry_in(Duration::from_secs(5))),
+                }
+            }
         }
     }
 }
