@@ -110,16 +110,28 @@ impl Drop for Receiver {
     }
 }
 
+/// Answers the next scripted status; `SLOW` answers 200 after a second; a
+/// 302 points elsewhere on this receiver.
 async fn receive(
     State(state): State<ReceiverState>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Bytes,
-) -> AxumStatus {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
     state.log.lock().unwrap().push(Received { at: Instant::now(), uri: uri.to_string(), headers, body });
-    AxumStatus::from_u16(status).unwrap()
+    match status {
+        SLOW => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            AxumStatus::OK.into_response()
+        }
+        302 => (AxumStatus::FOUND, [("location", "/followed")]).into_response(),
+        other => AxumStatus::from_u16(other).unwrap().into_response(),
+    }
 }
+
+const SLOW: u16 = 0;
 
 /// Submits a chat job with `callback`; returns its id.
 async fn chat_with_callback(app: &TestApp, callback: Value) -> String {
@@ -285,9 +297,18 @@ async fn signatures_verify_with_the_standardwebhooks_package(backend: Backend) {
     let mut forged = got[1].clone();
     forged.body = Bytes::from(String::from_utf8(forged.body.to_vec()).unwrap().replace("failed", "succeeded"));
     assert!(std::panic::catch_unwind(|| verify_with_python(&sub_secret, &forged)).is_err());
+    // Changed to other events; the secret stays.
     let id = created.body["id"].as_str().unwrap();
+    let changed = json!({"url": receiver.url("/all-changed"), "events": ["succeeded"]});
+    let r = app.call(reqwest::Method::PUT, &format!("/v1/webhooks/{id}"), Some(&app.admin), Some(changed)).await;
+    assert_eq!((r.status, r.body["events"].clone()), (StatusCode::OK, json!(["job.succeeded"])), "{}", r.body);
+    app.submit_plan(json!({"nodes": [{"id": "ok", "echo": "fine"}]})).await;
+    let got = receiver.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(got[2].uri, "/all-changed");
+    assert_eq!(verify_with_python(&sub_secret, &got[2])["type"], "job.succeeded");
     let r = app.call(reqwest::Method::DELETE, &format!("/v1/webhooks/{id}"), Some(&app.admin), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.get(&format!("/v1/webhooks/{id}")).await.status, StatusCode::NOT_FOUND);
     app.stop().await;
 }
 
@@ -464,6 +485,41 @@ async fn a_delivery_of_an_unrecorded_outcome_is_superseded(backend: Backend) {
     app.stop().await;
 }
 
+/// A receiver slower than the timeout is retried; a redirect ends the
+/// delivery as failed and is not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_are_retried_and_redirects_not_followed() {
+    let receiver = Receiver::start(&[SLOW, 302]).await;
+    let webhooks = WebhookConfig { timeout: Duration::from_millis(300), ..hooks() };
+    let app = spawn_app_with(Backend::Sqlite, Options { webhooks, ..Default::default() }).await;
+    let job = chat_with_callback(&app, json!({"url": receiver.url("/hook")})).await;
+    let list = wait_deliveries(&app, &job, Duration::from_secs(10), finished).await;
+    let d = &list[0];
+    assert_eq!(
+        (d["status"].as_str(), d["attempts"].as_u64(), d["error"]["code"].as_str()),
+        (Some("failed"), Some(2), Some("http_302")),
+        "{d}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let uris: Vec<String> = receiver.received().into_iter().map(|r| r.uri).collect();
+    assert_eq!(uris, ["/hook", "/hook"]);
+    app.stop().await;
+}
+
+/// A host name is resolved, checked, and connected to at the address checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_is_delivered_when_its_addresses_are_allowed() {
+    let receiver = Receiver::start(&[]).await;
+    let webhooks = WebhookConfig { allow: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()], ..hooks() };
+    let app = spawn_app_with(Backend::Sqlite, Options { webhooks, ..Default::default() }).await;
+    let url = format!("http://localhost:{}/named?x=1", receiver.addr.port());
+    chat_with_callback(&app, json!({"url": url})).await;
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].uri, "/named?x=1");
+    assert_eq!(got[0].header("host"), format!("localhost:{}", receiver.addr.port()));
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_test_endpoint_reports_the_receivers_answer() {
     let receiver = Receiver::start(&[418]).await;
@@ -479,6 +535,96 @@ async fn the_test_endpoint_reports_the_receivers_answer() {
     let r = app.post("/v1/webhooks/test", json!({"url": receiver.url("/t")})).await;
     assert_eq!((r.body["ok"].as_bool(), r.body["response_status"].as_u64()), (Some(true), Some(200)));
     app.stop().await;
+}
+
+/// The real binary: `orch serve` is killed (SIGKILL) while its delivery waits
+/// for a receiver that is down, started again on the same SQLite file, and
+/// delivers once the receiver is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orch_serve_killed_and_restarted_still_delivers() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let receiver_port = orch_testkit::free_port();
+    let port = orch_testkit::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let serve = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_orch"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ORCH_BIND", format!("127.0.0.1:{port}"))
+            .env("ORCH_LOG", "warn")
+            .env("ORCH_LEASE", "1s")
+            .env("ORCH_WEBHOOK_ALLOW", "127.0.0.0/8")
+            .env("ORCH_WEBHOOK_RETRY_SCALE", "0.01")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let client = reqwest::Client::new();
+    let wait_up = || async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.get(format!("{base}/health")).send().await.ok().map(|r| r.status()) != Some(StatusCode::OK) {
+            assert!(Instant::now() < deadline, "orch serve did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut first = Killed(serve());
+    let key = BufReader::new(first.0.stdout.take().unwrap())
+        .lines()
+        .map(|l| l.unwrap())
+        .find_map(|l| l.trim().strip_prefix("orch_").map(|k| format!("orch_{k}")))
+        .expect("the first start prints a key");
+    wait_up().await;
+    let callback = json!({"url": format!("http://127.0.0.1:{receiver_port}/webhook-waiting/9?signature=s%2B1")});
+    let r = client
+        .post(format!("{base}/v1/jobs/chat"))
+        .bearer_auth(&key)
+        .json(&json!({"prompt": "hi", "callback": callback}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let job = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    // Attempts fail against the closed port; then the process dies without a word.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: Value = client
+            .get(format!("{base}/v1/jobs/{job}/deliveries"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list["deliveries"][0]["attempts"].as_u64() >= Some(2) {
+            assert_eq!(list["deliveries"][0]["error"]["code"], "connect", "{list}");
+            assert!(!list.to_string().contains("s%2B1"), "the URL's query is not shown: {list}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed attempts: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(first); // SIGKILL
+    let receiver = Receiver::on(tokio::net::TcpListener::bind(("127.0.0.1", receiver_port)).await.unwrap(), &[]);
+    let _second = Killed(serve());
+    wait_up().await;
+    let got = receiver.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].uri, "/webhook-waiting/9?signature=s%2B1");
+    assert_eq!(got[0].json()["job_id"], job.as_str());
+}
+
+/// A child process killed (SIGKILL) when dropped, however the test ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 on_both_backends!(

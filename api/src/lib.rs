@@ -99,7 +99,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/deliveries/{id}/redeliver", post(webhooks::redeliver))
         .route("/v1/webhooks", get(webhooks::list_webhooks).post(webhooks::create_webhook))
         .route("/v1/webhooks/test", post(webhooks::test_webhook))
-        .route("/v1/webhooks/{id}", get(webhooks::get_webhook).delete(webhooks::delete_webhook))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get_webhook).put(webhooks::replace_webhook).delete(webhooks::delete_webhook),
+        )
         .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
         .route("/v1/keys/{id}", delete(keys::revoke_key))
         .route("/v1/tools", get(tools::list_tools))
@@ -149,7 +152,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         tools::list_tools, tools::get_tool, tools::call_tool,
         servers::list_servers, servers::create_server, servers::get_server, servers::replace_server,
         servers::delete_server, servers::test_server, servers::reload_servers,
-        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::replace_webhook,
+        webhooks::delete_webhook,
         webhooks::test_webhook, webhooks::job_deliveries, webhooks::list_deliveries, webhooks::redeliver,
         health::health,
     ),

@@ -235,9 +235,9 @@ pub async fn create_webhook(
     principal.require(crate::auth::ADMIN)?;
     let req = body.value;
     let events = events_of(Some(&req.events), "events", false)?;
-    check_url(&state, &req.url, "url").await?;
     let headers = req.headers.unwrap_or_default();
     check_headers(&headers, "headers")?;
+    check_url(&state, &req.url, "url").await?;
     let (_, secret) = Secret::generate();
     let sub = Subscription { url: req.url, events, headers, secret: secret.clone(), description: req.description };
     let now = Utc::now();
@@ -295,6 +295,47 @@ pub async fn get_webhook(
 ) -> ApiResult<Json<WebhookView>> {
     principal.require(crate::auth::ADMIN)?;
     Ok(Json(view(find_webhook(&state, &id).await?)?))
+}
+
+/// Change a subscription's URL, events, headers or description.
+///
+/// The secret stays the same. Deliveries already queued go to the new URL.
+#[utoipa::path(
+    put, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Subscription id")),
+    request_body = WebhookRequest,
+    responses(
+        (status = 200, description = "The subscription as changed", body = WebhookView),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 404, response = NotFound),
+        (status = 415, response = NotJson), (status = 422, response = Invalid),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn replace_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: ApiJson<WebhookRequest>,
+) -> ApiResult<Json<WebhookView>> {
+    principal.require(crate::auth::ADMIN)?;
+    let stored = find_webhook(&state, &id).await?;
+    let old: Subscription = serde_json::from_value(stored.config).map_err(ApiError::internal)?;
+    let req = body.value;
+    let events = events_of(Some(&req.events), "events", false)?;
+    let headers = req.headers.unwrap_or_default();
+    check_headers(&headers, "headers")?;
+    check_url(&state, &req.url, "url").await?;
+    let sub = Subscription { url: req.url, events, headers, secret: old.secret, description: req.description };
+    let changed = StoredWebhook {
+        id: stored.id,
+        config: serde_json::to_value(&sub).map_err(ApiError::internal)?,
+        created_at: stored.created_at,
+        updated_at: Utc::now(),
+    };
+    state.store.put_webhook(&changed).await?;
+    state.webhooks.subscriptions_changed();
+    Ok(Json(view(changed)?))
 }
 
 /// Delete a subscription; its queued deliveries are dropped.

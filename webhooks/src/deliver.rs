@@ -145,7 +145,7 @@ pub async fn send(webhooks: &Webhooks, endpoint: &Endpoint, webhook_id: &str, bo
         set("webhook-signature", secret.sign(webhook_id, timestamp, body));
     }
     // `url` is the caller's text as parsed; query strings (n8n's `?signature=`) stay as given.
-    let response = client.post(url).headers(headers).body(body.to_vec()).send().await;
+    let response = client.post(url).headers(headers).body(body.to_vec()).send().await.map_err(|e| e.without_url());
     match response {
         Ok(response) => {
             let status = response.status().as_u16();

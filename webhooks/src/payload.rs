@@ -193,6 +193,54 @@ fn obsidian_path(template: &str, job: &Job, title: &str, finished: DateTime<Utc>
 mod tests {
     use super::*;
 
+    fn job(result_text: &str) -> (Job, Value) {
+        let now = Utc::now();
+        let job = Job {
+            id: orch_store::new_job_id(),
+            kind: JobKind::Chat,
+            status: JobStatus::Succeeded,
+            input: json!({"messages": [{"role": "user", "content": "Write it all"}], "obsidian_path": "Notes/{kind}/{slug}.md"}),
+            metadata: json!({}),
+            attempts: 1,
+            max_attempts: 3,
+            progress: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            run_at: now,
+            started_at: Some(now),
+            finished_at: Some(now),
+            cancel_requested: false,
+            worker: None,
+            lease_expires_at: None,
+        };
+        (job, json!({"text": result_text, "model": "echo"}))
+    }
+
+    fn options(max_bytes: usize) -> PayloadOptions {
+        PayloadOptions {
+            obsidian_path: "Inbox/{date}-{slug}.md".into(),
+            public_url: "https://orch.example".into(),
+            max_bytes,
+        }
+    }
+
+    #[test]
+    fn a_result_that_does_not_fit_is_linked_not_inlined() {
+        let (job, result) = job(&"word ".repeat(100_000));
+        let small = build(&job, "job.succeeded", Some(&result), &options(16 << 20));
+        assert_eq!(
+            (small["result_truncated"].as_bool(), small["result"]["text"].as_str().map(str::len)),
+            (Some(false), Some(500_000))
+        );
+        let cut = build(&job, "job.succeeded", Some(&result), &options(200_000));
+        assert!(serde_json::to_vec(&cut).unwrap().len() <= 200_000);
+        assert_eq!((cut["result_truncated"].as_bool(), cut["result"].is_null()), (Some(true), true));
+        assert!(cut["markdown"].as_str().unwrap().ends_with("read it in full at `links.result`.)*"));
+        assert_eq!(cut["links"]["result"], format!("https://orch.example/v1/jobs/{}/result", job.id));
+        assert_eq!(cut["obsidian"]["path"], "Notes/chat/write-it-all.md");
+    }
+
     #[test]
     fn slugs() {
         for (title, expected) in [
