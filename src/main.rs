@@ -215,10 +215,12 @@ async fn first_key(store: &dyn Store) -> Result<()> {
         // Written, not println!: a closed stdout must not stop the service.
         let text = format!(
             "Created an admin API key. It is shown only this once; keep it somewhere safe:\n\n    {}\n\n\
+             Webhooks of jobs it submits are signed with {}\n\
              Use it as `Authorization: Bearer <key>`. Make keys for your workflows with\n    \
              orch keys create --name n8n --scopes jobs:read,jobs:write\n\
              or POST /v1/keys with this admin key.\n\n",
-            new.secret
+            new.secret,
+            orch_webhooks::Secret::for_api_key(&new.secret)
         );
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
@@ -316,10 +318,12 @@ async fn keys(store: &dyn Store, command: KeysCommand) -> Result<()> {
             store.create_key(&new.key, &new.hash).await?;
             println!("{}", new.secret);
             eprintln!(
-                "Created key {} ({}) with scopes {}. The secret above is shown only once.",
+                "Created key {} ({}) with scopes {}. The secret above is shown only once.\n\
+                 Webhooks of jobs it submits are signed with {}",
                 new.key.id,
                 new.key.name,
-                new.key.scopes.join(",")
+                new.key.scopes.join(","),
+                orch_webhooks::Secret::for_api_key(&new.secret)
             );
         }
         KeysCommand::List => {

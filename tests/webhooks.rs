@@ -281,6 +281,15 @@ async fn signatures_verify_with_the_standardwebhooks_package(backend: Backend) {
     assert!(got[0].header("webhook-signature").starts_with("v1,"));
     let parsed = verify_with_python(&secret, &got[0]);
     assert_eq!(parsed["job_id"], job.as_str());
+    // A callback without a secret is signed with the submitting key's, shown when the key was made.
+    let made = app.post("/v1/keys", json!({"name": "n8n", "scopes": ["jobs:write", "jobs:read"]})).await;
+    let (key, key_whsec) = (made.body["secret"].as_str().unwrap(), made.body["webhook_secret"].as_str().unwrap());
+    let body = json!({"prompt": "signed by key", "callback": {"url": receiver.url("/by-key")}});
+    let r = app.call(reqwest::Method::POST, "/v1/jobs/chat", Some(key), Some(body)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(verify_with_python(key_whsec, &got[1])["markdown"], "signed by key");
+    let _ = receiver.state.log.lock().unwrap().pop();
     // A global subscription, whose secret is shown once.
     let created = app.post("/v1/webhooks", json!({"url": receiver.url("/all"), "events": ["job.failed"]})).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);

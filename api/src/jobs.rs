@@ -107,23 +107,27 @@ pub struct BatchJobRequest {
 }
 
 impl ChatJobRequest {
-    pub fn webhook_fields(&self) -> crate::webhooks::WebhookFields<'_> {
+    /// The webhook fields; `key_secret` signs a callback without its own secret.
+    pub fn webhook_fields(&self, key_secret: Option<String>) -> crate::webhooks::WebhookFields<'_> {
         crate::webhooks::WebhookFields {
             callback: &self.callback,
             title: &self.title,
             tags: &self.tags,
             obsidian_path: &self.obsidian_path,
+            key_secret,
         }
     }
 }
 
 impl BatchJobRequest {
-    pub fn webhook_fields(&self) -> crate::webhooks::WebhookFields<'_> {
+    /// The webhook fields; `key_secret` signs a callback without its own secret.
+    pub fn webhook_fields(&self, key_secret: Option<String>) -> crate::webhooks::WebhookFields<'_> {
         crate::webhooks::WebhookFields {
             callback: &self.callback,
             title: &self.title,
             tags: &self.tags,
             obsidian_path: &self.obsidian_path,
+            key_secret,
         }
     }
 }
@@ -465,7 +469,8 @@ pub async fn submit_chat(
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
     let req = &body.value;
-    let input = crate::webhooks::attach(&state, chat_input(req)?, req.webhook_fields()).await?;
+    let key_secret = crate::webhooks::key_signing_secret(&headers);
+    let input = crate::webhooks::attach(&state, chat_input(req)?, req.webhook_fields(key_secret)).await?;
     let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
     submit(&state, &principal, &headers, JobKind::Chat, &body.raw, input, options).await
 }
@@ -500,7 +505,9 @@ pub async fn submit_batch(
     body: ApiJson<BatchJobRequest>,
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
-    let input = crate::webhooks::attach(&state, batch_input(&body.value)?, body.value.webhook_fields()).await?;
+    let key_secret = crate::webhooks::key_signing_secret(&headers);
+    let input =
+        crate::webhooks::attach(&state, batch_input(&body.value)?, body.value.webhook_fields(key_secret)).await?;
     let options = JobOptions { metadata: &body.value.metadata, max_attempts: body.value.max_attempts };
     submit(&state, &principal, &headers, JobKind::Batch, &body.raw, input, options).await
 }

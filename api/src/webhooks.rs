@@ -36,7 +36,8 @@ pub struct CallbackRequest {
     /// Which endings to send: `succeeded`, `failed`, `cancelled` (default: all three).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
-    /// `whsec_<base64>`: signs each delivery (Standard Webhooks). Never returned by the API.
+    /// `whsec_<base64>`: signs each delivery (Standard Webhooks). Default: the
+    /// `webhook_secret` of the submitting API key. Never returned by the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
@@ -47,6 +48,16 @@ pub struct WebhookFields<'a> {
     pub title: &'a Option<String>,
     pub tags: &'a Option<Vec<String>>,
     pub obsidian_path: &'a Option<String>,
+    /// The submitting API key's signing secret, for a callback without `secret`.
+    pub key_secret: Option<String>,
+}
+
+/// The signing secret of the API key in `Authorization: Bearer <key>` (the
+/// caller was authenticated already).
+pub fn key_signing_secret(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
+    Some(Secret::for_api_key(key))
 }
 
 /// Checks the webhook fields and adds them to a job's input. The callback URL
@@ -83,7 +94,8 @@ pub async fn attach(state: &AppState, mut input: Value, fields: WebhookFields<'_
         }
         // Last: it resolves the host.
         check_url(state, &callback.url, "callback.url").await?;
-        let stored = Callback { url: callback.url.clone(), headers, events, secret: callback.secret.clone() };
+        let secret = callback.secret.clone().or(fields.key_secret);
+        let stored = Callback { url: callback.url.clone(), headers, events, secret };
         input["callback"] = serde_json::to_value(stored).map_err(ApiError::internal)?;
     }
     Ok(input)

@@ -126,13 +126,14 @@ impl OrchMcp {
         let (input, metadata, max_attempts) = match kind {
             JobKind::Chat => {
                 let req: ChatJobRequest = crate::json::parse(&raw)?;
-                let input = crate::webhooks::attach(&self.state, jobs::chat_input(&req)?, req.webhook_fields()).await?;
+                let input =
+                    crate::webhooks::attach(&self.state, jobs::chat_input(&req)?, req.webhook_fields(None)).await?;
                 (input, req.metadata, req.max_attempts)
             }
             JobKind::Batch | JobKind::Delivery => {
                 let req: BatchJobRequest = crate::json::parse(&raw)?;
                 let input =
-                    crate::webhooks::attach(&self.state, jobs::batch_input(&req)?, req.webhook_fields()).await?;
+                    crate::webhooks::attach(&self.state, jobs::batch_input(&req)?, req.webhook_fields(None)).await?;
                 (input, req.metadata, req.max_attempts)
             }
         };
