@@ -111,7 +111,7 @@ impl Drop for Receiver {
 }
 
 /// Answers the next scripted status; `SLOW` answers 200 after a second; a
-/// 302 points elsewhere on this receiver.
+/// 302 points elsewhere on this receiver; a 429 says `Retry-After: 1`.
 async fn receive(
     State(state): State<ReceiverState>,
     OriginalUri(uri): OriginalUri,
@@ -127,6 +127,7 @@ async fn receive(
             AxumStatus::OK.into_response()
         }
         302 => (AxumStatus::FOUND, [("location", "/followed")]).into_response(),
+        429 => (AxumStatus::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response(),
         other => AxumStatus::from_u16(other).unwrap().into_response(),
     }
 }
@@ -207,6 +208,17 @@ async fn a_409_is_retried_until_the_wait_node_is_ready(backend: Backend) {
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
     let list = wait_deliveries(&app, &job, Duration::from_secs(5), finished).await;
     assert_eq!((list[0]["status"].as_str(), list[0]["attempts"].as_u64()), (Some("succeeded"), Some(2)));
+    app.stop().await;
+}
+
+async fn retry_after_is_honoured(backend: Backend) {
+    let receiver = Receiver::start(&[429]).await;
+    let app = spawn_app_with(backend, options()).await;
+    chat_with_callback(&app, json!({"url": receiver.url("/busy")})).await;
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    // The scaled schedule would wait 50 ms; the receiver asked for 1 s.
+    let gap = got[1].at.duration_since(got[0].at);
+    assert!(gap >= Duration::from_secs(1) && gap < Duration::from_secs(3), "{gap:?}");
     app.stop().await;
 }
 
@@ -640,6 +652,7 @@ on_both_backends!(
     a_failing_receiver_is_retried_on_schedule_with_one_webhook_id,
     a_409_is_retried_until_the_wait_node_is_ready,
     not_found_ends_the_delivery_as_failed,
+    retry_after_is_honoured,
     a_resume_url_is_delivered_with_its_query_intact,
     signatures_verify_with_the_standardwebhooks_package,
     callback_secrets_and_headers_are_never_returned,

@@ -463,6 +463,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_errors_own_retry_delay_wins_over_the_backoff() {
+        let config = WorkerConfig::new("w".into());
+        let now = Utc::now();
+        let job = Job {
+            id: orch_store::new_job_id(),
+            kind: JobKind::Delivery,
+            status: JobStatus::Running,
+            input: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            attempts: 1,
+            max_attempts: 11,
+            progress: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            run_at: now,
+            started_at: Some(now),
+            finished_at: None,
+            cancel_requested: false,
+            worker: Some("w".into()),
+            lease_expires_at: None,
+        };
+        let error = JobError::new("http_503", "busy", true).retry_in(Duration::from_secs(3600));
+        let Outcome::Failed { retry_at: Some(at), .. } = outcome_of(&config, &job, Err(error)) else {
+            panic!("expected a retry")
+        };
+        let wait = (at - Utc::now()).num_seconds();
+        assert!((3590..=3600).contains(&wait), "{wait}");
+        // Out of attempts, it is final whatever the error asks.
+        let last = Job { attempts: 11, ..job };
+        let error = JobError::new("http_503", "busy", true).retry_in(Duration::from_secs(5));
+        assert!(matches!(outcome_of(&config, &last, Err(error)), Outcome::Failed { retry_at: None, .. }));
+    }
+
+    #[test]
     fn backoff_doubles_and_is_capped() {
         let mut config = WorkerConfig::new("w".into());
         config.retry_base = Duration::from_secs(1);
