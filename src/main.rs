@@ -240,6 +240,7 @@ async fn serve_api(settings: &Settings, store: Arc<dyn Store>, shutdown: Cancell
     start_mcp(settings, &mut state).await?;
     let registry = state.registry.clone();
     tokio::spawn(orch_api::servers::watch_file(state.clone(), MCP_CONFIG_POLL));
+    tokio::spawn(orch_api::webhooks::watch_servers(state.clone()));
     let stopped = shutdown.clone();
     let server =
         axum::serve(listener, orch_api::app(state)).with_graceful_shutdown(async move { stopped.cancelled().await });

@@ -558,6 +558,38 @@ async fn the_test_endpoint_reports_the_receivers_answer() {
     app.stop().await;
 }
 
+/// A subscription to `server.down` hears of an MCP server that lost its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_server_going_down_is_delivered_to_subscribers() {
+    let receiver = Receiver::start(&[]).await;
+    let app = spawn_app_with(Backend::Sqlite, options()).await;
+    let created = app.post("/v1/webhooks", json!({"url": receiver.url("/ops"), "events": ["server.down"]})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["events"], json!(["server.down"]));
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    let closed = format!("http://127.0.0.1:{}/mcp", orch_testkit::free_port());
+    let r = app.post("/v1/servers", json!({"name": "gone", "config": {"url": closed, "timeout": 2}})).await;
+    assert_eq!((r.status, r.body["state"].as_str()), (StatusCode::CREATED, Some("down")), "{}", r.body);
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let payload = verify_with_python(&secret, &got[0]);
+    assert_eq!(
+        (payload["type"].as_str(), payload["server"].as_str()),
+        (Some("server.down"), Some("gone")),
+        "{payload}"
+    );
+    let list = app.get("/v1/deliveries").await.body;
+    assert_eq!(
+        (list["deliveries"][0]["event"].as_str(), &list["deliveries"][0]["job_id"]),
+        (Some("server.down"), &Value::Null),
+        "{list}"
+    );
+    // Job events and unknown ones are told apart.
+    let r = app.post("/v1/webhooks", json!({"url": receiver.url("/ops"), "events": ["server.up"]})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("server.down"), "{}", r.body);
+    app.stop().await;
+}
+
 /// The real binary: `orch serve` is killed (SIGKILL) while its delivery waits
 /// for a receiver that is down, started again on the same SQLite file, and
 /// delivers once the receiver is back.

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use orch_store::{Job, JobFilter, JobId, JobKind, JobStatus, StoredWebhook};
-use orch_webhooks::{Callback, DeliveryInput, JOB_EVENTS, Secret, Subscription};
+use orch_webhooks::{Callback, DeliveryInput, JOB_EVENTS, SERVER_EVENTS, Secret, Subscription};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -113,6 +113,32 @@ fn check_obsidian_path(path: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// A subscription's events: job events, and `server.down`.
+fn subscription_events(events: &[String]) -> ApiResult<Vec<String>> {
+    let (server, job): (Vec<&String>, Vec<&String>) = events.iter().partition(|e| SERVER_EVENTS.contains(&e.as_str()));
+    let mut out = if job.is_empty() && !server.is_empty() {
+        Vec::new()
+    } else {
+        let job: Vec<String> = job.into_iter().cloned().collect();
+        events_of(Some(&job), "events", false).map_err(|e| {
+            let extra = format!(", {}", SERVER_EVENTS.join(", "));
+            ApiError {
+                message: e.message.replace(
+                    "allowed: succeeded, failed, cancelled",
+                    &format!("allowed: job.succeeded, job.failed, job.cancelled{extra}"),
+                ),
+                ..e
+            }
+        })?
+    };
+    for event in server {
+        if !out.contains(event) {
+            out.push(event.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Event names as given (`succeeded` or `job.succeeded`), as stored (`job.succeeded`).
 fn events_of(events: Option<&[String]>, field: &str, default_all: bool) -> ApiResult<Vec<String>> {
     let Some(events) = events else {
@@ -174,7 +200,7 @@ fn check_headers(headers: &BTreeMap<String, String>, field: &str) -> ApiResult<(
 #[schema(example = json!({"url": "https://n8n.example.com/webhook/orch-events", "events": ["job.succeeded", "job.failed"], "description": "all results to the archive flow"}))]
 pub struct WebhookRequest {
     pub url: String,
-    /// `job.succeeded`, `job.failed`, `job.cancelled`.
+    /// `job.succeeded`, `job.failed`, `job.cancelled`, `server.down` (an MCP server lost every connection).
     pub events: Vec<String>,
     /// Extra request headers. Never returned by the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -246,7 +272,7 @@ pub async fn create_webhook(
 ) -> ApiResult<(StatusCode, Json<WebhookCreated>)> {
     principal.require(crate::auth::ADMIN)?;
     let req = body.value;
-    let events = events_of(Some(&req.events), "events", false)?;
+    let events = subscription_events(&req.events)?;
     let headers = req.headers.unwrap_or_default();
     check_headers(&headers, "headers")?;
     check_url(&state, &req.url, "url").await?;
@@ -334,7 +360,7 @@ pub async fn replace_webhook(
     let stored = find_webhook(&state, &id).await?;
     let old: Subscription = serde_json::from_value(stored.config).map_err(ApiError::internal)?;
     let req = body.value;
-    let events = events_of(Some(&req.events), "events", false)?;
+    let events = subscription_events(&req.events)?;
     let headers = req.headers.unwrap_or_default();
     check_headers(&headers, "headers")?;
     check_url(&state, &req.url, "url").await?;
@@ -381,7 +407,8 @@ pub async fn delete_webhook(
 #[schema(example = json!({"id": "019a8a5e-4d2f-7c10-8b8e-5a1f3c9d2e01", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "event": "job.succeeded", "target": "callback", "webhook_id": "msg_019a8a5e4d2f7c108b8e5a1f3c9d2e00", "status": "queued", "attempts": 2, "max_attempts": 11, "response_status": 409, "error": {"code": "http_409", "message": "the receiver answered 409; retrying", "retryable": true}, "next_attempt_at": "2026-11-21T09:00:35Z", "redelivery_of": null, "created_at": "2026-11-21T09:00:00Z", "finished_at": null}))]
 pub struct DeliveryView {
     pub id: Uuid,
-    pub job_id: Uuid,
+    /// The job of a `job.*` event.
+    pub job_id: Option<Uuid>,
     /// `job.succeeded`, `job.failed`, `job.cancelled`.
     pub event: String,
     /// `callback` or `webhook:<subscription id>`.
@@ -596,6 +623,34 @@ pub struct WebhookTestRequest {
     pub secret: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// Queues `server.down` for the subscriptions that want it whenever an MCP
+/// server of this process's registry goes down. Runs until shutdown.
+pub async fn watch_servers(state: AppState) {
+    let mut events = state.registry.subscribe();
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = state.shutdown.cancelled() => return,
+        };
+        let (server, last_error) = match event {
+            Ok(orch_mcp::RegistryEvent::ServerState { server, state: orch_mcp::ServerState::Down, last_error }) => {
+                (server, last_error)
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let now = Utc::now();
+        let payload = json!({"type": "server.down", "server": server, "state": "down", "last_error": last_error,
+                             "at": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                             "links": {"server": format!("{}/v1/servers/{server}", state.config.public_url.trim_end_matches('/'))}});
+        // Processes sharing a store see the same outage: one delivery per server and minute.
+        let dedupe = format!("{server}:{}", now.timestamp() / 60);
+        if let Err(err) = state.webhooks.enqueue_event("server.down", payload, &dedupe).await {
+            tracing::warn!(server = %server, error = %err, "queueing server.down deliveries failed");
+        }
+    }
 }
 
 /// How the receiver answered the sample event.

@@ -112,6 +112,7 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     let shutdown = CancellationToken::new();
     state.shutdown = shutdown.clone();
     let registry = state.registry.clone();
+    tokio::spawn(orch_api::webhooks::watch_servers(state.clone()));
     if let Some(every) = options.watch {
         tokio::spawn(orch_api::servers::watch_file(state.clone(), every));
     }

@@ -61,8 +61,10 @@ impl Target {
 /// The input of a delivery job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryInput {
-    pub job_id: JobId,
-    /// `job.succeeded`, …
+    /// The job of a `job.*` event; its payload is built from the stored job when sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    /// `job.succeeded`, …, `server.down`
     pub event: String,
     /// The job's attempt that ended with the event.
     pub attempt: u32,
@@ -72,6 +74,9 @@ pub struct DeliveryInput {
     /// The delivery this one repeats (`POST /v1/deliveries/{id}/redeliver`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redelivery_of: Option<JobId>,
+    /// The payload of an event that is not about a job (`server.down`), fixed when queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
 }
 
 /// A URL to POST to, with its extra headers and signing secret.
@@ -194,15 +199,15 @@ fn dropped(code: &str, message: String) -> JobError {
 
 impl DeliveryExecutor {
     /// The job, once its outcome for this delivery is recorded.
-    async fn settled_job(&self, input: &DeliveryInput, ctx: &JobContext) -> Result<Job, JobError> {
+    async fn settled_job(&self, job_id: JobId, input: &DeliveryInput, ctx: &JobContext) -> Result<Job, JobError> {
         let store = &self.0.store;
         let deadline = Instant::now() + self.0.config.settle_wait;
         loop {
             let job = store
-                .get_job(input.job_id)
+                .get_job(job_id)
                 .await
                 .map_err(|e| JobError::new("store", e.to_string(), true))?
-                .ok_or_else(|| dropped("job_gone", format!("job {} no longer exists", input.job_id)))?;
+                .ok_or_else(|| dropped("job_gone", format!("job {job_id} no longer exists")))?;
             let event_status = format!("job.{}", job.status);
             if job.attempts > input.attempt || (job.status.is_terminal() && event_status != input.event) {
                 return Err(dropped(
@@ -233,14 +238,15 @@ impl DeliveryExecutor {
         }
     }
 
-    async fn endpoint(&self, input: &DeliveryInput, job: &Job) -> Result<Endpoint, JobError> {
+    async fn endpoint(&self, input: &DeliveryInput, job: Option<&Job>) -> Result<Endpoint, JobError> {
         let secret = |text: &str| {
             Secret::parse(text).map_err(|e| dropped("invalid_secret", format!("the signing secret is unusable: {e}")))
         };
         match &input.target {
             Target::Callback => {
-                let callback = callback_of(job)
-                    .ok_or_else(|| dropped("no_callback", format!("job {} has no callback", job.id)))?;
+                let callback = job
+                    .and_then(callback_of)
+                    .ok_or_else(|| dropped("no_callback", "the delivery's job has no callback".to_owned()))?;
                 let secret = callback.secret.as_deref().map(secret).transpose()?;
                 Ok(Endpoint { url: callback.url, headers: callback.headers, secret })
             }
@@ -261,8 +267,16 @@ impl Executor for DeliveryExecutor {
     async fn run(&self, delivery: &Job, ctx: &JobContext) -> Result<Value, JobError> {
         let input: DeliveryInput = serde_json::from_value(delivery.input.clone())
             .map_err(|e| dropped("invalid_input", format!("stored delivery does not parse: {e}")))?;
-        let job = self.settled_job(&input, ctx).await?;
-        let endpoint = self.endpoint(&input, &job).await?;
+        let Some(job_id) = input.job_id else {
+            let payload =
+                input.payload.as_ref().ok_or_else(|| dropped("invalid_input", "no job and no payload".into()))?;
+            let endpoint = self.endpoint(&input, None).await?;
+            let body = serde_json::to_vec(payload).expect("payloads serialize");
+            let attempt = send(&self.0, &endpoint, &input.webhook_id, &body).await;
+            return judge(&self.0.config, delivery.attempts, &attempt);
+        };
+        let job = self.settled_job(job_id, &input, ctx).await?;
+        let endpoint = self.endpoint(&input, Some(&job)).await?;
         let result = match job.status {
             JobStatus::Succeeded => {
                 self.0.store.get_result(job.id).await.map_err(|e| JobError::new("store", e.to_string(), true))?

@@ -37,6 +37,8 @@ pub use sign::Secret;
 
 /// Job events a callback or subscription can ask for.
 pub const JOB_EVENTS: [&str; 3] = ["job.succeeded", "job.failed", "job.cancelled"];
+/// Events only global subscriptions get: an MCP server went down.
+pub const SERVER_EVENTS: [&str; 1] = ["server.down"];
 
 /// Settings of webhook deliveries (see README: `ORCH_WEBHOOK_*`).
 #[derive(Debug, Clone)]
@@ -177,16 +179,43 @@ impl Webhooks {
         for target in &targets {
             let key = format!("delivery:{}:{}:{event}:{}", job.id, job.attempts, target.key());
             let input = DeliveryInput {
-                job_id: job.id,
+                job_id: Some(job.id),
                 event: event.clone(),
                 attempt: job.attempts,
                 target: target.clone(),
                 webhook_id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
                 redelivery_of: None,
+                payload: None,
             };
             self.store.insert_job(delivery_job(&input, Some(key))).await?;
         }
         Ok(targets.len())
+    }
+
+    /// Queues an event that is not about a job (`server.down`) to every
+    /// subscription that wants it, with its payload fixed now. `dedupe` names
+    /// the occurrence, so API processes reporting the same one queue it once.
+    pub async fn enqueue_event(&self, event: &str, payload: Value, dedupe: &str) -> Result<usize, StoreError> {
+        let mut queued = 0;
+        for (id, sub) in self.subscriptions().await?.iter() {
+            if !sub.events.iter().any(|e| e == event) {
+                continue;
+            }
+            let target = Target::Webhook { id: id.clone() };
+            let key = format!("delivery:{event}:{dedupe}:{}", target.key());
+            let input = DeliveryInput {
+                job_id: None,
+                event: event.to_owned(),
+                attempt: 0,
+                target,
+                webhook_id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+                redelivery_of: None,
+                payload: Some(payload.clone()),
+            };
+            self.store.insert_job(delivery_job(&input, Some(key))).await?;
+            queued += 1;
+        }
+        Ok(queued)
     }
 }
 
