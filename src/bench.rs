@@ -369,7 +369,7 @@ async fn drain_once(backend: Backend, n: usize, concurrency: Option<usize>, redi
     let started = Instant::now();
     let mut worker = tokio::spawn(orch_worker::run(
         store.clone(),
-        Arc::new(orch_worker::Executors::builtin()),
+        Arc::new(orch_worker::Executors::new(Arc::new(orch_api::default_router()))),
         config,
         shutdown.clone(),
     ));

@@ -24,6 +24,10 @@ pub struct GlobalArgs {
     /// Where jobs live: sqlite://PATH or redis://HOST:PORT/DB [default: sqlite://<data-dir>/orch.db].
     #[arg(long, env = "ORCH_STORE", global = true, value_name = "URL", hide_env_values = true)]
     pub store: Option<String>,
+    /// Model of chat requests that name none: auto, a provider, or provider/model
+    /// (routing.default_model) [default: auto].
+    #[arg(long, env = "ORCH_DEFAULT_MODEL", global = true, value_name = "MODEL")]
+    pub default_model: Option<String>,
     /// Directory of the embedded store and other local state [default: ./orch-data].
     #[arg(long, env = "ORCH_DATA_DIR", global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -81,6 +85,13 @@ pub struct ApiArgs {
     /// true or false [default: false].
     #[arg(long, env = "ORCH_ALLOW_STDIO_REGISTRATION", value_name = "BOOL")]
     pub allow_stdio_registration: Option<String>,
+    /// Largest chat prompt (all messages together) in bytes; more is refused with 413
+    /// [default: 524288].
+    #[arg(long, env = "ORCH_MAX_PROMPT_BYTES", value_name = "BYTES")]
+    pub max_prompt_bytes: Option<usize>,
+    /// Longest POST /v1/chat/completions waits for its answer before 504 [default: 15m].
+    #[arg(long, env = "ORCH_CHAT_WAIT", value_name = "DURATION", value_parser = duration)]
+    pub chat_wait: Option<Duration>,
 }
 
 /// Settings of a worker.
@@ -128,6 +139,11 @@ struct FileConfig {
     mcp_config: Option<PathBuf>,
     mcp_separator: Option<String>,
     allow_stdio_registration: Option<bool>,
+    max_prompt_bytes: Option<usize>,
+    chat_wait: Option<String>,
+    /// `[providers.NAME]` tables; without any, the four built-ins with defaults.
+    providers: Option<orch_providers::ProvidersConfig>,
+    routing: Option<orch_providers::RoutingConfig>,
     concurrency: Option<usize>,
     lease: Option<String>,
     poll_interval: Option<String>,
@@ -157,6 +173,19 @@ pub struct Settings {
     /// Between server and tool in namespaced tool names.
     pub mcp_separator: String,
     pub webhooks: orch_webhooks::WebhookConfig,
+    /// Where local state lives (the SQLite store, providers' working dirs).
+    pub data_dir: PathBuf,
+    /// The providers (file, then `ORCH_PROVIDER_*` variables) and routing, checked together.
+    pub providers: orch_providers::ProvidersConfig,
+    pub routing: orch_providers::RoutingConfig,
+}
+
+impl Settings {
+    /// The providers and routing, ready to run turns; their state under `data_dir/providers`.
+    pub fn router(&self) -> Result<orch_providers::Router> {
+        orch_providers::Router::from_config(&self.providers, self.routing.clone(), &self.data_dir.join("providers"))
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))
+    }
 }
 
 fn load_file(explicit: Option<&Path>) -> Result<FileConfig> {
@@ -236,6 +265,27 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         None => file.allow_stdio_registration.unwrap_or(false),
     };
 
+    let max_prompt_bytes = api.max_prompt_bytes.or(file.max_prompt_bytes).unwrap_or(512 * 1024);
+    if max_prompt_bytes < 1024 {
+        bail!(
+            "ORCH_MAX_PROMPT_BYTES (--max-prompt-bytes): {max_prompt_bytes} is too small; allowed: 1024 bytes or more"
+        );
+    }
+    let chat_wait = match api.chat_wait {
+        Some(d) => d,
+        None => file_duration("chat_wait", file.chat_wait.as_ref())?.unwrap_or(Duration::from_secs(900)),
+    };
+    if chat_wait < Duration::from_secs(1) {
+        bail!("ORCH_CHAT_WAIT (--chat-wait): {chat_wait:?} is too short; allowed: 1s or more");
+    }
+    let mut providers = file.providers.unwrap_or_default();
+    providers.apply_env(std::env::vars()).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+    providers.validate().map_err(|e| anyhow::anyhow!("orch.toml / ORCH_PROVIDER_*: {}: {}", e.field, e.message))?;
+    let mut routing = file.routing.unwrap_or_default();
+    if let Some(model) = global.default_model.clone() {
+        routing.default_model = model;
+    }
+
     let mut w = orch_worker::WorkerConfig::new(orch_worker::worker_id());
     w.concurrency = worker.concurrency.or(file.concurrency).unwrap_or(w.concurrency);
     if !(1..=100_000).contains(&w.concurrency) {
@@ -271,7 +321,7 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         (file.webhook_allow, file.webhook_fail_statuses, file.webhook_obsidian_path, file.webhook_retry_scale);
     let webhooks = webhook_settings(global, file_webhooks, &public_url)?;
 
-    Ok(Settings {
+    let settings = Settings {
         store,
         webhooks,
 
@@ -279,11 +329,23 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         log: global.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
         log_json,
         bind,
-        api: orch_api::ApiConfig { public_url, max_body, default_max_attempts: max_attempts },
+        api: orch_api::ApiConfig {
+            public_url,
+            max_body,
+            default_max_attempts: max_attempts,
+            max_prompt_bytes,
+            chat_wait,
+        },
         worker: w,
         mcp: orch_api::servers::McpSettings { file: mcp_file, allow_api_stdio },
         mcp_separator,
-    })
+        data_dir,
+        providers,
+        routing,
+    };
+    // Routing names providers and models: checked against them before anything starts.
+    settings.router()?;
+    Ok(settings)
 }
 
 /// The `webhook_*` settings of orch.toml: allow, fail statuses, obsidian path, retry scale.

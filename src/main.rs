@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod doctor;
 mod mcp;
 
 use std::io::Write;
@@ -47,6 +48,12 @@ enum Command {
     /// A stdio MCP server with every MCP server's tools plus Orch's own (for Claude Desktop,
     /// Cursor, Cline); logs go to stderr.
     Mcp {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Check the store, each provider's CLI and credentials, and each MCP server; say how to
+    /// fix what fails (exit status 1 when something does).
+    Doctor {
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -110,6 +117,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Api { api } => (api, &no_worker),
         Command::Worker { worker } => (&no_api, worker),
         Command::Mcp { api } => (api, &no_worker),
+        Command::Doctor { api } => (api, &no_worker),
         _ => (&no_api, &no_worker),
     };
     let settings = config::resolve(&cli.global, api, worker)?;
@@ -117,6 +125,15 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Mcp { .. } => {
             init_logging(&settings)?;
             mcp::run(&settings).await
+        }
+        Command::Doctor { .. } => {
+            // The report says what failed; log lines would only repeat it.
+            tracing_subscriber::fmt().with_env_filter("off").with_writer(std::io::stderr).init();
+            if doctor::run(&settings).await? {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("orch doctor found problems (above)"))
+            }
         }
         Command::Openapi => {
             print!("{}", orch_api::openapi_json());
@@ -126,14 +143,15 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
             first_key(store.as_ref()).await?;
+            let router = providers(&settings)?;
             let shutdown = shutdown_signal();
             let worker = tokio::spawn(orch_worker::run(
                 store.clone(),
-                Arc::new(executors(&settings, &store)),
+                Arc::new(executors(&settings, &store, router.clone())),
                 settings.worker.clone(),
                 shutdown.clone(),
             ));
-            serve_api(&settings, store, shutdown).await?;
+            serve_api(&settings, store, router, shutdown).await?;
             worker.await.context("worker task")?;
             Ok(())
         }
@@ -141,14 +159,14 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
             first_key(store.as_ref()).await?;
-            serve_api(&settings, store, shutdown_signal()).await
+            serve_api(&settings, store, providers(&settings)?, shutdown_signal()).await
         }
         Command::Worker { .. } => {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
             orch_worker::run(
                 store.clone(),
-                Arc::new(executors(&settings, &store)),
+                Arc::new(executors(&settings, &store, providers(&settings)?)),
                 settings.worker.clone(),
                 shutdown_signal(),
             )
@@ -166,13 +184,17 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The worker's executors: the built-in ones, plus webhook deliveries.
-fn executors(settings: &Settings, store: &Arc<dyn Store>) -> orch_worker::Executors {
+/// The worker's executors: chat on the providers, plans, and webhook deliveries.
+fn executors(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    router: Arc<orch_providers::Router>,
+) -> orch_worker::Executors {
     let webhooks = orch_webhooks::Webhooks::new(store.clone(), settings.webhooks.clone());
     orch_worker::Executors {
         delivery: Some(Box::new(orch_webhooks::DeliveryExecutor(webhooks.clone()))),
         followups: Some(webhooks),
-        ..orch_worker::Executors::builtin()
+        ..orch_worker::Executors::new(router)
     }
 }
 
@@ -228,7 +250,23 @@ async fn first_key(store: &dyn Store) -> Result<()> {
     Ok(())
 }
 
-async fn serve_api(settings: &Settings, store: Arc<dyn Store>, shutdown: CancellationToken) -> Result<()> {
+/// The configured providers and routing; says at start-up what it will not pass on.
+fn providers(settings: &Settings) -> Result<Arc<orch_providers::Router>> {
+    let router = settings.router()?;
+    for warning in router.providers().warnings() {
+        tracing::warn!("{warning}");
+    }
+    let names: Vec<&str> = router.providers().iter().map(|p| p.name()).collect();
+    tracing::info!(providers = ?names, default_model = %router.config().default_model, "chat providers");
+    Ok(Arc::new(router))
+}
+
+async fn serve_api(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    router: Arc<orch_providers::Router>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .with_context(|| format!("cannot listen on {} (ORCH_BIND / --bind)", settings.bind))?;
@@ -236,6 +274,7 @@ async fn serve_api(settings: &Settings, store: Arc<dyn Store>, shutdown: Cancell
     tracing::info!(%addr, backend = store.backend(), "Orch API listening; Swagger UI at http://{addr}/docs");
     let mut state = orch_api::AppState::new(store.clone(), settings.api.clone());
     state.webhooks = orch_webhooks::Webhooks::new(store, settings.webhooks.clone());
+    state.router = router;
     state.shutdown = shutdown.clone();
     start_mcp(settings, &mut state).await?;
     let registry = state.registry.clone();

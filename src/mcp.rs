@@ -12,6 +12,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
     let store = crate::open_store(settings).await?;
     let mut state = orch_api::AppState::new(store.clone(), settings.api.clone());
     state.webhooks = orch_webhooks::Webhooks::new(store, settings.webhooks.clone());
+    state.router = std::sync::Arc::new(settings.router()?);
     state.shutdown = crate::shutdown_signal();
     crate::start_mcp(settings, &mut state).await?;
     let registry = state.registry.clone();

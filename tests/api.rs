@@ -100,9 +100,23 @@ fn bad_bodies() -> Vec<(&'static str, &'static str, StatusCode, &'static str, Op
         (
             "/v1/jobs/chat",
             "{\"model\": \"gpt-9\", \"prompt\": \"x\"}",
+            StatusCode::BAD_REQUEST,
+            "unknown_model",
+            Some("model"),
+        ),
+        (
+            "/v1/jobs/chat",
+            "{\"model\": \"echo\", \"task_type\": \"poetry\", \"prompt\": \"x\"}",
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
-            Some("model"),
+            Some("task_type"),
+        ),
+        (
+            "/v1/jobs/chat",
+            "{\"prompt\": \"x\", \"max_turns\": 0}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("max_turns"),
         ),
         (
             "/v1/jobs/chat",

@@ -160,6 +160,22 @@ fn invalid_settings_stop_start_up_naming_the_setting() {
         (&[("ORCH_LOG_FORMAT", "xml")], "allowed: text, json"),
         (&[("ORCH_LEASE", "soon")], "--lease"),
         (&[("ORCH_MAX_ATTEMPTS", "99")], "ORCH_MAX_ATTEMPTS"),
+        (
+            &[("ORCH_PROVIDER_CLAUDE_CONCURRENCY", "many")],
+            "ORCH_PROVIDER_CLAUDE_CONCURRENCY: \"many\" is not a whole number",
+        ),
+        (
+            &[("ORCH_PROVIDER_CLAUDE_CONCURRENCY", "0")],
+            "providers.claude.limits.concurrency: must be between 1 and 256",
+        ),
+        (
+            &[("ORCH_DEFAULT_MODEL", "gpt-4o")],
+            "routing.default_model: unknown model \"gpt-4o\"; configured: auto, claude",
+        ),
+        (
+            &[("ORCH_PROVIDER_CLAUDE_ENV_CLAUDE_CODE_OAUTH_TOKEN", "hunter2"), ("ORCH_CHAT_WAIT", "0s")],
+            "ORCH_CHAT_WAIT",
+        ),
     ];
     for (env, expected) in cases {
         let mut cmd = orch(dir.path(), "sqlite://orch.db");
@@ -179,6 +195,16 @@ fn invalid_settings_stop_start_up_naming_the_setting() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("orch.toml") && stderr.contains("workers"), "{stderr}");
+
+    let routing = "[providers.claude]\n[routing.table]\ncoding = ['claude', 'copilot']\n";
+    std::fs::write(dir.path().join("orch.toml"), routing).unwrap();
+    let out = orch(dir.path(), "sqlite://orch.db").arg("serve").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("routing.table.coding[1]: unknown model \"copilot\"; configured: auto, claude"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -343,4 +369,59 @@ fn sigterm_lets_the_running_job_finish_then_exits() {
         store.get_job(id.parse().unwrap()).await.unwrap().unwrap()
     });
     assert_eq!(job.status, orch_store::JobStatus::Succeeded, "{job:?}");
+}
+
+/// `orch doctor` reports each part of the deployment and how to fix what fails.
+#[test]
+fn doctor_checks_store_providers_and_mcp_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fake = repo.join("providers/tests/fake-cli/fake");
+    let toml = format!(
+        "[providers.claude]\ncommand = '{}'\nenv = {{ FAKE_VERSION = '2.1.197 (Claude Code)', CLAUDE_CODE_OAUTH_TOKEN = 'sk-ant-oat01-doctor-secret' }}\n\
+         [providers.gemini]\ncommand = '/nonexistent/gemini'\n",
+        fake.display()
+    );
+    std::fs::write(dir.path().join("orch.toml"), toml).unwrap();
+    let config = json!({"mcpServers": {
+        "t": {"command": support::test_server()},
+        "gone": {"command": "/nonexistent/server"},
+    }});
+    std::fs::write(dir.path().join("mcp-config.json"), config.to_string()).unwrap();
+
+    let out = orch(dir.path(), "sqlite://orch.db").arg("doctor").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "problems must fail the command:\n{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+    assert!(has("[ok]  store sqlite://orch.db: reachable"), "{stdout}");
+    assert!(
+        has(&format!(
+            "[ok]  provider claude (claude): 2.1.197 (Claude Code) at {}; credentials from CLAUDE_CODE_OAUTH_TOKEN",
+            fake.display()
+        )),
+        "{stdout}"
+    );
+    assert!(has("[!!]  provider gemini (gemini): CLI not found; no credentials"), "{stdout}");
+    assert!(stdout.contains("fix: \"/nonexistent/gemini\" not found: npm i -g @google/gemini-cli"), "{stdout}");
+    assert!(has("[ok]  MCP server t (stdio): up, 7 tools"), "{stdout}");
+    assert!(has("[!!]  MCP server gone (stdio): down: cannot start `/nonexistent/server`"), "{stdout}");
+    assert!(stdout.ends_with("2 problems need fixing.\n"), "{stdout}");
+    assert!(!stdout.contains("doctor-secret"), "a credential was printed:\n{stdout}");
+
+    // Fixed: it says so and succeeds.
+    std::fs::write(
+        dir.path().join("orch.toml"),
+        format!("[providers.claude]\ncommand = '{}'\nenv = {{ CLAUDE_CODE_OAUTH_TOKEN = 'x' }}\n", fake.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("mcp-config.json"),
+        json!({"mcpServers": {"t": {"command": support::test_server()}}}).to_string(),
+    )
+    .unwrap();
+    let out = orch(dir.path(), "sqlite://orch.db").arg("doctor").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.ends_with("Everything Orch needs is in place.\n"), "{stdout}");
 }

@@ -170,7 +170,7 @@ async fn cancelled_queued_job_never_starts(backend: Backend) {
     // A worker that starts now finds nothing to run.
     let worker = tokio::spawn(orch_worker::run(
         app.store.clone(),
-        std::sync::Arc::new(orch_worker::Executors::builtin()),
+        std::sync::Arc::new(orch_worker::Executors::new(support::echo_router())),
         support::quick_worker(),
         app.shutdown.clone(),
     ));
@@ -253,7 +253,7 @@ async fn job_of_a_dead_worker_is_finished_by_another(backend: Backend) {
     assert_eq!(claimed.len(), 1);
     let worker = tokio::spawn(orch_worker::run(
         app.store.clone(),
-        std::sync::Arc::new(orch_worker::Executors::builtin()),
+        std::sync::Arc::new(orch_worker::Executors::new(support::echo_router())),
         {
             let mut c = support::quick_worker();
             c.lease = Duration::from_millis(600);
@@ -332,7 +332,7 @@ async fn backlog_of_50000_drains_after_worker_starts(backend: Backend) {
     assert_eq!(app.store.count_jobs().await.unwrap().queued, N as u64);
     let worker = tokio::spawn(orch_worker::run(
         app.store.clone(),
-        std::sync::Arc::new(orch_worker::Executors::builtin()),
+        std::sync::Arc::new(orch_worker::Executors::new(support::echo_router())),
         support::quick_worker(),
         app.shutdown.clone(),
     ));

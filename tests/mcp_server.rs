@@ -109,7 +109,7 @@ async fn aggregate_serves_namespaced_tools_and_orchs_own() {
     let (client, _) = http_client(&app, "/mcp", &key).await;
 
     let mut expected: Vec<String> = UPSTREAM.iter().map(|t| format!("t.{t}")).collect();
-    expected.extend(["get_job", "list_servers", "submit_job"].map(String::from));
+    expected.extend(["chat", "get_job", "list_providers", "list_servers", "submit_job"].map(String::from));
     expected.sort();
     assert_eq!(names(&client).await, expected);
 
@@ -121,6 +121,19 @@ async fn aggregate_serves_namespaced_tools_and_orchs_own() {
     let job = run_job(&client).await;
     assert_eq!(job["kind"], "chat");
     assert!(job["result"].to_string().contains("hello over MCP"), "{job}");
+
+    // `chat` waits for the turn (the test app's provider is /bin/echo) and says where it ran.
+    let answer = structured(&call(&client, "chat", json!({"prompt": "echo me over MCP"})).await);
+    assert_eq!(answer["text"], "echo me over MCP", "{answer}");
+    assert_eq!(answer["routed_to"], "echo");
+    let providers = structured(&call(&client, "list_providers", json!({})).await);
+    assert_eq!(providers["providers"][0]["name"], "echo", "{providers}");
+    assert_eq!(providers["providers"][0]["cli"]["status"], "found", "{providers}");
+    let bad = call(&client, "chat", json!({"model": "nope", "prompt": "x"})).await;
+    assert_eq!(bad.is_error, Some(true));
+    let error: Value = serde_json::from_str(&text(&bad)).unwrap();
+    assert_eq!(error["error"]["code"], "unknown_model");
+    assert_eq!(error["error"]["details"]["configured"], json!(["auto", "echo"]));
 
     // The job is a resource too.
     let uri = format!("job://{}", job["id"].as_str().unwrap());
@@ -199,7 +212,7 @@ async fn http_endpoints_need_a_key_with_tools_call() {
     let reply = app.call(Method::POST, "/mcp/t", Some(&limited.secret), Some(initialize.clone())).await;
     assert_eq!(reply.body["error"]["code"], "server_not_allowed", "{}", reply.body);
     let (client, _) = http_client(&app, "/mcp", &limited.secret).await;
-    assert_eq!(names(&client).await, ["get_job", "list_servers", "submit_job"]);
+    assert_eq!(names(&client).await, ["chat", "get_job", "list_providers", "list_servers", "submit_job"]);
     client.cancel().await.unwrap();
 
     let reply = app.call(Method::POST, "/mcp/ghost", Some(&app.admin), Some(initialize)).await;

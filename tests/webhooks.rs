@@ -257,7 +257,7 @@ fn python() -> PathBuf {
     let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
     assert!(
         python.exists(),
-        "{} is missing: run scripts/test, or `python3 -m venv target/pyenv && target/pyenv/bin/pip install standardwebhooks==1.1.0`",
+        "{} is missing: run scripts/test, or `python3 -m venv target/pyenv && target/pyenv/bin/pip install -r tests/python/requirements.txt`",
         python.display()
     );
     python

@@ -9,25 +9,23 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use orch_planner::{Plan, PlanIssue};
-use orch_store::{Idempotency, Inserted, Job, JobFilter, JobId, JobKind, JobStatus, NewJob};
+use orch_store::{Idempotency, Inserted, Job, JobEvent, JobFilter, JobId, JobKind, JobStatus, NewJob};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::AppState;
 use crate::auth::Principal;
 use crate::error::responses::{
     BadRequest, Forbidden, IdempotencyConflict, Invalid, NotFound, NotJson, TooLarge, Unauthorized, Unavailable,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
+use crate::{ApiConfig, AppState};
 
-/// Models chat jobs can use until the provider issue lands.
-pub const CHAT_MODELS: &[&str] = &["echo"];
 /// Highest `max_attempts` a job may ask for.
 pub const MAX_ATTEMPTS: u32 = 20;
 /// How long an `Idempotency-Key` is remembered.
@@ -44,11 +42,21 @@ pub struct ChatMessage {
 /// A chat job: one turn of a conversation.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"model": "echo", "messages": [{"role": "user", "content": "Summarise this week's issues"}], "metadata": {"workflow": "weekly-report"}}))]
+#[schema(example = json!({"model": "auto", "task_type": "reasoning", "messages": [{"role": "user", "content": "Summarise this week's issues"}], "metadata": {"workflow": "weekly-report"}}))]
 pub struct ChatJobRequest {
-    /// Model to run the turn on; for now only `echo` (answers with the last user message).
+    /// Where the turn runs: `provider/model` (e.g. `claude/sonnet`), a provider
+    /// (`claude`, `gemini`, `codex`, `qwen`, or a configured one), or `auto`
+    /// (routed by task type). `GET /v1/models` lists them. Default: the
+    /// configured `routing.default_model` (`auto` unless changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// For `auto`: `coding`, `reasoning`, `planning`, `fast` or `general`;
+    /// inferred from the prompt when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_type: Option<String>,
+    /// Most agent turns the CLI may take (1–100; Claude's `--max-turns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
     /// The conversation so far; the last `user` message is answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<ChatMessage>>,
@@ -284,14 +292,58 @@ fn check_options(options: &JobOptions<'_>, default_attempts: u32) -> ApiResult<u
     Ok(attempts)
 }
 
-fn check_chat(req: &ChatJobRequest) -> ApiResult<()> {
-    if let Some(model) = &req.model
-        && !CHAT_MODELS.contains(&model.as_str())
+/// 400 for a model no configured provider offers, listing those that are.
+pub fn unknown_model(router: &orch_providers::Router, field: &str, model: &str) -> ApiError {
+    let configured = router.model_names();
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "unknown_model",
+        format!("{field}: unknown model {model:?}; configured: {}", configured.join(", ")),
+    )
+    .with_details(json!({"field": field, "configured": configured}))
+}
+
+/// Checks `model` (None = the default) and `task_type` against the routing.
+pub fn check_model(router: &orch_providers::Router, model: Option<&str>, task_type: Option<&str>) -> ApiResult<()> {
+    if let Some(model) = model
+        && model != "auto"
+        && router.target(model).is_err()
+    {
+        return Err(unknown_model(router, "model", model));
+    }
+    if let Some(task) = task_type
+        && orch_providers::TaskType::parse(task).is_none()
     {
         return Err(ApiError::invalid_field(
-            "model",
-            format!("unknown model {model:?}; available: {}", CHAT_MODELS.join(", ")),
+            "task_type",
+            format!("unknown task type {task:?}; allowed: {}", orch_providers::TaskType::NAMES),
         ));
+    }
+    Ok(())
+}
+
+/// 413 when the messages together exceed the configured prompt size.
+pub fn check_prompt_size(config: &ApiConfig, bytes: usize) -> ApiResult<()> {
+    if bytes > config.max_prompt_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "prompt_too_large",
+            format!(
+                "messages: the prompt is {bytes} bytes; the largest allowed is {} (ORCH_MAX_PROMPT_BYTES)",
+                config.max_prompt_bytes
+            ),
+        )
+        .with_details(json!({"field": "messages", "limit": config.max_prompt_bytes})));
+    }
+    Ok(())
+}
+
+fn check_chat(state: &AppState, req: &ChatJobRequest) -> ApiResult<()> {
+    check_model(&state.router, req.model.as_deref(), req.task_type.as_deref())?;
+    if let Some(turns) = req.max_turns
+        && !(1..=100).contains(&turns)
+    {
+        return Err(ApiError::invalid_field("max_turns", format!("must be between 1 and 100; got {turns}")));
     }
     if let Some(messages) = &req.messages {
         for (i, m) in messages.iter().enumerate() {
@@ -416,8 +468,8 @@ async fn submit(
 
 /// The input of a chat job: the request checked and its messages normalised
 /// (system prompt first, `prompt` as the last user message).
-pub fn chat_input(req: &ChatJobRequest) -> ApiResult<Value> {
-    check_chat(req)?;
+pub fn chat_input(state: &AppState, req: &ChatJobRequest) -> ApiResult<Value> {
+    check_chat(state, req)?;
     let mut messages: Vec<ChatMessage> = Vec::new();
     if let Some(system) = &req.system {
         messages.push(ChatMessage { role: "system".into(), content: system.clone() });
@@ -426,7 +478,16 @@ pub fn chat_input(req: &ChatJobRequest) -> ApiResult<Value> {
     if let Some(prompt) = &req.prompt {
         messages.push(ChatMessage { role: "user".into(), content: prompt.clone() });
     }
-    Ok(json!({"model": req.model.as_deref().unwrap_or("echo"), "messages": messages}))
+    check_prompt_size(&state.config, messages.iter().map(|m| m.content.len()).sum())?;
+    let mut input = json!({"messages": messages});
+    for (name, value) in
+        [("model", json!(req.model)), ("task_type", json!(req.task_type)), ("max_turns", json!(req.max_turns))]
+    {
+        if !value.is_null() {
+            input[name] = value;
+        }
+    }
+    Ok(input)
 }
 
 /// The input of a batch job: the plan, validated.
@@ -470,7 +531,7 @@ pub async fn submit_chat(
     principal.require("jobs:write")?;
     let req = &body.value;
     let key_secret = crate::webhooks::key_signing_secret(&headers);
-    let input = crate::webhooks::attach(&state, chat_input(req)?, req.webhook_fields(key_secret)).await?;
+    let input = crate::webhooks::attach(&state, chat_input(&state, req)?, req.webhook_fields(key_secret)).await?;
     let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
     submit(&state, &principal, &headers, JobKind::Chat, &body.raw, input, options).await
 }
@@ -710,7 +771,17 @@ pub struct EventsQuery {
 /// (events written by another process).
 const EVENT_POLL: Duration = Duration::from_millis(250);
 
-fn event_stream(state: AppState, job_id: JobId, mut after: u64) -> impl Stream<Item = Result<Event, Infallible>> {
+fn event_stream(state: AppState, job_id: JobId, after: u64) -> impl Stream<Item = Result<Event, Infallible>> {
+    follow_events(state, job_id, after).map(move |event| {
+        let data = json!({"job_id": job_id, "seq": event.seq, "type": event.kind, "at": event.at, "data": event.data});
+        Ok(Event::default().id(event.seq.to_string()).event(event.kind.clone()).data(data.to_string()))
+    })
+}
+
+/// A job's events after `after` as they are written, ending after the
+/// terminal event (or when the job is purged, the reader goes away, or the
+/// server shuts down).
+pub fn follow_events(state: AppState, job_id: JobId, mut after: u64) -> impl Stream<Item = JobEvent> {
     async_stream(move |tx| async move {
         loop {
             let wake = state.store.notifier().events.notified();
@@ -738,13 +809,7 @@ fn event_stream(state: AppState, job_id: JobId, mut after: u64) -> impl Stream<I
             for event in events {
                 after = event.seq;
                 let terminal = event.is_terminal();
-                let data =
-                    json!({"job_id": job_id, "seq": event.seq, "type": event.kind, "at": event.at, "data": event.data});
-                let sse = Event::default().id(event.seq.to_string()).event(event.kind.clone()).data(data.to_string());
-                if tx.send(Ok(sse)).await.is_err() {
-                    return;
-                }
-                if terminal {
+                if tx.send(event).await.is_err() || terminal {
                     return;
                 }
             }
@@ -753,7 +818,7 @@ fn event_stream(state: AppState, job_id: JobId, mut after: u64) -> impl Stream<I
 }
 
 /// A stream fed by a task through a small channel.
-fn async_stream<T, F, Fut>(produce: F) -> impl Stream<Item = T>
+pub fn async_stream<T, F, Fut>(produce: F) -> impl Stream<Item = T>
 where
     T: Send + 'static,
     F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,

@@ -12,6 +12,8 @@ pub mod jobs;
 pub mod json;
 pub mod keys;
 pub mod mcp_server;
+pub mod openai;
+pub mod providers;
 pub mod servers;
 pub mod tools;
 pub mod webhooks;
@@ -40,11 +42,21 @@ pub struct ApiConfig {
     pub max_body: usize,
     /// `max_attempts` of jobs that do not say.
     pub default_max_attempts: u32,
+    /// Largest chat prompt (all messages together), in bytes; more is 413.
+    pub max_prompt_bytes: usize,
+    /// Longest `POST /v1/chat/completions` waits for its turn before 504.
+    pub chat_wait: std::time::Duration,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { public_url: String::new(), max_body: 2 * 1024 * 1024, default_max_attempts: 3 }
+        ApiConfig {
+            public_url: String::new(),
+            max_body: 2 * 1024 * 1024,
+            default_max_attempts: 3,
+            max_prompt_bytes: 512 * 1024,
+            chat_wait: std::time::Duration::from_secs(900),
+        }
     }
 }
 
@@ -61,6 +73,9 @@ pub struct AppState {
     /// Where the registry's servers come from (mcp-config.json, the store);
     /// [`servers::McpSources::reload`] applies them to `registry`.
     pub mcp: Arc<servers::McpSources>,
+    /// The configured providers and routing: chat requests are checked
+    /// against it, and `/v1/models` and `/v1/providers` describe it.
+    pub router: Arc<orch_providers::Router>,
     /// Queues deliveries (cancel) and checks and test-sends webhook URLs.
     pub webhooks: Arc<orch_webhooks::Webhooks>,
 }
@@ -78,8 +93,20 @@ impl AppState {
             shutdown: CancellationToken::new(),
             registry,
             mcp: Arc::default(),
+            router: Arc::new(default_router()),
         }
     }
+}
+
+/// The built-in providers with default settings and routing; their state
+/// (Claude's slot dirs) under the system's temporary directory.
+pub fn default_router() -> orch_providers::Router {
+    orch_providers::Router::from_config(
+        &orch_providers::ProvidersConfig::default(),
+        orch_providers::RoutingConfig::default(),
+        &std::env::temp_dir().join("orch-providers"),
+    )
+    .expect("the default provider configuration is valid")
 }
 
 /// The whole HTTP API.
@@ -103,6 +130,9 @@ pub fn app(state: AppState) -> Router {
             "/v1/webhooks/{id}",
             get(webhooks::get_webhook).put(webhooks::replace_webhook).delete(webhooks::delete_webhook),
         )
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/providers", get(providers::list_providers))
         .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
         .route("/v1/keys/{id}", delete(keys::revoke_key))
         .route("/v1/tools", get(tools::list_tools))
@@ -148,6 +178,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     paths(
         jobs::submit_chat, jobs::submit_batch, jobs::list_jobs, jobs::get_job, jobs::get_result,
         jobs::job_events, jobs::cancel_job,
+        openai::chat_completions, openai::list_models, providers::list_providers,
         keys::create_key, keys::list_keys, keys::revoke_key,
         tools::list_tools, tools::get_tool, tools::call_tool,
         servers::list_servers, servers::create_server, servers::get_server, servers::replace_server,
@@ -168,6 +199,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Submit and follow chat and batch jobs"),
+        (name = "chat", description = "Chat on the providers, OpenAI-compatible (base URL `<orch>/v1`), and the providers' state"),
         (name = "keys", description = "API keys (admin)"),
         (name = "tools", description = "Tools of the MCP servers: list, schema, call"),
         (name = "servers", description = "MCP servers: status; registering, testing and reloading (admin)"),

@@ -187,6 +187,139 @@ impl ProvidersConfig {
     }
 }
 
+/// Fields settable as `ORCH_PROVIDER_<NAME>_<FIELD>`, longest first so
+/// `DEFAULT_MODEL` wins over a name ending in `DEFAULT`.
+const ENV_FIELDS: [&str; 13] = [
+    "OUTPUT_CAP_BYTES",
+    "OUTPUT_FORMAT",
+    "OUTPUT_TEXT",
+    "COOLDOWN_SECS",
+    "DEFAULT_MODEL",
+    "TIMEOUT_SECS",
+    "CONCURRENCY",
+    "COMMAND",
+    "MODELS",
+    "ARGS",
+    "HOME",
+    "KIND",
+    "PTY",
+];
+
+impl ProvidersConfig {
+    /// Applies `ORCH_PROVIDER_<NAME>_<FIELD>` variables over the file's
+    /// settings: COMMAND, ARGS (a JSON array, or words split on spaces),
+    /// MODELS (comma-separated), DEFAULT_MODEL, KIND, HOME, PTY (true/false),
+    /// OUTPUT_FORMAT (text, json, jsonl, stream-json), OUTPUT_TEXT (the answer's path),
+    /// CONCURRENCY, TIMEOUT_SECS, OUTPUT_CAP_BYTES, COOLDOWN_SECS, and
+    /// `ENV_<VAR>` for a variable of the CLI's environment. `<NAME>` is the
+    /// provider's name in capitals with `-` as `_`; an unknown name adds a
+    /// provider (which then needs a KIND unless named after a built-in).
+    /// Errors name the variable; values are never echoed for ENV_ variables.
+    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+        let mut vars: Vec<(String, String)> =
+            vars.into_iter().filter(|(k, _)| k.starts_with("ORCH_PROVIDER_")).collect();
+        vars.sort();
+        for (key, value) in vars {
+            let rest = &key["ORCH_PROVIDER_".len()..];
+            let err = |message: String| Err(ConfigError { field: key.clone(), message });
+            let (name, field) = if let Some(at) = rest.find("_ENV_") {
+                (&rest[..at], &rest[at + 1..])
+            } else {
+                match ENV_FIELDS.iter().find(|f| rest.ends_with(&format!("_{f}"))) {
+                    Some(f) => (&rest[..rest.len() - f.len() - 1], *f),
+                    None => {
+                        return err(format!(
+                            "ends in no known field; use ORCH_PROVIDER_<NAME>_<FIELD> with FIELD one of {}, or ENV_<VAR>",
+                            ENV_FIELDS.join(", ")
+                        ));
+                    }
+                }
+            };
+            if name.is_empty() {
+                return err("names no provider; use ORCH_PROVIDER_<NAME>_<FIELD>".into());
+            }
+            let existing = self.0.keys().find(|n| n.to_uppercase().replace('-', "_") == name).cloned();
+            let config = self.0.entry(existing.unwrap_or_else(|| name.to_lowercase())).or_default();
+            let number = |v: &str| v.trim().parse::<u64>().map_err(|_| format!("{v:?} is not a whole number"));
+            let result: Result<(), String> = match field {
+                "COMMAND" => {
+                    config.command = Some(value.clone().into());
+                    Ok(())
+                }
+                "ARGS" if value.trim_start().starts_with('[') => serde_json::from_str::<Vec<String>>(&value)
+                    .map(|args| config.args = args)
+                    .map_err(|e| format!("not a JSON array of strings: {e}")),
+                "ARGS" => {
+                    config.args = value.split_whitespace().map(str::to_owned).collect();
+                    Ok(())
+                }
+                "MODELS" => {
+                    config.models =
+                        value.split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_owned).collect();
+                    Ok(())
+                }
+                "DEFAULT_MODEL" => {
+                    config.default_model = Some(value.clone());
+                    Ok(())
+                }
+                "KIND" => ProviderKind::ALL
+                    .into_iter()
+                    .find(|k| k.name() == value)
+                    .map(|k| config.kind = Some(k))
+                    .ok_or_else(|| format!("{value:?} is not a kind; allowed: claude, gemini, codex, qwen, cli")),
+                "HOME" => {
+                    config.home = Some(value.clone().into());
+                    Ok(())
+                }
+                "OUTPUT_FORMAT" => {
+                    let format =
+                        [OutputFormat::Text, OutputFormat::Json, OutputFormat::Jsonl, OutputFormat::StreamJson]
+                            .into_iter()
+                            .find(|f| f.name() == value)
+                            .ok_or_else(|| {
+                                format!("{value:?} is not a format; allowed: text, json, jsonl, stream-json")
+                            });
+                    format.map(|format| {
+                        let text = config.output.take().and_then(|o| o.text);
+                        config.output = Some(OutputConfig { format, text });
+                    })
+                }
+                "OUTPUT_TEXT" => {
+                    let format = config.output.as_ref().map_or(OutputFormat::Json, |o| o.format);
+                    config.output = Some(OutputConfig { format, text: Some(value.clone()) });
+                    Ok(())
+                }
+                "PTY" => match value.as_str() {
+                    "true" | "1" | "false" | "0" => {
+                        config.pty = matches!(value.as_str(), "true" | "1");
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?} is not a boolean; allowed: true, false")),
+                },
+                "CONCURRENCY" => number(&value).and_then(|n| {
+                    u32::try_from(n).map(|n| config.limits.concurrency = n).map_err(|_| "too large".to_owned())
+                }),
+                "TIMEOUT_SECS" => number(&value).map(|n| config.limits.timeout_secs = n),
+                "OUTPUT_CAP_BYTES" => number(&value).map(|n| config.limits.output_cap_bytes = n),
+                "COOLDOWN_SECS" => number(&value).map(|n| config.limits.cooldown_secs = n),
+                env => {
+                    let var = &env["ENV_".len()..];
+                    if var.is_empty() {
+                        Err("names no variable; use ORCH_PROVIDER_<NAME>_ENV_<VAR>".into())
+                    } else {
+                        config.env.0.insert(var.to_owned(), value.clone());
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(message) = result {
+                return err(message);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ProviderConfig {
     /// The adapter this provider uses (validated configs always have one).
     pub fn resolved_kind(&self, name: &str) -> Option<ProviderKind> {
@@ -358,6 +491,50 @@ mod tests {
         );
         check("[mine]\nkind = 'cli'\ncommand = 'x'\npty = true\noutput = { format = 'text' }\n", Err("add {prompt}"));
         check("[mine]\nkind = 'cli'\ncommand = 'x'\noutput = { format = 'yaml' }\n", Err("unknown variant `yaml`"));
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let mut config: ProvidersConfig = toml::from_str(
+            "[claude]\nmodels = ['sonnet']\n[my-cli]\nkind = 'cli'\ncommand = 'x'\noutput = { format = 'text' }\n",
+        )
+        .unwrap();
+        let vars = [
+            ("ORCH_PROVIDER_CLAUDE_COMMAND", "/opt/claude/bin/claude"),
+            ("ORCH_PROVIDER_CLAUDE_MODELS", "sonnet, opus"),
+            ("ORCH_PROVIDER_CLAUDE_DEFAULT_MODEL", "opus"),
+            ("ORCH_PROVIDER_CLAUDE_CONCURRENCY", "4"),
+            ("ORCH_PROVIDER_CLAUDE_ENV_CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat-x"),
+            ("ORCH_PROVIDER_MY_CLI_ARGS", "[\"--say\", \"{prompt}\"]"),
+            ("ORCH_PROVIDER_MY_CLI_OUTPUT_FORMAT", "json"),
+            ("ORCH_PROVIDER_MY_CLI_OUTPUT_TEXT", "answer.text"),
+            ("ORCH_PROVIDER_WORK_KIND", "gemini"),
+            ("ORCH_PROVIDER_WORK_TIMEOUT_SECS", "30"),
+            ("ORCH_BIND", "ignored"),
+        ];
+        config.apply_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+        let claude = &config.0["claude"];
+        assert_eq!(claude.command.as_deref(), Some(std::path::Path::new("/opt/claude/bin/claude")));
+        assert_eq!(claude.models, ["sonnet", "opus"]);
+        assert_eq!(claude.default_model.as_deref(), Some("opus"));
+        assert_eq!(claude.limits.concurrency, 4);
+        assert_eq!(claude.env.0["CLAUDE_CODE_OAUTH_TOKEN"], "sk-ant-oat-x");
+        assert_eq!(config.0["my-cli"].args, ["--say", "{prompt}"]);
+        let output = config.0["my-cli"].output.clone().unwrap();
+        assert_eq!((output.format, output.text.as_deref()), (OutputFormat::Json, Some("answer.text")));
+        assert_eq!(config.0["work"].kind, Some(ProviderKind::Gemini));
+        assert_eq!(config.0["work"].limits.timeout_secs, 30);
+        config.validate().unwrap();
+
+        let bad = |k: &str, v: &str| {
+            let mut c = ProvidersConfig::default();
+            c.apply_env([(k.to_owned(), v.to_owned())]).unwrap_err()
+        };
+        let e = bad("ORCH_PROVIDER_CLAUDE_CONCURRENCY", "many");
+        assert_eq!(e.field, "ORCH_PROVIDER_CLAUDE_CONCURRENCY");
+        assert!(e.message.contains("not a whole number"), "{e}");
+        assert!(bad("ORCH_PROVIDER_CLAUDE_COLOR", "x").message.contains("no known field"));
+        assert!(bad("ORCH_PROVIDER_CLAUDE_KIND", "gpt").message.contains("allowed: claude"));
     }
 
     #[test]

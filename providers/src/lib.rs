@@ -23,6 +23,7 @@ mod doctor;
 mod error;
 mod process;
 mod provider;
+mod router;
 mod turn;
 
 pub use config::{
@@ -31,4 +32,5 @@ pub use config::{
 pub use doctor::{CliStatus, Credentials, Diagnosis, check};
 pub use error::{ErrorKind, TurnError};
 pub use provider::{NoSharedLimit, Provider, ProviderStatus, Providers, SharedLimit, SharedPermit};
+pub use router::{Exhausted, FailedAttempt, Route, RouteError, Routed, Router, RoutingConfig, Rule, Target, TaskType};
 pub use turn::{ProgressEvent, TurnControl, TurnOutput, TurnRequest, Usage};

@@ -53,6 +53,8 @@ pub struct Options {
     pub watch: Option<Duration>,
     /// Webhook settings of the API and the worker.
     pub webhooks: orch_webhooks::WebhookConfig,
+    /// Providers and routing of the API and worker (default: [`echo_router`]).
+    pub router: Option<Arc<orch_providers::Router>>,
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
             mcp: McpSettings::default(),
             watch: None,
             webhooks: Default::default(),
+            router: None,
         }
     }
 }
@@ -104,9 +107,11 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> TestApp {
 pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) -> TestApp {
     let store = handle.store.clone();
     let config = orch_api::ApiConfig { max_body: options.max_body, ..Default::default() };
+    let router = options.router.unwrap_or_else(echo_router);
     let mut state = orch_api::AppState::new(store.clone(), config);
     let webhooks = orch_webhooks::Webhooks::new(store.clone(), options.webhooks);
     state.webhooks = webhooks.clone();
+    state.router = router.clone();
     state.mcp = Arc::new(McpSources::new(options.mcp));
     state.mcp.reload(store.as_ref(), &state.registry).await.expect("MCP servers load");
     let shutdown = CancellationToken::new();
@@ -129,11 +134,28 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
         let executors = Executors {
             delivery: Some(Box::new(orch_webhooks::DeliveryExecutor(webhooks.clone()))),
             followups: Some(webhooks.clone()),
-            ..Executors::builtin()
+            ..Executors::new(router)
         };
         tokio::spawn(orch_worker::run(store.clone(), Arc::new(executors), config, shutdown.clone()))
     });
     TestApp { base, admin, client: reqwest::Client::new(), store, handle, shutdown, worker, registry }
+}
+
+/// One provider, `echo`: a generic `cli` provider running /bin/echo, so the
+/// answer is the prompt. The default model of test apps.
+pub fn echo_router() -> Arc<orch_providers::Router> {
+    router(
+        "[echo]\nkind = 'cli'\ncommand = '/bin/echo'\nargs = ['{prompt}']\noutput = { format = 'text' }\n",
+        "default_model = 'echo'\n",
+    )
+}
+
+/// A router from `[providers]` and `[routing]` bodies; provider state in a fresh temporary dir.
+pub fn router(providers: &str, routing: &str) -> Arc<orch_providers::Router> {
+    let providers: orch_providers::ProvidersConfig = toml::from_str(providers).expect("providers TOML");
+    let routing: orch_providers::RoutingConfig = toml::from_str(routing).expect("routing TOML");
+    let dir = tempfile::tempdir().unwrap().keep();
+    Arc::new(orch_providers::Router::from_config(&providers, routing, &dir).expect("valid providers"))
 }
 
 /// Creates a key with `scopes` straight in the store; returns its secret.

@@ -1,8 +1,9 @@
 //! What running a job means, per kind: chat turns and batch plans.
 //!
-//! Until the provider and MCP issues land, chat runs on the built-in `echo`
-//! model and batch plans run the built-in test steps of `orch_planner`; the
-//! scheduling (dependencies, bounded parallelism, progress) is already real.
+//! Chat runs on the configured providers (see [`crate::chat`]). Until the MCP
+//! plan steps land, batch plans run the built-in test steps of
+//! `orch_planner`; the scheduling (dependencies, bounded parallelism,
+//! progress) is already real.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,9 +62,15 @@ pub struct Executors {
 }
 
 impl Executors {
-    /// The built-in executors: echo chat and test-step plans.
-    pub fn builtin() -> Executors {
-        Executors { chat: Box::new(EchoChat), batch: Box::new(PlanRunner), delivery: None, followups: None }
+    /// Chat on `router`'s providers; plans of the built-in test steps; no
+    /// webhook deliveries (set `delivery` and `followups` for them).
+    pub fn new(router: Arc<orch_providers::Router>) -> Executors {
+        Executors {
+            chat: Box::new(crate::chat::ProviderChat { router }),
+            batch: Box::new(PlanRunner),
+            delivery: None,
+            followups: None,
+        }
     }
 
     pub async fn run(&self, job: &Job, ctx: &JobContext) -> Result<Value, JobError> {
@@ -83,29 +90,6 @@ impl Executors {
 
 fn bad_input(message: impl Into<String>) -> JobError {
     JobError::new("invalid_input", message, false)
-}
-
-/// Chat on the built-in `echo` model: answers with the last user message.
-pub struct EchoChat;
-
-#[async_trait]
-impl Executor for EchoChat {
-    async fn run(&self, job: &Job, _ctx: &JobContext) -> Result<Value, JobError> {
-        let input = &job.input;
-        let last_user = input["messages"]
-            .as_array()
-            .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-            .and_then(|m| m["content"].as_str())
-            .or_else(|| input["prompt"].as_str())
-            .ok_or_else(|| bad_input("chat input has neither a user message nor a prompt"))?;
-        let model = input["model"].as_str().unwrap_or("echo");
-        let words = last_user.split_whitespace().count();
-        Ok(json!({
-            "text": last_user,
-            "model": model,
-            "usage": {"input_tokens": words, "output_tokens": words},
-        }))
-    }
 }
 
 /// Runs a batch plan: each node starts as soon as its dependencies succeeded,

@@ -15,6 +15,7 @@
 //! worker; the store only accepts the outcome of the lease holder, so a caller
 //! sees exactly one result.
 
+pub mod chat;
 pub mod exec;
 pub mod llm;
 

@@ -101,6 +101,11 @@ impl OrchMcp {
         let outcome = match name {
             SUBMIT_JOB => self.submit_job(arguments, principal).await,
             GET_JOB => self.get_job(arguments, principal).await,
+            CHAT => self.chat(arguments, principal).await,
+            LIST_PROVIDERS => match require(principal, "jobs:read") {
+                Ok(()) => Ok(json!({"providers": crate::providers::provider_views(&self.state).await})),
+                Err(err) => Err(err),
+            },
             _ => Ok(list_servers(&self.state, principal)),
         };
         match outcome {
@@ -126,8 +131,12 @@ impl OrchMcp {
         let (input, metadata, max_attempts) = match kind {
             JobKind::Chat => {
                 let req: ChatJobRequest = crate::json::parse(&raw)?;
-                let input =
-                    crate::webhooks::attach(&self.state, jobs::chat_input(&req)?, req.webhook_fields(None)).await?;
+                let input = crate::webhooks::attach(
+                    &self.state,
+                    jobs::chat_input(&self.state, &req)?,
+                    req.webhook_fields(None),
+                )
+                .await?;
                 (input, req.metadata, req.max_attempts)
             }
             JobKind::Batch | JobKind::Delivery => {
@@ -141,6 +150,51 @@ impl OrchMcp {
         // MCP has no Idempotency-Key header; a retried tool call makes a new job.
         let (accepted, _) = jobs::submit_job(&self.state, kind, input, options, || Ok(None)).await?;
         Ok(json!(accepted))
+    }
+
+    /// One chat turn as a job, waited for: the answer and where it ran.
+    async fn chat(&self, arguments: JsonObject, principal: Option<&Principal>) -> Result<Value, ApiError> {
+        require(principal, "jobs:write")?;
+        let raw = serde_json::to_vec(&arguments).map_err(ApiError::internal)?;
+        let req: ChatJobRequest = crate::json::parse(&raw)?;
+        let input = jobs::chat_input(&self.state, &req)?;
+        let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
+        let (accepted, _) = jobs::submit_job(&self.state, JobKind::Chat, input, options, || Ok(None)).await?;
+        let id = accepted.id;
+        let waited = tokio::time::timeout(self.state.config.chat_wait, async {
+            let mut events = std::pin::pin!(jobs::follow_events(self.state.clone(), id, 0));
+            while let Some(event) = futures::StreamExt::next(&mut events).await {
+                if event.is_terminal() {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if !matches!(waited, Ok(true)) {
+            let _ = self.state.store.cancel_job(id).await;
+            return Err(ApiError::new(
+                axum::http::StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("no answer within {} s; job {id} is cancelled", self.state.config.chat_wait.as_secs()),
+            ));
+        }
+        let job = jobs::load(&self.state, &id.to_string()).await?;
+        if job.status != JobStatus::Succeeded {
+            let error = job
+                .error
+                .map_or_else(|| format!("the turn ended {}", job.status), |e| format!("{}: {}", e.code, e.message));
+            return Err(ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "chat_failed", error)
+                .with_details(json!({"job_id": id})));
+        }
+        let result = self.state.store.get_result(id).await?.unwrap_or(Value::Null);
+        Ok(json!({
+            "text": result["text"],
+            "routed_to": result["routed_to"],
+            "route_reason": result["route_reason"],
+            "usage": result["usage"],
+            "job_id": id,
+        }))
     }
 
     async fn get_job(&self, arguments: JsonObject, principal: Option<&Principal>) -> Result<Value, ApiError> {
@@ -185,7 +239,9 @@ impl OrchMcp {
 const SUBMIT_JOB: &str = "submit_job";
 const GET_JOB: &str = "get_job";
 const LIST_SERVERS: &str = "list_servers";
-const OWN_TOOLS: [&str; 3] = [SUBMIT_JOB, GET_JOB, LIST_SERVERS];
+const CHAT: &str = "chat";
+const LIST_PROVIDERS: &str = "list_providers";
+const OWN_TOOLS: [&str; 5] = [SUBMIT_JOB, GET_JOB, LIST_SERVERS, CHAT, LIST_PROVIDERS];
 
 fn schema(value: Value) -> Arc<JsonObject> {
     match value {
@@ -239,6 +295,39 @@ fn own_tools() -> Vec<Tool> {
         Tool::new(
             LIST_SERVERS,
             "The MCP servers Orch is connected to: state, tool count, latency and last error.",
+            schema(json!({"type": "object", "properties": {}})),
+        ),
+        Tool::new(
+            CHAT,
+            "Ask a subscription-backed CLI agent (Claude Code, Gemini CLI, Codex, Qwen Code) and wait for the \
+             answer. `model` is auto (routed by task type), a provider, or provider/model; list_providers shows \
+             what is configured. Returns the text, where it ran and why.",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "prompt": {"type": "string", "description": "the question or task"},
+                    "messages": {
+                        "type": "array",
+                        "description": "instead of prompt: the conversation so far, ending with a user message",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "role": {"type": "string", "enum": ["system", "user", "assistant"]},
+                                "content": {"type": "string"}
+                            },
+                            "required": ["role", "content"]
+                        }
+                    },
+                    "system": {"type": "string"},
+                    "model": {"type": "string", "description": "auto, a provider, or provider/model"},
+                    "task_type": {"type": "string", "enum": ["coding", "reasoning", "planning", "fast", "general"]}
+                }
+            })),
+        ),
+        Tool::new(
+            LIST_PROVIDERS,
+            "The chat providers: CLI found (version), credentials present, turns in use and limit, cooldown \
+             after a usage limit, last error, and how to fix what is missing.",
             schema(json!({"type": "object", "properties": {}})),
         ),
     ]

@@ -1,0 +1,425 @@
+//! OpenAI-compatible chat: `POST /v1/chat/completions` and `GET /v1/models`,
+//! so n8n's OpenAI Chat Model node (or any OpenAI client) can use Orch as its
+//! base URL.
+//!
+//! A completion is a chat job like any other: stored durably, run by a worker
+//! under the provider limits, routed and fallen back the same way. The request
+//! waits for it (or streams its progress) and cancels it if the caller goes
+//! away first.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use orch_store::{JobId, JobKind, JobStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::responses::{BadRequest, Forbidden, Invalid, NotJson, TooLarge, Unauthorized, Unavailable};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::jobs::{self, JobOptions};
+use crate::json::ApiJson;
+
+/// A chat completion request in OpenAI's format. Sampling settings OpenAI
+/// clients send (`temperature`, `max_tokens`, ...) are accepted and ignored:
+/// the CLIs do not take them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"model": "auto", "messages": [{"role": "system", "content": "Answer in one sentence."}, {"role": "user", "content": "What is n8n?"}], "stream": false}))]
+pub struct CompletionRequest {
+    /// `auto`, a provider, or `provider/model` (see `GET /v1/models`).
+    pub model: String,
+    pub messages: Vec<CompletionMessage>,
+    /// Stream `chat.completion.chunk` events (Server-Sent Events) ending in `[DONE]`.
+    #[serde(default)]
+    pub stream: bool,
+    /// Orch's routing hint for `auto`: coding, reasoning, planning, fast, general.
+    #[serde(default)]
+    pub task_type: Option<String>,
+    /// Must be 1 when given.
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// Not supported: CLIs run their own tools. Refused when not empty.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Vec<Value>>,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub ignored: Map<String, Value>,
+}
+
+/// One message; `content` is a string or a list of `{"type": "text", "text"}` parts.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CompletionMessage {
+    /// `system` (or `developer`), `user` or `assistant`.
+    pub role: String,
+    #[schema(value_type = Object)]
+    pub content: Value,
+}
+
+/// A finished completion.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "chatcmpl-019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "object": "chat.completion", "created": 1763715600, "model": "claude/claude-sonnet-4-5", "choices": [{"index": 0, "message": {"role": "assistant", "content": "n8n is a workflow automation tool."}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 25, "completion_tokens": 9, "total_tokens": 34}, "orch": {"job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "routed_to": "claude/claude-sonnet-4-5", "route_reason": "auto: task type fast (inferred: prompt of 12 characters); chain gemini → claude; gemini failed (usage_limit), fell back; ran on claude"}}))]
+pub struct Completion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: i64,
+    /// Where the turn ran (`provider/model`).
+    pub model: String,
+    #[schema(value_type = Vec<Object>)]
+    pub choices: Vec<Value>,
+    #[schema(value_type = Object)]
+    pub usage: Value,
+    /// Orch's own: the job behind the completion and the routing decision.
+    #[schema(value_type = Object)]
+    pub orch: Value,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"object": "list", "data": [{"id": "auto", "object": "model", "created": 0, "owned_by": "orch"}, {"id": "claude", "object": "model", "created": 0, "owned_by": "claude"}, {"id": "claude/sonnet", "object": "model", "created": 0, "owned_by": "claude"}]}))]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<Model>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Model {
+    pub id: String,
+    pub object: &'static str,
+    pub created: i64,
+    /// The provider (`orch` for `auto`).
+    pub owned_by: String,
+}
+
+/// List the models chat can use.
+///
+/// `auto`, every configured provider, and each provider's configured models
+/// as `provider/model`, in OpenAI's format.
+#[utoipa::path(
+    get, path = "/v1/models", tag = "chat",
+    responses(
+        (status = 200, description = "The models", body = ModelList),
+        (status = 401, response = Unauthorized),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_models(State(state): State<AppState>, _principal: Principal) -> Json<ModelList> {
+    let data = state
+        .router
+        .model_names()
+        .into_iter()
+        .map(|id| {
+            let owned_by = if id == "auto" { "orch".to_owned() } else { id.split('/').next().unwrap_or("").to_owned() };
+            Model { id, object: "model", created: 0, owned_by }
+        })
+        .collect();
+    Json(ModelList { object: "list", data })
+}
+
+/// Chat, OpenAI-compatible.
+///
+/// Runs one chat turn as a job (durable, under the worker's provider limits,
+/// routed with fallback) and answers when it ends. With `stream: true` the
+/// answer arrives as `chat.completion.chunk` events ending in `data: [DONE]`;
+/// the last chunk carries `usage`. Closing the connection cancels the job.
+/// The job id is in the `X-Orch-Job-Id` header and in `orch.job_id`.
+#[utoipa::path(
+    post, path = "/v1/chat/completions", tag = "chat",
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The answer (JSON), or with `stream: true` a text/event-stream of chunks", body = Completion),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = TooLarge),
+        (status = 415, response = NotJson),
+        (status = 422, response = Invalid),
+        (status = 429, description = "Every provider tried is at its usage limit", body = ErrorBody,
+            example = json!({"error": {"code": "usage_limit", "message": "claude: usage limit reached; resets at 2026-11-21T15:00:00Z"}})),
+        (status = 502, description = "The provider failed (auth, crash, unreadable output); `code` says how", body = ErrorBody),
+        (status = 503, response = Unavailable),
+        (status = 504, description = "No answer within the configured wait (the job is cancelled)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: ApiJson<CompletionRequest>,
+) -> ApiResult<Response> {
+    principal.require("jobs:write")?;
+    let req = body.value;
+    let input = completion_input(&state, &req)?;
+    let metadata = Some(Map::from_iter([("source".to_owned(), json!("openai"))]));
+    let options = JobOptions { metadata: &metadata, max_attempts: None };
+    let (accepted, _) = jobs::submit_job(&state, JobKind::Chat, input, options, || Ok(None)).await?;
+    let guard = CancelOnDrop { state: state.clone(), job_id: Some(accepted.id) };
+    let mut response = if req.stream {
+        stream_completion(state, guard, req.model).into_response()
+    } else {
+        wait_completion(state, guard).await?.into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(&accepted.id.to_string()) {
+        response.headers_mut().insert("x-orch-job-id", value);
+    }
+    Ok(response)
+}
+
+/// The chat job input of a completion request, checked like `POST /v1/jobs/chat`.
+fn completion_input(state: &AppState, req: &CompletionRequest) -> ApiResult<Value> {
+    jobs::check_model(&state.router, Some(&req.model), req.task_type.as_deref())?;
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid_field("n", "only 1 choice per request is supported"));
+    }
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::invalid_field(
+            "tools",
+            "tool calling is not supported: the CLIs run their own tools; send the conversation without tools",
+        ));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            other => {
+                return Err(ApiError::invalid_field(
+                    &format!("messages[{i}].role"),
+                    format!("unsupported role {other:?}; allowed: system, developer, user, assistant"),
+                ));
+            }
+        };
+        let content = text_of(&m.content).map_err(|e| ApiError::invalid_field(&format!("messages[{i}].content"), e))?;
+        messages.push(json!({"role": role, "content": content}));
+    }
+    if messages.last().is_none_or(|m| m["role"] != "user") {
+        return Err(ApiError::invalid_field("messages", "must end with a user message"));
+    }
+    let bytes = messages.iter().map(|m| m["content"].as_str().map_or(0, str::len)).sum();
+    jobs::check_prompt_size(&state.config, bytes)?;
+    let mut input = json!({"model": req.model, "messages": messages});
+    if let Some(task) = &req.task_type {
+        input["task_type"] = json!(task);
+    }
+    Ok(input)
+}
+
+/// The text of a message's content: a string, or text parts joined.
+fn text_of(content: &Value) -> Result<String, String> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for (i, part) in parts.iter().enumerate() {
+                match (part["type"].as_str(), part["text"].as_str()) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    _ => {
+                        return Err(format!(
+                            "part {i} is not a text part; only {{\"type\": \"text\", \"text\"}} parts are supported"
+                        ));
+                    }
+                }
+            }
+            Ok(text)
+        }
+        Value::Null => Ok(String::new()),
+        _ => Err("must be a string or a list of text parts".into()),
+    }
+}
+
+/// Cancels the job when the request is dropped before the job finished
+/// (the client hung up, or the wait timed out).
+struct CancelOnDrop {
+    state: AppState,
+    job_id: Option<JobId>,
+}
+
+impl CancelOnDrop {
+    fn id(&self) -> JobId {
+        self.job_id.expect("set until finished")
+    }
+
+    fn finished(&mut self) {
+        self.job_id = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.job_id.take() {
+            let store = self.state.store.clone();
+            tokio::spawn(async move {
+                if let Err(err) = store.cancel_job(id).await {
+                    tracing::warn!(job = %id, error = %err, "cancelling an abandoned completion failed");
+                }
+            });
+        }
+    }
+}
+
+/// How a finished chat job reads as a completion, or its error.
+async fn finished(state: &AppState, id: JobId) -> ApiResult<(String, Value)> {
+    let job = state.store.get_job(id).await?.ok_or_else(|| ApiError::not_found("job", id))?;
+    match job.status {
+        JobStatus::Succeeded => {
+            let result = state.store.get_result(id).await?.unwrap_or(Value::Null);
+            Ok((result["text"].as_str().unwrap_or_default().to_owned(), result))
+        }
+        JobStatus::Cancelled => {
+            Err(ApiError::new(StatusCode::CONFLICT, "job_cancelled", format!("job {id} was cancelled")))
+        }
+        _ => {
+            let error = job.error.unwrap_or_else(|| orch_store::JobError::new("failed", "the turn failed", false));
+            let status = match error.code.as_str() {
+                "usage_limit" => StatusCode::TOO_MANY_REQUESTS,
+                "invalid_input" | "invalid_request" => StatusCode::BAD_REQUEST,
+                "timeout" => StatusCode::GATEWAY_TIMEOUT,
+                "not_installed" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            let code: &'static str = match error.code.as_str() {
+                "usage_limit" => "usage_limit",
+                "auth" => "provider_auth",
+                "timeout" => "timeout",
+                "not_installed" => "not_installed",
+                "providers_exhausted" => "providers_exhausted",
+                "invalid_input" | "invalid_request" => "invalid_request",
+                _ => "provider_failed",
+            };
+            Err(ApiError::new(status, code, error.message).with_details(json!({"job_id": id})))
+        }
+    }
+}
+
+fn usage_of(result: &Value) -> Value {
+    let input = result["usage"]["input_tokens"].as_u64().unwrap_or(0);
+    let output = result["usage"]["output_tokens"].as_u64().unwrap_or(0);
+    json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
+}
+
+fn orch_of(id: JobId, result: &Value) -> Value {
+    json!({"job_id": id, "routed_to": result["routed_to"], "route_reason": result["route_reason"], "cost_usd": result["cost_usd"]})
+}
+
+/// Waits for the job's terminal event, within the configured wait.
+async fn wait_terminal(state: &AppState, id: JobId) -> ApiResult<()> {
+    let mut events = Box::pin(jobs::follow_events(state.clone(), id, 0));
+    let wait = state.config.chat_wait;
+    let ended = tokio::time::timeout(wait, async {
+        while let Some(event) = events.next().await {
+            if event.is_terminal() {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    match ended {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down"))
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("no answer within {} s (ORCH_CHAT_WAIT); the job is cancelled", wait.as_secs()),
+        )),
+    }
+}
+
+async fn wait_completion(state: AppState, mut guard: CancelOnDrop) -> ApiResult<Json<Completion>> {
+    let id = guard.id();
+    wait_terminal(&state, id).await?;
+    guard.finished();
+    let (text, result) = finished(&state, id).await?;
+    Ok(Json(Completion {
+        id: format!("chatcmpl-{id}"),
+        object: "chat.completion",
+        created: chrono::Utc::now().timestamp(),
+        model: result["routed_to"].as_str().unwrap_or_default().to_owned(),
+        choices: vec![json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})],
+        usage: usage_of(&result),
+        orch: orch_of(id, &result),
+    }))
+}
+
+fn stream_completion(
+    state: AppState,
+    mut guard: CancelOnDrop,
+    model: String,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let id = guard.id();
+    let created = chrono::Utc::now().timestamp();
+    let chunk_id = format!("chatcmpl-{id}");
+    // `extra` adds top-level fields (the last chunk's `usage` and `orch`).
+    let chunk = move |delta: Value, finish: Option<&str>, extra: &[(&str, Value)]| {
+        let mut c = json!({
+            "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        for (key, value) in extra {
+            c[*key] = value.clone();
+        }
+        Ok(Event::default().data(c.to_string()))
+    };
+    let stream = jobs::async_stream(move |tx| async move {
+        let _ = tx.send(chunk(json!({"role": "assistant", "content": ""}), None, &[])).await;
+        let mut streamed = String::new();
+        let mut events = Box::pin(jobs::follow_events(state.clone(), id, 0));
+        let wait = tokio::time::sleep(state.config.chat_wait);
+        tokio::pin!(wait);
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                _ = &mut wait => None,
+                _ = tx.closed() => return,
+            };
+            let Some(event) = event else {
+                // Timed out or shutting down: the guard cancels the job.
+                let error = json!({"error": {"code": "timeout", "message": "no answer within the configured wait; the job is cancelled"}});
+                let _ = tx.send(Ok(Event::default().data(error.to_string()))).await;
+                break;
+            };
+            if event.kind == "progress" && event.data["type"] == "text" {
+                let text = event.data["text"].as_str().unwrap_or_default();
+                streamed.push_str(text);
+                if tx.send(chunk(json!({"content": text}), None, &[])).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            if !event.is_terminal() {
+                continue;
+            }
+            guard.finished();
+            match finished(&state, id).await {
+                Ok((text, result)) => {
+                    // CLIs that print the answer only at the end stream it in one piece.
+                    let rest =
+                        text.strip_prefix(streamed.as_str()).unwrap_or(if streamed.is_empty() { &text } else { "" });
+                    if !rest.is_empty() {
+                        let _ = tx.send(chunk(json!({"content": rest}), None, &[])).await;
+                    }
+                    let extra = [("usage", usage_of(&result)), ("orch", orch_of(id, &result))];
+                    let _ = tx.send(chunk(json!({}), Some("stop"), &extra)).await;
+                }
+                Err(err) => {
+                    let body = json!({"error": {"code": err.code, "message": err.message, "details": err.details}});
+                    let _ = tx.send(Ok(Event::default().data(body.to_string()))).await;
+                }
+            }
+            break;
+        }
+        let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

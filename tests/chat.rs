@@ -1,0 +1,292 @@
+//! Chat end to end: jobs on providers whose CLI is the fake replaying real
+//! Claude and Gemini captures, routing and fallback, cooldown, failures a user
+//! must understand, and the OpenAI-compatible endpoints (also through the
+//! official `openai` Python client).
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Backend, Options, spawn_app_with};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A `[providers.NAME]` table whose CLI is the fake replaying `capture`.
+fn fake(name: &str, kind: &str, capture: &str) -> String {
+    let fake = repo().join("providers/tests/fake-cli/fake");
+    let captures = repo().join("providers/tests/fixtures/cli-captures");
+    format!(
+        "[{name}]\nkind = '{kind}'\ncommand = '{}'\nenv = {{ FAKE_MODE = 'replay', FAKE_CAPTURE = '{capture}', FAKE_CAPTURES = '{}' }}\n",
+        fake.display(),
+        captures.display()
+    )
+}
+
+const CLAUDE_OK: &str = "claude-code-2.1.197/ok.stream.jsonl";
+const CLAUDE_429: &str = "claude-code-2.1.197/429.stream.jsonl";
+const CLAUDE_401: &str = "claude-code-2.1.197/401.stream.jsonl";
+const GEMINI_OK: &str = "gemini-cli-0.61.0/ok.stream.jsonl";
+const GEMINI_401: &str = "gemini-cli-0.61.0/401.stream.jsonl";
+
+async fn app_with(providers: &str, routing: &str) -> support::TestApp {
+    let router = support::router(providers, routing);
+    spawn_app_with(Backend::Sqlite, Options { router: Some(router), max_body: 4 << 20, ..Default::default() }).await
+}
+
+async fn run_chat(app: &support::TestApp, body: Value) -> (Value, Value) {
+    let r = app.post("/v1/jobs/chat", body).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let job = app.wait_finished(&id, WAIT).await;
+    let result = app.get(&format!("/v1/jobs/{id}/result")).await.body;
+    (job, result)
+}
+
+#[tokio::test]
+async fn a_claude_turn_returns_text_usage_and_route() {
+    let app = app_with(&fake("claude", "claude", CLAUDE_OK), "").await;
+    let (job, result) = run_chat(&app, json!({"model": "claude", "prompt": "say hi"})).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let result = &result["result"];
+    assert_eq!(result["text"], "FAKE-REPLY: hello from loopback");
+    assert_eq!(result["routed_to"], "claude/claude-sonnet-5", "{result}");
+    assert_eq!(result["provider"], "claude");
+    assert_eq!(result["route_reason"], "model \"claude\" requested; ran on claude");
+    assert!(result["usage"]["input_tokens"].as_u64().unwrap() > 0, "{result}");
+    // The routing decision and the streamed text are on the job's event log.
+    let events = app.events(job["id"].as_str().unwrap(), None).await;
+    let progress: Vec<&Value> =
+        events.iter().filter(|(_, kind, _)| kind == "progress").map(|(_, _, d)| &d["data"]).collect();
+    assert!(progress.iter().any(|p| p["type"] == "routing" && p["chain"] == json!(["claude"])), "{progress:?}");
+    assert!(
+        progress.iter().any(|p| p["type"] == "text" && p["text"] == "FAKE-REPLY: hello from loopback"),
+        "{progress:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn auto_falls_back_past_a_usage_limit_and_cools_the_provider_down() {
+    let providers = format!("{}{}", fake("claude", "claude", CLAUDE_429), fake("gemini", "gemini", GEMINI_OK));
+    let app = app_with(&providers, "[table]\nreasoning = ['claude', 'gemini']\n").await;
+    let (job, result) =
+        run_chat(&app, json!({"model": "auto", "task_type": "reasoning", "prompt": "why is the sky blue?"})).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let result = &result["result"];
+    assert_eq!(result["text"], "FAKE-GEMINI: hello from loopback");
+    assert_eq!(result["provider"], "gemini");
+    let reason = result["route_reason"].as_str().unwrap();
+    assert!(reason.starts_with("auto: task type reasoning (given); chain claude → gemini"), "{reason}");
+    assert!(reason.contains("claude failed (usage_limit), fell back; ran on gemini"), "{reason}");
+    assert_eq!(result["fallbacks"][0]["target"], "claude");
+    assert_eq!(result["fallbacks"][0]["error"]["kind"]["type"], "usage_limit");
+
+    // Claude is cooling down until its reset time, and says why.
+    let providers = app.get("/v1/providers").await;
+    assert_eq!(providers.status, StatusCode::OK, "{:?}", providers.body);
+    let claude = providers.body.as_array().unwrap().iter().find(|p| p["name"] == "claude").unwrap().clone();
+    assert!(claude["cooldown_until"].is_string(), "{claude}");
+    assert_eq!(claude["last_error"]["kind"]["type"], "usage_limit", "{claude}");
+    assert_eq!(claude["cli"]["status"], "found", "{claude}");
+    assert_eq!(claude["limit"], 2);
+
+    // The next turn skips it without starting the CLI: the reason says cooling down.
+    let (_, result) = run_chat(&app, json!({"task_type": "reasoning", "prompt": "and at sunset?"})).await;
+    assert_eq!(result["result"]["provider"], "gemini");
+    assert!(
+        result["result"]["fallbacks"][0]["error"]["message"].as_str().unwrap().contains("cooling down"),
+        "{result}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_provider_failing_fails_the_job_with_each_reason() {
+    let providers = format!("{}{}", fake("claude", "claude", CLAUDE_401), fake("gemini", "gemini", GEMINI_401));
+    let app = app_with(&providers, "[table]\ngeneral = ['claude', 'gemini']\n").await;
+    let long = "Tell me about lighthouses and the people who kept them, at length. ".repeat(5);
+    let (job, _) = run_chat(&app, json!({"prompt": long, "max_attempts": 3})).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "providers_exhausted");
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("every provider failed: claude: "), "{message}");
+    assert!(message.contains("; gemini: "), "{message}");
+    // Auth failures need a human: the job is not retried.
+    assert_eq!(job["attempts"], 1, "{job}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_cli_fails_with_its_install_hint() {
+    let app = app_with("[claude]\ncommand = '/nonexistent/bin/claude'\n", "").await;
+    let (job, _) = run_chat(&app, json!({"model": "claude", "prompt": "hi"})).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "not_installed");
+    assert!(job["error"]["message"].as_str().unwrap().contains("npm i -g @anthropic-ai/claude-code"), "{job}");
+    assert_eq!(job["attempts"], 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_chat_requests_say_what_is_allowed() {
+    let providers = format!("{}{}", fake("claude", "claude", CLAUDE_OK), "[claude.limits]\nconcurrency = 1\n");
+    let app = app_with(&providers.replace("[claude]\n", "[claude]\nmodels = ['sonnet', 'opus']\n"), "").await;
+    let r = app.post("/v1/jobs/chat", json!({"model": "claude/haiku", "prompt": "x"})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"]["code"], "unknown_model");
+    assert_eq!(r.body["error"]["details"]["field"], "model");
+    assert_eq!(r.body["error"]["details"]["configured"], json!(["auto", "claude", "claude/sonnet", "claude/opus"]));
+
+    let big = "x".repeat(600 * 1024);
+    let r = app.post("/v1/jobs/chat", json!({"model": "claude", "prompt": big})).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "prompt_too_large");
+    assert_eq!(r.body["error"]["details"]["field"], "messages");
+
+    let r = app
+        .post("/v1/chat/completions", json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"]["code"], "unknown_model");
+    let tools =
+        json!({"model": "claude", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]});
+    let r = app.post("/v1/chat/completions", tools).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["error"]["details"]["field"], "tools");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn openai_compatible_completions_and_models() {
+    let app = app_with(&fake("claude", "claude", CLAUDE_OK), "").await;
+    let models = app.get("/v1/models").await.body;
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["auto", "claude"]);
+    assert_eq!(models["object"], "list");
+
+    let body = json!({"model": "claude", "temperature": 0.2, "messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "say hi"}]},
+    ]});
+    let r = app.post("/v1/chat/completions", body.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["object"], "chat.completion");
+    assert_eq!(
+        r.body["choices"][0]["message"],
+        json!({"role": "assistant", "content": "FAKE-REPLY: hello from loopback"})
+    );
+    assert_eq!(r.body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(r.body["model"], "claude/claude-sonnet-5");
+    let usage = &r.body["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap())
+    );
+    let job_id = r.headers["x-orch-job-id"].to_str().unwrap().to_owned();
+    assert_eq!(r.body["orch"]["job_id"], job_id);
+    // It was a real job, stored like any other.
+    let job = app.get(&format!("/v1/jobs/{job_id}")).await.body;
+    assert_eq!(job["metadata"], json!({"source": "openai"}));
+
+    let mut streaming = body;
+    streaming["stream"] = json!(true);
+    let response = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&app.admin)
+        .json(&streaming)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let text = response.text().await.unwrap();
+    let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"), "{text}");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(content, "FAKE-REPLY: hello from loopback");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert!(last["usage"]["completion_tokens"].is_u64(), "{last}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_completion_is_an_http_error_naming_the_cause() {
+    let app = app_with(&fake("claude", "claude", CLAUDE_429), "").await;
+    let r = app
+        .post("/v1/chat/completions", json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "usage_limit");
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("claude"), "{:?}", r.body);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_completion_abandoned_by_its_caller_is_cancelled() {
+    // The fake answers after 5 s; the caller gives up after 300 ms.
+    let providers =
+        fake("claude", "claude", CLAUDE_OK).replace("FAKE_MODE = 'replay'", "FAKE_MODE = 'slow', FAKE_DELAY = '5'");
+    let app = app_with(&providers, "").await;
+    let body = json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}]});
+    let sent = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&app.admin)
+        .json(&body)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the request should have timed out");
+    let jobs = app.get("/v1/jobs?kind=chat").await.body;
+    let id = jobs["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let job = app.wait_finished(&id, WAIT).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    app.stop().await;
+}
+
+/// The official OpenAI Python client against Orch as its base URL, plain and
+/// streaming (tests/python/openai_client.py; `scripts/test` installs the
+/// client into target/pyenv).
+#[tokio::test]
+async fn the_openai_python_client_works_against_orch() {
+    let python = repo().join("target/pyenv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash scripts/test` once, or python3 -m venv target/pyenv && target/pyenv/bin/pip install -r tests/python/requirements.txt",
+        python.display()
+    );
+    let app = app_with(&fake("claude", "claude", CLAUDE_OK), "").await;
+    let out = tokio::process::Command::new(python)
+        .arg(repo().join("tests/python/openai_client.py"))
+        .env("ORCH_BASE_URL", format!("{}/v1", app.base))
+        .env("ORCH_API_KEY", &app.admin)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "models: auto,claude",
+            "plain: FAKE-REPLY: hello from loopback",
+            "stream: FAKE-REPLY: hello from loopback",
+            "usage: yes",
+            "error: 400 unknown_model",
+        ]
+    );
+    app.stop().await;
+}

@@ -1,0 +1,181 @@
+//! Chat jobs on the configured providers: the conversation rendered into one
+//! turn, routed (with fallback) by [`orch_providers::Router`], progress
+//! (API retries, streamed text) recorded as job events.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orch_providers::{Exhausted, ProgressEvent, Routed, Router, TaskType, TurnControl, TurnRequest};
+use orch_store::{Job, JobError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::{Executor, JobContext};
+use crate::llm::{Llm, LlmAnswer, LlmRequest};
+
+/// A chat job's stored input (written by the API, which validated it).
+#[derive(Debug, Deserialize)]
+pub struct ChatInput {
+    pub model: Option<String>,
+    pub task_type: Option<String>,
+    pub messages: Vec<Message>,
+    pub max_turns: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// The system prompt and the prompt of one turn. A single user message is
+/// the prompt as is; a longer conversation becomes a transcript that asks for
+/// an answer to its last user message.
+pub fn render(messages: &[Message]) -> Result<(Option<String>, String), String> {
+    let system: Vec<&str> = messages.iter().filter(|m| m.role == "system").map(|m| m.content.as_str()).collect();
+    let turns: Vec<&Message> = messages.iter().filter(|m| m.role != "system").collect();
+    if turns.last().is_none_or(|m| m.role != "user") {
+        return Err("the conversation must end with a user message".into());
+    }
+    let system = (!system.is_empty()).then(|| system.join("\n\n"));
+    if let [only] = turns.as_slice() {
+        return Ok((system, only.content.clone()));
+    }
+    let mut prompt = String::from("The conversation so far; answer the last user message.\n");
+    for m in turns {
+        let who = if m.role == "assistant" { "Assistant" } else { "User" };
+        prompt.push_str(&format!("\n{who}: {}\n", m.content));
+    }
+    Ok((system, prompt))
+}
+
+fn bad_input(message: impl Into<String>) -> JobError {
+    JobError::new("invalid_input", message, false)
+}
+
+fn job_error(err: &Exhausted) -> JobError {
+    JobError::new(err.code(), err.message.clone(), err.retryable())
+}
+
+/// Where a turn ran: `provider/model` with the model the CLI reported, else the target's.
+fn routed_to(routed: &Routed) -> String {
+    match routed.output.model.as_ref().or(routed.target.model.as_ref()) {
+        Some(model) => format!("{}/{model}", routed.target.provider),
+        None => routed.target.provider.clone(),
+    }
+}
+
+/// Runs chat jobs on the router's providers.
+pub struct ProviderChat {
+    pub router: Arc<Router>,
+}
+
+#[async_trait]
+impl Executor for ProviderChat {
+    async fn run(&self, job: &Job, ctx: &JobContext) -> Result<Value, JobError> {
+        let input: ChatInput = serde_json::from_value(job.input.clone())
+            .map_err(|e| bad_input(format!("stored chat input does not parse: {e}")))?;
+        let (system, prompt) = render(&input.messages).map_err(bad_input)?;
+        let task_type = match input.task_type.as_deref() {
+            Some(name) => Some(
+                TaskType::parse(name)
+                    .ok_or_else(|| bad_input(format!("task_type {name:?} is not one of {}", TaskType::NAMES)))?,
+            ),
+            None => None,
+        };
+        let last_user = input.messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
+        let route =
+            self.router.route(input.model.as_deref(), task_type, last_user).map_err(|e| bad_input(e.message))?;
+        ctx.progress(json!({
+            "type": "routing",
+            "chain": route.chain.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "reason": route.reason,
+        }))
+        .await;
+
+        let (tx, mut rx) = mpsc::unbounded_channel::<ProgressEvent>();
+        let reporter = ctx.clone();
+        let forward = tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                reporter.progress(serde_json::to_value(&event).unwrap_or(Value::Null)).await;
+            }
+        });
+        let control = TurnControl { cancel: ctx.cancel.clone(), progress: Some(tx) };
+        let request = TurnRequest { prompt, system, max_turns: input.max_turns, ..Default::default() };
+        let result = self.router.run(&route, &request, &control).await;
+        drop(control);
+        // Every progress event is recorded before the outcome.
+        let _ = forward.await;
+        let routed = result.map_err(|e| job_error(&e))?;
+        let output = &routed.output;
+        Ok(json!({
+            "text": output.text,
+            "routed_to": routed_to(&routed),
+            "route_reason": routed.reason,
+            "provider": routed.target.provider,
+            "model": output.model,
+            "task_type": routed.task_type,
+            "usage": output.usage,
+            "cost_usd": output.cost_usd,
+            "duration_ms": output.duration.as_millis() as u64,
+            "num_turns": output.num_turns,
+            "fallbacks": routed.failed,
+        }))
+    }
+}
+
+/// Plan steps and the planner on the same providers, routing and limits as chat.
+pub struct RouterLlm {
+    pub router: Arc<Router>,
+}
+
+#[async_trait]
+impl Llm for RouterLlm {
+    async fn complete(&self, request: LlmRequest, cancel: &CancellationToken) -> Result<LlmAnswer, JobError> {
+        let task_type = match request.task_type.as_deref() {
+            Some(name) => Some(
+                TaskType::parse(name)
+                    .ok_or_else(|| bad_input(format!("task_type {name:?} is not one of {}", TaskType::NAMES)))?,
+            ),
+            None => None,
+        };
+        let route = self
+            .router
+            .route(request.model.as_deref(), task_type, &request.prompt)
+            .map_err(|e| bad_input(e.message))?;
+        let turn = TurnRequest { prompt: request.prompt, system: request.system, ..Default::default() };
+        let control = TurnControl { cancel: cancel.clone(), progress: None };
+        let routed = self.router.run(&route, &turn, &control).await.map_err(|e| job_error(&e))?;
+        Ok(LlmAnswer {
+            text: routed.output.text.clone(),
+            routed_to: routed_to(&routed),
+            usage: json!({
+                "input_tokens": routed.output.usage.input_tokens,
+                "output_tokens": routed.output.usage.output_tokens,
+                "cost_usd": routed.output.cost_usd,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(role: &str, content: &str) -> Message {
+        Message { role: role.into(), content: content.into() }
+    }
+
+    #[test]
+    fn rendering() {
+        assert_eq!(render(&[m("user", "hi")]).unwrap(), (None, "hi".to_owned()));
+        let (system, prompt) =
+            render(&[m("system", "be brief"), m("user", "a"), m("assistant", "b"), m("user", "c")]).unwrap();
+        assert_eq!(system.as_deref(), Some("be brief"));
+        assert!(prompt.ends_with("\nUser: a\n\nAssistant: b\n\nUser: c\n"), "{prompt}");
+        assert!(render(&[m("user", "a"), m("assistant", "b")]).is_err());
+        assert!(render(&[m("system", "s")]).is_err());
+    }
+}
