@@ -168,11 +168,12 @@ async fn a_failing_receiver_is_retried_on_schedule_with_one_webhook_id(backend: 
     let ids: Vec<String> = got.iter().map(|r| r.header("webhook-id")).collect();
     assert!(ids[0].starts_with("msg_"), "{ids:?}");
     assert!(ids.iter().all(|id| *id == ids[0]), "one webhook-id across attempts: {ids:?}");
-    // Waits after failed attempts 1, 2, 3: 5 s, 30 s, 2 min, scaled, ±10 % jitter.
+    // Waits after failed attempts 1, 2, 3: 5 s, 30 s, 2 min, scaled, ±10 % jitter (plus
+    // slack for a busy machine, well short of the next step's 6 s).
     for (i, step) in [5.0, 30.0, 120.0].into_iter().enumerate() {
         let gap = got[i + 1].at.duration_since(got[i].at).as_secs_f64();
         let expected = step * SCALE;
-        assert!(gap >= expected * 0.9 - 0.005 && gap <= expected * 1.1 + 0.5, "gap {i}: {gap}s, expected ~{expected}s");
+        assert!(gap >= expected * 0.9 - 0.005 && gap <= expected * 1.1 + 1.5, "gap {i}: {gap}s, expected ~{expected}s");
     }
     let payload = got[3].json();
     assert_eq!(payload["type"], "job.succeeded");
