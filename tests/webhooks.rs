@@ -556,6 +556,11 @@ async fn the_test_endpoint_reports_the_receivers_answer() {
     verify_with_python(&secret, &got[0]);
     let r = app.post("/v1/webhooks/test", json!({"url": receiver.url("/t")})).await;
     assert_eq!((r.body["ok"].as_bool(), r.body["response_status"].as_u64()), (Some(true), Some(200)));
+    let r = app.post("/v1/webhooks/test", json!({"url": receiver.url("/t"), "event": "finished"})).await;
+    assert_eq!(
+        (r.status, r.body["error"]["details"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("event"))
+    );
     app.stop().await;
 }
 

@@ -695,7 +695,9 @@ pub async fn test_webhook(
     let req = body.value;
     let event = match &req.event {
         None => "job.succeeded".to_owned(),
-        Some(e) => events_of(Some(std::slice::from_ref(e)), "event", false)?.remove(0),
+        Some(e) => events_of(Some(std::slice::from_ref(e)), "event", false)
+            .map_err(|err| ApiError::invalid_field("event", err.message.replacen("event[0]: ", "", 1)))?
+            .remove(0),
     };
     check_url(&state, &req.url, "url").await?;
     let headers = req.headers.unwrap_or_default();
