@@ -122,12 +122,13 @@ pub struct Webhooks {
     pub guard: Guard,
     /// When they were read, and the subscriptions.
     subscriptions: Mutex<Option<(Instant, Subscriptions)>>,
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Webhooks {
     pub fn new(store: Arc<dyn Store>, config: WebhookConfig) -> Arc<Webhooks> {
         let guard = Guard { allow: config.allow.clone() };
-        Arc::new(Webhooks { store, config, guard, subscriptions: Mutex::new(None) })
+        Arc::new(Webhooks { store, config, guard, subscriptions: Mutex::new(None), refreshing: Default::default() })
     }
 
     /// Checks a URL as a delivery would: parsed, resolved, every address allowed.
@@ -137,10 +138,21 @@ impl Webhooks {
 
     /// Subscriptions by id (cached for a second).
     pub async fn subscriptions(&self) -> Result<Subscriptions, StoreError> {
-        if let Some((at, subs)) = self.subscriptions.lock().unwrap().as_ref()
-            && at.elapsed() < SUBSCRIPTIONS_TTL
-        {
-            return Ok(subs.clone());
+        let cached = || {
+            self.subscriptions
+                .lock()
+                .unwrap()
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < SUBSCRIPTIONS_TTL)
+                .map(|(_, s)| s.clone())
+        };
+        if let Some(subs) = cached() {
+            return Ok(subs);
+        }
+        // One read per expiry, however many finishing jobs ask at once.
+        let _refreshing = self.refreshing.lock().await;
+        if let Some(subs) = cached() {
+            return Ok(subs);
         }
         let mut subs = Vec::new();
         for stored in self.store.list_webhooks().await? {
