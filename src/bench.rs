@@ -35,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 pub enum BenchCommand {
     /// Queue drain rate per backend, HTTP submission rate and latency, peak memory.
     Queue(QueueArgs),
+    /// Orch's own overhead per chat turn: latency, turns/s, memory per running turn.
+    Chat(crate::bench_chat::ChatArgs),
+    /// Batch plans: validation speed, scheduling efficiency, per-node overhead, speed-up.
+    Plans(crate::bench_plans::PlansArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +102,8 @@ pub struct QueueArgs {
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Queue(args) => queue(args).await,
+        BenchCommand::Chat(args) => crate::bench_chat::chat(args).await,
+        BenchCommand::Plans(args) => crate::bench_plans::plans(args).await,
     }
 }
 
@@ -369,7 +375,7 @@ async fn drain_once(backend: Backend, n: usize, concurrency: Option<usize>, redi
     let started = Instant::now();
     let mut worker = tokio::spawn(orch_worker::run(
         store.clone(),
-        Arc::new(orch_worker::Executors::new(Arc::new(orch_api::default_router()))),
+        Arc::new(orch_worker::Executors::new(Arc::new(orch_api::default_router()), None)),
         config,
         shutdown.clone(),
     ));
@@ -886,7 +892,7 @@ async fn fixed_rate(target: &Arc<HttpTarget>, args: &QueueArgs) -> Result<()> {
     Ok(())
 }
 
-fn percentiles(mut latencies: Vec<Duration>) -> String {
+pub(crate) fn percentiles(mut latencies: Vec<Duration>) -> String {
     if latencies.is_empty() {
         return "(no samples)".into();
     }

@@ -1,6 +1,8 @@
 //! `orch`: argument parsing and the glue that starts the API, the worker, or both.
 
 mod bench;
+mod bench_chat;
+mod bench_plans;
 mod config;
 mod doctor;
 mod mcp;
@@ -145,13 +147,15 @@ async fn run(cli: Cli) -> Result<()> {
             first_key(store.as_ref()).await?;
             let router = providers(&settings)?;
             let shutdown = shutdown_signal();
+            let state = api_state(&settings, store.clone(), router.clone(), shutdown.clone()).await?;
+            // The worker calls plan tools through the API's registry: one pool per process.
             let worker = tokio::spawn(orch_worker::run(
                 store.clone(),
-                Arc::new(executors(&settings, &store, router.clone())),
+                executors(router, &state),
                 settings.worker.clone(),
                 shutdown.clone(),
             ));
-            serve_api(&settings, store, router, shutdown).await?;
+            serve_api(&settings, state, shutdown).await?;
             worker.await.context("worker task")?;
             Ok(())
         }
@@ -159,18 +163,20 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
             first_key(store.as_ref()).await?;
-            serve_api(&settings, store, providers(&settings)?, shutdown_signal()).await
+            let shutdown = shutdown_signal();
+            let state = api_state(&settings, store, providers(&settings)?, shutdown.clone()).await?;
+            serve_api(&settings, state, shutdown).await
         }
         Command::Worker { .. } => {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
-            orch_worker::run(
-                store.clone(),
-                Arc::new(executors(&settings, &store, providers(&settings)?)),
-                settings.worker.clone(),
-                shutdown_signal(),
-            )
-            .await;
+            let shutdown = shutdown_signal();
+            let router = providers(&settings)?;
+            // The same MCP servers as an API process: the file and those registered in the store.
+            let state = api_state(&settings, store.clone(), router.clone(), shutdown.clone()).await?;
+            let registry = state.registry.clone();
+            orch_worker::run(store, executors(router, &state), settings.worker.clone(), shutdown).await;
+            registry.shutdown(MCP_CHILD_GRACE).await;
             Ok(())
         }
         Command::Keys { command } => {
@@ -181,20 +187,6 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging_quiet();
             bench::run(command).await
         }
-    }
-}
-
-/// The worker's executors: chat on the providers, plans, and webhook deliveries.
-fn executors(
-    settings: &Settings,
-    store: &Arc<dyn Store>,
-    router: Arc<orch_providers::Router>,
-) -> orch_worker::Executors {
-    let webhooks = orch_webhooks::Webhooks::new(store.clone(), settings.webhooks.clone());
-    orch_worker::Executors {
-        delivery: Some(Box::new(orch_webhooks::DeliveryExecutor(webhooks.clone()))),
-        followups: Some(webhooks),
-        ..orch_worker::Executors::new(router)
     }
 }
 
@@ -261,25 +253,42 @@ fn providers(settings: &Settings) -> Result<Arc<orch_providers::Router>> {
     Ok(Arc::new(router))
 }
 
-async fn serve_api(
+/// The executors of a worker: chat and plans' `llm` steps on `router`, plan
+/// tools through `registry`.
+/// The worker's executors: chat on the providers, plans calling the tools of
+/// `state`'s registry, and webhook deliveries.
+fn executors(router: Arc<orch_providers::Router>, state: &orch_api::AppState) -> Arc<orch_worker::Executors> {
+    Arc::new(orch_worker::Executors {
+        delivery: Some(Box::new(orch_webhooks::DeliveryExecutor(state.webhooks.clone()))),
+        followups: Some(state.webhooks.clone()),
+        ..orch_worker::Executors::new(router, Some(state.registry.clone()))
+    })
+}
+
+/// The API's state with the providers, the MCP servers connected and the config file watched.
+async fn api_state(
     settings: &Settings,
     store: Arc<dyn Store>,
     router: Arc<orch_providers::Router>,
     shutdown: CancellationToken,
-) -> Result<()> {
+) -> Result<orch_api::AppState> {
+    let mut state = orch_api::AppState::new(store.clone(), settings.api.clone());
+    state.webhooks = orch_webhooks::Webhooks::new(store, settings.webhooks.clone());
+    state.router = router;
+    state.shutdown = shutdown;
+    start_mcp(settings, &mut state).await?;
+    tokio::spawn(orch_api::servers::watch_file(state.clone(), MCP_CONFIG_POLL));
+    tokio::spawn(orch_api::webhooks::watch_servers(state.clone()));
+    Ok(state)
+}
+
+async fn serve_api(settings: &Settings, state: orch_api::AppState, shutdown: CancellationToken) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .with_context(|| format!("cannot listen on {} (ORCH_BIND / --bind)", settings.bind))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, backend = store.backend(), "Orch API listening; Swagger UI at http://{addr}/docs");
-    let mut state = orch_api::AppState::new(store.clone(), settings.api.clone());
-    state.webhooks = orch_webhooks::Webhooks::new(store, settings.webhooks.clone());
-    state.router = router;
-    state.shutdown = shutdown.clone();
-    start_mcp(settings, &mut state).await?;
+    tracing::info!(%addr, backend = state.store.backend(), "Orch API listening; Swagger UI at http://{addr}/docs");
     let registry = state.registry.clone();
-    tokio::spawn(orch_api::servers::watch_file(state.clone(), MCP_CONFIG_POLL));
-    tokio::spawn(orch_api::webhooks::watch_servers(state.clone()));
     let stopped = shutdown.clone();
     let server =
         axum::serve(listener, orch_api::app(state)).with_graceful_shutdown(async move { stopped.cancelled().await });

@@ -73,15 +73,16 @@ async fn events_stream_to_the_end_and_resume(backend: Backend) {
         .await;
     let events = app.events(&id, None).await;
     let kinds: Vec<&str> = events.iter().map(|(_, k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["queued", "running", "progress", "progress", "succeeded"]);
+    // Per node: started, then succeeded.
+    assert_eq!(kinds, ["queued", "running", "progress", "progress", "progress", "progress", "succeeded"]);
     let ids: Vec<u64> = events.iter().map(|(i, _, _)| *i).collect();
-    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6, 7]);
     assert_eq!(events[2].2["data"]["node"], "a");
     assert_eq!(events[4].2["job_id"], id);
 
     let rest = app.events(&id, Some(3)).await;
     let rest_ids: Vec<u64> = rest.iter().map(|(i, _, _)| *i).collect();
-    assert_eq!(rest_ids, [4, 5]);
+    assert_eq!(rest_ids, [4, 5, 6, 7]);
     app.stop().await;
 }
 
@@ -170,7 +171,7 @@ async fn cancelled_queued_job_never_starts(backend: Backend) {
     // A worker that starts now finds nothing to run.
     let worker = tokio::spawn(orch_worker::run(
         app.store.clone(),
-        std::sync::Arc::new(orch_worker::Executors::new(support::echo_router())),
+        std::sync::Arc::new(orch_worker::Executors::new(support::echo_router(), None)),
         support::quick_worker(),
         app.shutdown.clone(),
     ));
@@ -212,7 +213,25 @@ async fn failed_attempts_are_retried_with_backoff(backend: Backend) {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 3);
     let kinds: Vec<String> = app.events(&id, None).await.into_iter().map(|(_, k, _)| k).collect();
-    assert_eq!(kinds, ["queued", "running", "retrying", "running", "retrying", "running", "progress", "succeeded"]);
+    // Per attempt: the node started, then failed (or succeeded).
+    assert_eq!(
+        kinds,
+        [
+            "queued",
+            "running",
+            "progress",
+            "progress",
+            "retrying",
+            "running",
+            "progress",
+            "progress",
+            "retrying",
+            "running",
+            "progress",
+            "progress",
+            "succeeded"
+        ]
+    );
 
     let id = app
         .submit_batch(json!({"plan": {"nodes": [{"id": "broken", "fail": {"message": "always"}}]}, "max_attempts": 2}))
@@ -253,7 +272,7 @@ async fn job_of_a_dead_worker_is_finished_by_another(backend: Backend) {
     assert_eq!(claimed.len(), 1);
     let worker = tokio::spawn(orch_worker::run(
         app.store.clone(),
-        std::sync::Arc::new(orch_worker::Executors::new(support::echo_router())),
+        std::sync::Arc::new(orch_worker::Executors::new(support::echo_router(), None)),
         {
             let mut c = support::quick_worker();
             c.lease = Duration::from_millis(600);
@@ -266,7 +285,7 @@ async fn job_of_a_dead_worker_is_finished_by_another(backend: Backend) {
     assert_eq!(job["attempts"], 2);
     let events = app.events(&id, None).await;
     let kinds: Vec<&str> = events.iter().map(|(_, k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["queued", "running", "retrying", "running", "progress", "succeeded"]);
+    assert_eq!(kinds, ["queued", "running", "retrying", "running", "progress", "progress", "succeeded"]);
     assert_eq!(events[2].2["data"]["error"]["code"], "worker_lost");
     // The dead worker coming back cannot record a second outcome.
     let late = orch_store::Completion {
@@ -332,7 +351,7 @@ async fn backlog_of_50000_drains_after_worker_starts(backend: Backend) {
     assert_eq!(app.store.count_jobs().await.unwrap().queued, N as u64);
     let worker = tokio::spawn(orch_worker::run(
         app.store.clone(),
-        std::sync::Arc::new(orch_worker::Executors::new(support::echo_router())),
+        std::sync::Arc::new(orch_worker::Executors::new(support::echo_router(), None)),
         support::quick_worker(),
         app.shutdown.clone(),
     ));

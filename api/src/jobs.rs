@@ -366,7 +366,7 @@ fn check_chat(state: &AppState, req: &ChatJobRequest) -> ApiResult<()> {
     }
 }
 
-fn plan_error(issues: Vec<PlanIssue>) -> ApiError {
+pub(crate) fn plan_error(issues: Vec<PlanIssue>) -> ApiError {
     let first = &issues[0];
     let message = if issues.len() == 1 {
         format!("plan.{}: {}", first.field, first.message)
@@ -490,12 +490,9 @@ pub fn chat_input(state: &AppState, req: &ChatJobRequest) -> ApiResult<Value> {
     Ok(input)
 }
 
-/// The input of a batch job: the plan, validated.
-pub fn batch_input(req: &BatchJobRequest) -> ApiResult<Value> {
-    let issues = orch_planner::validate(&req.plan);
-    if !issues.is_empty() {
-        return Err(plan_error(issues));
-    }
+/// The input of a batch job: the plan, validated against the tools the caller may use.
+pub fn batch_input(state: &AppState, principal: Option<&Principal>, req: &BatchJobRequest) -> ApiResult<Value> {
+    crate::plans::check_plan(state, principal, &req.plan)?;
     Ok(json!({"plan": req.plan}))
 }
 
@@ -554,7 +551,7 @@ pub async fn submit_chat(
         (status = 413, response = TooLarge),
         (status = 415, response = NotJson),
         (status = 422, description = "Invalid field, or a plan with problems (all listed in `details.issues`)", body = ErrorBody,
-            example = json!({"error": {"code": "invalid_plan", "message": "plan.nodes[1].depends_on[0]: no node has id \"fetch\"", "details": {"field": "plan.nodes[1].depends_on[0]", "issues": [{"field": "plan.nodes[1].depends_on[0]", "message": "no node has id \"fetch\""}]}}})),
+            example = json!({"error": {"code": "invalid_plan", "message": "plan.nodes[1].depends_on[0]: node \"b\" depends on \"fetch\", but no node has that id", "details": {"field": "plan.nodes[1].depends_on[0]", "issues": [{"field": "plan.nodes[1].depends_on[0]", "message": "node \"b\" depends on \"fetch\", but no node has that id"}]}}})),
         (status = 503, response = Unavailable),
     ),
     security(("bearer" = []))
@@ -567,8 +564,8 @@ pub async fn submit_batch(
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
     let key_secret = crate::webhooks::key_signing_secret(&headers);
-    let input =
-        crate::webhooks::attach(&state, batch_input(&body.value)?, body.value.webhook_fields(key_secret)).await?;
+    let input = batch_input(&state, Some(&principal), &body.value)?;
+    let input = crate::webhooks::attach(&state, input, body.value.webhook_fields(key_secret)).await?;
     let options = JobOptions { metadata: &body.value.metadata, max_attempts: body.value.max_attempts };
     submit(&state, &principal, &headers, JobKind::Batch, &body.raw, input, options).await
 }

@@ -13,6 +13,7 @@ pub mod json;
 pub mod keys;
 pub mod mcp_server;
 pub mod openai;
+pub mod plans;
 pub mod providers;
 pub mod servers;
 pub mod tools;
@@ -133,6 +134,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/providers", get(providers::list_providers))
+        .route("/v1/jobs/{id}/graph", get(plans::job_graph))
+        .route("/v1/plans", post(plans::preview_plan))
         .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
         .route("/v1/keys/{id}", delete(keys::revoke_key))
         .route("/v1/tools", get(tools::list_tools))
@@ -177,7 +180,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ),
     paths(
         jobs::submit_chat, jobs::submit_batch, jobs::list_jobs, jobs::get_job, jobs::get_result,
-        jobs::job_events, jobs::cancel_job,
+        jobs::job_events, jobs::cancel_job, plans::job_graph, plans::preview_plan,
         openai::chat_completions, openai::list_models, providers::list_providers,
         keys::create_key, keys::list_keys, keys::revoke_key,
         tools::list_tools, tools::get_tool, tools::call_tool,
@@ -189,7 +192,10 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         health::health,
     ),
     components(
-        schemas(orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep, webhooks::WebhookPayload),
+        schemas(
+            orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep,
+            orch_planner::LlmStep, orch_planner::MapStep, orch_planner::StepTemplate, webhooks::WebhookPayload,
+        ),
         responses(
             error::responses::BadRequest, error::responses::Unauthorized, error::responses::Forbidden,
             error::responses::NotFound, error::responses::IdempotencyConflict, error::responses::TooLarge, error::responses::NotJson,
@@ -200,6 +206,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     tags(
         (name = "jobs", description = "Submit and follow chat and batch jobs"),
         (name = "chat", description = "Chat on the providers, OpenAI-compatible (base URL `<orch>/v1`), and the providers' state"),
+        (name = "plans", description = "Batch plans: validate, analyse and draw without running"),
         (name = "keys", description = "API keys (admin)"),
         (name = "tools", description = "Tools of the MCP servers: list, schema, call"),
         (name = "servers", description = "MCP servers: status; registering, testing and reloading (admin)"),

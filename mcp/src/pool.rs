@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject, Prompt, Resource, Tool};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, JsonObject, MetaObject, Prompt, RequestMetaObject, Resource, Tool,
+};
 use rmcp::service::ServiceError;
 use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -357,9 +359,9 @@ impl ServerPool {
         &self,
         tool: &str,
         arguments: Option<JsonObject>,
-        timeout: Option<Duration>,
-        cancel: Option<CancellationToken>,
+        options: crate::registry::CallOptions,
     ) -> Result<CallToolResult, Error> {
+        let crate::registry::CallOptions { timeout, cancel, meta } = options;
         let server = &self.config.name;
         if self.config.disabled {
             return Err(Error::Disabled { server: server.clone() });
@@ -372,6 +374,7 @@ impl ServerPool {
             let _busy = Busy::new(&conn);
             let mut params = CallToolRequestParams::new(tool.to_string());
             params.arguments = arguments;
+            params.meta = meta.map(|m| RequestMetaObject(MetaObject(m)));
             conn.service.call_tool(params).await.map_err(|error| match error {
                 ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
                     self.signals.wake.notify_one();

@@ -2,8 +2,8 @@
 //! names, calls by server and tool, reloads that reconnect only what changed,
 //! and a broadcast of tool and state changes.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{CallToolResult, JsonObject, Prompt, Resource, Tool};
@@ -90,6 +90,8 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
     /// Cancelling it abandons the call and tells the server (`notifications/cancelled`).
     pub cancel: Option<CancellationToken>,
+    /// Sent as the request's `_meta` (plans put their idempotency key here).
+    pub meta: Option<JsonObject>,
 }
 
 /// What [`Registry::reload`] did, by server name.
@@ -117,6 +119,8 @@ struct Inner {
     http: reqwest::Client,
     servers: RwLock<BTreeMap<String, Arc<ServerPool>>>,
     events: broadcast::Sender<RegistryEvent>,
+    /// Moving average of successful call durations (ms) by namespaced tool name.
+    latencies: Mutex<HashMap<String, f64>>,
     /// Parent of every supervisor's stop token.
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
@@ -136,6 +140,7 @@ impl Registry {
                 http: reqwest::Client::new(),
                 servers: RwLock::default(),
                 events,
+                latencies: Mutex::default(),
                 _stop_on_drop: stop.clone().drop_guard(),
                 stop,
             }),
@@ -307,7 +312,22 @@ impl Registry {
         if !known {
             return Err(Error::UnknownTool { server: server.into(), tool: tool.into() });
         }
-        pool.call(tool, arguments, options.timeout, options.cancel).await
+        let started = Instant::now();
+        let result = pool.call(tool, arguments, options).await;
+        if result.is_ok() {
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            let name = format!("{server}{}{tool}", self.inner.options.separator);
+            let mut latencies = self.inner.latencies.lock().unwrap_or_else(|p| p.into_inner());
+            let average = latencies.entry(name).or_insert(ms);
+            *average = 0.8 * *average + 0.2 * ms;
+        }
+        result
+    }
+
+    /// Average duration of successful calls by namespaced tool name, in
+    /// milliseconds (calls made through this registry since it started).
+    pub fn tool_latencies(&self) -> HashMap<String, f64> {
+        self.inner.latencies.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Calls a tool by its namespaced name.

@@ -55,6 +55,8 @@ pub struct Options {
     pub webhooks: orch_webhooks::WebhookConfig,
     /// Providers and routing of the API and worker (default: [`echo_router`]).
     pub router: Option<Arc<orch_providers::Router>>,
+    /// What plans' `llm` nodes call instead of the router's providers (a fake in tests).
+    pub llm: Option<Arc<dyn orch_worker::llm::Llm>>,
 }
 
 impl Default for Options {
@@ -67,6 +69,7 @@ impl Default for Options {
             watch: None,
             webhooks: Default::default(),
             router: None,
+            llm: None,
         }
     }
 }
@@ -131,11 +134,12 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     let worker = options.worker.then(|| {
         let mut config = quick_worker();
         (options.tweak)(&mut config);
-        let executors = Executors {
-            delivery: Some(Box::new(orch_webhooks::DeliveryExecutor(webhooks.clone()))),
-            followups: Some(webhooks.clone()),
-            ..Executors::new(router)
-        };
+        let mut executors = Executors::new(router, Some(registry.clone()));
+        if let Some(llm) = options.llm {
+            executors.batch = Box::new(orch_worker::PlanRunner { tools: Some(registry.clone()), llm: Some(llm) });
+        }
+        executors.delivery = Some(Box::new(orch_webhooks::DeliveryExecutor(webhooks.clone())));
+        executors.followups = Some(webhooks.clone());
         tokio::spawn(orch_worker::run(store.clone(), Arc::new(executors), config, shutdown.clone()))
     });
     TestApp { base, admin, client: reqwest::Client::new(), store, handle, shutdown, worker, registry }

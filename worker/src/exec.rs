@@ -1,20 +1,17 @@
 //! What running a job means, per kind: chat turns and batch plans.
 //!
-//! Chat runs on the configured providers (see [`crate::chat`]). Until the MCP
-//! plan steps land, batch plans run the built-in test steps of
-//! `orch_planner`; the scheduling (dependencies, bounded parallelism,
-//! progress) is already real.
+//! Chat runs on the configured providers ([`crate::chat`]); batch plans run in
+//! [`crate::plan`], their `llm` steps on the same providers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use orch_planner::{Plan, Step};
 use orch_store::{Job, JobError, JobId, JobKind, JobStatus, Store};
-use serde_json::{Value, json};
-use tokio::task::JoinSet;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+
+use crate::plan::PlanRunner;
 
 /// What an executor may use while running one attempt.
 #[derive(Clone)]
@@ -62,12 +59,14 @@ pub struct Executors {
 }
 
 impl Executors {
-    /// Chat on `router`'s providers; plans of the built-in test steps; no
-    /// webhook deliveries (set `delivery` and `followups` for them).
-    pub fn new(router: Arc<orch_providers::Router>) -> Executors {
+    /// Chat on `router`'s providers; plans calling `tools` (None: plans without
+    /// MCP steps) with their `llm` steps on the same providers; no webhook
+    /// deliveries (set `delivery` and `followups` for them).
+    pub fn new(router: Arc<orch_providers::Router>, tools: Option<orch_mcp::Registry>) -> Executors {
+        let llm: Arc<dyn crate::llm::Llm> = Arc::new(crate::chat::RouterLlm { router: router.clone() });
         Executors {
             chat: Box::new(crate::chat::ProviderChat { router }),
-            batch: Box::new(PlanRunner),
+            batch: Box::new(PlanRunner { tools, llm: Some(llm) }),
             delivery: None,
             followups: None,
         }
@@ -85,108 +84,5 @@ impl Executors {
                 }
             }
         }
-    }
-}
-
-fn bad_input(message: impl Into<String>) -> JobError {
-    JobError::new("invalid_input", message, false)
-}
-
-/// Runs a batch plan: each node starts as soon as its dependencies succeeded,
-/// with at most `max_parallel` nodes at once.
-pub struct PlanRunner;
-
-#[async_trait]
-impl Executor for PlanRunner {
-    async fn run(&self, job: &Job, ctx: &JobContext) -> Result<Value, JobError> {
-        let plan: Plan = serde_json::from_value(job.input["plan"].clone())
-            .map_err(|e| bad_input(format!("stored plan does not parse: {e}")))?;
-        run_plan(&plan, job.attempts, ctx).await
-    }
-}
-
-#[derive(Debug)]
-struct NodeRun {
-    output: Value,
-    duration_ms: u128,
-}
-
-async fn run_plan(plan: &Plan, attempt: u32, ctx: &JobContext) -> Result<Value, JobError> {
-    let total = plan.nodes.len();
-    let index: HashMap<&str, usize> = plan.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
-    let mut waiting_on: Vec<usize> = plan.nodes.iter().map(|n| n.depends_on.len()).collect();
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); total];
-    for (i, node) in plan.nodes.iter().enumerate() {
-        for dep in &node.depends_on {
-            dependents[index[dep.as_str()]].push(i);
-        }
-    }
-    let mut ready: Vec<usize> = (0..total).filter(|&i| waiting_on[i] == 0).rev().collect();
-    let mut outputs: Vec<Option<NodeRun>> = (0..total).map(|_| None).collect();
-    let mut tasks: JoinSet<(usize, Result<NodeRun, JobError>)> = JoinSet::new();
-    let max_parallel = plan.max_parallel().max(1);
-    let mut done = 0;
-
-    while done < total {
-        while tasks.len() < max_parallel {
-            let Some(i) = ready.pop() else { break };
-            let node = plan.nodes[i].clone();
-            tasks.spawn(async move {
-                let started = Instant::now();
-                let result = run_step(&node, attempt).await;
-                (i, result.map(|output| NodeRun { output, duration_ms: started.elapsed().as_millis() }))
-            });
-        }
-        let Some(joined) = tasks.join_next().await else {
-            return Err(JobError::new("plan_stuck", "no node can start; the plan has a cycle", false));
-        };
-        let (i, result) = joined.map_err(|e| JobError::new("internal", format!("node task failed: {e}"), true))?;
-        let node_id = &plan.nodes[i].id;
-        let run = result.map_err(|e| JobError { message: format!("node {node_id:?} failed: {}", e.message), ..e })?;
-        done += 1;
-        ctx.progress(json!({
-            "completed": done,
-            "total": total,
-            "node": node_id,
-            "status": "succeeded",
-            "duration_ms": run.duration_ms,
-        }))
-        .await;
-        outputs[i] = Some(run);
-        for &next in &dependents[i] {
-            waiting_on[next] -= 1;
-            if waiting_on[next] == 0 {
-                ready.push(next);
-            }
-        }
-    }
-
-    let mut nodes = serde_json::Map::new();
-    for (node, run) in plan.nodes.iter().zip(outputs) {
-        let run = run.expect("every node ran");
-        nodes.insert(
-            node.id.clone(),
-            json!({"status": "succeeded", "output": run.output, "duration_ms": run.duration_ms}),
-        );
-    }
-    let output = match &plan.output {
-        Some(output) => output.clone(),
-        None => Value::Object(nodes.iter().map(|(id, n)| (id.clone(), n["output"].clone())).collect()),
-    };
-    Ok(json!({"output": output, "nodes": nodes}))
-}
-
-async fn run_step(node: &orch_planner::Node, attempt: u32) -> Result<Value, JobError> {
-    match node.step() {
-        Some(Step::Sleep(s)) => {
-            tokio::time::sleep(Duration::from_millis(s.ms)).await;
-            Ok(json!({"slept_ms": s.ms}))
-        }
-        Some(Step::Echo(v)) => Ok(v.clone()),
-        Some(Step::Fail(f)) => match f.times {
-            Some(times) if attempt > times => Ok(json!({"failed_attempts": times})),
-            _ => Err(JobError::new("step_failed", f.message.clone(), f.retryable)),
-        },
-        None => Err(bad_input(format!("node {:?} has no single step", node.id))),
     }
 }

@@ -18,6 +18,7 @@
 pub mod chat;
 pub mod exec;
 pub mod llm;
+pub mod plan;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use exec::{Executor, Executors, Followups, JobContext};
+pub use plan::PlanRunner;
 
 /// How a worker behaves; every field is a user setting (see README).
 #[derive(Debug, Clone)]
@@ -235,6 +237,9 @@ async fn claim_loop(
     }
 }
 
+/// How long a cancelled attempt may take to wind down before it is dropped.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
 fn start_job(
     store: &Arc<dyn Store>,
     executors: &Arc<Executors>,
@@ -251,10 +256,15 @@ fn start_job(
     let done_tx = done_tx.clone();
     tokio::spawn(async move {
         let attempt = tokio::time::timeout(config.job_timeout, executors.run(&job, &ctx));
+        tokio::pin!(attempt);
         let outcome = tokio::select! {
             biased;
-            _ = cancel.cancelled() => Outcome::Cancelled,
-            result = attempt => match result {
+            _ = cancel.cancelled() => {
+                // The executor sees the token too: a moment to stop its steps and record so.
+                let _ = tokio::time::timeout(CANCEL_GRACE, attempt).await;
+                Outcome::Cancelled
+            }
+            result = &mut attempt => match result {
                 Ok(result) => outcome_of(&config, &job, result),
                 Err(_) => outcome_of(&config, &job, Err(JobError::new(
                     "timeout",

@@ -79,7 +79,7 @@ impl OrchMcp {
         }
         // The client's `notifications/cancelled` cancels `cancel`; the registry
         // then abandons the call and cancels it upstream too.
-        let options = orch_mcp::CallOptions { timeout: None, cancel: Some(cancel) };
+        let options = orch_mcp::CallOptions { cancel: Some(cancel), ..Default::default() };
         let result = match &self.scope {
             Scope::Aggregate => self.state.registry.call(name, arguments, options).await,
             Scope::Server(server) => self.state.registry.call_tool(server, name, arguments, options).await,
@@ -141,8 +141,8 @@ impl OrchMcp {
             }
             JobKind::Batch | JobKind::Delivery => {
                 let req: BatchJobRequest = crate::json::parse(&raw)?;
-                let input =
-                    crate::webhooks::attach(&self.state, jobs::batch_input(&req)?, req.webhook_fields(None)).await?;
+                let input = jobs::batch_input(&self.state, principal, &req)?;
+                let input = crate::webhooks::attach(&self.state, input, req.webhook_fields(None)).await?;
                 (input, req.metadata, req.max_attempts)
             }
         };

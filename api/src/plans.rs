@@ -1,0 +1,223 @@
+//! Plan routes: validate and analyse a plan without running it
+//! (`POST /v1/plans`), and draw a batch job's graph with node states
+//! (`GET /v1/jobs/{id}/graph`), as JSON, Mermaid or Graphviz DOT.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use orch_planner::analysis::{self, Analysis, Estimates, NodeState};
+use orch_planner::{Catalogue, Plan};
+use orch_store::{JobKind, JobStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::responses::{BadRequest, Forbidden, NotFound, NotJson, Unauthorized};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::jobs;
+use crate::json::ApiJson;
+
+/// The tools the caller's plans may use: every listed tool of the servers
+/// the key may use, with its input schema.
+pub fn catalogue(state: &AppState, principal: Option<&Principal>) -> Catalogue {
+    let tools = state
+        .registry
+        .tools()
+        .into_iter()
+        .filter(|t| principal.is_none_or(|p| p.may_use_server(&t.server)))
+        .map(|t| (t.name, Value::Object((*t.tool.input_schema).clone())))
+        .collect();
+    Catalogue { tools }
+}
+
+/// Validates a plan against the caller's tools; 422 lists every problem.
+pub fn check_plan(state: &AppState, principal: Option<&Principal>, plan: &Plan) -> ApiResult<()> {
+    let issues = orch_planner::validate(plan, Some(&catalogue(state, principal)));
+    if issues.is_empty() { Ok(()) } else { Err(jobs::plan_error(issues)) }
+}
+
+/// A plan to check.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"plan": {"nodes": [
+    {"id": "a", "sleep": {"ms": 100}},
+    {"id": "b", "sleep": {"ms": 200}},
+    {"id": "merge", "value": ["{{nodes.a.output}}", "{{nodes.b.output}}"]}
+]}}))]
+pub struct PlanRequest {
+    pub plan: Plan,
+}
+
+/// The answer for a valid plan.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanPreview {
+    /// Always true (an invalid plan answers 422).
+    pub valid: bool,
+    pub analysis: Analysis,
+    /// The graph as a Mermaid flowchart.
+    pub mermaid: String,
+}
+
+/// How to answer.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphFormat {
+    #[default]
+    Json,
+    Mermaid,
+    Dot,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FormatQuery {
+    /// `json` (default), `mermaid` (text/vnd.mermaid) or `dot` (text/vnd.graphviz).
+    pub format: Option<GraphFormat>,
+}
+
+fn text(content_type: &'static str, body: String) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Validate and analyse a plan.
+///
+/// Checks the plan as `POST /v1/jobs/batch` would (ids, references,
+/// dependencies and cycles, tools and their arguments against each tool's
+/// input schema, limits) and, when valid, answers its topological levels,
+/// width, critical path and estimated duration (from the tools' recorded
+/// latencies), with the graph as Mermaid, or only the graph with
+/// `?format=mermaid|dot`. Nothing runs.
+#[utoipa::path(
+    post, path = "/v1/plans", tag = "plans",
+    request_body = PlanRequest,
+    params(FormatQuery),
+    responses(
+        (status = 200, description = "The plan is valid: its analysis (or its graph as text with `?format=`)", body = PlanPreview,
+            example = json!({"valid": true, "analysis": {"levels": [["a", "b"], ["merge"]], "width": 2, "depth": 2, "critical_path": ["b", "merge"], "estimated_ms": 200.0, "total_work_ms": 300.0, "node_estimates_ms": {"a": 100.0, "b": 200.0, "merge": 0.0}}, "mermaid": "flowchart TD\n    n0[\"a<br/>sleep 100ms\"]\n    n1[\"b<br/>sleep 200ms\"]\n    n2[\"merge<br/>value\"]\n    n0 --> n2\n    n1 --> n2\n"})),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 415, response = NotJson),
+        (status = 422, description = "The plan has problems, all listed in `details.issues` with their fields", body = ErrorBody,
+            example = json!({"error": {"code": "invalid_plan", "message": "plan.nodes[1].tool: node \"b\": unknown tool \"test.nope\"; GET /v1/tools lists the tools (`server.tool`)", "details": {"field": "plan.nodes[1].tool", "issues": [{"field": "plan.nodes[1].tool", "message": "node \"b\": unknown tool \"test.nope\"; GET /v1/tools lists the tools (`server.tool`)"}]}}})),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn preview_plan(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<FormatQuery>,
+    body: ApiJson<PlanRequest>,
+) -> ApiResult<Response> {
+    principal.require("jobs:write")?;
+    let plan = &body.value.plan;
+    check_plan(&state, Some(&principal), plan)?;
+    Ok(match query.format.unwrap_or_default() {
+        GraphFormat::Mermaid => text("text/vnd.mermaid; charset=utf-8", analysis::mermaid(plan, None)),
+        GraphFormat::Dot => text("text/vnd.graphviz; charset=utf-8", analysis::dot(plan, None)),
+        GraphFormat::Json => {
+            let estimates = Estimates { tools: state.registry.tool_latencies(), ..Estimates::default() };
+            let preview = PlanPreview {
+                valid: true,
+                analysis: analysis::analyse(plan, &estimates),
+                mermaid: analysis::mermaid(plan, None),
+            };
+            Json(preview).into_response()
+        }
+    })
+}
+
+/// A batch job's graph and where each node is.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"job": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "status": "running", "nodes": {"a": {"status": "succeeded", "duration_ms": 101.2}, "b": {"status": "running"}, "merge": {"status": "pending"}}, "edges": [["a", "merge"], ["b", "merge"]]}))]
+pub struct JobGraph {
+    pub job: String,
+    /// The job's status.
+    pub status: String,
+    /// Each node's state: `pending`, `running`, `succeeded`, `failed`, `cancelled`, `skipped`.
+    pub nodes: HashMap<String, NodeState>,
+    /// Dependencies as `[from, to]`.
+    pub edges: Vec<(String, String)>,
+}
+
+/// Node states from the job's progress events (the last word per node wins).
+fn node_states(plan: &Plan, events: &[orch_store::JobEvent]) -> HashMap<String, NodeState> {
+    let mut states: HashMap<String, NodeState> =
+        plan.nodes.iter().map(|n| (n.id.clone(), NodeState { status: "pending".into(), duration_ms: None })).collect();
+    for event in events.iter().filter(|e| e.kind == "progress") {
+        let (Some(node), Some(status)) = (event.data["node"].as_str(), event.data["status"].as_str()) else { continue };
+        let Some(state) = states.get_mut(node) else { continue };
+        state.status = match status {
+            "started" | "retrying" => "running".into(),
+            other => other.into(),
+        };
+        state.duration_ms = event.data["duration_ms"].as_f64();
+    }
+    states
+}
+
+/// Draw a batch job's graph.
+///
+/// The job's plan with each node's state and duration so far (from the job's
+/// progress events), as JSON, or with `?format=mermaid|dot` as a coloured graph.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/graph", tag = "jobs",
+    params(("id" = String, Path, description = "Job id"), FormatQuery),
+    responses(
+        (status = 200, description = "The graph", body = JobGraph),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, description = "The job is a chat job: it has no graph", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn job_graph(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Query(query): Query<FormatQuery>,
+) -> ApiResult<Response> {
+    principal.require("jobs:read")?;
+    let job = jobs::load(&state, &id).await?;
+    if job.kind != JobKind::Batch {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_batch_job",
+            format!("job {id} is a chat job; only batch jobs have a graph"),
+        ));
+    }
+    let plan: Plan = serde_json::from_value(job.input["plan"].clone()).map_err(ApiError::internal)?;
+    let mut events = Vec::new();
+    loop {
+        let after = events.last().map_or(0, |e: &orch_store::JobEvent| e.seq);
+        let page = state.store.events(job.id, after, 1000).await?;
+        if page.is_empty() {
+            break;
+        }
+        events.extend(page);
+    }
+    let mut states = node_states(&plan, &events);
+    if job.status == JobStatus::Cancelled {
+        for state in states.values_mut().filter(|s| s.status == "pending") {
+            state.status = "skipped".into();
+        }
+    }
+    Ok(match query.format.unwrap_or_default() {
+        GraphFormat::Mermaid => text("text/vnd.mermaid; charset=utf-8", analysis::mermaid(&plan, Some(&states))),
+        GraphFormat::Dot => text("text/vnd.graphviz; charset=utf-8", analysis::dot(&plan, Some(&states))),
+        GraphFormat::Json => {
+            let deps = orch_planner::dependencies(&plan);
+            let edges = deps
+                .iter()
+                .enumerate()
+                .flat_map(|(i, ds)| ds.iter().map(move |&d| (d, i)))
+                .map(|(d, i)| (plan.nodes[d].id.clone(), plan.nodes[i].id.clone()))
+                .collect();
+            Json(JobGraph { job: job.id.to_string(), status: job.status.to_string(), nodes: states, edges })
+                .into_response()
+        }
+    })
+}

@@ -1,0 +1,484 @@
+//! Batch plans end to end: submitted over HTTP, run by the worker as a DAG of
+//! calls to real MCP servers (the project's `orch-mcp-test-server` and the
+//! reference `server-everything`), followed through the job, its result,
+//! its events and its graph. LLM nodes run on a fake model (model APIs are
+//! the one thing these tests fake).
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use orch_api::servers::McpSettings;
+use orch_store::JobError;
+use orch_testkit::everything::{entry, node};
+use orch_worker::llm::{Llm, LlmAnswer, LlmRequest};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Backend, Options, TestApp, spawn_app_with, test_server};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct App {
+    app: TestApp,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for App {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
+}
+
+/// The app with the test server as `test` (and server-everything as `everything`).
+async fn app_with(backend: Backend, everything: bool, llm: Option<Arc<dyn Llm>>) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = json!({"test": {"command": test_server(), "timeout": 30}});
+    if everything {
+        servers["everything"] = json!({"command": node(), "args": [entry(), "stdio"], "timeout": 30});
+    }
+    let file = dir.path().join("mcp-config.json");
+    std::fs::write(&file, json!({"mcpServers": servers}).to_string()).unwrap();
+    let mcp = McpSettings { file: Some(file), allow_api_stdio: false };
+    let app = spawn_app_with(backend, Options { mcp, llm, ..Default::default() }).await;
+    App { app, _dir: dir }
+}
+
+async fn app(backend: Backend) -> App {
+    app_with(backend, false, None).await
+}
+
+impl App {
+    async fn run(&self, plan: Value) -> (Value, Value) {
+        self.run_batch(json!({"plan": plan})).await
+    }
+
+    /// Submits, waits for the end; returns the job and its result body.
+    async fn run_batch(&self, body: Value) -> (Value, Value) {
+        let id = self.submit_batch(body).await;
+        let job = self.wait_finished(&id, WAIT).await;
+        let result = self.get(&format!("/v1/jobs/{id}/result")).await.body;
+        (job, result)
+    }
+
+    /// The test server's counters, read through the REST tool route.
+    async fn stats(&self) -> Value {
+        let r = self.post("/v1/tools/test/stats", json!({})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        serde_json::from_str(r.body["content"][0]["text"].as_str().unwrap()).unwrap()
+    }
+
+    async fn text(&self, path: &str) -> (StatusCode, String, String) {
+        let resp = self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.admin).send().await.unwrap();
+        let status = resp.status();
+        let kind = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        (status, kind, resp.text().await.unwrap())
+    }
+}
+
+fn node_of<'a>(result: &'a Value, id: &str) -> &'a Value {
+    &result["result"]["nodes"][id]
+}
+
+async fn parallel_branches_overlap(backend: Backend) {
+    let app = app(backend).await;
+    let started = Instant::now();
+    let (job, result) = app
+        .run(json!({"max_parallel": 3, "nodes": [
+            {"id": "a", "tool": "test.sleep", "args": {"ms": 500}},
+            {"id": "b", "tool": "test.sleep", "args": {"ms": 500}},
+            {"id": "c", "tool": "test.sleep", "args": {"ms": 500}},
+            {"id": "seen", "tool": "test.stats", "depends_on": ["a", "b", "c"]}
+        ]}))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    // The server itself saw the three calls at once.
+    assert_eq!(result["result"]["output"]["seen"]["max_active"], 3, "{result}");
+    assert!(took < Duration::from_millis(1400), "three 500 ms branches side by side took {took:?}");
+    let starts: Vec<f64> =
+        ["a", "b", "c"].iter().map(|n| node_of(&result, n)["started_ms"].as_f64().unwrap()).collect();
+    let ends: Vec<f64> = ["a", "b", "c"]
+        .iter()
+        .zip(&starts)
+        .map(|(n, s)| s + node_of(&result, n)["duration_ms"].as_f64().unwrap())
+        .collect();
+    let last_start = starts.iter().copied().fold(0.0, f64::max);
+    let first_end = ends.iter().copied().fold(f64::MAX, f64::min);
+    assert!(last_start < first_end, "branches did not overlap: starts {starts:?}, ends {ends:?}");
+    app.app.stop().await;
+}
+
+async fn diamond_passes_outputs_along(backend: Backend) {
+    let app = app_with(backend, true, None).await;
+    let (job, result) = app
+        .run(json!({"nodes": [
+            {"id": "top", "tool": "test.echo", "args": {"message": "hello"}},
+            {"id": "left", "tool": "everything.echo", "args": {"message": "{{nodes.top.output}} left"}},
+            {"id": "right", "tool": "test.echo", "args": {"message": "{{nodes.top.output}} right"}},
+            {"id": "bottom", "value": {"l": "{{nodes.left.output}}", "r": "{{nodes.right.output}}"}}
+        ], "output": "{{nodes.bottom.output}}"}))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(result["result"]["output"], json!({"l": "Echo: hello left", "r": "hello right"}));
+    let end = |n: &str| {
+        node_of(&result, n)["started_ms"].as_f64().unwrap() + node_of(&result, n)["duration_ms"].as_f64().unwrap()
+    };
+    let start = |n: &str| node_of(&result, n)["started_ms"].as_f64().unwrap();
+    assert!(start("left") >= end("top") && start("right") >= end("top"), "{result}");
+    assert!(start("bottom") >= end("left").max(end("right")), "{result}");
+    app.app.stop().await;
+}
+
+async fn map_fans_out_within_its_concurrency(backend: Backend) {
+    let app = app(backend).await;
+    let started = Instant::now();
+    let (job, result) = app
+        .run(json!({"max_parallel": 8, "nodes": [
+            {"id": "list", "value": [200, 200, 200, 200, 200, 200]},
+            {"id": "each", "map": {"over": "{{nodes.list.output}}", "concurrency": 2,
+                "node": {"tool": "test.sleep", "args": {"ms": "{{item}}"}}}},
+            {"id": "seen", "tool": "test.stats", "depends_on": ["each"]}
+        ]}))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(result["result"]["output"]["each"], json!(vec!["slept 200 ms"; 6]));
+    assert_eq!(result["result"]["output"]["seen"]["max_active"], 2, "{result}");
+    // Six 200 ms items two at a time: three rounds.
+    assert!(took >= Duration::from_millis(600), "took {took:?}");
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    app.app.stop().await;
+}
+
+async fn failing_nodes_follow_on_error(backend: Backend) {
+    let app = app(backend).await;
+    let (job, result) = app
+        .run(json!({"nodes": [
+            {"id": "cont", "tool": "test.fail_n_times", "args": {"key": "c", "n": 9}, "on_error": "continue"},
+            {"id": "fb", "tool": "test.fail_n_times", "args": {"key": "f", "n": 9}, "on_error": {"fallback": {"x": 1}}},
+            {"id": "after", "value": {"c": "{{nodes.cont.output}}", "f": "{{nodes.fb.output.x}}"}}
+        ], "output": "{{nodes.after.output}}"}))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(result["result"]["output"], json!({"c": null, "f": 1}));
+    assert_eq!(node_of(&result, "cont")["status"], "failed");
+    assert_eq!(node_of(&result, "cont")["error"]["code"], "tool_error");
+    assert!(node_of(&result, "fb")["error"]["message"].as_str().unwrap().contains("failure 1 of 9"), "{result}");
+
+    // `fail` (the default): the job fails naming the node, a running sibling
+    // is stopped and what depended on the failure never starts.
+    let started = Instant::now();
+    let id = app
+        .submit_batch(json!({"max_attempts": 1, "plan": {"nodes": [
+            {"id": "boom", "tool": "test.fail_n_times", "args": {"key": "b", "n": 9}},
+            {"id": "slow", "tool": "test.sleep", "args": {"ms": 10000}},
+            {"id": "later", "value": 1, "depends_on": ["boom"]}
+        ]}}))
+        .await;
+    let job = app.wait_finished(&id, WAIT).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "the sibling was not stopped: {:?}", started.elapsed());
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "tool_error");
+    assert!(job["error"]["message"].as_str().unwrap().starts_with("node \"boom\" failed: "), "{job}");
+    let graph = app.get(&format!("/v1/jobs/{id}/graph")).await.body;
+    assert_eq!(graph["nodes"]["boom"]["status"], "failed", "{graph}");
+    assert_eq!(graph["nodes"]["slow"]["status"], "cancelled", "{graph}");
+    assert_eq!(graph["nodes"]["later"]["status"], "skipped", "{graph}");
+    app.app.stop().await;
+}
+
+async fn retries_and_timeouts(backend: Backend) {
+    let app = app(backend).await;
+    let (job, result) = app
+        .run(json!({"nodes": [
+            {"id": "flaky", "tool": "test.fail_n_times", "args": {"key": "r", "n": 2}, "retries": 2}
+        ]}))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(node_of(&result, "flaky")["attempts"], 3);
+    assert_eq!(result["result"]["output"]["flaky"], "succeeded after 2 failures");
+    let events = app.events(job["id"].as_str().unwrap(), None).await;
+    let retried = events.iter().filter(|(_, k, e)| k == "progress" && e["data"]["status"] == "retrying").count();
+    assert_eq!(retried, 2);
+
+    // Too few retries: the node fails with the tool's last error.
+    let (job, _) = app
+        .run_batch(json!({"max_attempts": 1, "plan": {"nodes": [
+            {"id": "flaky", "tool": "test.fail_n_times", "args": {"key": "r2", "n": 3}, "retries": 1}
+        ]}}))
+        .await;
+    assert_eq!(job["status"], "failed");
+    assert!(job["error"]["message"].as_str().unwrap().contains("failure 2 of 3"), "{job}");
+
+    // A node timeout cancels the call upstream.
+    let started = Instant::now();
+    let (job, result) = app
+        .run(json!({"nodes": [
+            {"id": "stuck", "tool": "test.sleep", "args": {"ms": 20000}, "timeout": 0.3, "on_error": "continue"}
+        ]}))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(node_of(&result, "stuck")["error"]["code"], "timeout", "{result}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.stats().await["cancelled"] != 1 {
+        assert!(Instant::now() < deadline, "the server never saw the cancellation: {}", app.stats().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.app.stop().await;
+}
+
+async fn cancelling_stops_running_nodes_and_skips_the_rest(backend: Backend) {
+    let app = app(backend).await;
+    let id = app
+        .submit_plan(json!({"nodes": [
+            {"id": "first", "tool": "test.sleep", "args": {"ms": 100}},
+            {"id": "long", "tool": "test.sleep", "args": {"ms": 20000}, "depends_on": ["first"]},
+            {"id": "never", "value": "{{nodes.long.output}}"}
+        ]}))
+        .await;
+    app.wait_for(&id, WAIT, |j| j["progress"]["node"] == "long" && j["progress"]["status"] == "started").await;
+    let started = Instant::now();
+    let r = app.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let job = app.wait_finished(&id, WAIT).await;
+    assert_eq!(job["status"], "cancelled");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let graph = app.get(&format!("/v1/jobs/{id}/graph")).await.body;
+    assert_eq!(graph["nodes"]["first"]["status"], "succeeded", "{graph}");
+    assert_eq!(graph["nodes"]["long"]["status"], "cancelled", "{graph}");
+    assert_eq!(graph["nodes"]["never"]["status"], "skipped", "{graph}");
+    assert_eq!(app.stats().await["cancelled"], 1);
+    app.app.stop().await;
+}
+
+async fn references_reach_into_nested_outputs(backend: Backend) {
+    let app = app_with(backend, true, None).await;
+    let (job, result) = app
+        .run(json!({
+            "input": {"city": "Chicago", "doc": {"items": [{"title": "first"}, {"title": "second"}]}},
+            "nodes": [
+                {"id": "weather", "tool": "everything.get-structured-content", "args": {"location": "{{input.city}}"}},
+                {"id": "json", "tool": "test.echo", "args": {"message": "{\"items\": [{\"title\": \"first\"}, {\"title\": \"second\"}]}"}},
+                {"id": "sum", "tool": "everything.get-sum", "args": {"a": "{{nodes.weather.output.temperature}}", "b": 1}}
+            ],
+            "output": {
+                "conditions": "{{nodes.weather.output.conditions}}",
+                "second": "{{nodes.json.output.items[1].title}}",
+                "line": "{{input.city}}: {{nodes.weather.output.temperature}} degrees",
+                "sum": "{{nodes.sum.output}}"
+            }
+        }))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(
+        result["result"]["output"],
+        json!({"conditions": "Light rain / drizzle", "second": "second", "line": "Chicago: 36 degrees", "sum": "The sum of 36 and 1 is 37."})
+    );
+
+    // A reference that does not resolve at run time fails the node, saying what was there.
+    let (job, _) = app
+        .run_batch(json!({"max_attempts": 1, "plan": {"nodes": [
+            {"id": "json", "tool": "test.echo", "args": {"message": "{\"items\": []}"}},
+            {"id": "title", "value": "{{nodes.json.output.items[0].title}}"}
+        ]}}))
+        .await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["error"]["code"], "invalid_reference");
+    assert!(
+        job["error"]["message"].as_str().unwrap().contains("nodes.json.output.items is a list of 0 items"),
+        "{job}"
+    );
+    app.app.stop().await;
+}
+
+async fn bad_plans_are_rejected_naming_node_and_field(backend: Backend) {
+    let app = app_with(backend, true, None).await;
+    let cases = [
+        (
+            json!({"nodes": [{"id": "a", "tool": "test.nope"}]}),
+            "plan.nodes[0].tool",
+            "node \"a\": unknown tool \"test.nope\"",
+        ),
+        (
+            json!({"nodes": [{"id": "a", "tool": "everything.get-sum", "args": {"a": "one", "b": 2}}]}),
+            "plan.nodes[0].args.a",
+            "node \"a\": does not match the input schema of everything.get-sum: \"one\" is not of type \"number\"",
+        ),
+        (
+            json!({"nodes": [{"id": "a", "tool": "test.echo", "args": {}}]}),
+            "plan.nodes[0].args",
+            "\"message\" is a required property",
+        ),
+        (
+            json!({"nodes": [
+                {"id": "a", "value": "{{nodes.c.output}}"},
+                {"id": "b", "value": "{{nodes.a.output}}"},
+                {"id": "c", "tool": "test.echo", "args": {"message": "{{nodes.b.output}}"}}
+            ]}),
+            "plan.nodes",
+            "dependency cycle: ",
+        ),
+        (
+            json!({"nodes": [{"id": "a", "tool": "test.echo", "args": {"message": "{{nodes.ghost.output.x}}"}}]}),
+            "plan.nodes[0].args.message",
+            "node \"a\": {{nodes.ghost.output.x}} names node \"ghost\", but no node has that id",
+        ),
+        (
+            json!({"nodes": [{"id": "a", "value": "{{input.repo}}"}]}),
+            "plan.nodes[0].value",
+            "{{input.repo}} does not resolve in the plan's `input`",
+        ),
+    ];
+    for (plan, field, message) in cases {
+        for path in ["/v1/jobs/batch", "/v1/plans"] {
+            let r = app.post(path, json!({"plan": plan})).await;
+            assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{path} {plan}: {}", r.body);
+            assert_eq!(r.body["error"]["code"], "invalid_plan", "{}", r.body);
+            assert_eq!(r.body["error"]["details"]["field"], field, "{}", r.body);
+            let text = r.body["error"]["message"].as_str().unwrap();
+            assert!(text.contains(message), "{path}: {text:?} lacks {message:?}");
+        }
+    }
+    let r = app.post("/v1/plans", json!({"plan": {"nodes": [
+        {"id": "a", "value": "{{nodes.c.output}}"}, {"id": "b", "value": "{{nodes.a.output}}"}, {"id": "c", "value": "{{nodes.b.output}}"}
+    ]}})).await;
+    let text = r.body["error"]["message"].as_str().unwrap();
+    assert!(["a -> b -> c -> a", "b -> c -> a -> b", "c -> a -> b -> c"].iter().any(|p| text.ends_with(p)), "{text}");
+    app.app.stop().await;
+}
+
+async fn plans_are_analysed_and_drawn(backend: Backend) {
+    let app = app(backend).await;
+    let plan = json!({"max_parallel": 4, "nodes": [
+        {"id": "a", "sleep": {"ms": 100}},
+        {"id": "b", "sleep": {"ms": 300}},
+        {"id": "c", "tool": "test.echo", "args": {"message": "x"}, "depends_on": ["a"]},
+        {"id": "merge", "value": ["{{nodes.b.output}}", "{{nodes.c.output}}"]}
+    ]});
+    let r = app.post("/v1/plans", json!({"plan": plan})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let analysis = &r.body["analysis"];
+    assert_eq!(analysis["levels"], json!([["a", "b"], ["c"], ["merge"]]));
+    assert_eq!(analysis["width"], 2);
+    assert_eq!(analysis["depth"], 3);
+    // No latency recorded for test.echo yet: the default second makes a -> c the longest.
+    assert_eq!(analysis["critical_path"], json!(["a", "c", "merge"]));
+    assert_eq!(analysis["estimated_ms"], 1100.0);
+    assert!(r.body["mermaid"].as_str().unwrap().starts_with("flowchart TD\n"));
+
+    let (status, kind, body) = app.text_post("/v1/plans?format=mermaid", json!({"plan": plan})).await;
+    assert_eq!((status, kind.as_str()), (StatusCode::OK, "text/vnd.mermaid; charset=utf-8"));
+    assert!(body.contains("n0 --> n2") && body.contains("n2 --> n3") && body.contains("n1 --> n3"), "{body}");
+    let (status, kind, body) = app.text_post("/v1/plans?format=dot", json!({"plan": plan})).await;
+    assert_eq!((status, kind.as_str()), (StatusCode::OK, "text/vnd.graphviz; charset=utf-8"));
+    assert!(body.starts_with("digraph plan {") && body.contains("\"a\" -> \"c\";"), "{body}");
+
+    // After a run, the latency of test.echo is known, and the job's graph shows states.
+    let (job, _) = app.run(plan.clone()).await;
+    let id = job["id"].as_str().unwrap();
+    let r = app.post("/v1/plans", json!({"plan": plan})).await;
+    assert!(r.body["analysis"]["node_estimates_ms"]["c"].as_f64().unwrap() < 1000.0, "{}", r.body);
+    assert_eq!(r.body["analysis"]["critical_path"], json!(["b", "merge"]));
+    let graph = app.get(&format!("/v1/jobs/{id}/graph")).await.body;
+    assert_eq!(graph["status"], "succeeded");
+    assert_eq!(graph["nodes"]["b"]["status"], "succeeded");
+    assert!(graph["nodes"]["b"]["duration_ms"].as_f64().unwrap() >= 300.0, "{graph}");
+    assert!(graph["edges"].as_array().unwrap().contains(&json!(["c", "merge"])), "{graph}");
+    let (_, kind, body) = app.text(&format!("/v1/jobs/{id}/graph?format=mermaid")).await;
+    assert_eq!(kind, "text/vnd.mermaid; charset=utf-8");
+    assert!(body.contains("class n3 succeeded"), "{body}");
+    let _ = app.text(&format!("/v1/jobs/{id}/graph?format=dot")).await;
+    app.app.stop().await;
+}
+
+async fn retried_job_skips_finished_nodes(backend: Backend) {
+    let app = app(backend).await;
+    // Attempt 1: `first` runs, `gate` fails (retryably), the job is retried.
+    // Attempt 2: `first` comes from its checkpoint; `gate` passes; `count`
+    // sees how many tool calls the server got.
+    let (job, result) = app
+        .run_batch(json!({"max_attempts": 2, "plan": {"nodes": [
+            {"id": "first", "tool": "test.echo", "args": {"message": "once"}},
+            {"id": "gate", "fail": {"times": 1}, "depends_on": ["first"]},
+            {"id": "count", "tool": "test.stats", "depends_on": ["gate"]}
+        ]}}))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2);
+    assert_eq!(node_of(&result, "first")["resumed"], true, "{result}");
+    assert_eq!(result["result"]["output"]["first"], "once");
+    // `first` once, `count` itself once: `first` was not run again.
+    assert_eq!(result["result"]["output"]["count"]["calls"], 2, "{result}");
+    app.app.stop().await;
+}
+
+/// A model that answers from a script and remembers the prompts.
+#[derive(Default)]
+struct FakeLlm {
+    prompts: Mutex<Vec<LlmRequest>>,
+}
+
+#[async_trait]
+impl Llm for FakeLlm {
+    async fn complete(&self, request: LlmRequest, _cancel: &CancellationToken) -> Result<LlmAnswer, JobError> {
+        let text = if request.prompt.contains("JSON Schema") {
+            "Here you go:\n```json\n{\"title\": \"Weekly report\", \"count\": 2}\n```".to_owned()
+        } else {
+            format!("summary of: {}", request.prompt)
+        };
+        self.prompts.lock().unwrap().push(request);
+        Ok(LlmAnswer { text, routed_to: "fake/model".into(), usage: json!({"input_tokens": 3, "output_tokens": 5}) })
+    }
+}
+
+async fn llm_nodes_use_the_model(backend: Backend) {
+    let llm = Arc::new(FakeLlm::default());
+    let app = app_with(backend, false, Some(llm.clone())).await;
+    let (job, result) = app
+        .run(json!({"nodes": [
+            {"id": "issues", "tool": "test.echo", "args": {"message": "[\"bug 1\", \"bug 2\"]"}},
+            {"id": "sum", "llm": {"model": "fake/model", "system": "Be brief.", "prompt": "Summarise {{nodes.issues.output}}"}},
+            {"id": "report", "llm": {"prompt": "Report on {{nodes.sum.output}}",
+                "schema": {"type": "object", "required": ["title", "count"], "properties": {"count": {"type": "integer"}}}}}
+        ], "output": {"sum": "{{nodes.sum.output}}", "title": "{{nodes.report.output.title}}"}}))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(
+        result["result"]["output"],
+        json!({"sum": "summary of: Summarise [\"bug 1\",\"bug 2\"]", "title": "Weekly report"})
+    );
+    let prompts = llm.prompts.lock().unwrap().clone();
+    assert_eq!(prompts[0].model.as_deref(), Some("fake/model"));
+    assert_eq!(prompts[0].system.as_deref(), Some("Be brief."));
+    assert!(prompts[1].prompt.starts_with("Report on summary of: "), "{:?}", prompts[1]);
+    app.app.stop().await;
+}
+
+impl App {
+    async fn text_post(&self, path: &str, body: Value) -> (StatusCode, String, String) {
+        let resp =
+            self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.admin).json(&body).send().await.unwrap();
+        let status = resp.status();
+        let kind = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        (status, kind, resp.text().await.unwrap())
+    }
+}
+
+on_both_backends!(
+    parallel_branches_overlap,
+    diamond_passes_outputs_along,
+    map_fans_out_within_its_concurrency,
+    failing_nodes_follow_on_error,
+    retries_and_timeouts,
+    cancelling_stops_running_nodes_and_skips_the_rest,
+    references_reach_into_nested_outputs,
+    bad_plans_are_rejected_naming_node_and_field,
+    plans_are_analysed_and_drawn,
+    retried_job_skips_finished_nodes,
+    llm_nodes_use_the_model,
+);
