@@ -703,6 +703,29 @@ impl Store for Observed {
     async fn delete_webhook(&self, id: &str) -> orch_store::Result<bool> {
         self.inner.delete_webhook(id).await
     }
+    async fn get_session(&self, id: &str) -> orch_store::Result<Option<orch_store::Session>> {
+        self.inner.get_session(id).await
+    }
+    async fn append_session(
+        &self,
+        id: &str,
+        owner: &str,
+        messages: Vec<orch_store::SessionMessage>,
+        ttl: Duration,
+    ) -> orch_store::Result<orch_store::Session> {
+        self.inner.append_session(id, owner, messages, ttl).await
+    }
+    async fn list_sessions(
+        &self,
+        owner: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> orch_store::Result<Vec<orch_store::Session>> {
+        self.inner.list_sessions(owner, offset, limit).await
+    }
+    async fn delete_session(&self, id: &str) -> orch_store::Result<bool> {
+        self.inner.delete_session(id).await
+    }
 }
 
 // ---------------------------------------------------------------------------

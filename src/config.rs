@@ -92,6 +92,9 @@ pub struct ApiArgs {
     /// Longest POST /v1/chat/completions waits for its answer before 504 [default: 15m].
     #[arg(long, env = "ORCH_CHAT_WAIT", value_name = "DURATION", value_parser = duration)]
     pub chat_wait: Option<Duration>,
+    /// How long an unused chat session (X-Session-ID) is kept; each turn restarts it [default: 1h].
+    #[arg(long, env = "ORCH_SESSION_TTL", value_name = "DURATION", value_parser = duration)]
+    pub session_ttl: Option<Duration>,
 }
 
 /// Settings of a worker.
@@ -141,6 +144,7 @@ struct FileConfig {
     allow_stdio_registration: Option<bool>,
     max_prompt_bytes: Option<usize>,
     chat_wait: Option<String>,
+    session_ttl: Option<String>,
     /// `[providers.NAME]` tables; without any, the four built-ins with defaults.
     providers: Option<orch_providers::ProvidersConfig>,
     routing: Option<orch_providers::RoutingConfig>,
@@ -278,6 +282,13 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
     if chat_wait < Duration::from_secs(1) {
         bail!("ORCH_CHAT_WAIT (--chat-wait): {chat_wait:?} is too short; allowed: 1s or more");
     }
+    let session_ttl = match api.session_ttl {
+        Some(d) => d,
+        None => file_duration("session_ttl", file.session_ttl.as_ref())?.unwrap_or(Duration::from_secs(3600)),
+    };
+    if session_ttl < Duration::from_secs(1) {
+        bail!("ORCH_SESSION_TTL (--session-ttl): {session_ttl:?} is too short; allowed: 1s or more");
+    }
     let mut providers = file.providers.unwrap_or_default();
     providers.apply_env(std::env::vars()).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
     providers.validate().map_err(|e| anyhow::anyhow!("orch.toml / ORCH_PROVIDER_*: {}: {}", e.field, e.message))?;
@@ -335,6 +346,7 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
             default_max_attempts: max_attempts,
             max_prompt_bytes,
             chat_wait,
+            session_ttl,
         },
         worker: w,
         mcp: orch_api::servers::McpSettings { file: mcp_file, allow_api_stdio },

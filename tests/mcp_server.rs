@@ -109,7 +109,10 @@ async fn aggregate_serves_namespaced_tools_and_orchs_own() {
     let (client, _) = http_client(&app, "/mcp", &key).await;
 
     let mut expected: Vec<String> = UPSTREAM.iter().map(|t| format!("t.{t}")).collect();
-    expected.extend(["chat", "get_job", "list_providers", "list_servers", "submit_job"].map(String::from));
+    expected.extend(
+        ["chat", "export_session_memory", "get_job", "get_session", "list_providers", "list_servers", "submit_job"]
+            .map(String::from),
+    );
     expected.sort();
     assert_eq!(names(&client).await, expected);
 
@@ -129,6 +132,17 @@ async fn aggregate_serves_namespaced_tools_and_orchs_own() {
     let providers = structured(&call(&client, "list_providers", json!({})).await);
     assert_eq!(providers["providers"][0]["name"], "echo", "{providers}");
     assert_eq!(providers["providers"][0]["cli"]["status"], "found", "{providers}");
+    // Sessions over MCP: a continued chat, then the session and its note.
+    call(&client, "chat", json!({"prompt": "first", "session_id": "mcp-1"})).await;
+    let again = structured(&call(&client, "chat", json!({"prompt": "second", "session_id": "mcp-1"})).await);
+    assert!(again["text"].as_str().unwrap().contains("User: first"), "{again}");
+    let session = structured(&call(&client, "get_session", json!({"id": "mcp-1"})).await);
+    assert_eq!(session["message_count"], 4, "{session}");
+    let memory = structured(&call(&client, "export_session_memory", json!({"id": "mcp-1"})).await);
+    assert!(memory["markdown"].as_str().unwrap().starts_with("---\ntitle: \"Session mcp-1\""), "{memory}");
+    let missing = call(&client, "get_session", json!({"id": "nope"})).await;
+    assert_eq!(missing.is_error, Some(true));
+
     let bad = call(&client, "chat", json!({"model": "nope", "prompt": "x"})).await;
     assert_eq!(bad.is_error, Some(true));
     let error: Value = serde_json::from_str(&text(&bad)).unwrap();
@@ -212,7 +226,10 @@ async fn http_endpoints_need_a_key_with_tools_call() {
     let reply = app.call(Method::POST, "/mcp/t", Some(&limited.secret), Some(initialize.clone())).await;
     assert_eq!(reply.body["error"]["code"], "server_not_allowed", "{}", reply.body);
     let (client, _) = http_client(&app, "/mcp", &limited.secret).await;
-    assert_eq!(names(&client).await, ["chat", "get_job", "list_providers", "list_servers", "submit_job"]);
+    assert_eq!(
+        names(&client).await,
+        ["chat", "export_session_memory", "get_job", "get_session", "list_providers", "list_servers", "submit_job"]
+    );
     client.cancel().await.unwrap();
 
     let reply = app.call(Method::POST, "/mcp/ghost", Some(&app.admin), Some(initialize)).await;

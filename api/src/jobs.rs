@@ -57,6 +57,10 @@ pub struct ChatJobRequest {
     /// Most agent turns the CLI may take (1–100; Claude's `--max-turns`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_turns: Option<u32>,
+    /// Continue this conversation (or start it): earlier turns are given to the
+    /// provider and this one is added. Same as the `X-Session-ID` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
     /// The conversation so far; the last `user` message is answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<ChatMessage>>,
@@ -504,7 +508,10 @@ pub fn batch_input(state: &AppState, principal: Option<&Principal>, req: &BatchJ
 #[utoipa::path(
     post, path = "/v1/jobs/chat", tag = "jobs",
     request_body = ChatJobRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h"),
+        ("X-Session-ID" = Option<String>, Header, description = "Continue (or start) this conversation; 1–128 of A-Z a-z 0-9 . _ : -"),
+    ),
     responses(
         (status = 202, description = "Stored and queued", body = JobAccepted,
             headers(("Location" = String, description = "The job's status URL"))),
@@ -527,8 +534,19 @@ pub async fn submit_chat(
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
     let req = &body.value;
+    let mut input = chat_input(&state, req)?;
+    let header = headers.get("x-session-id").map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
+    let session = match (header, &req.session_id) {
+        (Some(h), Some(b)) if h != *b => {
+            return Err(ApiError::invalid_field("session_id", "differs from the X-Session-ID header; give one"));
+        }
+        (h, b) => h.or_else(|| b.clone()),
+    };
+    if let Some(id) = session {
+        crate::sessions::attach(&state, Some(&principal), &mut input, &id).await?;
+    }
     let key_secret = crate::webhooks::key_signing_secret(&headers);
-    let input = crate::webhooks::attach(&state, chat_input(&state, req)?, req.webhook_fields(key_secret)).await?;
+    let input = crate::webhooks::attach(&state, input, req.webhook_fields(key_secret)).await?;
     let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
     submit(&state, &principal, &headers, JobKind::Chat, &body.raw, input, options).await
 }

@@ -16,6 +16,7 @@ pub mod openai;
 pub mod plans;
 pub mod providers;
 pub mod servers;
+pub mod sessions;
 pub mod tools;
 pub mod webhooks;
 
@@ -47,6 +48,8 @@ pub struct ApiConfig {
     pub max_prompt_bytes: usize,
     /// Longest `POST /v1/chat/completions` waits for its turn before 504.
     pub chat_wait: std::time::Duration,
+    /// How long an unused chat session is kept; each turn restarts it.
+    pub session_ttl: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -57,6 +60,7 @@ impl Default for ApiConfig {
             default_max_attempts: 3,
             max_prompt_bytes: 512 * 1024,
             chat_wait: std::time::Duration::from_secs(900),
+            session_ttl: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -134,6 +138,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/providers", get(providers::list_providers))
+        .route("/v1/sessions", get(sessions::list_sessions))
+        .route("/v1/sessions/{id}", get(sessions::get_session).delete(sessions::delete_session))
+        .route("/v1/sessions/{id}/memory", get(sessions::export_memory))
         .route("/v1/jobs/{id}/graph", get(plans::job_graph))
         .route("/v1/plans", post(plans::preview_plan))
         .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
@@ -182,6 +189,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         jobs::submit_chat, jobs::submit_batch, jobs::list_jobs, jobs::get_job, jobs::get_result,
         jobs::job_events, jobs::cancel_job, plans::job_graph, plans::preview_plan,
         openai::chat_completions, openai::list_models, providers::list_providers,
+        sessions::list_sessions, sessions::get_session, sessions::delete_session, sessions::export_memory,
         keys::create_key, keys::list_keys, keys::revoke_key,
         tools::list_tools, tools::get_tool, tools::call_tool,
         servers::list_servers, servers::create_server, servers::get_server, servers::replace_server,
@@ -207,6 +215,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         (name = "jobs", description = "Submit and follow chat and batch jobs"),
         (name = "chat", description = "Chat on the providers, OpenAI-compatible (base URL `<orch>/v1`), and the providers' state"),
         (name = "plans", description = "Batch plans: validate, analyse and draw without running"),
+        (name = "sessions", description = "Chat sessions (`X-Session-ID`): read, list, forget, export as a markdown note"),
         (name = "keys", description = "API keys (admin)"),
         (name = "tools", description = "Tools of the MCP servers: list, schema, call"),
         (name = "servers", description = "MCP servers: status; registering, testing and reloading (admin)"),

@@ -336,6 +336,19 @@ async fn wait_terminal(state: &AppState, id: JobId) -> ApiResult<()> {
     }
 }
 
+/// Runs a chat job with `input` and waits for it (cancelling it if the wait is
+/// abandoned); its answer text and result, or its failure as an HTTP error.
+pub async fn run_chat(state: &AppState, input: Value, source: &str) -> ApiResult<(JobId, String, Value)> {
+    let metadata = Some(Map::from_iter([("source".to_owned(), json!(source))]));
+    let options = JobOptions { metadata: &metadata, max_attempts: None };
+    let (accepted, _) = jobs::submit_job(state, JobKind::Chat, input, options, || Ok(None)).await?;
+    let mut guard = CancelOnDrop { state: state.clone(), job_id: Some(accepted.id) };
+    wait_terminal(state, accepted.id).await?;
+    guard.finished();
+    let (text, result) = finished(state, accepted.id).await?;
+    Ok((accepted.id, text, result))
+}
+
 async fn wait_completion(state: AppState, mut guard: CancelOnDrop) -> ApiResult<Json<Completion>> {
     let id = guard.id();
     wait_terminal(&state, id).await?;

@@ -1,5 +1,5 @@
 //! Orch's durable state: jobs, their event logs and results, worker liveness,
-//! API keys and the MCP servers registered through the API, behind one [`Store`] trait with two backends.
+//! API keys, the MCP servers registered through the API and chat sessions, behind one [`Store`] trait with two backends.
 //!
 //! - [`sqlite::SqliteStore`], the embedded default: one file, no service. All
 //!   writes go through one writer thread that commits whatever is pending in a
@@ -148,6 +148,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a subscription; returns false when none has that id.
     async fn delete_webhook(&self, id: &str) -> Result<bool>;
+
+    /// A session that has not expired.
+    async fn get_session(&self, id: &str) -> Result<Option<Session>>;
+
+    /// Appends `messages` to a session, starting it for `owner` when it does not
+    /// exist (or expired), and slides its expiry to now + `ttl`. Atomic.
+    async fn append_session(
+        &self,
+        id: &str,
+        owner: &str,
+        messages: Vec<SessionMessage>,
+        ttl: Duration,
+    ) -> Result<Session>;
+
+    /// Unexpired sessions (of `owner`, or everyone's), most recently updated
+    /// first, skipping `offset`, at most `limit`.
+    async fn list_sessions(&self, owner: Option<&str>, offset: usize, limit: usize) -> Result<Vec<Session>>;
+
+    /// Forgets a session; false when there was none.
+    async fn delete_session(&self, id: &str) -> Result<bool>;
 }
 
 /// In-process wake-ups shared by the API and worker of one process.

@@ -326,3 +326,32 @@ pub struct StoredWebhook {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
+
+/// A chat session: a conversation continued across chat jobs, kept while in
+/// use (each turn slides `expires_at`) and then forgotten.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// Chosen by the caller (`X-Session-ID`).
+    pub id: String,
+    /// Id of the API key that started it; other keys cannot continue or read it.
+    pub owner: String,
+    pub messages: Vec<SessionMessage>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One message of a session, as it happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionMessage {
+    /// `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+    pub at: DateTime<Utc>,
+    /// Assistant messages: where the turn ran (`provider/model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_to: Option<String>,
+    /// The chat job that added the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+}

@@ -28,7 +28,8 @@ use crate::*;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_servers.sql"),
-    include_str!("../../migrations/sqlite/0003_webhooks.sql"),
+    include_str!("../../migrations/sqlite/0003_sessions.sql"),
+    include_str!("../../migrations/sqlite/0004_webhooks.sql"),
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -619,6 +620,26 @@ fn key_from_row(row: &Row) -> Result<ApiKey> {
 
 const KEY_COLUMNS: &str = "id, name, prefix, scopes, created_at, revoked_at, servers";
 
+const SESSION_COLUMNS: &str = "id, owner, messages, created_at, updated_at, expires_at";
+
+fn session_from_row(row: &Row) -> Result<Session> {
+    Ok(Session {
+        id: row.get(0)?,
+        owner: row.get(1)?,
+        messages: parse_json(&row.get::<_, String>(2)?, "session messages")?,
+        created_at: from_millis(row.get(3)?),
+        updated_at: from_millis(row.get(4)?),
+        expires_at: from_millis(row.get(5)?),
+    })
+}
+
+fn load_session(conn: &Connection, id: &str, now: i64) -> Result<Option<Session>> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1 AND expires_at > ?2");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params![id, now])?;
+    rows.next()?.map(session_from_row).transpose()
+}
+
 fn server_from_row(row: &Row) -> Result<StoredServer> {
     Ok(StoredServer {
         name: row.get(0)?,
@@ -857,7 +878,12 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, before: DateTime<Utc>, limit: usize) -> Result<u64> {
-        self.write(move |conn| purge_finished(conn, to_millis(before), limit)).await
+        self.write(move |conn| {
+            // Expired sessions are invisible already; this reclaims their space.
+            conn.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?.execute([now_millis()])?;
+            purge_finished(conn, to_millis(before), limit)
+        })
+        .await
     }
 
     async fn create_key(&self, key: &ApiKey, secret_hash: &str) -> Result<()> {
@@ -1046,9 +1072,85 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn get_session(&self, id: &str) -> Result<Option<Session>> {
+        let id = id.to_owned();
+        self.read(move |conn| load_session(conn, &id, now_millis())).await
+    }
+
+    async fn append_session(
+        &self,
+        id: &str,
+        owner: &str,
+        messages: Vec<SessionMessage>,
+        ttl: Duration,
+    ) -> Result<Session> {
+        let (id, owner) = (id.to_owned(), owner.to_owned());
+        let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        self.write(move |conn| {
+            let now = now_millis();
+            let mut session = load_session(conn, &id, now)?.unwrap_or_else(|| Session {
+                id: id.clone(),
+                owner,
+                messages: Vec::new(),
+                created_at: from_millis(now),
+                updated_at: from_millis(now),
+                expires_at: from_millis(now),
+            });
+            session.messages.extend(messages);
+            session.updated_at = from_millis(now);
+            session.expires_at = from_millis(now.saturating_add(ttl));
+            conn.prepare_cached(
+                "INSERT INTO sessions (id, owner, messages, created_at, updated_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, messages = excluded.messages,
+                     created_at = excluded.created_at, updated_at = excluded.updated_at,
+                     expires_at = excluded.expires_at",
+            )?
+            .execute(params![
+                session.id,
+                session.owner,
+                to_text(&session.messages),
+                to_millis(session.created_at),
+                to_millis(session.updated_at),
+                to_millis(session.expires_at)
+            ])?;
+            Ok(session)
+        })
+        .await
+    }
+
     async fn delete_webhook(&self, id: &str) -> Result<bool> {
         let id = id.to_owned();
         self.write(move |conn| Ok(conn.prepare_cached("DELETE FROM webhooks WHERE id = ?1")?.execute([id])? == 1)).await
+    }
+
+    async fn list_sessions(&self, owner: Option<&str>, offset: usize, limit: usize) -> Result<Vec<Session>> {
+        let owner = owner.map(str::to_owned);
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE expires_at > ?1 AND (?2 IS NULL OR owner = ?2)
+                 ORDER BY updated_at DESC, id LIMIT ?3 OFFSET ?4"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params![now_millis(), owner, sql_limit(limit), sql_limit(offset)])?;
+            let mut sessions = Vec::new();
+            while let Some(row) = rows.next()? {
+                sessions.push(session_from_row(row)?);
+            }
+            Ok(sessions)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            let deleted = conn
+                .prepare_cached("DELETE FROM sessions WHERE id = ?1 AND expires_at > ?2")?
+                .execute(params![id, now_millis()])?;
+            Ok(deleted == 1)
+        })
+        .await
     }
 }
 

@@ -846,6 +846,69 @@ async fn webhooks_are_stored_listed_oldest_first_and_deleted(store: Arc<dyn Stor
     assert_eq!(store.list_webhooks().await.unwrap(), [a]);
 }
 
+// --- chat sessions ---
+
+fn message(role: &str, content: &str) -> SessionMessage {
+    SessionMessage { role: role.into(), content: content.into(), at: now_ms(), routed_to: None, job_id: None }
+}
+
+async fn sessions_collect_messages_in_order(store: Arc<dyn Store>) {
+    assert_eq!(store.get_session("s1").await.unwrap(), None);
+    let ttl = Duration::from_secs(3600);
+    let first = store.append_session("s1", "key-a", vec![message("user", "hi")], ttl).await.unwrap();
+    assert_eq!((first.id.as_str(), first.owner.as_str()), ("s1", "key-a"));
+    assert_eq!(first.messages, [message("user", "hi")].map(|m| SessionMessage { at: first.messages[0].at, ..m }));
+    let answer = SessionMessage {
+        routed_to: Some("claude/sonnet".into()),
+        job_id: Some(new_job_id()),
+        ..message("assistant", "hello ✓")
+    };
+    // A later append by another key does not take the session over.
+    let second = store.append_session("s1", "key-b", vec![answer.clone()], ttl).await.unwrap();
+    assert_eq!(second.owner, "key-a");
+    assert_eq!(second.messages.len(), 2);
+    assert_eq!(second.messages[1], answer);
+    assert_eq!(second.created_at, first.created_at);
+    assert!(second.updated_at >= first.updated_at);
+    let expires = second.expires_at - Utc::now();
+    assert!(expires > TimeDelta::minutes(59) && expires <= TimeDelta::minutes(60), "{expires}");
+    assert_eq!(store.get_session("s1").await.unwrap().unwrap().messages, second.messages);
+}
+
+async fn sessions_expire_unless_used(store: Arc<dyn Store>) {
+    let short = Duration::from_millis(300);
+    store.append_session("brief", "k", vec![message("user", "a")], short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Using it slides the expiry.
+    store.append_session("brief", "k", vec![message("user", "b")], short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(store.get_session("brief").await.unwrap().unwrap().messages.len(), 2);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(store.get_session("brief").await.unwrap(), None);
+    assert_eq!(store.list_sessions(None, 0, 10).await.unwrap(), []);
+    assert!(!store.delete_session("brief").await.unwrap());
+    // An expired id starts afresh.
+    let again = store.append_session("brief", "other", vec![message("user", "c")], short).await.unwrap();
+    assert_eq!((again.owner.as_str(), again.messages.len()), ("other", 1));
+}
+
+async fn sessions_are_listed_newest_first_by_owner_and_deleted(store: Arc<dyn Store>) {
+    let ttl = Duration::from_secs(60);
+    for (id, owner) in [("a", "k1"), ("b", "k2"), ("c", "k1"), ("d", "k1")] {
+        store.append_session(id, owner, vec![message("user", id)], ttl).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store.append_session("a", "k1", vec![message("user", "again")], ttl).await.unwrap();
+    let ids = |sessions: Vec<Session>| sessions.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_sessions(None, 0, 10).await.unwrap()), ["a", "d", "c", "b"]);
+    assert_eq!(ids(store.list_sessions(Some("k1"), 0, 2).await.unwrap()), ["a", "d"]);
+    assert_eq!(ids(store.list_sessions(Some("k1"), 2, 2).await.unwrap()), ["c"]);
+    assert!(store.delete_session("d").await.unwrap());
+    assert!(!store.delete_session("d").await.unwrap());
+    assert_eq!(store.get_session("d").await.unwrap(), None);
+    assert_eq!(ids(store.list_sessions(Some("k1"), 0, 10).await.unwrap()), ["a", "c"]);
+}
+
 async fn ping_answers(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
     assert!(["sqlite", "redis"].contains(&store.backend()));
@@ -907,5 +970,8 @@ on_each_backend!(
     expired_jobs_are_read_without_moving_them,
     deliveries_are_listed_only_when_asked_for,
     webhooks_are_stored_listed_oldest_first_and_deleted,
+    sessions_collect_messages_in_order,
+    sessions_expire_unless_used,
+    sessions_are_listed_newest_first_by_owner_and_deleted,
     ping_answers,
 );

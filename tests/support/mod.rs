@@ -57,6 +57,8 @@ pub struct Options {
     pub router: Option<Arc<orch_providers::Router>>,
     /// What plans' `llm` nodes call instead of the router's providers (a fake in tests).
     pub llm: Option<Arc<dyn orch_worker::llm::Llm>>,
+    /// How long unused chat sessions are kept (default 1 h).
+    pub session_ttl: Option<Duration>,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             webhooks: Default::default(),
             router: None,
             llm: None,
+            session_ttl: None,
         }
     }
 }
@@ -109,7 +112,10 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> TestApp {
 /// The app over an existing store, with `admin` as its admin key.
 pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) -> TestApp {
     let store = handle.store.clone();
-    let config = orch_api::ApiConfig { max_body: options.max_body, ..Default::default() };
+    let mut config = orch_api::ApiConfig { max_body: options.max_body, ..Default::default() };
+    if let Some(ttl) = options.session_ttl {
+        config.session_ttl = ttl;
+    }
     let router = options.router.unwrap_or_else(echo_router);
     let mut state = orch_api::AppState::new(store.clone(), config);
     let webhooks = orch_webhooks::Webhooks::new(store.clone(), options.webhooks);

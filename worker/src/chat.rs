@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::Utc;
 use orch_providers::{Exhausted, ProgressEvent, Routed, Router, TaskType, TurnControl, TurnRequest};
-use orch_store::{Job, JobError};
+use orch_store::{Job, JobError, SessionMessage};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -22,9 +23,18 @@ pub struct ChatInput {
     pub task_type: Option<String>,
     pub messages: Vec<Message>,
     pub max_turns: Option<u32>,
+    /// The conversation this turn continues (set by the API from `X-Session-ID`).
+    pub session: Option<SessionRef>,
 }
 
 #[derive(Debug, Deserialize)]
+pub struct SessionRef {
+    pub id: String,
+    pub owner: String,
+    pub ttl_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
@@ -55,6 +65,10 @@ fn bad_input(message: impl Into<String>) -> JobError {
     JobError::new("invalid_input", message, false)
 }
 
+fn store_error(err: orch_store::StoreError) -> JobError {
+    JobError::new("store_unavailable", format!("session: {err}"), true)
+}
+
 fn job_error(err: &Exhausted) -> JobError {
     JobError::new(err.code(), err.message.clone(), err.retryable())
 }
@@ -77,7 +91,16 @@ impl Executor for ProviderChat {
     async fn run(&self, job: &Job, ctx: &JobContext) -> Result<Value, JobError> {
         let input: ChatInput = serde_json::from_value(job.input.clone())
             .map_err(|e| bad_input(format!("stored chat input does not parse: {e}")))?;
-        let (system, prompt) = render(&input.messages).map_err(bad_input)?;
+        // A session's earlier turns come first, after the job's system prompt.
+        let mut messages: Vec<Message> = input.messages.iter().filter(|m| m.role == "system").cloned().collect();
+        if let Some(session) = &input.session
+            && let Some(stored) = ctx.store.get_session(&session.id).await.map_err(store_error)?
+        {
+            messages.extend(stored.messages.into_iter().map(|m| Message { role: m.role, content: m.content }));
+        }
+        let asked: Vec<&Message> = input.messages.iter().filter(|m| m.role != "system").collect();
+        messages.extend(asked.iter().map(|m| (*m).clone()));
+        let (system, prompt) = render(&messages).map_err(bad_input)?;
         let task_type = match input.task_type.as_deref() {
             Some(name) => Some(
                 TaskType::parse(name)
@@ -110,7 +133,30 @@ impl Executor for ProviderChat {
         let _ = forward.await;
         let routed = result.map_err(|e| job_error(&e))?;
         let output = &routed.output;
+        if let Some(session) = &input.session {
+            let now = Utc::now();
+            let mut turn: Vec<SessionMessage> = asked
+                .iter()
+                .map(|m| SessionMessage {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                    at: now,
+                    routed_to: None,
+                    job_id: Some(ctx.job_id),
+                })
+                .collect();
+            turn.push(SessionMessage {
+                role: "assistant".into(),
+                content: output.text.clone(),
+                at: Utc::now(),
+                routed_to: Some(routed_to(&routed)),
+                job_id: Some(ctx.job_id),
+            });
+            let ttl = std::time::Duration::from_secs(session.ttl_secs);
+            ctx.store.append_session(&session.id, &session.owner, turn, ttl).await.map_err(store_error)?;
+        }
         Ok(json!({
+            "session_id": input.session.as_ref().map(|s| &s.id),
             "text": output.text,
             "routed_to": routed_to(&routed),
             "route_reason": routed.reason,

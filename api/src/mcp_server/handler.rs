@@ -102,6 +102,18 @@ impl OrchMcp {
             SUBMIT_JOB => self.submit_job(arguments, principal).await,
             GET_JOB => self.get_job(arguments, principal).await,
             CHAT => self.chat(arguments, principal).await,
+            GET_SESSION => match (require(principal, "jobs:read"), string_arg(&arguments, "id")) {
+                (Ok(()), Ok(id)) => crate::sessions::load(&self.state, principal, &id).await.map(crate::sessions::view),
+                (Err(err), _) | (_, Err(err)) => Err(err),
+            },
+            EXPORT_SESSION_MEMORY => match (require(principal, "jobs:read"), string_arg(&arguments, "id")) {
+                (Ok(()), Ok(id)) => {
+                    let summarize = arguments.get("summarize").and_then(Value::as_bool).unwrap_or(false);
+                    let provider = arguments.get("provider").and_then(Value::as_str);
+                    crate::sessions::memory(&self.state, principal, &id, summarize, provider).await
+                }
+                (Err(err), _) | (_, Err(err)) => Err(err),
+            },
             LIST_PROVIDERS => match require(principal, "jobs:read") {
                 Ok(()) => Ok(json!({"providers": crate::providers::provider_views(&self.state).await})),
                 Err(err) => Err(err),
@@ -157,7 +169,10 @@ impl OrchMcp {
         require(principal, "jobs:write")?;
         let raw = serde_json::to_vec(&arguments).map_err(ApiError::internal)?;
         let req: ChatJobRequest = crate::json::parse(&raw)?;
-        let input = jobs::chat_input(&self.state, &req)?;
+        let mut input = jobs::chat_input(&self.state, &req)?;
+        if let Some(session) = &req.session_id {
+            crate::sessions::attach(&self.state, principal, &mut input, session).await?;
+        }
         let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
         let (accepted, _) = jobs::submit_job(&self.state, JobKind::Chat, input, options, || Ok(None)).await?;
         let id = accepted.id;
@@ -190,6 +205,7 @@ impl OrchMcp {
         let result = self.state.store.get_result(id).await?.unwrap_or(Value::Null);
         Ok(json!({
             "text": result["text"],
+            "session_id": result["session_id"],
             "routed_to": result["routed_to"],
             "route_reason": result["route_reason"],
             "usage": result["usage"],
@@ -241,7 +257,19 @@ const GET_JOB: &str = "get_job";
 const LIST_SERVERS: &str = "list_servers";
 const CHAT: &str = "chat";
 const LIST_PROVIDERS: &str = "list_providers";
-const OWN_TOOLS: [&str; 5] = [SUBMIT_JOB, GET_JOB, LIST_SERVERS, CHAT, LIST_PROVIDERS];
+const GET_SESSION: &str = "get_session";
+const EXPORT_SESSION_MEMORY: &str = "export_session_memory";
+const OWN_TOOLS: [&str; 7] =
+    [SUBMIT_JOB, GET_JOB, LIST_SERVERS, CHAT, LIST_PROVIDERS, GET_SESSION, EXPORT_SESSION_MEMORY];
+
+/// A required string argument of one of Orch's own tools.
+fn string_arg(arguments: &JsonObject, name: &str) -> Result<String, ApiError> {
+    arguments
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::invalid_field(name, "required: a string"))
+}
 
 fn schema(value: Value) -> Arc<JsonObject> {
     match value {
@@ -320,8 +348,32 @@ fn own_tools() -> Vec<Tool> {
                     },
                     "system": {"type": "string"},
                     "model": {"type": "string", "description": "auto, a provider, or provider/model"},
-                    "task_type": {"type": "string", "enum": ["coding", "reasoning", "planning", "fast", "general"]}
+                    "task_type": {"type": "string", "enum": ["coding", "reasoning", "planning", "fast", "general"]},
+                    "session_id": {"type": "string", "description": "continue (or start) this conversation"}
                 }
+            })),
+        ),
+        Tool::new(
+            GET_SESSION,
+            "A chat session's messages (with times and where each answer ran).",
+            schema(json!({
+                "type": "object",
+                "properties": {"id": {"type": "string", "description": "the session id"}},
+                "required": ["id"]
+            })),
+        ),
+        Tool::new(
+            EXPORT_SESSION_MEMORY,
+            "A chat session as an Obsidian-ready markdown note (YAML front matter, transcript), optionally with \
+             an LLM summary of topics, decisions and action items. Returns {markdown, filename, summary, session}.",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string", "description": "the session id"},
+                    "summarize": {"type": "boolean", "description": "add an LLM summary (runs a chat turn)"},
+                    "provider": {"type": "string", "description": "model of the summary, as in chat"}
+                },
+                "required": ["id"]
             })),
         ),
         Tool::new(

@@ -24,6 +24,10 @@
 //! - `key:{id}` HASH, `keys` ZSET by creation, `keys:active` HASH secret hash → id.
 //! - `servers` HASH name → `{"config", "updated_at"}` (JSON) of the MCP servers
 //!   registered through the API; `servers:created` HASH name → creation time.
+//! - `session:{id}` HASH `owner, created_at, updated_at` and `session:{id}:messages`
+//!   LIST of message JSON, both expiring together (each append slides the TTL);
+//!   `sessions` ZSET id by last update, for listing (members whose keys expired
+//!   are dropped when met).
 //! - `webhooks` HASH id → the global webhook subscription (JSON).
 //!
 //! Scripts build key names from the prefix rather than declaring them in `KEYS`,
@@ -41,8 +45,8 @@ use serde_json::Value;
 
 use crate::{
     ApiKey, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter, JobId, JobKind, JobStatus, NewJob,
-    Notifier, Outcome, Result, Store, StoreError, StoredServer, StoredWebhook, WorkerInfo, from_millis, redact_url,
-    to_millis,
+    Notifier, Outcome, Result, Session, SessionMessage, Store, StoreError, StoredServer, StoredWebhook, WorkerInfo,
+    from_millis, redact_url, to_millis,
 };
 
 /// Jobs per `insert_jobs` script call.
@@ -907,9 +911,130 @@ impl Store for RedisStore {
         let deleted: i64 = self.query(::redis::cmd("HDEL").arg(self.key("webhooks")).arg(id)).await?;
         Ok(deleted == 1)
     }
+
+    async fn get_session(&self, id: &str) -> Result<Option<Session>> {
+        self.load_session(id).await
+    }
+
+    async fn append_session(
+        &self,
+        id: &str,
+        owner: &str,
+        messages: Vec<SessionMessage>,
+        ttl: Duration,
+    ) -> Result<Session> {
+        let meta_key = self.key(&format!("session:{id}"));
+        let list_key = format!("{meta_key}:messages");
+        let now = now_millis();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2).max(1);
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .hset_nx(&meta_key, "owner", owner)
+            .ignore()
+            .hset_nx(&meta_key, "created_at", now)
+            .ignore()
+            .hset(&meta_key, "updated_at", now)
+            .ignore();
+        for message in &messages {
+            pipe.rpush(&list_key, serde_json::to_string(message).expect("messages serialize")).ignore();
+        }
+        pipe.pexpire(&meta_key, ttl_ms)
+            .ignore()
+            .pexpire(&list_key, ttl_ms)
+            .ignore()
+            .zadd(self.key("sessions"), id, now)
+            .ignore();
+        let mut conn = self.conn.clone();
+        let () = pipe.query_async(&mut conn).await.map_err(redis_error)?;
+        self.load_session(id).await?.ok_or_else(|| corrupt(format!("session {id} vanished while written")))
+    }
+
+    async fn list_sessions(&self, owner: Option<&str>, offset: usize, limit: usize) -> Result<Vec<Session>> {
+        let mut sessions = Vec::new();
+        let mut skipped = 0;
+        let mut start = 0isize;
+        const PAGE: isize = 200;
+        while sessions.len() < limit {
+            let mut conn = self.conn.clone();
+            let ids: Vec<String> = ::redis::cmd("ZRANGE")
+                .arg(self.key("sessions"))
+                .arg(start)
+                .arg(start + PAGE - 1)
+                .arg("REV")
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            if ids.is_empty() {
+                break;
+            }
+            start += PAGE;
+            for id in ids {
+                match self.load_session(&id).await? {
+                    None => {
+                        let _: i64 = ::redis::cmd("ZREM")
+                            .arg(self.key("sessions"))
+                            .arg(&id)
+                            .query_async(&mut conn)
+                            .await
+                            .map_err(redis_error)?;
+                        start -= 1;
+                    }
+                    Some(s) if owner.is_none_or(|o| o == s.owner) => {
+                        if skipped < offset {
+                            skipped += 1;
+                        } else if sessions.len() < limit {
+                            sessions.push(s);
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(sessions)
+    }
+
+    async fn delete_session(&self, id: &str) -> Result<bool> {
+        let meta_key = self.key(&format!("session:{id}"));
+        let mut conn = self.conn.clone();
+        let (deleted, _, _): (i64, i64, i64) = ::redis::pipe()
+            .atomic()
+            .del(&meta_key)
+            .del(format!("{meta_key}:messages"))
+            .zrem(self.key("sessions"), id)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(deleted == 1)
+    }
 }
 
 impl RedisStore {
+    /// A session by id, or None when its keys expired; `now` for `expires_at`.
+    async fn load_session(&self, id: &str) -> Result<Option<Session>> {
+        let meta_key = self.key(&format!("session:{id}"));
+        let mut conn = self.conn.clone();
+        let (meta, messages, ttl): (std::collections::HashMap<String, String>, Vec<String>, i64) = ::redis::pipe()
+            .atomic()
+            .hgetall(&meta_key)
+            .lrange(format!("{meta_key}:messages"), 0, -1)
+            .pttl(&meta_key)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        let (Some(owner), true) = (meta.get("owner"), ttl > 0) else { return Ok(None) };
+        let millis = |field: &str| -> Result<i64> {
+            meta.get(field).and_then(|v| v.parse().ok()).ok_or_else(|| corrupt(format!("session {id}: no {field}")))
+        };
+        Ok(Some(Session {
+            id: id.to_owned(),
+            owner: owner.clone(),
+            messages: messages.iter().map(|m| serde_json::from_str(m).map_err(corrupt)).collect::<Result<_>>()?,
+            created_at: from_millis(millis("created_at")?),
+            updated_at: from_millis(millis("updated_at")?),
+            expires_at: from_millis(now_millis() + ttl),
+        }))
+    }
+
     async fn store_key(&self, op: &str, key: &ApiKey, secret_hash: &str) -> Result<bool> {
         let scopes = serde_json::to_string(&key.scopes).expect("scopes serialize");
         let servers = key.servers.as_ref().map(|s| serde_json::to_string(s).expect("server names serialize"));
