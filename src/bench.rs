@@ -726,6 +726,12 @@ impl Store for Observed {
     async fn delete_session(&self, id: &str) -> orch_store::Result<bool> {
         self.inner.delete_session(id).await
     }
+    async fn try_acquire_slot(&self, name: &str, holder: &str, limit: u32, hold: Duration) -> orch_store::Result<bool> {
+        self.inner.try_acquire_slot(name, holder, limit, hold).await
+    }
+    async fn release_slot(&self, name: &str, holder: &str) -> orch_store::Result<()> {
+        self.inner.release_slot(name, holder).await
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -189,6 +190,18 @@ impl Settings {
     pub fn router(&self) -> Result<orch_providers::Router> {
         orch_providers::Router::from_config(&self.providers, self.routing.clone(), &self.data_dir.join("providers"))
             .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))
+    }
+
+    /// Like [`Settings::router`], each provider's concurrency limit also held
+    /// across every worker through `shared`.
+    pub fn shared_router(&self, shared: Arc<dyn orch_providers::SharedLimit>) -> Result<orch_providers::Router> {
+        orch_providers::Router::from_config_shared(
+            &self.providers,
+            self.routing.clone(),
+            &self.data_dir.join("providers"),
+            shared,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))
     }
 }
 

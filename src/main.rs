@@ -145,7 +145,7 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
             first_key(store.as_ref()).await?;
-            let router = providers(&settings)?;
+            let router = providers(&settings, Some(&store))?;
             let shutdown = shutdown_signal();
             let state = api_state(&settings, store.clone(), router.clone(), shutdown.clone()).await?;
             // The worker calls plan tools through the API's registry: one pool per process.
@@ -164,14 +164,14 @@ async fn run(cli: Cli) -> Result<()> {
             let store = open_store(&settings).await?;
             first_key(store.as_ref()).await?;
             let shutdown = shutdown_signal();
-            let state = api_state(&settings, store, providers(&settings)?, shutdown.clone()).await?;
+            let state = api_state(&settings, store, providers(&settings, None)?, shutdown.clone()).await?;
             serve_api(&settings, state, shutdown).await
         }
         Command::Worker { .. } => {
             init_logging(&settings)?;
             let store = open_store(&settings).await?;
             let shutdown = shutdown_signal();
-            let router = providers(&settings)?;
+            let router = providers(&settings, Some(&store))?;
             // The same MCP servers as an API process: the file and those registered in the store.
             let state = api_state(&settings, store.clone(), router.clone(), shutdown.clone()).await?;
             let registry = state.registry.clone();
@@ -243,8 +243,14 @@ async fn first_key(store: &dyn Store) -> Result<()> {
 }
 
 /// The configured providers and routing; says at start-up what it will not pass on.
-fn providers(settings: &Settings) -> Result<Arc<orch_providers::Router>> {
-    let router = settings.router()?;
+/// With `store` (a worker on Redis), each provider's concurrency limit holds
+/// across every worker sharing it.
+fn providers(settings: &Settings, store: Option<&Arc<dyn Store>>) -> Result<Arc<orch_providers::Router>> {
+    let router = match store {
+        Some(store) if matches!(settings.store, orch_store::StoreUrl::Redis(_)) => settings
+            .shared_router(Arc::new(orch_worker::limit::StoreLimit::new(store.clone(), settings.worker.id.clone())))?,
+        _ => settings.router()?,
+    };
     for warning in router.providers().warnings() {
         tracing::warn!("{warning}");
     }

@@ -290,3 +290,33 @@ async fn the_openai_python_client_works_against_orch() {
     );
     app.stop().await;
 }
+
+/// Two workers on one Redis: a provider with `concurrency = 1` runs one turn
+/// at a time across both, not one per worker.
+#[tokio::test]
+async fn the_concurrency_limit_holds_across_workers_on_redis() {
+    let handle = support::fresh_store(Backend::Redis).await;
+    let providers = fake("claude", "claude", CLAUDE_OK)
+        .replace("FAKE_MODE = 'replay'", "FAKE_MODE = 'slow', FAKE_DELAY = '1'")
+        + "[claude.limits]\nconcurrency = 1\n";
+    let config: orch_providers::ProvidersConfig = toml::from_str(&providers).unwrap();
+    let worker = |name: &str| {
+        let limit = orch_worker::limit::StoreLimit::new(handle.store.clone(), name.to_owned());
+        let dir = tempfile::tempdir().unwrap().keep();
+        orch_providers::Router::from_config_shared(&config, Default::default(), &dir, std::sync::Arc::new(limit))
+            .unwrap()
+    };
+    let (one, two) = (worker("w1"), worker("w2"));
+    let request = orch_providers::TurnRequest { prompt: "hi".into(), ..Default::default() };
+    let control = orch_providers::TurnControl::default();
+    let route = one.route(Some("claude"), None, "hi").unwrap();
+    let started = std::time::Instant::now();
+    let (a, b) = tokio::join!(one.run(&route, &request, &control), two.run(&route, &request, &control));
+    let took = started.elapsed();
+    assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+    assert!(took >= Duration::from_millis(1_900), "the two turns overlapped: {took:?}");
+    // The slot is free again: a third turn starts at once.
+    let started = std::time::Instant::now();
+    one.run(&route, &request, &control).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(1_800), "{:?}", started.elapsed());
+}

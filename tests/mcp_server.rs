@@ -140,6 +140,21 @@ async fn aggregate_serves_namespaced_tools_and_orchs_own() {
     assert_eq!(session["message_count"], 4, "{session}");
     let memory = structured(&call(&client, "export_session_memory", json!({"id": "mcp-1"})).await);
     assert!(memory["markdown"].as_str().unwrap().starts_with("---\ntitle: \"Session mcp-1\""), "{memory}");
+    let read = |uri: &str| {
+        let uri = uri.to_owned();
+        let client = &client;
+        async move {
+            let read = client.read_resource(ReadResourceRequestParams::new(uri)).await.unwrap();
+            let ResourceContents::TextResourceContents { text, .. } = &read.contents[0] else {
+                panic!("text contents")
+            };
+            serde_json::from_str::<Value>(text).unwrap()
+        }
+    };
+    assert_eq!(read("session://mcp-1").await["message_count"], 4);
+    assert_eq!(read("provider://list").await["providers"][0]["name"], "echo");
+    assert_eq!(read("provider://echo").await["cli"]["status"], "found");
+    assert!(client.read_resource(ReadResourceRequestParams::new("provider://nope")).await.is_err());
     let missing = call(&client, "get_session", json!({"id": "nope"})).await;
     assert_eq!(missing.is_error, Some(true));
 

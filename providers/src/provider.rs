@@ -22,8 +22,9 @@ use crate::turn::{TurnControl, TurnOutput, TurnRequest};
 #[async_trait]
 pub trait SharedLimit: Send + Sync {
     /// Waits for a permit for one turn on `provider`, which allows `limit` at once.
-    /// The permit is released when dropped.
-    async fn acquire(&self, provider: &str, limit: u32) -> Result<SharedPermit, TurnError>;
+    /// The permit is released when dropped; a holder that dies without
+    /// releasing it loses it after `max_hold` (the turn's timeout plus a margin).
+    async fn acquire(&self, provider: &str, limit: u32, max_hold: Duration) -> Result<SharedPermit, TurnError>;
 }
 
 /// Holds a shared-limit permit until dropped.
@@ -34,7 +35,7 @@ pub struct NoSharedLimit;
 
 #[async_trait]
 impl SharedLimit for NoSharedLimit {
-    async fn acquire(&self, _provider: &str, _limit: u32) -> Result<SharedPermit, TurnError> {
+    async fn acquire(&self, _provider: &str, _limit: u32, _max_hold: Duration) -> Result<SharedPermit, TurnError> {
         Ok(SharedPermit(Box::new(())))
     }
 }
@@ -228,7 +229,11 @@ impl Provider {
             _ = control.cancel.cancelled() => return Err(cancelled()),
         };
         let _shared = tokio::select! {
-            permit = self.shared.acquire(&self.name, self.config.limits.concurrency) => permit?,
+            permit = self.shared.acquire(
+                &self.name,
+                self.config.limits.concurrency,
+                Duration::from_secs(self.config.limits.timeout_secs + 60),
+            ) => permit?,
             _ = control.cancel.cancelled() => return Err(cancelled()),
         };
         // Another turn may have hit the limit while this one waited.

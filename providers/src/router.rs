@@ -260,13 +260,24 @@ impl Router {
         Ok(router)
     }
 
-    /// Providers from their configuration, with the default routing.
+    /// Providers from their configuration, with `routing`.
     pub fn from_config(
         providers: &ProvidersConfig,
         routing: RoutingConfig,
         data_dir: &std::path::Path,
     ) -> Result<Router, ConfigError> {
         Router::new(Arc::new(Providers::new(providers, data_dir)?), routing)
+    }
+
+    /// Like [`Router::from_config`], with each provider's concurrency limit also
+    /// enforced by `shared` across processes.
+    pub fn from_config_shared(
+        providers: &ProvidersConfig,
+        routing: RoutingConfig,
+        data_dir: &std::path::Path,
+        shared: Arc<dyn crate::SharedLimit>,
+    ) -> Result<Router, ConfigError> {
+        Router::new(Arc::new(Providers::with_shared_limit(providers, data_dir, shared)?), routing)
     }
 
     pub fn providers(&self) -> &Providers {

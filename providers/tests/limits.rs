@@ -93,6 +93,7 @@ impl orch_providers::SharedLimit for CountingLimit {
         &self,
         provider: &str,
         limit: u32,
+        _max_hold: std::time::Duration,
     ) -> Result<orch_providers::SharedPermit, orch_providers::TurnError> {
         self.calls.lock().unwrap().push((provider.to_owned(), limit));
         self.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

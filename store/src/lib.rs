@@ -168,6 +168,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets a session; false when there was none.
     async fn delete_session(&self, id: &str) -> Result<bool>;
+
+    /// A counting semaphore shared by every process on this store: takes one
+    /// of `limit` slots of `name` for `holder` until now + `hold` (so a holder
+    /// that dies frees its slot then), or renews the holder's slot. False when
+    /// every slot is taken.
+    async fn try_acquire_slot(&self, name: &str, holder: &str, limit: u32, hold: Duration) -> Result<bool>;
+
+    /// Gives a slot back; nothing happens when `holder` has none.
+    async fn release_slot(&self, name: &str, holder: &str) -> Result<()>;
 }
 
 /// In-process wake-ups shared by the API and worker of one process.

@@ -29,7 +29,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_servers.sql"),
     include_str!("../../migrations/sqlite/0003_sessions.sql"),
-    include_str!("../../migrations/sqlite/0004_webhooks.sql"),
+    include_str!("../../migrations/sqlite/0004_slots.sql"),
+    include_str!("../../migrations/sqlite/0005_webhooks.sql"),
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1149,6 +1150,42 @@ impl Store for SqliteStore {
                 .prepare_cached("DELETE FROM sessions WHERE id = ?1 AND expires_at > ?2")?
                 .execute(params![id, now_millis()])?;
             Ok(deleted == 1)
+        })
+        .await
+    }
+
+    async fn try_acquire_slot(&self, name: &str, holder: &str, limit: u32, hold: Duration) -> Result<bool> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let hold = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX / 2);
+        self.write(move |conn| {
+            let now = now_millis();
+            conn.prepare_cached("DELETE FROM slots WHERE name = ?1 AND expires_at <= ?2")?
+                .execute(params![name, now])?;
+            let held: bool = conn
+                .prepare_cached("SELECT 1 FROM slots WHERE name = ?1 AND holder = ?2")?
+                .query_row(params![name, holder], |_| Ok(()))
+                .optional()?
+                .is_some();
+            let taken: i64 =
+                conn.prepare_cached("SELECT COUNT(*) FROM slots WHERE name = ?1")?.query_row([&name], |r| r.get(0))?;
+            if !held && taken >= i64::from(limit) {
+                return Ok(false);
+            }
+            conn.prepare_cached(
+                "INSERT INTO slots (name, holder, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name, holder) DO UPDATE SET expires_at = excluded.expires_at",
+            )?
+            .execute(params![name, holder, now.saturating_add(hold)])?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn release_slot(&self, name: &str, holder: &str) -> Result<()> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM slots WHERE name = ?1 AND holder = ?2")?.execute(params![name, holder])?;
+            Ok(())
         })
         .await
     }

@@ -909,6 +909,32 @@ async fn sessions_are_listed_newest_first_by_owner_and_deleted(store: Arc<dyn St
     assert_eq!(ids(store.list_sessions(Some("k1"), 0, 10).await.unwrap()), ["a", "c"]);
 }
 
+// --- slots of limits shared across processes ---
+
+async fn slots_are_limited_renewed_released_and_expire(store: Arc<dyn Store>) {
+    let hold = Duration::from_secs(60);
+    assert!(store.try_acquire_slot("provider:claude", "w1:a", 2, hold).await.unwrap());
+    assert!(store.try_acquire_slot("provider:claude", "w2:b", 2, hold).await.unwrap());
+    assert!(!store.try_acquire_slot("provider:claude", "w3:c", 2, hold).await.unwrap(), "over the limit");
+    // Another name has its own slots; a holder renews its own.
+    assert!(store.try_acquire_slot("provider:gemini", "w3:c", 1, hold).await.unwrap());
+    assert!(store.try_acquire_slot("provider:claude", "w1:a", 2, hold).await.unwrap());
+    store.release_slot("provider:claude", "w1:a").await.unwrap();
+    store.release_slot("provider:claude", "nobody").await.unwrap();
+    assert!(store.try_acquire_slot("provider:claude", "w3:c", 2, hold).await.unwrap());
+    // A holder that never releases loses its slot at the end of its hold.
+    assert!(store.try_acquire_slot("provider:qwen", "dead", 1, Duration::from_millis(200)).await.unwrap());
+    assert!(!store.try_acquire_slot("provider:qwen", "alive", 1, hold).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.try_acquire_slot("provider:qwen", "alive", 1, hold).await.unwrap());
+    // A long hold is not cut short by a shorter one taken later.
+    assert!(store.try_acquire_slot("provider:codex", "long", 2, hold).await.unwrap());
+    assert!(store.try_acquire_slot("provider:codex", "short", 2, Duration::from_millis(100)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(store.try_acquire_slot("provider:codex", "third", 2, hold).await.unwrap());
+    assert!(!store.try_acquire_slot("provider:codex", "fourth", 2, hold).await.unwrap(), "long still holds");
+}
+
 async fn ping_answers(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
     assert!(["sqlite", "redis"].contains(&store.backend()));
@@ -973,5 +999,6 @@ on_each_backend!(
     sessions_collect_messages_in_order,
     sessions_expire_unless_used,
     sessions_are_listed_newest_first_by_owner_and_deleted,
+    slots_are_limited_renewed_released_and_expire,
     ping_answers,
 );

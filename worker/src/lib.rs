@@ -17,6 +17,7 @@
 
 pub mod chat;
 pub mod exec;
+pub mod limit;
 pub mod llm;
 pub mod plan;
 

@@ -443,6 +443,32 @@ fn list_servers(state: &AppState, principal: Option<&Principal>) -> Value {
 }
 
 const JOB_URI: &str = "job://";
+const PROVIDER_URI: &str = "provider://";
+const SESSION_URI: &str = "session://";
+
+/// Reads one of Orch's own resources: `job://{id}`, `provider://list`,
+/// `provider://{name}`, `session://{id}`.
+async fn own_resource(state: &AppState, uri: &str, principal: Option<&Principal>) -> Result<Value, ApiError> {
+    require(principal, "jobs:read")?;
+    if let Some(id) = uri.strip_prefix(JOB_URI) {
+        return job_json(state, id).await;
+    }
+    if let Some(name) = uri.strip_prefix(PROVIDER_URI) {
+        let views = crate::providers::provider_views(state).await;
+        if name == "list" {
+            return Ok(json!({ "providers": views }));
+        }
+        return views
+            .into_iter()
+            .find(|v| v.name == name)
+            .map(|v| json!(v))
+            .ok_or_else(|| ApiError::not_found("provider", name));
+    }
+    if let Some(id) = uri.strip_prefix(SESSION_URI) {
+        return crate::sessions::load(state, principal, id).await.map(crate::sessions::view);
+    }
+    Err(ApiError::not_found("resource", uri))
+}
 
 impl ServerHandler for OrchMcp {
     fn get_info(&self) -> ServerConfig {
@@ -450,7 +476,8 @@ impl ServerHandler for OrchMcp {
         let instructions = match &self.scope {
             Scope::Aggregate => {
                 "Tools of every MCP server Orch is connected to, named <server><separator><tool>, plus Orch's \
-                 own: submit_job, get_job, list_servers. Jobs are also readable as job://{id} resources."
+                 own: submit_job, get_job, list_servers, chat, list_providers, get_session, \
+                 export_session_memory. Resources: job://{id}, provider://list, provider://{name}, session://{id}."
                     .to_owned()
             }
             Scope::Server(server) => format!("The tools of the MCP server `{server}`, through Orch."),
@@ -511,6 +538,15 @@ impl ServerHandler for OrchMcp {
                 ResourceTemplate::new(format!("{JOB_URI}{{id}}"), "job")
                     .with_description("An Orch job: status, progress, error, and its result once it succeeded")
                     .with_mime_type("application/json"),
+                ResourceTemplate::new(format!("{PROVIDER_URI}{{name}}"), "provider")
+                    .with_description(
+                        "A chat provider (provider://list for all): CLI version, credentials present, load, \
+                         cooldown, last error",
+                    )
+                    .with_mime_type("application/json"),
+                ResourceTemplate::new(format!("{SESSION_URI}{{id}}"), "session")
+                    .with_description("A chat session's messages")
+                    .with_mime_type("application/json"),
             ],
             Scope::Server(_) => Vec::new(),
         };
@@ -522,26 +558,20 @@ impl ServerHandler for OrchMcp {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let id = match (&self.scope, request.uri.strip_prefix(JOB_URI)) {
-            (Scope::Aggregate, Some(id)) => id,
-            _ => {
-                return Err(ErrorData::resource_not_found(
-                    format!("no resource {}; Orch serves job://{{id}}", request.uri),
-                    None,
-                ));
-            }
-        };
-        let principal = principal(&context.extensions);
-        let job = async {
-            require(principal.as_ref(), "jobs:read")?;
-            job_json(&self.state, id).await
+        if self.scope != Scope::Aggregate {
+            return Err(ErrorData::resource_not_found(
+                format!("no resource {}; this endpoint serves one server's tools only", request.uri),
+                None,
+            ));
         }
-        .await
-        .map_err(|err| ErrorData::resource_not_found(err.message, err.details))?;
+        let principal = principal(&context.extensions);
+        let value = own_resource(&self.state, &request.uri, principal.as_ref())
+            .await
+            .map_err(|err| ErrorData::resource_not_found(err.message, err.details))?;
         let contents = ResourceContents::TextResourceContents {
             uri: request.uri.clone(),
             mime_type: Some("application/json".into()),
-            text: job.to_string(),
+            text: value.to_string(),
             meta: None,
         };
         Ok(ReadResourceResult::new(vec![contents]).into())

@@ -28,6 +28,8 @@
 //!   LIST of message JSON, both expiring together (each append slides the TTL);
 //!   `sessions` ZSET id by last update, for listing (members whose keys expired
 //!   are dropped when met).
+//! - `slots:{name}` ZSET holder → expiry: a limit shared by every process (a
+//!   provider's concurrency); expired holders are dropped before counting.
 //! - `webhooks` HASH id → the global webhook subscription (JSON).
 //!
 //! Scripts build key names from the prefix rather than declaring them in `KEYS`,
@@ -48,6 +50,23 @@ use crate::{
     Notifier, Outcome, Result, Session, SessionMessage, Store, StoreError, StoredServer, StoredWebhook, WorkerInfo,
     from_millis, redact_url, to_millis,
 };
+
+/// Takes or renews a slot: ARGV now, holder, limit, expiry (ms).
+static SLOT_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+        if redis.call('ZSCORE', KEYS[1], ARGV[2]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+            redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
+            -- The set lives as long as its longest hold, never shorter.
+            local want = tonumber(ARGV[4]) - tonumber(ARGV[1])
+            if redis.call('PTTL', KEYS[1]) < want then redis.call('PEXPIRE', KEYS[1], want) end
+            return 1
+        end
+        return 0
+        ",
+    )
+});
 
 /// Jobs per `insert_jobs` script call.
 const INSERT_CHUNK: usize = 1000;
@@ -991,6 +1010,25 @@ impl Store for RedisStore {
             }
         }
         Ok(sessions)
+    }
+
+    async fn try_acquire_slot(&self, name: &str, holder: &str, limit: u32, hold: Duration) -> Result<bool> {
+        let now = now_millis();
+        let hold = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut invocation = SLOT_SCRIPT.key(self.key(&format!("slots:{name}")));
+        invocation.arg(now).arg(holder).arg(limit).arg(now.saturating_add(hold));
+        let taken: i64 = invocation.invoke_async(&mut self.conn.clone()).await.map_err(redis_error)?;
+        Ok(taken == 1)
+    }
+
+    async fn release_slot(&self, name: &str, holder: &str) -> Result<()> {
+        let _: i64 = ::redis::cmd("ZREM")
+            .arg(self.key(&format!("slots:{name}")))
+            .arg(holder)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_error)?;
+        Ok(())
     }
 
     async fn delete_session(&self, id: &str) -> Result<bool> {
