@@ -732,6 +732,17 @@ impl Store for Observed {
     async fn release_slot(&self, name: &str, holder: &str) -> orch_store::Result<()> {
         self.inner.release_slot(name, holder).await
     }
+    async fn record_usage(&self, record: &orch_store::UsageRecord) -> orch_store::Result<()> {
+        self.inner.record_usage(record).await
+    }
+    async fn usage(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: usize,
+    ) -> orch_store::Result<Vec<orch_store::UsageRecord>> {
+        self.inner.usage(from, to, limit).await
+    }
 }
 
 // ---------------------------------------------------------------------------

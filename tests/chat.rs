@@ -320,3 +320,45 @@ async fn the_concurrency_limit_holds_across_workers_on_redis() {
     one.run(&route, &request, &control).await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(1_800), "{:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn usage_counts_turns_tokens_cost_and_latency_per_group() {
+    let providers = format!("{}{}", fake("claude", "claude", CLAUDE_OK), fake("gemini", "gemini", GEMINI_401));
+    let app = app_with(&providers, "").await;
+    let reader = support::make_key(app.store.as_ref(), &["jobs:read", "jobs:write"]).await;
+    for (key, model) in [(&app.admin, "claude"), (&app.admin, "claude"), (&reader, "claude"), (&reader, "gemini")] {
+        let r = app
+            .call(reqwest::Method::POST, "/v1/jobs/chat", Some(key), Some(json!({"model": model, "prompt": "hi"})))
+            .await;
+        app.wait_finished(r.body["id"].as_str().unwrap(), WAIT).await;
+    }
+    let report = app.get("/v1/usage").await;
+    assert_eq!(report.status, StatusCode::OK, "{:?}", report.body);
+    let groups = report.body["groups"].as_array().unwrap();
+    let names: Vec<&str> = groups.iter().map(|g| g["group"].as_str().unwrap()).collect();
+    assert_eq!(names, ["claude", "gemini"]);
+    let claude = &groups[0];
+    assert_eq!((claude["turns"].as_u64(), claude["failed"].as_u64()), (Some(3), Some(0)));
+    assert!(claude["input_tokens"].as_u64().unwrap() > 0 && claude["output_tokens"].as_u64().unwrap() > 0, "{claude}");
+    assert!(claude["cost_usd"].as_f64().is_some(), "{claude}");
+    assert!(claude["latency_ms"]["p50"].as_u64().unwrap() <= claude["latency_ms"]["p99"].as_u64().unwrap());
+    assert_eq!((groups[1]["turns"].as_u64(), groups[1]["failed"].as_u64()), (Some(1), Some(1)));
+
+    let by_model = app.get("/v1/usage?group_by=model").await.body;
+    assert_eq!(by_model["groups"][0]["group"], "claude/claude-sonnet-5");
+    // A key that is not admin sees its own turns only.
+    let own = app.call(reqwest::Method::GET, "/v1/usage?group_by=key", Some(&reader), None).await.body;
+    assert_eq!(own["groups"].as_array().unwrap().len(), 1, "{own}");
+    assert_eq!(own["groups"][0]["turns"], 2);
+    // A range before the turns is empty; bad input names the field.
+    let empty = app.get("/v1/usage?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z").await.body;
+    assert_eq!(empty["groups"], json!([]));
+    let bad = app.get("/v1/usage?group_by=day").await;
+    assert_eq!(
+        (bad.status, bad.body["error"]["details"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("group_by"))
+    );
+    let bad = app.get("/v1/usage?from=yesterday").await;
+    assert_eq!(bad.body["error"]["details"]["field"], "from");
+    app.stop().await;
+}

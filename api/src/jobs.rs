@@ -535,6 +535,7 @@ pub async fn submit_chat(
     principal.require("jobs:write")?;
     let req = &body.value;
     let mut input = chat_input(&state, req)?;
+    input["key_id"] = json!(principal.key.id);
     let header = headers.get("x-session-id").map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
     let session = match (header, &req.session_id) {
         (Some(h), Some(b)) if h != *b => {

@@ -18,6 +18,7 @@ pub mod providers;
 pub mod servers;
 pub mod sessions;
 pub mod tools;
+pub mod usage;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -138,6 +139,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/providers", get(providers::list_providers))
+        .route("/v1/usage", get(usage::usage))
         .route("/v1/sessions", get(sessions::list_sessions))
         .route("/v1/sessions/{id}", get(sessions::get_session).delete(sessions::delete_session))
         .route("/v1/sessions/{id}/memory", get(sessions::export_memory))
@@ -188,7 +190,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     paths(
         jobs::submit_chat, jobs::submit_batch, jobs::list_jobs, jobs::get_job, jobs::get_result,
         jobs::job_events, jobs::cancel_job, plans::job_graph, plans::preview_plan,
-        openai::chat_completions, openai::list_models, providers::list_providers,
+        openai::chat_completions, openai::list_models, providers::list_providers, usage::usage,
         sessions::list_sessions, sessions::get_session, sessions::delete_session, sessions::export_memory,
         keys::create_key, keys::list_keys, keys::revoke_key,
         tools::list_tools, tools::get_tool, tools::call_tool,

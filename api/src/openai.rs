@@ -157,7 +157,8 @@ pub async fn chat_completions(
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
     let req = body.value;
-    let input = completion_input(&state, &req)?;
+    let mut input = completion_input(&state, &req)?;
+    input["key_id"] = json!(principal.key.id);
     let metadata = Some(Map::from_iter([("source".to_owned(), json!("openai"))]));
     let options = JobOptions { metadata: &metadata, max_attempts: None };
     let (accepted, _) = jobs::submit_job(&state, JobKind::Chat, input, options, || Ok(None)).await?;

@@ -177,6 +177,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives a slot back; nothing happens when `holder` has none.
     async fn release_slot(&self, name: &str, holder: &str) -> Result<()>;
+
+    /// Records a chat turn for `/v1/usage` (once per job: a repeat replaces it).
+    async fn record_usage(&self, record: &UsageRecord) -> Result<()>;
+
+    /// Turns recorded in `[from, to)`, oldest first, at most `limit`. Records
+    /// older than the retention are removed by [`Store::purge`].
+    async fn usage(&self, from: DateTime<Utc>, to: DateTime<Utc>, limit: usize) -> Result<Vec<UsageRecord>>;
 }
 
 /// In-process wake-ups shared by the API and worker of one process.

@@ -355,3 +355,23 @@ pub struct SessionMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<JobId>,
 }
+
+/// One chat turn as `/v1/usage` counts it: recorded when the turn ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub job_id: JobId,
+    pub at: DateTime<Utc>,
+    /// The API key that asked (`local` over stdio MCP).
+    pub key_id: String,
+    /// The provider that answered (or the last one tried, when none did).
+    pub provider: String,
+    /// The model the CLI reported, if any.
+    pub model: Option<String>,
+    pub ok: bool,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// As the CLI reported it; never estimated.
+    pub cost_usd: Option<f64>,
+    /// Wall time of the turn, fallbacks included.
+    pub latency_ms: u64,
+}

@@ -30,7 +30,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_servers.sql"),
     include_str!("../../migrations/sqlite/0003_sessions.sql"),
     include_str!("../../migrations/sqlite/0004_slots.sql"),
-    include_str!("../../migrations/sqlite/0005_webhooks.sql"),
+    include_str!("../../migrations/sqlite/0005_usage.sql"),
+    include_str!("../../migrations/sqlite/0006_webhooks.sql"),
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -882,6 +883,7 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             // Expired sessions are invisible already; this reclaims their space.
             conn.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?.execute([now_millis()])?;
+            conn.prepare_cached("DELETE FROM usage WHERE at < ?1")?.execute([to_millis(before)])?;
             purge_finished(conn, to_millis(before), limit)
         })
         .await
@@ -1177,6 +1179,33 @@ impl Store for SqliteStore {
             )?
             .execute(params![name, holder, now.saturating_add(hold)])?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn record_usage(&self, record: &UsageRecord) -> Result<()> {
+        let record = record.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO usage (job_id, at, record) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (job_id) DO UPDATE SET at = excluded.at, record = excluded.record",
+            )?
+            .execute(params![record.job_id.to_string(), to_millis(record.at), to_text(&record)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn usage(&self, from: DateTime<Utc>, to: DateTime<Utc>, limit: usize) -> Result<Vec<UsageRecord>> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT record FROM usage WHERE at >= ?1 AND at < ?2 ORDER BY at LIMIT ?3")?;
+            let mut rows = stmt.query(params![to_millis(from), to_millis(to), sql_limit(limit)])?;
+            let mut records = Vec::new();
+            while let Some(row) = rows.next()? {
+                records.push(parse_json(&row.get::<_, String>(0)?, "usage record")?);
+            }
+            Ok(records)
         })
         .await
     }

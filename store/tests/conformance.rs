@@ -935,6 +935,39 @@ async fn slots_are_limited_renewed_released_and_expire(store: Arc<dyn Store>) {
     assert!(!store.try_acquire_slot("provider:codex", "fourth", 2, hold).await.unwrap(), "long still holds");
 }
 
+// --- usage records ---
+
+fn usage_at(job_id: JobId, at: DateTime<Utc>, tokens: u64) -> UsageRecord {
+    UsageRecord {
+        job_id,
+        at,
+        key_id: "k1".into(),
+        provider: "claude".into(),
+        model: Some("sonnet".into()),
+        ok: true,
+        input_tokens: tokens,
+        output_tokens: 1,
+        cost_usd: Some(0.01),
+        latency_ms: 1200,
+    }
+}
+
+async fn usage_is_recorded_once_per_job_read_by_range_and_purged(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let (a, b, old) = (new_job_id(), new_job_id(), new_job_id());
+    store.record_usage(&usage_at(old, now - TimeDelta::days(10), 5)).await.unwrap();
+    store.record_usage(&usage_at(a, now - TimeDelta::minutes(2), 10)).await.unwrap();
+    store.record_usage(&usage_at(b, now - TimeDelta::minutes(1), 20)).await.unwrap();
+    // A repeat for the same job replaces its record.
+    store.record_usage(&usage_at(a, now - TimeDelta::minutes(2), 11)).await.unwrap();
+    let recent = store.usage(now - TimeDelta::hours(1), now, 100).await.unwrap();
+    assert_eq!(recent, [usage_at(a, now - TimeDelta::minutes(2), 11), usage_at(b, now - TimeDelta::minutes(1), 20)]);
+    assert_eq!(store.usage(now - TimeDelta::hours(1), now, 1).await.unwrap().len(), 1);
+    assert_eq!(store.usage(now - TimeDelta::days(30), now, 100).await.unwrap().len(), 3);
+    store.purge(now - TimeDelta::days(7), 100).await.unwrap();
+    assert_eq!(store.usage(now - TimeDelta::days(30), now, 100).await.unwrap().len(), 2);
+}
+
 async fn ping_answers(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
     assert!(["sqlite", "redis"].contains(&store.backend()));
@@ -1000,5 +1033,6 @@ on_each_backend!(
     sessions_expire_unless_used,
     sessions_are_listed_newest_first_by_owner_and_deleted,
     slots_are_limited_renewed_released_and_expire,
+    usage_is_recorded_once_per_job_read_by_range_and_purged,
     ping_answers,
 );

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Utc;
 use orch_providers::{Exhausted, ProgressEvent, Routed, Router, TaskType, TurnControl, TurnRequest};
-use orch_store::{Job, JobError, SessionMessage};
+use orch_store::{Job, JobError, SessionMessage, UsageRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -25,6 +25,8 @@ pub struct ChatInput {
     pub max_turns: Option<u32>,
     /// The conversation this turn continues (set by the API from `X-Session-ID`).
     pub session: Option<SessionRef>,
+    /// The API key that asked, for `/v1/usage`.
+    pub key_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +65,47 @@ pub fn render(messages: &[Message]) -> Result<(Option<String>, String), String> 
 
 fn bad_input(message: impl Into<String>) -> JobError {
     JobError::new("invalid_input", message, false)
+}
+
+/// Counts the turn for `/v1/usage`; a failure to record is logged, not fatal.
+async fn record_usage(
+    ctx: &JobContext,
+    key_id: Option<&str>,
+    result: &Result<Routed, Exhausted>,
+    latency: std::time::Duration,
+) {
+    let (provider, model, ok, usage, cost) = match result {
+        Ok(routed) => (
+            routed.target.provider.clone(),
+            routed.output.model.clone().or(routed.target.model.clone()),
+            true,
+            routed.output.usage.clone(),
+            routed.output.cost_usd,
+        ),
+        Err(exhausted) => {
+            let last = exhausted.failed.last().map(|f| f.target.clone()).unwrap_or_default();
+            let (provider, model) = match last.split_once('/') {
+                Some((p, m)) => (p.to_owned(), Some(m.to_owned())),
+                None => (last, None),
+            };
+            (provider, model, false, Default::default(), None)
+        }
+    };
+    let record = UsageRecord {
+        job_id: ctx.job_id,
+        at: Utc::now(),
+        key_id: key_id.unwrap_or("unknown").to_owned(),
+        provider,
+        model,
+        ok,
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cost_usd: cost,
+        latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+    };
+    if let Err(err) = ctx.store.record_usage(&record).await {
+        tracing::warn!(job = %ctx.job_id, error = %err, "recording usage failed");
+    }
 }
 
 fn store_error(err: orch_store::StoreError) -> JobError {
@@ -127,10 +170,12 @@ impl Executor for ProviderChat {
         });
         let control = TurnControl { cancel: ctx.cancel.clone(), progress: Some(tx) };
         let request = TurnRequest { prompt, system, max_turns: input.max_turns, ..Default::default() };
+        let started = std::time::Instant::now();
         let result = self.router.run(&route, &request, &control).await;
         drop(control);
         // Every progress event is recorded before the outcome.
         let _ = forward.await;
+        record_usage(ctx, input.key_id.as_deref(), &result, started.elapsed()).await;
         let routed = result.map_err(|e| job_error(&e))?;
         let output = &routed.output;
         if let Some(session) = &input.session {

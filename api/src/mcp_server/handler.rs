@@ -170,6 +170,7 @@ impl OrchMcp {
         let raw = serde_json::to_vec(&arguments).map_err(ApiError::internal)?;
         let req: ChatJobRequest = crate::json::parse(&raw)?;
         let mut input = jobs::chat_input(&self.state, &req)?;
+        input["key_id"] = json!(principal.map_or("local", |p| p.key.id.as_str()));
         if let Some(session) = &req.session_id {
             crate::sessions::attach(&self.state, principal, &mut input, session).await?;
         }

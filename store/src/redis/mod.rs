@@ -28,6 +28,8 @@
 //!   LIST of message JSON, both expiring together (each append slides the TTL);
 //!   `sessions` ZSET id by last update, for listing (members whose keys expired
 //!   are dropped when met).
+//! - `usage` ZSET of chat-turn records (JSON, member) by time, and `usage:jobs`
+//!   HASH job id → its record, so a repeat replaces it.
 //! - `slots:{name}` ZSET holder → expiry: a limit shared by every process (a
 //!   provider's concurrency); expired holders are dropped before counting.
 //! - `webhooks` HASH id → the global webhook subscription (JSON).
@@ -47,8 +49,8 @@ use serde_json::Value;
 
 use crate::{
     ApiKey, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter, JobId, JobKind, JobStatus, NewJob,
-    Notifier, Outcome, Result, Session, SessionMessage, Store, StoreError, StoredServer, StoredWebhook, WorkerInfo,
-    from_millis, redact_url, to_millis,
+    Notifier, Outcome, Result, Session, SessionMessage, Store, StoreError, StoredServer, StoredWebhook, UsageRecord,
+    WorkerInfo, from_millis, redact_url, to_millis,
 };
 
 /// Takes or renews a slot: ARGV now, holder, limit, expiry (ms).
@@ -64,6 +66,33 @@ static SLOT_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
             return 1
         end
         return 0
+        ",
+    )
+});
+
+/// Stores a usage record, replacing the job's earlier one: KEYS usage,
+/// usage:jobs; ARGV job id, time (ms), record.
+static USAGE_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+        local old = redis.call('HGET', KEYS[2], ARGV[1])
+        if old then redis.call('ZREM', KEYS[1], old) end
+        redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+        return redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+        ",
+    )
+});
+
+/// Removes up to 1000 usage records older than ARGV[1] (ms): KEYS usage, usage:jobs.
+static USAGE_PURGE_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+        local old = redis.call('ZRANGE', KEYS[1], '-inf', '(' .. ARGV[1], 'BYSCORE', 'LIMIT', 0, 1000)
+        for _, record in ipairs(old) do
+            redis.call('HDEL', KEYS[2], cjson.decode(record).job_id)
+            redis.call('ZREM', KEYS[1], record)
+        end
+        return #old
         ",
     )
 });
@@ -780,6 +809,19 @@ impl Store for RedisStore {
                 break;
             }
         }
+        // Usage records past the retention go too, a thousand per call.
+        loop {
+            let removed: i64 = USAGE_PURGE_SCRIPT
+                .key(self.key("usage"))
+                .key(self.key("usage:jobs"))
+                .arg(before)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(redis_error)?;
+            if removed < 1000 {
+                break;
+            }
+        }
         Ok(purged)
     }
 
@@ -1019,6 +1061,35 @@ impl Store for RedisStore {
         invocation.arg(now).arg(holder).arg(limit).arg(now.saturating_add(hold));
         let taken: i64 = invocation.invoke_async(&mut self.conn.clone()).await.map_err(redis_error)?;
         Ok(taken == 1)
+    }
+
+    async fn record_usage(&self, record: &UsageRecord) -> Result<()> {
+        let text = serde_json::to_string(record).expect("usage records serialize");
+        let _: i64 = USAGE_SCRIPT
+            .key(self.key("usage"))
+            .key(self.key("usage:jobs"))
+            .arg(record.job_id.to_string())
+            .arg(to_millis(record.at))
+            .arg(text)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+
+    async fn usage(&self, from: DateTime<Utc>, to: DateTime<Utc>, limit: usize) -> Result<Vec<UsageRecord>> {
+        let texts: Vec<String> = ::redis::cmd("ZRANGE")
+            .arg(self.key("usage"))
+            .arg(to_millis(from))
+            .arg(format!("({}", to_millis(to)))
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_error)?;
+        texts.iter().map(|t| serde_json::from_str(t).map_err(corrupt)).collect()
     }
 
     async fn release_slot(&self, name: &str, holder: &str) -> Result<()> {

@@ -1,4 +1,4 @@
--- Orch's SQLite schema, version 5: global webhook subscriptions. Deliveries are
+-- Orch's SQLite schema, version 6: global webhook subscriptions. Deliveries are
 -- jobs of kind 'delivery' and need no table of their own.
 
 -- `config` is the subscription as the admin API stored it (JSON text); it holds
