@@ -99,7 +99,7 @@ pub async fn plans(args: PlansArgs) -> Result<()> {
     let registry = test_server_registry().await;
     match &registry {
         Some(registry) => {
-            let runner = PlanRunner { tools: Some(registry.clone()), llm: None };
+            let runner = PlanRunner { tools: Some(registry.clone()), ..Default::default() };
             let chain = chain_plan(args.chain, |i| json!({"tool": "test.echo", "args": {"message": format!("{i}")}}));
             let took = run(&store, &runner, &chain).await?;
             println!(

@@ -125,6 +125,15 @@ pub struct WorkerArgs {
     /// On shutdown, how long running jobs may take to finish [default: 30s].
     #[arg(long, env = "ORCH_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Answers the planner model may give for one request before the job fails, 1–10 [default: 3].
+    #[arg(long, env = "ORCH_PLANNER_ATTEMPTS", value_name = "N")]
+    pub planner_attempts: Option<u32>,
+    /// How long a plan is reused for the same request, tools and planner model; 0s turns the cache off [default: 1h].
+    #[arg(long, env = "ORCH_PLANNER_CACHE_TTL", value_name = "DURATION", value_parser = duration)]
+    pub planner_cache_ttl: Option<Duration>,
+    /// Most tools shown to the planner (the most relevant to the request), 1–500 [default: 40].
+    #[arg(long, env = "ORCH_PLANNER_MAX_TOOLS", value_name = "N")]
+    pub planner_max_tools: Option<usize>,
 }
 
 /// `orch.toml`: the same settings, by the flag names with `_`.
@@ -161,6 +170,9 @@ struct FileConfig {
     webhook_fail_statuses: Option<Vec<u16>>,
     webhook_obsidian_path: Option<String>,
     webhook_retry_scale: Option<f64>,
+    planner_attempts: Option<u32>,
+    planner_cache_ttl: Option<String>,
+    planner_max_tools: Option<usize>,
 }
 
 /// Every setting, resolved and checked.
@@ -183,6 +195,8 @@ pub struct Settings {
     /// The providers (file, then `ORCH_PROVIDER_*` variables) and routing, checked together.
     pub providers: orch_providers::ProvidersConfig,
     pub routing: orch_providers::RoutingConfig,
+    /// The LLM planner of batch requests.
+    pub planner: orch_worker::PlannerSettings,
 }
 
 impl Settings {
@@ -325,6 +339,17 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
     w.job_timeout = pick(worker.job_timeout, "job_timeout", file.job_timeout.as_ref(), w.job_timeout)?;
     w.retention = pick(worker.retention, "retention", file.retention.as_ref(), w.retention)?;
     w.shutdown_grace = pick(worker.shutdown_grace, "shutdown_grace", file.shutdown_grace.as_ref(), w.shutdown_grace)?;
+    let mut planner = orch_worker::PlannerSettings::default();
+    planner.max_attempts = worker.planner_attempts.or(file.planner_attempts).unwrap_or(planner.max_attempts);
+    if !(1..=10).contains(&planner.max_attempts) {
+        bail!("ORCH_PLANNER_ATTEMPTS (--planner-attempts): {} is out of range; allowed: 1 to 10", planner.max_attempts);
+    }
+    planner.cache_ttl =
+        pick(worker.planner_cache_ttl, "planner_cache_ttl", file.planner_cache_ttl.as_ref(), planner.cache_ttl)?;
+    planner.max_tools = worker.planner_max_tools.or(file.planner_max_tools).unwrap_or(planner.max_tools);
+    if !(1..=500).contains(&planner.max_tools) {
+        bail!("ORCH_PLANNER_MAX_TOOLS (--planner-max-tools): {} is out of range; allowed: 1 to 500", planner.max_tools);
+    }
     if w.lease < Duration::from_millis(300) {
         bail!(
             "ORCH_LEASE (--lease): {:?} is too short; allowed: 300ms or more (heartbeats run every lease/3)",
@@ -367,6 +392,7 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         data_dir,
         providers,
         routing,
+        planner,
     };
     // Routing names providers and models: checked against them before anything starts.
     settings.router()?;

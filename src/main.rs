@@ -151,7 +151,7 @@ async fn run(cli: Cli) -> Result<()> {
             // The worker calls plan tools through the API's registry: one pool per process.
             let worker = tokio::spawn(orch_worker::run(
                 store.clone(),
-                executors(router, &state),
+                executors(&settings, router, &state),
                 settings.worker.clone(),
                 shutdown.clone(),
             ));
@@ -175,7 +175,7 @@ async fn run(cli: Cli) -> Result<()> {
             // The same MCP servers as an API process: the file and those registered in the store.
             let state = api_state(&settings, store.clone(), router.clone(), shutdown.clone()).await?;
             let registry = state.registry.clone();
-            orch_worker::run(store, executors(router, &state), settings.worker.clone(), shutdown).await;
+            orch_worker::run(store, executors(&settings, router, &state), settings.worker.clone(), shutdown).await;
             registry.shutdown(MCP_CHILD_GRACE).await;
             Ok(())
         }
@@ -259,15 +259,17 @@ fn providers(settings: &Settings, store: Option<&Arc<dyn Store>>) -> Result<Arc<
     Ok(Arc::new(router))
 }
 
-/// The executors of a worker: chat and plans' `llm` steps on `router`, plan
-/// tools through `registry`.
-/// The worker's executors: chat on the providers, plans calling the tools of
-/// `state`'s registry, and webhook deliveries.
-fn executors(router: Arc<orch_providers::Router>, state: &orch_api::AppState) -> Arc<orch_worker::Executors> {
+/// The executors of a worker: chat, plans' `llm` steps and the planner on
+/// `router`, plan tools through `state`'s registry, and webhook deliveries.
+fn executors(
+    settings: &Settings,
+    router: Arc<orch_providers::Router>,
+    state: &orch_api::AppState,
+) -> Arc<orch_worker::Executors> {
     Arc::new(orch_worker::Executors {
         delivery: Some(Box::new(orch_webhooks::DeliveryExecutor(state.webhooks.clone()))),
         followups: Some(state.webhooks.clone()),
-        ..orch_worker::Executors::new(router, Some(state.registry.clone()))
+        ..orch_worker::Executors::with_planner(router, Some(state.registry.clone()), settings.planner.clone())
     })
 }
 

@@ -110,8 +110,17 @@ async fn aggregate_serves_namespaced_tools_and_orchs_own() {
 
     let mut expected: Vec<String> = UPSTREAM.iter().map(|t| format!("t.{t}")).collect();
     expected.extend(
-        ["chat", "export_session_memory", "get_job", "get_session", "list_providers", "list_servers", "submit_job"]
-            .map(String::from),
+        [
+            "batch_execute",
+            "chat",
+            "export_session_memory",
+            "get_job",
+            "get_session",
+            "list_providers",
+            "list_servers",
+            "submit_job",
+        ]
+        .map(String::from),
     );
     expected.sort();
     assert_eq!(names(&client).await, expected);
@@ -243,7 +252,16 @@ async fn http_endpoints_need_a_key_with_tools_call() {
     let (client, _) = http_client(&app, "/mcp", &limited.secret).await;
     assert_eq!(
         names(&client).await,
-        ["chat", "export_session_memory", "get_job", "get_session", "list_providers", "list_servers", "submit_job"]
+        [
+            "batch_execute",
+            "chat",
+            "export_session_memory",
+            "get_job",
+            "get_session",
+            "list_providers",
+            "list_servers",
+            "submit_job"
+        ]
     );
     client.cancel().await.unwrap();
 

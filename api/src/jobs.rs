@@ -24,6 +24,7 @@ use crate::error::responses::{
 };
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::json::ApiJson;
+use crate::planning;
 use crate::{ApiConfig, AppState};
 
 /// Highest `max_attempts` a job may ask for.
@@ -91,12 +92,31 @@ pub struct ChatJobRequest {
     pub obsidian_path: Option<String>,
 }
 
-/// A batch job: a plan of steps run as a DAG.
+/// A batch job: a plan of steps run as a DAG, or a `request` in plain
+/// language that the LLM planner turns into one.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"plan": {"nodes": [{"id": "wait", "sleep": {"ms": 200}}, {"id": "hello", "echo": "hello", "depends_on": ["wait"]}]}, "metadata": {"source": "swagger"}}))]
 pub struct BatchJobRequest {
-    pub plan: Plan,
+    /// The plan to run; or give `request` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+    /// Instead of `plan`: what the job should do, in plain language. A worker
+    /// asks the planner model for a plan over the allowed tools, validates it
+    /// (asking again with the problems, a bounded number of times), then runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// With `request`: tools (`server.tool`) the planner may use besides the
+    /// servers' `autoApprove` tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+    /// With `request`: the model that plans, as chat's `model`; default: the
+    /// routing's default with task type `planning`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner_model: Option<String>,
+    /// With `request`: answer 200 with the plan (and its analysis) without running it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
     /// Free-form object returned with the job as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -494,10 +514,27 @@ pub fn chat_input(state: &AppState, req: &ChatJobRequest) -> ApiResult<Value> {
     Ok(input)
 }
 
-/// The input of a batch job: the plan, validated against the tools the caller may use.
+/// The input of a batch job: the plan, validated against the tools the
+/// caller may use, or the request to plan with its planner options.
 pub fn batch_input(state: &AppState, principal: Option<&Principal>, req: &BatchJobRequest) -> ApiResult<Value> {
-    crate::plans::check_plan(state, principal, &req.plan)?;
-    Ok(json!({"plan": req.plan}))
+    match planning::plan_or_request(req.plan.as_ref(), req.request.as_deref())? {
+        Ok(plan) => {
+            planning::only_with_request("tools", req.tools.is_some())?;
+            planning::only_with_request("planner_model", req.planner_model.is_some())?;
+            planning::only_with_request("dry_run", req.dry_run.is_some())?;
+            crate::plans::check_plan(state, principal, plan)?;
+            Ok(json!({"plan": plan}))
+        }
+        Err(request) => {
+            let ask = planning::PlanningAsk {
+                request,
+                tools: req.tools.as_deref(),
+                planner_model: req.planner_model.as_deref(),
+                dry_run: req.dry_run == Some(true),
+            };
+            planning::planning_input(state, principal, &ask)
+        }
+    }
 }
 
 /// Submit a chat job.
@@ -555,12 +592,22 @@ pub async fn submit_chat(
 /// Submit a batch job.
 ///
 /// The plan is validated first (422 lists every problem in `details.issues`),
-/// then stored durably and queued.
+/// then stored durably and queued. With `request` instead of `plan`, the job
+/// first asks the planner model for a plan over the allowed tools (progress
+/// events `planning` per attempt and `planned` with the plan), then runs it;
+/// the result adds `planning` (attempts, duration, tokens, cached). With
+/// `dry_run: true` the answer is 200 with the plan and its analysis, and
+/// nothing runs.
 #[utoipa::path(
     post, path = "/v1/jobs/batch", tag = "jobs",
-    request_body = BatchJobRequest,
+    request_body(content = BatchJobRequest, examples(
+        ("plan" = (summary = "A plan", value = json!({"plan": {"nodes": [{"id": "wait", "sleep": {"ms": 200}}, {"id": "hello", "echo": "hello", "depends_on": ["wait"]}]}, "metadata": {"source": "swagger"}}))),
+        ("request" = (summary = "A request for the planner", value = json!({"request": "List this week's GitHub issues of orch/orch, summarise each, and write one report page to Notion", "tools": ["notion.create_page"], "planner_model": "auto"}))),
+        ("dry_run" = (summary = "Only plan", value = json!({"request": "Echo hello and wait 100 ms, in parallel", "dry_run": true}))),
+    )),
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h")),
     responses(
+        (status = 200, description = "`dry_run`: the plan the planner made and its analysis; nothing runs", body = crate::plans::PlanPreview),
         (status = 202, description = "Stored and queued", body = JobAccepted,
             headers(("Location" = String, description = "The job's status URL"))),
         (status = 400, response = BadRequest),
@@ -584,6 +631,11 @@ pub async fn submit_batch(
     principal.require("jobs:write")?;
     let key_secret = crate::webhooks::key_signing_secret(&headers);
     let input = batch_input(&state, Some(&principal), &body.value)?;
+    if body.value.dry_run == Some(true) {
+        let planned = planning::plan_now(&state, input, &body.value.metadata).await?;
+        return Ok(Json(crate::plans::preview(&state, planned.plan, Some(planned.planning), Some(planned.job_id)))
+            .into_response());
+    }
     let input = crate::webhooks::attach(&state, input, body.value.webhook_fields(key_secret)).await?;
     let options = JobOptions { metadata: &body.value.metadata, max_attempts: body.value.max_attempts };
     submit(&state, &principal, &headers, JobKind::Batch, &body.raw, input, options).await

@@ -13,6 +13,7 @@ pub mod json;
 pub mod keys;
 pub mod mcp_server;
 pub mod openai;
+pub mod planning;
 pub mod plans;
 pub mod providers;
 pub mod servers;

@@ -21,6 +21,7 @@ use crate::error::responses::{BadRequest, Forbidden, NotFound, NotJson, Unauthor
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::jobs;
 use crate::json::ApiJson;
+use crate::planning;
 
 /// The tools the caller's plans may use: every listed tool of the servers
 /// the key may use, with its input schema.
@@ -41,16 +42,31 @@ pub fn check_plan(state: &AppState, principal: Option<&Principal>, plan: &Plan) 
     if issues.is_empty() { Ok(()) } else { Err(jobs::plan_error(issues)) }
 }
 
-/// A plan to check.
+/// A plan to check, or a request for the planner to turn into one.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"plan": {"nodes": [
-    {"id": "a", "sleep": {"ms": 100}},
-    {"id": "b", "sleep": {"ms": 200}},
-    {"id": "merge", "value": ["{{nodes.a.output}}", "{{nodes.b.output}}"]}
-]}}))]
+#[schema(examples(
+    json!({"plan": {"nodes": [
+        {"id": "a", "sleep": {"ms": 100}},
+        {"id": "b", "sleep": {"ms": 200}},
+        {"id": "merge", "value": ["{{nodes.a.output}}", "{{nodes.b.output}}"]}
+    ]}}),
+    json!({"request": "Fetch this week's GitHub issues of orch/orch and write a summary page to Notion", "tools": ["notion.create_page"]})
+))]
 pub struct PlanRequest {
-    pub plan: Plan,
+    /// The plan to check; or give `request` instead.
+    #[serde(default)]
+    pub plan: Option<Plan>,
+    /// Instead of `plan`: what to do, in plain language; the planner answers a
+    /// plan over the allowed tools (the servers' `autoApprove` tools and `tools`).
+    #[serde(default)]
+    pub request: Option<String>,
+    /// With `request`: tools (`server.tool`) the planner may use besides the `autoApprove` ones.
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    /// With `request`: the model that plans, as chat's `model`.
+    #[serde(default)]
+    pub planner_model: Option<String>,
 }
 
 /// The answer for a valid plan.
@@ -58,9 +74,29 @@ pub struct PlanRequest {
 pub struct PlanPreview {
     /// Always true (an invalid plan answers 422).
     pub valid: bool,
+    /// The plan the planner made (for a `request`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+    /// How the plan was made: `attempts`, `duration_ms`, `usage` (tokens),
+    /// `cached`, `routed_to`, `tools_offered`, `tools_allowed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub planning: Option<Value>,
+    /// The job that planned (for a `request`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<uuid::Uuid>,
     pub analysis: Analysis,
     /// The graph as a Mermaid flowchart.
     pub mermaid: String,
+}
+
+/// The preview of a valid plan; with `planning`, a plan the planner made.
+pub fn preview(state: &AppState, plan: Plan, planning: Option<Value>, job_id: Option<uuid::Uuid>) -> PlanPreview {
+    let estimates = Estimates { tools: state.registry.tool_latencies(), ..Estimates::default() };
+    let analysis = analysis::analyse(&plan, &estimates);
+    let mermaid = analysis::mermaid(&plan, None);
+    let plan = planning.is_some().then_some(plan);
+    PlanPreview { valid: true, plan, planning, job_id, analysis, mermaid }
 }
 
 /// How to answer.
@@ -92,6 +128,10 @@ fn text(content_type: &'static str, body: String) -> Response {
 /// width, critical path and estimated duration (from the tools' recorded
 /// latencies), with the graph as Mermaid, or only the graph with
 /// `?format=mermaid|dot`. Nothing runs.
+///
+/// With `request` instead of `plan`, the planner first turns the request into
+/// a plan (synchronously, in a worker, as a batch job that only plans) and the
+/// answer adds the `plan`, how it was made (`planning`) and the `job_id`.
 #[utoipa::path(
     post, path = "/v1/plans", tag = "plans",
     request_body = PlanRequest,
@@ -101,8 +141,10 @@ fn text(content_type: &'static str, body: String) -> Response {
             example = json!({"valid": true, "analysis": {"levels": [["a", "b"], ["merge"]], "width": 2, "depth": 2, "critical_path": ["b", "merge"], "estimated_ms": 200.0, "total_work_ms": 300.0, "node_estimates_ms": {"a": 100.0, "b": 200.0, "merge": 0.0}}, "mermaid": "flowchart TD\n    n0[\"a<br/>sleep 100ms\"]\n    n1[\"b<br/>sleep 200ms\"]\n    n2[\"merge<br/>value\"]\n    n0 --> n2\n    n1 --> n2\n"})),
         (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden), (status = 415, response = NotJson),
-        (status = 422, description = "The plan has problems, all listed in `details.issues` with their fields", body = ErrorBody,
+        (status = 422, description = "The plan has problems, all listed in `details.issues` with their fields; or (`planning_failed`) the planner gave no valid plan in its attempts, the last answer's problems in `details.issues`", body = ErrorBody,
             example = json!({"error": {"code": "invalid_plan", "message": "plan.nodes[1].tool: node \"b\": unknown tool \"test.nope\"; GET /v1/tools lists the tools (`server.tool`)", "details": {"field": "plan.nodes[1].tool", "issues": [{"field": "plan.nodes[1].tool", "message": "node \"b\": unknown tool \"test.nope\"; GET /v1/tools lists the tools (`server.tool`)"}]}}})),
+        (status = 502, description = "The planner model failed (`planner_unavailable`)", body = ErrorBody),
+        (status = 504, description = "No plan in time (`timeout`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -113,19 +155,32 @@ pub async fn preview_plan(
     body: ApiJson<PlanRequest>,
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
-    let plan = &body.value.plan;
-    check_plan(&state, Some(&principal), plan)?;
-    Ok(match query.format.unwrap_or_default() {
-        GraphFormat::Mermaid => text("text/vnd.mermaid; charset=utf-8", analysis::mermaid(plan, None)),
-        GraphFormat::Dot => text("text/vnd.graphviz; charset=utf-8", analysis::dot(plan, None)),
-        GraphFormat::Json => {
-            let estimates = Estimates { tools: state.registry.tool_latencies(), ..Estimates::default() };
-            let preview = PlanPreview {
-                valid: true,
-                analysis: analysis::analyse(plan, &estimates),
-                mermaid: analysis::mermaid(plan, None),
+    let req = &body.value;
+    let (plan, planned) = match planning::plan_or_request(req.plan.as_ref(), req.request.as_deref())? {
+        Ok(plan) => {
+            planning::only_with_request("tools", req.tools.is_some())?;
+            planning::only_with_request("planner_model", req.planner_model.is_some())?;
+            check_plan(&state, Some(&principal), plan)?;
+            (plan.clone(), None)
+        }
+        Err(request) => {
+            let ask = planning::PlanningAsk {
+                request,
+                tools: req.tools.as_deref(),
+                planner_model: req.planner_model.as_deref(),
+                dry_run: true,
             };
-            Json(preview).into_response()
+            let input = planning::planning_input(&state, Some(&principal), &ask)?;
+            let planned = planning::plan_now(&state, input, &None).await?;
+            (planned.plan, Some((planned.planning, planned.job_id)))
+        }
+    };
+    Ok(match query.format.unwrap_or_default() {
+        GraphFormat::Mermaid => text("text/vnd.mermaid; charset=utf-8", analysis::mermaid(&plan, None)),
+        GraphFormat::Dot => text("text/vnd.graphviz; charset=utf-8", analysis::dot(&plan, None)),
+        GraphFormat::Json => {
+            let (planning, job_id) = planned.unzip();
+            Json(preview(&state, plan, planning, job_id)).into_response()
         }
     })
 }
@@ -189,7 +244,6 @@ pub async fn job_graph(
             format!("job {id} is a chat job; only batch jobs have a graph"),
         ));
     }
-    let plan: Plan = serde_json::from_value(job.input["plan"].clone()).map_err(ApiError::internal)?;
     let mut events = Vec::new();
     loop {
         let after = events.last().map_or(0, |e: &orch_store::JobEvent| e.seq);
@@ -199,6 +253,17 @@ pub async fn job_graph(
         }
         events.extend(page);
     }
+    // A planned job's plan is in its `planned` event (no nodes while it is planning).
+    let stored = match job.input.get("plan") {
+        Some(plan) => Some(plan.clone()),
+        None => {
+            events.iter().find(|e| e.kind == "progress" && e.data["type"] == "planned").map(|e| e.data["plan"].clone())
+        }
+    };
+    let plan: Plan = match stored {
+        Some(plan) => serde_json::from_value(plan).map_err(ApiError::internal)?,
+        None => Plan { nodes: Vec::new(), max_parallel: None, output: None, input: None },
+    };
     let mut states = node_states(&plan, &events);
     if job.status == JobStatus::Cancelled {
         for state in states.values_mut().filter(|s| s.status == "pending") {

@@ -10,9 +10,11 @@
 //! depend on `fetch`; `depends_on` adds ordering without data.
 //! [`validate`] finds every problem with the field that has it;
 //! [`analysis::analyse`] gives levels, width, critical path and an estimate,
-//! and [`analysis::mermaid`] / [`analysis::dot`] draw the graph.
+//! and [`analysis::mermaid`] / [`analysis::dot`] draw the graph. [`prompt`]
+//! is the pure half of the LLM planner: its prompts and reading its answers.
 
 pub mod analysis;
+pub mod prompt;
 pub mod reference;
 
 use std::collections::{HashMap, HashSet};

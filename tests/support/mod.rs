@@ -142,7 +142,11 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
         (options.tweak)(&mut config);
         let mut executors = Executors::new(router, Some(registry.clone()));
         if let Some(llm) = options.llm {
-            executors.batch = Box::new(orch_worker::PlanRunner { tools: Some(registry.clone()), llm: Some(llm) });
+            executors.batch = Box::new(orch_worker::PlanRunner {
+                tools: Some(registry.clone()),
+                llm: Some(llm),
+                ..Default::default()
+            });
         }
         executors.delivery = Some(Box::new(orch_webhooks::DeliveryExecutor(webhooks.clone())));
         executors.followups = Some(webhooks.clone());

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::PlanRunner;
+use crate::planning::{PlannerSettings, Planning};
 
 /// What an executor may use while running one attempt.
 #[derive(Clone)]
@@ -63,10 +64,20 @@ impl Executors {
     /// MCP steps) with their `llm` steps on the same providers; no webhook
     /// deliveries (set `delivery` and `followups` for them).
     pub fn new(router: Arc<orch_providers::Router>, tools: Option<orch_mcp::Registry>) -> Executors {
+        Executors::with_planner(router, tools, PlannerSettings::default())
+    }
+
+    /// As [`Executors::new`], with the LLM planner's settings.
+    pub fn with_planner(
+        router: Arc<orch_providers::Router>,
+        tools: Option<orch_mcp::Registry>,
+        planner: PlannerSettings,
+    ) -> Executors {
         let llm: Arc<dyn crate::llm::Llm> = Arc::new(crate::chat::RouterLlm { router: router.clone() });
+        let planning = Arc::new(Planning::new(planner));
         Executors {
             chat: Box::new(crate::chat::ProviderChat { router }),
-            batch: Box::new(PlanRunner { tools, llm: Some(llm) }),
+            batch: Box::new(PlanRunner { tools, llm: Some(llm), planning }),
             delivery: None,
             followups: None,
         }

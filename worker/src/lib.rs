@@ -20,6 +20,7 @@ pub mod exec;
 pub mod limit;
 pub mod llm;
 pub mod plan;
+pub mod planning;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use exec::{Executor, Executors, Followups, JobContext};
 pub use plan::PlanRunner;
+pub use planning::{PlannerSettings, Planning};
 
 /// How a worker behaves; every field is a user setting (see README).
 #[derive(Debug, Clone)]

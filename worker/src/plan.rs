@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exec::{Executor, JobContext};
 use crate::llm::{Llm, LlmRequest};
+use crate::planning::Planning;
 
 /// The `_meta` key of the idempotency key sent with every tool call:
 /// `<job id>:<node id>` (`:<item index>` in a map), the same in every attempt.
@@ -41,23 +42,39 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Runs batch plans with the MCP servers of `tools` and the completions of `llm`.
 /// Without them, `tool` and `llm` nodes fail with a message saying so.
+/// A job with a `request` instead of a plan is planned first ([`crate::planning`]).
 #[derive(Clone, Default)]
 pub struct PlanRunner {
     pub tools: Option<Registry>,
     pub llm: Option<Arc<dyn Llm>>,
+    /// The LLM planner's settings and plan cache.
+    pub planning: Arc<Planning>,
 }
 
 #[async_trait]
 impl Executor for PlanRunner {
     async fn run(&self, job: &Job, ctx: &JobContext) -> Result<Value, JobError> {
-        let plan: Plan = serde_json::from_value(job.input["plan"].clone())
-            .map_err(|e| bad_input(format!("stored plan does not parse: {e}")))?;
+        let (plan, planning) = if job.input.get("request").is_some() {
+            let planned = crate::planning::plan_job(self, job, ctx).await?;
+            if planned.dry_run {
+                return Ok(json!({"plan": planned.plan, "planning": planned.info}));
+            }
+            (planned.plan, Some(planned.info))
+        } else {
+            let plan: Plan = serde_json::from_value(job.input["plan"].clone())
+                .map_err(|e| bad_input(format!("stored plan does not parse: {e}")))?;
+            (plan, None)
+        };
         let issues = orch_planner::validate(&plan, None);
         if let Some(first) = issues.first() {
             return Err(bad_input(format!("stored plan is invalid: {}: {}", first.field, first.message)));
         }
         let done = checkpoints(ctx).await?;
-        run_plan(self, Arc::new(plan), job.attempts, ctx, done).await
+        let mut result = run_plan(self, Arc::new(plan), job.attempts, ctx, done).await?;
+        if let (Some(info), Some(map)) = (planning, result.as_object_mut()) {
+            map.insert("planning".into(), info);
+        }
+        Ok(result)
     }
 }
 

@@ -114,6 +114,7 @@ impl OrchMcp {
                 }
                 (Err(err), _) | (_, Err(err)) => Err(err),
             },
+            BATCH_EXECUTE => self.batch_execute(arguments, principal).await,
             LIST_PROVIDERS => match require(principal, "jobs:read") {
                 Ok(()) => Ok(json!({"providers": crate::providers::provider_views(&self.state).await})),
                 Err(err) => Err(err),
@@ -214,6 +215,46 @@ impl OrchMcp {
         }))
     }
 
+    /// A batch job from a plan or a request: its id, or with `wait` its
+    /// outcome (the job with its result); with `dry_run` only the plan.
+    async fn batch_execute(&self, mut arguments: JsonObject, principal: Option<&Principal>) -> Result<Value, ApiError> {
+        require(principal, "jobs:write")?;
+        let wait = match arguments.remove("wait") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(wait)) => wait,
+            Some(other) => return Err(ApiError::invalid_field("wait", format!("must be true or false; got {other}"))),
+        };
+        let raw = serde_json::to_vec(&arguments).map_err(ApiError::internal)?;
+        let req: BatchJobRequest = crate::json::parse(&raw)?;
+        let input = jobs::batch_input(&self.state, principal, &req)?;
+        if req.dry_run == Some(true) {
+            let planned = crate::planning::plan_now(&self.state, input, &req.metadata).await?;
+            return Ok(json!(crate::plans::preview(
+                &self.state,
+                planned.plan,
+                Some(planned.planning),
+                Some(planned.job_id)
+            )));
+        }
+        let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
+        let (accepted, _) = jobs::submit_job(&self.state, JobKind::Batch, input, options, || Ok(None)).await?;
+        if !wait {
+            return Ok(json!(accepted));
+        }
+        let id = accepted.id;
+        // A batch job that outlasts the wait keeps running; the caller follows it with get_job.
+        let _ = tokio::time::timeout(self.state.config.chat_wait, async {
+            let mut events = std::pin::pin!(jobs::follow_events(self.state.clone(), id, 0));
+            while let Some(event) = futures::StreamExt::next(&mut events).await {
+                if event.is_terminal() {
+                    return;
+                }
+            }
+        })
+        .await;
+        job_json(&self.state, &id.to_string()).await
+    }
+
     async fn get_job(&self, arguments: JsonObject, principal: Option<&Principal>) -> Result<Value, ApiError> {
         require(principal, "jobs:read")?;
         let id = arguments
@@ -260,8 +301,9 @@ const CHAT: &str = "chat";
 const LIST_PROVIDERS: &str = "list_providers";
 const GET_SESSION: &str = "get_session";
 const EXPORT_SESSION_MEMORY: &str = "export_session_memory";
-const OWN_TOOLS: [&str; 7] =
-    [SUBMIT_JOB, GET_JOB, LIST_SERVERS, CHAT, LIST_PROVIDERS, GET_SESSION, EXPORT_SESSION_MEMORY];
+const BATCH_EXECUTE: &str = "batch_execute";
+const OWN_TOOLS: [&str; 8] =
+    [SUBMIT_JOB, GET_JOB, LIST_SERVERS, CHAT, LIST_PROVIDERS, GET_SESSION, EXPORT_SESSION_MEMORY, BATCH_EXECUTE];
 
 /// A required string argument of one of Orch's own tools.
 fn string_arg(arguments: &JsonObject, name: &str) -> Result<String, ApiError> {
@@ -305,6 +347,7 @@ fn own_tools() -> Vec<Tool> {
                     "system": {"type": "string", "description": "chat: system prompt"},
                     "model": {"type": "string", "description": "chat: model to run the turn on"},
                     "plan": {"type": "object", "description": "batch: a plan of nodes, as in POST /v1/jobs/batch"},
+                    "request": {"type": "string", "description": "batch: instead of plan, what to do in plain language (see batch_execute)"},
                     "metadata": {"type": "object", "description": "returned with the job as given"},
                     "max_attempts": {"type": "integer", "minimum": 1, "maximum": jobs::MAX_ATTEMPTS}
                 },
@@ -375,6 +418,26 @@ fn own_tools() -> Vec<Tool> {
                     "provider": {"type": "string", "description": "model of the summary, as in chat"}
                 },
                 "required": ["id"]
+            })),
+        ),
+        Tool::new(
+            BATCH_EXECUTE,
+            "Run a batch job: a `plan` (a DAG of MCP tool calls and LLM steps, as POST /v1/jobs/batch), or a \
+             `request` in plain language that Orch's planner turns into a plan over the servers' autoApprove \
+             tools and those named in `tools`. With `wait` the job's outcome and result, else its id (follow \
+             it with get_job); with `dry_run` only the plan.",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "plan": {"type": "object", "description": "a plan of nodes, as in POST /v1/jobs/batch"},
+                    "request": {"type": "string", "description": "instead of plan: what to do, in plain language"},
+                    "tools": {"type": "array", "items": {"type": "string"}, "description": "request: tools (server.tool) the planner may use besides the autoApprove ones"},
+                    "planner_model": {"type": "string", "description": "request: the model that plans (auto, a provider, or provider/model)"},
+                    "dry_run": {"type": "boolean", "description": "request: answer the plan without running it"},
+                    "wait": {"type": "boolean", "description": "wait for the job to finish and answer its result"},
+                    "metadata": {"type": "object", "description": "returned with the job as given"},
+                    "max_attempts": {"type": "integer", "minimum": 1, "maximum": jobs::MAX_ATTEMPTS}
+                }
             })),
         ),
         Tool::new(
@@ -477,7 +540,7 @@ impl ServerHandler for OrchMcp {
         let instructions = match &self.scope {
             Scope::Aggregate => {
                 "Tools of every MCP server Orch is connected to, named <server><separator><tool>, plus Orch's \
-                 own: submit_job, get_job, list_servers, chat, list_providers, get_session, \
+                 own: submit_job, batch_execute, get_job, list_servers, chat, list_providers, get_session, \
                  export_session_memory. Resources: job://{id}, provider://list, provider://{name}, session://{id}."
                     .to_owned()
             }
