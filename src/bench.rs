@@ -691,6 +691,18 @@ impl Store for Observed {
     async fn delete_server(&self, name: &str) -> orch_store::Result<bool> {
         self.inner.delete_server(name).await
     }
+    async fn expired_jobs(&self, now: chrono::DateTime<chrono::Utc>, limit: usize) -> orch_store::Result<Vec<Job>> {
+        self.inner.expired_jobs(now, limit).await
+    }
+    async fn list_webhooks(&self) -> orch_store::Result<Vec<orch_store::StoredWebhook>> {
+        self.inner.list_webhooks().await
+    }
+    async fn put_webhook(&self, webhook: &orch_store::StoredWebhook) -> orch_store::Result<bool> {
+        self.inner.put_webhook(webhook).await
+    }
+    async fn delete_webhook(&self, id: &str) -> orch_store::Result<bool> {
+        self.inner.delete_webhook(id).await
+    }
     async fn get_session(&self, id: &str) -> orch_store::Result<Option<orch_store::Session>> {
         self.inner.get_session(id).await
     }

@@ -41,6 +41,22 @@ pub struct GlobalArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "ORCH_LOG_FORMAT", global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Internal networks webhooks may reach anyway, comma-separated CIDRs, e.g.
+    /// 10.0.0.0/8,fd00::/8 [default: none].
+    #[arg(long, env = "ORCH_WEBHOOK_ALLOW", global = true, value_name = "CIDRS")]
+    pub webhook_allow: Option<String>,
+    /// Response statuses that end a webhook delivery as failed without retrying, comma-separated,
+    /// or none [default: 404,410].
+    #[arg(long, env = "ORCH_WEBHOOK_FAIL_STATUSES", global = true, value_name = "CODES")]
+    pub webhook_fail_statuses: Option<String>,
+    /// Default vault path of the payload's Obsidian note; {date}, {slug}, {id}, {kind}
+    /// [default: Inbox/{date}-{slug}.md].
+    #[arg(long, env = "ORCH_WEBHOOK_OBSIDIAN_PATH", global = true, value_name = "TEMPLATE")]
+    pub webhook_obsidian_path: Option<String>,
+    /// Multiplies the webhook retry schedule (5s, 30s, 2m, … 24h); below 1 only for tests,
+    /// 0.001 to 1 [default: 1].
+    #[arg(long, env = "ORCH_WEBHOOK_RETRY_SCALE", global = true, value_name = "FACTOR")]
+    pub webhook_retry_scale: Option<f64>,
 }
 
 /// Settings of the HTTP API.
@@ -150,6 +166,10 @@ struct FileConfig {
     job_timeout: Option<String>,
     retention: Option<String>,
     shutdown_grace: Option<String>,
+    webhook_allow: Option<Vec<String>>,
+    webhook_fail_statuses: Option<Vec<u16>>,
+    webhook_obsidian_path: Option<String>,
+    webhook_retry_scale: Option<f64>,
     planner_attempts: Option<u32>,
     planner_cache_ttl: Option<String>,
     planner_max_tools: Option<usize>,
@@ -169,6 +189,7 @@ pub struct Settings {
     pub mcp: orch_api::servers::McpSettings,
     /// Between server and tool in namespaced tool names.
     pub mcp_separator: String,
+    pub webhooks: orch_webhooks::WebhookConfig,
     /// Where local state lives (the SQLite store, providers' working dirs).
     pub data_dir: PathBuf,
     /// The providers (file, then `ORCH_PROVIDER_*` variables) and routing, checked together.
@@ -345,8 +366,13 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         bail!("ORCH_RETENTION (--retention): {:?} is too short; allowed: 1m or more", w.retention);
     }
 
+    let file_webhooks =
+        (file.webhook_allow, file.webhook_fail_statuses, file.webhook_obsidian_path, file.webhook_retry_scale);
+    let webhooks = webhook_settings(global, file_webhooks, &public_url)?;
+
     let settings = Settings {
         store,
+        webhooks,
 
         redis_prefix: global.redis_prefix.clone().or(file.redis_prefix).unwrap_or_else(|| "orch".into()),
         log: global.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
@@ -371,6 +397,55 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
     // Routing names providers and models: checked against them before anything starts.
     settings.router()?;
     Ok(settings)
+}
+
+/// The `webhook_*` settings of orch.toml: allow, fail statuses, obsidian path, retry scale.
+type FileWebhooks = (Option<Vec<String>>, Option<Vec<u16>>, Option<String>, Option<f64>);
+
+fn webhook_settings(
+    global: &GlobalArgs,
+    (file_allow, file_fail, file_obsidian, file_scale): FileWebhooks,
+    public_url: &str,
+) -> Result<orch_webhooks::WebhookConfig> {
+    let mut config = orch_webhooks::WebhookConfig { public_url: public_url.to_owned(), ..Default::default() };
+    let split = |text: &str| text.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+    let allow: Vec<String> = match &global.webhook_allow {
+        Some(text) => split(text),
+        None => file_allow.unwrap_or_default(),
+    };
+    for net in allow {
+        config.allow.push(net.parse().map_err(|_| {
+            anyhow::anyhow!("ORCH_WEBHOOK_ALLOW (--webhook-allow): {net:?} is not a CIDR; use forms like 10.0.0.0/8, 127.0.0.1/32 or fd00::/8, comma-separated")
+        })?);
+    }
+    if let Some(text) = &global.webhook_fail_statuses {
+        config.fail_statuses = Vec::new();
+        for code in split(text).into_iter().filter(|c: &String| c != "none") {
+            config.fail_statuses.push(code.parse().ok().filter(|c| (400..600).contains(c)).ok_or_else(|| {
+                anyhow::anyhow!("ORCH_WEBHOOK_FAIL_STATUSES (--webhook-fail-statuses): {code:?} is not an HTTP error status; give codes from 400 to 599, comma-separated, or none")
+            })?);
+        }
+    } else if let Some(codes) = file_fail {
+        if let Some(bad) = codes.iter().find(|c| !(400..600).contains(*c)) {
+            bail!("orch.toml: webhook_fail_statuses: {bad} is not an HTTP error status; allowed: 400 to 599");
+        }
+        config.fail_statuses = codes;
+    }
+    if let Some(path) = global.webhook_obsidian_path.clone().or(file_obsidian) {
+        if path.is_empty() || path.starts_with('/') || path.split('/').any(|p| p == "..") {
+            bail!(
+                "ORCH_WEBHOOK_OBSIDIAN_PATH (--webhook-obsidian-path): {path:?} is not a relative vault path; e.g. Inbox/{{date}}-{{slug}}.md"
+            );
+        }
+        config.obsidian_path = path;
+    }
+    if let Some(scale) = global.webhook_retry_scale.or(file_scale) {
+        if !(0.001..=1.0).contains(&scale) {
+            bail!("ORCH_WEBHOOK_RETRY_SCALE (--webhook-retry-scale): {scale} is out of range; allowed: 0.001 to 1");
+        }
+        config.retry_scale = scale;
+    }
+    Ok(config)
 }
 
 fn parse_bool(text: &str) -> Option<bool> {

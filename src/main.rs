@@ -151,7 +151,7 @@ async fn run(cli: Cli) -> Result<()> {
             // The worker calls plan tools through the API's registry: one pool per process.
             let worker = tokio::spawn(orch_worker::run(
                 store.clone(),
-                executors(&settings, router, &state.registry),
+                executors(&settings, router, &state),
                 settings.worker.clone(),
                 shutdown.clone(),
             ));
@@ -175,7 +175,7 @@ async fn run(cli: Cli) -> Result<()> {
             // The same MCP servers as an API process: the file and those registered in the store.
             let state = api_state(&settings, store.clone(), router.clone(), shutdown.clone()).await?;
             let registry = state.registry.clone();
-            orch_worker::run(store, executors(&settings, router, &registry), settings.worker.clone(), shutdown).await;
+            orch_worker::run(store, executors(&settings, router, &state), settings.worker.clone(), shutdown).await;
             registry.shutdown(MCP_CHILD_GRACE).await;
             Ok(())
         }
@@ -229,10 +229,12 @@ async fn first_key(store: &dyn Store) -> Result<()> {
         // Written, not println!: a closed stdout must not stop the service.
         let text = format!(
             "Created an admin API key. It is shown only this once; keep it somewhere safe:\n\n    {}\n\n\
+             Webhooks of jobs it submits are signed with {}\n\
              Use it as `Authorization: Bearer <key>`. Make keys for your workflows with\n    \
              orch keys create --name n8n --scopes jobs:read,jobs:write\n\
              or POST /v1/keys with this admin key.\n\n",
-            new.secret
+            new.secret,
+            orch_webhooks::Secret::for_api_key(&new.secret)
         );
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
@@ -258,13 +260,17 @@ fn providers(settings: &Settings, store: Option<&Arc<dyn Store>>) -> Result<Arc<
 }
 
 /// The executors of a worker: chat, plans' `llm` steps and the planner on
-/// `router`, plan tools through `registry`.
+/// `router`, plan tools through `state`'s registry, and webhook deliveries.
 fn executors(
     settings: &Settings,
     router: Arc<orch_providers::Router>,
-    registry: &orch_mcp::Registry,
+    state: &orch_api::AppState,
 ) -> Arc<orch_worker::Executors> {
-    Arc::new(orch_worker::Executors::with_planner(router, Some(registry.clone()), settings.planner.clone()))
+    Arc::new(orch_worker::Executors {
+        delivery: Some(Box::new(orch_webhooks::DeliveryExecutor(state.webhooks.clone()))),
+        followups: Some(state.webhooks.clone()),
+        ..orch_worker::Executors::with_planner(router, Some(state.registry.clone()), settings.planner.clone())
+    })
 }
 
 /// The API's state with the providers, the MCP servers connected and the config file watched.
@@ -274,11 +280,13 @@ async fn api_state(
     router: Arc<orch_providers::Router>,
     shutdown: CancellationToken,
 ) -> Result<orch_api::AppState> {
-    let mut state = orch_api::AppState::new(store, settings.api.clone());
+    let mut state = orch_api::AppState::new(store.clone(), settings.api.clone());
+    state.webhooks = orch_webhooks::Webhooks::new(store, settings.webhooks.clone());
     state.router = router;
     state.shutdown = shutdown;
     start_mcp(settings, &mut state).await?;
     tokio::spawn(orch_api::servers::watch_file(state.clone(), MCP_CONFIG_POLL));
+    tokio::spawn(orch_api::webhooks::watch_servers(state.clone()));
     Ok(state)
 }
 
@@ -367,10 +375,12 @@ async fn keys(store: &dyn Store, command: KeysCommand) -> Result<()> {
             store.create_key(&new.key, &new.hash).await?;
             println!("{}", new.secret);
             eprintln!(
-                "Created key {} ({}) with scopes {}. The secret above is shown only once.",
+                "Created key {} ({}) with scopes {}. The secret above is shown only once.\n\
+                 Webhooks of jobs it submits are signed with {}",
                 new.key.id,
                 new.key.name,
-                new.key.scopes.join(",")
+                new.key.scopes.join(","),
+                orch_webhooks::Secret::for_api_key(&new.secret)
             );
         }
         KeysCommand::List => {

@@ -10,7 +10,8 @@ use crate::config::Settings;
 /// client closes stdin or a signal arrives; then closes every MCP server.
 pub async fn run(settings: &Settings) -> Result<()> {
     let store = crate::open_store(settings).await?;
-    let mut state = orch_api::AppState::new(store, settings.api.clone());
+    let mut state = orch_api::AppState::new(store.clone(), settings.api.clone());
+    state.webhooks = orch_webhooks::Webhooks::new(store, settings.webhooks.clone());
     state.router = std::sync::Arc::new(settings.router()?);
     state.shutdown = crate::shutdown_signal();
     crate::start_mcp(settings, &mut state).await?;

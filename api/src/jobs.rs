@@ -78,6 +78,18 @@ pub struct ChatJobRequest {
     /// Attempts before the job fails for good (1–20, default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Where to POST when the job ends (see the webhooks tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<crate::webhooks::CallbackRequest>,
+    /// Title of the note in the webhook payload (default: the prompt's first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Tags of the note in the webhook payload's front matter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Vault path of the note, e.g. `Inbox/{date}-{slug}.md` (default: ORCH_WEBHOOK_OBSIDIAN_PATH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obsidian_path: Option<String>,
 }
 
 /// A batch job: a plan of steps run as a DAG, or a `request` in plain
@@ -112,6 +124,44 @@ pub struct BatchJobRequest {
     /// Attempts before the job fails for good (1–20, default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Where to POST when the job ends (see the webhooks tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<crate::webhooks::CallbackRequest>,
+    /// Title of the note in the webhook payload (default: the prompt's first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Tags of the note in the webhook payload's front matter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Vault path of the note, e.g. `Inbox/{date}-{slug}.md` (default: ORCH_WEBHOOK_OBSIDIAN_PATH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obsidian_path: Option<String>,
+}
+
+impl ChatJobRequest {
+    /// The webhook fields; `key_secret` signs a callback without its own secret.
+    pub fn webhook_fields(&self, key_secret: Option<String>) -> crate::webhooks::WebhookFields<'_> {
+        crate::webhooks::WebhookFields {
+            callback: &self.callback,
+            title: &self.title,
+            tags: &self.tags,
+            obsidian_path: &self.obsidian_path,
+            key_secret,
+        }
+    }
+}
+
+impl BatchJobRequest {
+    /// The webhook fields; `key_secret` signs a callback without its own secret.
+    pub fn webhook_fields(&self, key_secret: Option<String>) -> crate::webhooks::WebhookFields<'_> {
+        crate::webhooks::WebhookFields {
+            callback: &self.callback,
+            title: &self.title,
+            tags: &self.tags,
+            obsidian_path: &self.obsidian_path,
+            key_secret,
+        }
+    }
 }
 
 /// Options every job accepts.
@@ -154,6 +204,7 @@ pub enum JobStatusSchema {
 pub enum JobKindSchema {
     Chat,
     Batch,
+    Delivery,
 }
 
 /// The error of a failed attempt.
@@ -241,7 +292,7 @@ pub struct JobResult {
 pub struct ListParams {
     /// queued, running, succeeded, failed or cancelled.
     pub status: Option<String>,
-    /// chat or batch.
+    /// chat, batch or delivery (deliveries are listed only when asked for).
     pub kind: Option<String>,
     /// Page size, 1–200 (default 50).
     pub limit: Option<String>,
@@ -532,6 +583,8 @@ pub async fn submit_chat(
     if let Some(id) = session {
         crate::sessions::attach(&state, Some(&principal), &mut input, &id).await?;
     }
+    let key_secret = crate::webhooks::key_signing_secret(&headers);
+    let input = crate::webhooks::attach(&state, input, req.webhook_fields(key_secret)).await?;
     let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
     submit(&state, &principal, &headers, JobKind::Chat, &body.raw, input, options).await
 }
@@ -576,12 +629,14 @@ pub async fn submit_batch(
     body: ApiJson<BatchJobRequest>,
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
+    let key_secret = crate::webhooks::key_signing_secret(&headers);
     let input = batch_input(&state, Some(&principal), &body.value)?;
     if body.value.dry_run == Some(true) {
         let planned = planning::plan_now(&state, input, &body.value.metadata).await?;
         return Ok(Json(crate::plans::preview(&state, planned.plan, Some(planned.planning), Some(planned.job_id)))
             .into_response());
     }
+    let input = crate::webhooks::attach(&state, input, body.value.webhook_fields(key_secret)).await?;
     let options = JobOptions { metadata: &body.value.metadata, max_attempts: body.value.max_attempts };
     submit(&state, &principal, &headers, JobKind::Batch, &body.raw, input, options).await
 }
@@ -727,6 +782,8 @@ pub async fn cancel_job(
         return Err(ApiError::new(StatusCode::CONFLICT, "job_finished", format!("job {id} already {}", before.status))
             .with_details(json!({"status": before.status})));
     }
+    // Queued before the status can change, so no cancellation goes unreported.
+    state.webhooks.enqueue(&before, JobStatus::Cancelled).await?;
     let job = state.store.cancel_job(job_id).await?.ok_or_else(|| ApiError::not_found("job", &id))?;
     Ok(Json(job.into()))
 }

@@ -57,12 +57,15 @@ impl From<ApiKey> for KeyView {
 
 /// A new key with its secret, shown this once.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"id": "key_3f2a9c01b7de", "name": "n8n production", "prefix": "orch_Xk3v9QaL", "scopes": ["jobs:read", "jobs:write"], "servers": null, "created_at": "2026-11-21T09:00:00Z", "revoked_at": null, "secret": "orch_Xk3v9QaLr2T0m7N4pWcE1yH6uJ8bZsVdG5fK0qAoi3s"}))]
+#[schema(example = json!({"id": "key_3f2a9c01b7de", "name": "n8n production", "prefix": "orch_Xk3v9QaL", "scopes": ["jobs:read", "jobs:write"], "servers": null, "created_at": "2026-11-21T09:00:00Z", "revoked_at": null, "secret": "orch_Xk3v9QaLr2T0m7N4pWcE1yH6uJ8bZsVdG5fK0qAoi3s", "webhook_secret": "whsec_p0TzNwJ3kq3m5oU1o9bX2yq6Vh0Ffk8cS4yW1dJqv7E="}))]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: KeyView,
     /// Send as `Authorization: Bearer <secret>`. It cannot be shown again.
     pub secret: String,
+    /// Signs the webhooks of jobs this key submits with a callback that sets no `secret`
+    /// (Standard Webhooks). Derived from `secret`; not shown again.
+    pub webhook_secret: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -94,7 +97,8 @@ pub async fn create_key(
     new.key.servers = body.value.servers;
     state.store.create_key(&new.key, &new.hash).await?;
     tracing::info!(key = %new.key.id, by = %principal.key.id, "API key created");
-    Ok((StatusCode::CREATED, Json(CreatedKey { key: new.key.into(), secret: new.secret })))
+    let webhook_secret = orch_webhooks::Secret::for_api_key(&new.secret);
+    Ok((StatusCode::CREATED, Json(CreatedKey { key: new.key.into(), secret: new.secret, webhook_secret })))
 }
 
 /// List API keys (without secrets).

@@ -20,6 +20,7 @@ pub mod servers;
 pub mod sessions;
 pub mod tools;
 pub mod usage;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -82,6 +83,8 @@ pub struct AppState {
     /// The configured providers and routing: chat requests are checked
     /// against it, and `/v1/models` and `/v1/providers` describe it.
     pub router: Arc<orch_providers::Router>,
+    /// Queues deliveries (cancel) and checks and test-sends webhook URLs.
+    pub webhooks: Arc<orch_webhooks::Webhooks>,
 }
 
 impl AppState {
@@ -90,6 +93,7 @@ impl AppState {
         let registry = orch_mcp::Registry::new(orch_mcp::RegistryOptions::default())
             .expect("the default registry options are valid");
         AppState {
+            webhooks: orch_webhooks::Webhooks::new(store.clone(), Default::default()),
             store,
             config: Arc::new(config),
             keys: Arc::default(),
@@ -124,6 +128,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}/result", get(jobs::get_result))
         .route("/v1/jobs/{id}/events", get(jobs::job_events))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/jobs/{id}/deliveries", get(webhooks::job_deliveries))
+        .route("/v1/deliveries", get(webhooks::list_deliveries))
+        .route("/v1/deliveries/{id}/redeliver", post(webhooks::redeliver))
+        .route("/v1/webhooks", get(webhooks::list_webhooks).post(webhooks::create_webhook))
+        .route("/v1/webhooks/test", post(webhooks::test_webhook))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get_webhook).put(webhooks::replace_webhook).delete(webhooks::delete_webhook),
+        )
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/providers", get(providers::list_providers))
@@ -172,7 +185,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 #[openapi(
     info(
         title = "Orch",
-        description = "Job service for n8n: chat and batch jobs run by workers, followed by polling, Server-Sent Events or (later) webhooks.\n\nEvery route except `/health`, `/docs` and `/openapi.json` needs `Authorization: Bearer <key>`. Errors are always `{\"error\": {\"code\", \"message\", \"details\"?}}`.\n\nMCP clients connect to `/mcp` and `/mcp/{server}` (streamable HTTP) and `/sse/{server}` (legacy SSE) with a key that has `tools:call`; those endpoints speak MCP, not REST, so they are not listed here.",
+        description = "Job service for n8n: chat and batch jobs run by workers, followed by polling, Server-Sent Events or webhooks.\n\nEvery route except `/health`, `/docs` and `/openapi.json` needs `Authorization: Bearer <key>`. Errors are always `{\"error\": {\"code\", \"message\", \"details\"?}}`.\n\nMCP clients connect to `/mcp` and `/mcp/{server}` (streamable HTTP) and `/sse/{server}` (legacy SSE) with a key that has `tools:call`; those endpoints speak MCP, not REST, so they are not listed here.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -184,12 +197,15 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         tools::list_tools, tools::get_tool, tools::call_tool,
         servers::list_servers, servers::create_server, servers::get_server, servers::replace_server,
         servers::delete_server, servers::test_server, servers::reload_servers,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::replace_webhook,
+        webhooks::delete_webhook,
+        webhooks::test_webhook, webhooks::job_deliveries, webhooks::list_deliveries, webhooks::redeliver,
         health::health,
     ),
     components(
         schemas(
             orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep,
-            orch_planner::LlmStep, orch_planner::MapStep, orch_planner::StepTemplate,
+            orch_planner::LlmStep, orch_planner::MapStep, orch_planner::StepTemplate, webhooks::WebhookPayload,
         ),
         responses(
             error::responses::BadRequest, error::responses::Unauthorized, error::responses::Forbidden,
@@ -206,6 +222,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         (name = "keys", description = "API keys (admin)"),
         (name = "tools", description = "Tools of the MCP servers: list, schema, call"),
         (name = "servers", description = "MCP servers: status; registering, testing and reloading (admin)"),
+        (name = "webhooks", description = "Job callbacks and global subscriptions: signed (Standard Webhooks), durable, retried deliveries; the payload is the WebhookPayload schema"),
         (name = "health", description = "Liveness of the service and its store"),
     )
 )]

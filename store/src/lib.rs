@@ -64,7 +64,8 @@ pub trait Store: Send + Sync + 'static {
     /// The result of a succeeded job.
     async fn get_result(&self, id: JobId) -> Result<Option<Value>>;
 
-    /// Newest first; at most `filter.limit` jobs.
+    /// Newest first; at most `filter.limit` jobs. Deliveries are listed only
+    /// when `filter.kind` asks for them.
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
 
     async fn count_jobs(&self) -> Result<JobCounts>;
@@ -133,6 +134,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a server; returns false when none has that name.
     async fn delete_server(&self, name: &str) -> Result<bool>;
+
+    /// Running jobs whose lease expired before `now`, at most `limit`: the
+    /// jobs `recover_expired` would move next. Read-only.
+    async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Job>>;
+
+    /// Global webhook subscriptions, oldest first.
+    async fn list_webhooks(&self) -> Result<Vec<StoredWebhook>>;
+
+    /// Stores a subscription by id, replacing one with the same id (whose
+    /// `created_at` is kept); returns whether it was new.
+    async fn put_webhook(&self, webhook: &StoredWebhook) -> Result<bool>;
+
+    /// Removes a subscription; returns false when none has that id.
+    async fn delete_webhook(&self, id: &str) -> Result<bool>;
 
     /// A session that has not expired.
     async fn get_session(&self, id: &str) -> Result<Option<Session>>;

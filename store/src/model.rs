@@ -22,15 +22,19 @@ pub fn new_job_id() -> JobId {
 pub enum JobKind {
     Chat,
     Batch,
+    /// A webhook delivery: one event of one job sent to one URL. Listed only
+    /// when asked for by kind.
+    Delivery,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 2] = [JobKind::Chat, JobKind::Batch];
+    pub const ALL: [JobKind; 3] = [JobKind::Chat, JobKind::Batch, JobKind::Delivery];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Chat => "chat",
             JobKind::Batch => "batch",
+            JobKind::Delivery => "delivery",
         }
     }
 }
@@ -89,7 +93,7 @@ impl FromStr for JobKind {
         JobKind::ALL
             .into_iter()
             .find(|v| v.as_str() == s)
-            .ok_or_else(|| UnknownVariant { value: s.to_owned(), allowed: "chat, batch" })
+            .ok_or_else(|| UnknownVariant { value: s.to_owned(), allowed: "chat, batch, delivery" })
     }
 }
 
@@ -114,11 +118,21 @@ pub struct JobError {
     /// Whether another attempt could succeed.
     #[serde(default)]
     pub retryable: bool,
+    /// When the next attempt should start, if the executor knows better than
+    /// the worker's backoff (a webhook's schedule, a `Retry-After`). Not stored.
+    #[serde(skip)]
+    pub retry_in: Option<std::time::Duration>,
 }
 
 impl JobError {
     pub fn new(code: impl Into<String>, message: impl Into<String>, retryable: bool) -> Self {
-        JobError { code: code.into(), message: message.into(), retryable }
+        JobError { code: code.into(), message: message.into(), retryable, retry_in: None }
+    }
+
+    /// The same error, retried after `delay` rather than the worker's backoff.
+    pub fn retry_in(mut self, delay: std::time::Duration) -> Self {
+        self.retry_in = Some(delay);
+        self
     }
 }
 
@@ -298,6 +312,16 @@ pub struct ApiKey {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredServer {
     pub name: String,
+    pub config: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A global webhook subscription, stored as the admin API gave it (`config`
+/// holds the URL, events, headers and the signing secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredWebhook {
+    pub id: String,
     pub config: Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_sessions.sql"),
     include_str!("../../migrations/sqlite/0004_slots.sql"),
     include_str!("../../migrations/sqlite/0005_usage.sql"),
+    include_str!("../../migrations/sqlite/0006_webhooks.sql"),
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -595,6 +596,8 @@ fn list_query(filter: &JobFilter) -> (String, Vec<String>) {
         ("status =", filter.status.map(|s| s.as_str().to_owned())),
         ("kind =", filter.kind.map(|k| k.as_str().to_owned())),
         ("id <", filter.before.map(|id| id.to_string())),
+        // Deliveries only when asked for by kind.
+        ("kind !=", filter.kind.is_none().then(|| JobKind::Delivery.as_str().to_owned())),
     ] {
         if let Some(value) = value {
             args.push(value);
@@ -1015,6 +1018,63 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Job>> {
+        let at = to_millis(now);
+        self.read(move |conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached(EXPIRED_JOBS)?
+                .query_map(params![at, sql_limit(limit)], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut jobs = Vec::with_capacity(ids.len());
+            for id in ids {
+                jobs.extend(load_job(conn, &id)?);
+            }
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<StoredWebhook>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT id, config, created_at, updated_at FROM webhooks ORDER BY created_at, id")?;
+            let mut rows = stmt.query([])?;
+            let mut hooks = Vec::new();
+            while let Some(row) = rows.next()? {
+                hooks.push(StoredWebhook {
+                    id: row.get(0)?,
+                    config: parse_json(&row.get::<_, String>(1)?, "webhook config")?,
+                    created_at: from_millis(row.get(2)?),
+                    updated_at: from_millis(row.get(3)?),
+                });
+            }
+            Ok(hooks)
+        })
+        .await
+    }
+
+    async fn put_webhook(&self, webhook: &StoredWebhook) -> Result<bool> {
+        let hook = webhook.clone();
+        self.write(move |conn| {
+            let existed = conn
+                .prepare_cached("SELECT 1 FROM webhooks WHERE id = ?1")?
+                .query_row([&hook.id], |_| Ok(()))
+                .optional()?;
+            conn.prepare_cached(
+                "INSERT INTO webhooks (id, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                hook.id,
+                to_text(&hook.config),
+                to_millis(hook.created_at),
+                to_millis(hook.updated_at)
+            ])?;
+            Ok(existed.is_none())
+        })
+        .await
+    }
+
     async fn get_session(&self, id: &str) -> Result<Option<Session>> {
         let id = id.to_owned();
         self.read(move |conn| load_session(conn, &id, now_millis())).await
@@ -1060,6 +1120,11 @@ impl Store for SqliteStore {
             Ok(session)
         })
         .await
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |conn| Ok(conn.prepare_cached("DELETE FROM webhooks WHERE id = ?1")?.execute([id])? == 1)).await
     }
 
     async fn list_sessions(&self, owner: Option<&str>, offset: usize, limit: usize) -> Result<Vec<Session>> {

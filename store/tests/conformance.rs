@@ -796,6 +796,56 @@ async fn replacing_a_server_keeps_its_creation_time(store: Arc<dyn Store>) {
     assert_eq!(store.list_servers().await.unwrap()[0].created_at, later);
 }
 
+// --- Webhooks: deliveries are jobs; subscriptions are stored ---
+
+async fn expired_jobs_are_read_without_moving_them(store: Arc<dyn Store>) {
+    let job = running(&store, "w-dead", 1, LEASE).await;
+    let _alive = running(&store, "w-alive", 1, LEASE * 10).await;
+    assert_eq!(store.expired_jobs(Utc::now(), 10).await.unwrap(), [], "nothing expired yet");
+    let expired = store.expired_jobs(Utc::now() + TimeDelta::minutes(2), 10).await.unwrap();
+    assert_eq!(
+        expired.iter().map(|j| (j.id, j.status, j.attempts)).collect::<Vec<_>>(),
+        [(job.id, JobStatus::Running, 1)]
+    );
+    assert_eq!(get(&store, job.id).await.status, JobStatus::Running, "reading moves nothing");
+    assert_eq!(store.recover_expired(Utc::now() + TimeDelta::minutes(2), 10).await.unwrap(), 1);
+    assert_eq!(store.expired_jobs(Utc::now() + TimeDelta::minutes(2), 10).await.unwrap(), []);
+}
+
+async fn deliveries_are_listed_only_when_asked_for(store: Arc<dyn Store>) {
+    let chat = insert(&store, new_job(JobKind::Chat)).await;
+    let delivery = insert(&store, new_job(JobKind::Delivery)).await;
+    let batch = insert(&store, new_job(JobKind::Batch)).await;
+    let ids = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    let all = JobFilter { limit: 10, ..Default::default() };
+    assert_eq!(ids(store.list_jobs(&all).await.unwrap()), [batch.id, chat.id]);
+    let queued = JobFilter { status: Some(JobStatus::Queued), ..all.clone() };
+    assert_eq!(ids(store.list_jobs(&queued).await.unwrap()), [batch.id, chat.id]);
+    let deliveries = JobFilter { kind: Some(JobKind::Delivery), ..all.clone() };
+    assert_eq!(ids(store.list_jobs(&deliveries).await.unwrap()), [delivery.id]);
+    assert_eq!(get(&store, delivery.id).await.kind, JobKind::Delivery);
+}
+
+fn stored_webhook(id: &str, config: Value, at: DateTime<Utc>) -> StoredWebhook {
+    StoredWebhook { id: id.into(), config, created_at: at, updated_at: at }
+}
+
+async fn webhooks_are_stored_listed_oldest_first_and_deleted(store: Arc<dyn Store>) {
+    assert_eq!(store.list_webhooks().await.unwrap(), []);
+    let (earlier, later) = (now_ms() - TimeDelta::hours(1), now_ms());
+    let b = stored_webhook("wh_b", json!({"url": "https://b.example/hook", "secret": "whsec_x"}), earlier);
+    let a = stored_webhook("wh_a", json!({"url": "https://a.example/hook", "secret": "whsec_y"}), later);
+    assert!(store.put_webhook(&a).await.unwrap());
+    assert!(store.put_webhook(&b).await.unwrap());
+    assert_eq!(store.list_webhooks().await.unwrap(), [b.clone(), a.clone()]);
+    let changed = stored_webhook("wh_b", json!({"url": "https://c.example/hook"}), later);
+    assert!(!store.put_webhook(&changed).await.unwrap(), "a replacement is not new");
+    assert_eq!(store.list_webhooks().await.unwrap()[0], StoredWebhook { created_at: earlier, ..changed });
+    assert!(store.delete_webhook("wh_b").await.unwrap());
+    assert!(!store.delete_webhook("wh_b").await.unwrap(), "deleted twice");
+    assert_eq!(store.list_webhooks().await.unwrap(), [a]);
+}
+
 // --- chat sessions ---
 
 fn message(role: &str, content: &str) -> SessionMessage {
@@ -976,6 +1026,9 @@ on_each_backend!(
     keys_keep_their_server_limits,
     servers_are_stored_listed_by_name_and_deleted,
     replacing_a_server_keeps_its_creation_time,
+    expired_jobs_are_read_without_moving_them,
+    deliveries_are_listed_only_when_asked_for,
+    webhooks_are_stored_listed_oldest_first_and_deleted,
     sessions_collect_messages_in_order,
     sessions_expire_unless_used,
     sessions_are_listed_newest_first_by_owner_and_deleted,

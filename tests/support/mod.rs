@@ -51,6 +51,8 @@ pub struct Options {
     pub mcp: McpSettings,
     /// Watch the MCP config file this often (`None`: only `POST /v1/servers/reload`).
     pub watch: Option<Duration>,
+    /// Webhook settings of the API and the worker.
+    pub webhooks: orch_webhooks::WebhookConfig,
     /// Providers and routing of the API and worker (default: [`echo_router`]).
     pub router: Option<Arc<orch_providers::Router>>,
     /// What plans' `llm` nodes call instead of the router's providers (a fake in tests).
@@ -67,6 +69,7 @@ impl Default for Options {
             max_body: 64 * 1024,
             mcp: McpSettings::default(),
             watch: None,
+            webhooks: Default::default(),
             router: None,
             llm: None,
             session_ttl: None,
@@ -115,12 +118,15 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     }
     let router = options.router.unwrap_or_else(echo_router);
     let mut state = orch_api::AppState::new(store.clone(), config);
+    let webhooks = orch_webhooks::Webhooks::new(store.clone(), options.webhooks);
+    state.webhooks = webhooks.clone();
     state.router = router.clone();
     state.mcp = Arc::new(McpSources::new(options.mcp));
     state.mcp.reload(store.as_ref(), &state.registry).await.expect("MCP servers load");
     let shutdown = CancellationToken::new();
     state.shutdown = shutdown.clone();
     let registry = state.registry.clone();
+    tokio::spawn(orch_api::webhooks::watch_servers(state.clone()));
     if let Some(every) = options.watch {
         tokio::spawn(orch_api::servers::watch_file(state.clone(), every));
     }
@@ -142,6 +148,8 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
                 ..Default::default()
             });
         }
+        executors.delivery = Some(Box::new(orch_webhooks::DeliveryExecutor(webhooks.clone())));
+        executors.followups = Some(webhooks.clone());
         tokio::spawn(orch_worker::run(store.clone(), Arc::new(executors), config, shutdown.clone()))
     });
     TestApp { base, admin, client: reqwest::Client::new(), store, handle, shutdown, worker, registry }

@@ -4,9 +4,10 @@
 //! [`crate::plan`], their `llm` steps on the same providers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use orch_store::{Job, JobError, JobId, JobKind, Store};
+use orch_store::{Job, JobError, JobId, JobKind, JobStatus, Store};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -38,15 +39,30 @@ pub trait Executor: Send + Sync {
     async fn run(&self, job: &Job, ctx: &JobContext) -> Result<Value, JobError>;
 }
 
+/// Work that must be durable before a job's terminal status is written, such
+/// as queueing its webhook deliveries. It may run more than once for the same
+/// job and status (a worker can die between it and the write), so it must be
+/// idempotent; and the status may end up different (another worker won), so
+/// what it queues must check the job again when it runs.
+#[async_trait]
+pub trait Followups: Send + Sync {
+    async fn before_terminal(&self, job: &Job, status: JobStatus) -> Result<(), String>;
+}
+
 /// The executor for each job kind.
 pub struct Executors {
     pub chat: Box<dyn Executor>,
     pub batch: Box<dyn Executor>,
+    /// Sends webhook deliveries; without it, deliveries wait for a worker that has one.
+    pub delivery: Option<Box<dyn Executor>>,
+    /// Called before every terminal status of a chat or batch job.
+    pub followups: Option<Arc<dyn Followups>>,
 }
 
 impl Executors {
     /// Chat on `router`'s providers; plans calling `tools` (None: plans without
-    /// MCP steps) with their `llm` steps on the same providers.
+    /// MCP steps) with their `llm` steps on the same providers; no webhook
+    /// deliveries (set `delivery` and `followups` for them).
     pub fn new(router: Arc<orch_providers::Router>, tools: Option<orch_mcp::Registry>) -> Executors {
         Executors::with_planner(router, tools, PlannerSettings::default())
     }
@@ -62,6 +78,8 @@ impl Executors {
         Executors {
             chat: Box::new(crate::chat::ProviderChat { router }),
             batch: Box::new(PlanRunner { tools, llm: Some(llm), planning }),
+            delivery: None,
+            followups: None,
         }
     }
 
@@ -69,6 +87,13 @@ impl Executors {
         match job.kind {
             JobKind::Chat => self.chat.run(job, ctx).await,
             JobKind::Batch => self.batch.run(job, ctx).await,
+            JobKind::Delivery => {
+                match &self.delivery {
+                    Some(delivery) => delivery.run(job, ctx).await,
+                    None => Err(JobError::new("no_sender", "this worker sends no webhooks", true)
+                        .retry_in(Duration::from_secs(5))),
+                }
+            }
         }
     }
 }

@@ -27,12 +27,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use orch_store::{Completion, Job, JobError, JobId, Outcome, Store, WorkerInfo};
+use orch_store::{Completion, Job, JobError, JobId, JobKind, JobStatus, Outcome, Store, WorkerInfo};
 use rand::Rng;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-pub use exec::{Executor, Executors, JobContext};
+pub use exec::{Executor, Executors, Followups, JobContext};
 pub use plan::PlanRunner;
 pub use planning::{PlannerSettings, Planning};
 
@@ -104,12 +104,13 @@ pub fn retry_delay(config: &WorkerConfig, attempts: u32) -> Duration {
     raw.mul_f64(jitter)
 }
 
-/// The outcome to record for an attempt that returned `result`.
+/// The outcome to record for an attempt that returned `result`. An error's
+/// own `retry_in` wins over the backoff.
 pub fn outcome_of(config: &WorkerConfig, job: &Job, result: Result<serde_json::Value, JobError>) -> Outcome {
     match result {
         Ok(result) => Outcome::Succeeded { result },
         Err(error) if error.retryable && job.attempts < job.max_attempts => {
-            let delay = retry_delay(config, job.attempts);
+            let delay = error.retry_in.unwrap_or_else(|| retry_delay(config, job.attempts));
             let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             Outcome::Failed { error, retry_at: Some(retry_at) }
         }
@@ -153,7 +154,12 @@ pub async fn run(store: Arc<dyn Store>, executors: Arc<Executors>, config: Worke
         started_at,
         stop_background.clone(),
     ));
-    let maintenance = tokio::spawn(maintenance_loop(store.clone(), config.clone(), stop_background.clone()));
+    let maintenance = tokio::spawn(maintenance_loop(
+        store.clone(),
+        config.clone(),
+        executors.followups.clone(),
+        stop_background.clone(),
+    ));
     tracing::info!(worker = %config.id, concurrency = config.concurrency, backend = store.backend(), "worker started");
 
     claim_loop(&store, &executors, &config, &running, &done_tx, &shutdown).await;
@@ -270,9 +276,36 @@ fn start_job(
                 ))),
             },
         };
+        if let (Some(followups), Some(status)) = (&executors.followups, terminal_status(&job, &outcome)) {
+            before_terminal(followups.as_ref(), &job, status).await;
+        }
         // The flusher removes the job from `running` once the outcome is stored.
         let _ = done_tx.send(Completion { job_id: job.id, outcome });
     });
+}
+
+/// The terminal status `outcome` gives a job that has follow-ups (not a delivery).
+fn terminal_status(job: &Job, outcome: &Outcome) -> Option<JobStatus> {
+    if job.kind == JobKind::Delivery {
+        return None;
+    }
+    match outcome {
+        Outcome::Succeeded { .. } => Some(JobStatus::Succeeded),
+        Outcome::Failed { retry_at: None, .. } => Some(JobStatus::Failed),
+        Outcome::Failed { retry_at: Some(_), .. } => None,
+        Outcome::Cancelled => Some(JobStatus::Cancelled),
+    }
+}
+
+/// Runs the follow-ups of a terminal status, retrying store errors like the
+/// flusher does: the status is never written without them.
+async fn before_terminal(followups: &dyn Followups, job: &Job, status: JobStatus) {
+    let mut backoff = Duration::from_millis(100);
+    while let Err(err) = followups.before_terminal(job, status).await {
+        tracing::warn!(job = %job.id, error = %err, "queueing the job's webhook deliveries failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Writes outcomes in batches. A store error is retried until it succeeds:
@@ -362,7 +395,12 @@ async fn heartbeat_loop(
     }
 }
 
-async fn maintenance_loop(store: Arc<dyn Store>, config: Arc<WorkerConfig>, stop: CancellationToken) {
+async fn maintenance_loop(
+    store: Arc<dyn Store>,
+    config: Arc<WorkerConfig>,
+    followups: Option<Arc<dyn Followups>>,
+    stop: CancellationToken,
+) {
     const RECOVER_EVERY: Duration = Duration::from_secs(1);
     const CHUNK: usize = 1000;
     let mut recover = tokio::time::interval(RECOVER_EVERY.min(config.lease / 2));
@@ -370,7 +408,14 @@ async fn maintenance_loop(store: Arc<dyn Store>, config: Arc<WorkerConfig>, stop
     loop {
         tokio::select! {
             _ = recover.tick() => {
-                match store.recover_expired(Utc::now(), CHUNK).await {
+                let now = Utc::now();
+                if let Some(followups) = &followups
+                    && let Err(err) = before_recovery(store.as_ref(), followups.as_ref(), now, CHUNK).await
+                {
+                    tracing::warn!(error = %err, "queueing deliveries of expired jobs failed; recovering later");
+                    continue;
+                }
+                match store.recover_expired(now, CHUNK).await {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(jobs = n, "recovered jobs whose worker stopped heartbeating"),
                     Err(err) => tracing::warn!(error = %err, "recovering expired leases failed"),
@@ -380,6 +425,29 @@ async fn maintenance_loop(store: Arc<dyn Store>, config: Arc<WorkerConfig>, stop
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// Recovery ends some expired jobs for good (cancellation requested, or no
+/// attempts left); their follow-ups are queued before the store moves them.
+async fn before_recovery(
+    store: &dyn Store,
+    followups: &dyn Followups,
+    now: chrono::DateTime<Utc>,
+    limit: usize,
+) -> Result<(), String> {
+    for job in store.expired_jobs(now, limit).await.map_err(|e| e.to_string())? {
+        let status = if job.cancel_requested {
+            JobStatus::Cancelled
+        } else if job.attempts >= job.max_attempts {
+            JobStatus::Failed
+        } else {
+            continue;
+        };
+        if job.kind != JobKind::Delivery {
+            followups.before_terminal(&job, status).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn purge_old(store: &dyn Store, config: &WorkerConfig, chunk: usize) {
@@ -407,6 +475,41 @@ async fn purge_old(store: &dyn Store, config: &WorkerConfig, chunk: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_errors_own_retry_delay_wins_over_the_backoff() {
+        let config = WorkerConfig::new("w".into());
+        let now = Utc::now();
+        let job = Job {
+            id: orch_store::new_job_id(),
+            kind: JobKind::Delivery,
+            status: JobStatus::Running,
+            input: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            attempts: 1,
+            max_attempts: 11,
+            progress: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            run_at: now,
+            started_at: Some(now),
+            finished_at: None,
+            cancel_requested: false,
+            worker: Some("w".into()),
+            lease_expires_at: None,
+        };
+        let error = JobError::new("http_503", "busy", true).retry_in(Duration::from_secs(3600));
+        let Outcome::Failed { retry_at: Some(at), .. } = outcome_of(&config, &job, Err(error)) else {
+            panic!("expected a retry")
+        };
+        let wait = (at - Utc::now()).num_seconds();
+        assert!((3590..=3600).contains(&wait), "{wait}");
+        // Out of attempts, it is final whatever the error asks.
+        let last = Job { attempts: 11, ..job };
+        let error = JobError::new("http_503", "busy", true).retry_in(Duration::from_secs(5));
+        assert!(matches!(outcome_of(&config, &last, Err(error)), Outcome::Failed { retry_at: None, .. }));
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

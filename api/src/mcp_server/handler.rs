@@ -144,11 +144,19 @@ impl OrchMcp {
         let (input, metadata, max_attempts) = match kind {
             JobKind::Chat => {
                 let req: ChatJobRequest = crate::json::parse(&raw)?;
-                (jobs::chat_input(&self.state, &req)?, req.metadata, req.max_attempts)
+                let input = crate::webhooks::attach(
+                    &self.state,
+                    jobs::chat_input(&self.state, &req)?,
+                    req.webhook_fields(None),
+                )
+                .await?;
+                (input, req.metadata, req.max_attempts)
             }
-            JobKind::Batch => {
+            JobKind::Batch | JobKind::Delivery => {
                 let req: BatchJobRequest = crate::json::parse(&raw)?;
-                (jobs::batch_input(&self.state, principal, &req)?, req.metadata, req.max_attempts)
+                let input = jobs::batch_input(&self.state, principal, &req)?;
+                let input = crate::webhooks::attach(&self.state, input, req.webhook_fields(None)).await?;
+                (input, req.metadata, req.max_attempts)
             }
         };
         let options = JobOptions { metadata: &metadata, max_attempts };

@@ -32,6 +32,7 @@
 //!   HASH job id → its record, so a repeat replaces it.
 //! - `slots:{name}` ZSET holder → expiry: a limit shared by every process (a
 //!   provider's concurrency); expired holders are dropped before counting.
+//! - `webhooks` HASH id → the global webhook subscription (JSON).
 //!
 //! Scripts build key names from the prefix rather than declaring them in `KEYS`,
 //! so this backend does not support Redis Cluster; Cluster hash tags are out of
@@ -48,8 +49,8 @@ use serde_json::Value;
 
 use crate::{
     ApiKey, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter, JobId, JobKind, JobStatus, NewJob,
-    Notifier, Outcome, Result, Session, SessionMessage, Store, StoreError, StoredServer, UsageRecord, WorkerInfo,
-    from_millis, redact_url, to_millis,
+    Notifier, Outcome, Result, Session, SessionMessage, Store, StoreError, StoredServer, StoredWebhook, UsageRecord,
+    WorkerInfo, from_millis, redact_url, to_millis,
 };
 
 /// Takes or renews a slot: ARGV now, holder, limit, expiry (ms).
@@ -551,9 +552,11 @@ impl Store for RedisStore {
         let status_index = filter.status.map(|s| format!("status:{s}"));
         let kind_index = filter.kind.map(|k| format!("kind:{k}"));
         // Walk the smaller index and check the other field on each job.
+        // Deliveries only when asked for by kind.
+        let not_delivery = format!("!{}", JobKind::Delivery);
         let (index, field, value) = match (&status_index, &kind_index) {
-            (None, None) => ("jobs".to_owned(), "", String::new()),
-            (Some(s), None) => (s.clone(), "", String::new()),
+            (None, None) => ("jobs".to_owned(), "kind", not_delivery),
+            (Some(s), None) => (s.clone(), "kind", not_delivery),
             (None, Some(k)) => (k.clone(), "", String::new()),
             (Some(s), Some(k)) => {
                 let (ns, nk): (u64, u64) = ::redis::pipe()
@@ -911,6 +914,62 @@ impl Store for RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(redis_error)?;
+        Ok(deleted == 1)
+    }
+
+    async fn expired_jobs(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Job>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = self
+            .query(
+                ::redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.key("leases"))
+                    .arg("-inf")
+                    .arg(format!("({}", to_millis(now)))
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit),
+            )
+            .await?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        // The '' sentinel of the index is no job.
+        for id in ids.iter().filter(|id| !id.is_empty()) {
+            if let Some(job) = self.get_job(job_id(id)?).await?
+                && job.status == JobStatus::Running
+            {
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<StoredWebhook>> {
+        let records: std::collections::HashMap<String, String> =
+            self.query(::redis::cmd("HGETALL").arg(self.key("webhooks"))).await?;
+        let mut hooks = records
+            .into_values()
+            .map(|r| serde_json::from_str::<StoredWebhook>(&r).map_err(corrupt))
+            .collect::<Result<Vec<_>>>()?;
+        hooks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(hooks)
+    }
+
+    async fn put_webhook(&self, webhook: &StoredWebhook) -> Result<bool> {
+        let key = self.key("webhooks");
+        let existing: Option<String> = self.query(::redis::cmd("HGET").arg(&key).arg(&webhook.id)).await?;
+        let mut record = webhook.clone();
+        if let Some(old) = existing {
+            let old: StoredWebhook = serde_json::from_str(&old).map_err(corrupt)?;
+            record.created_at = old.created_at;
+        }
+        let text = serde_json::to_string(&record).expect("webhook records serialize");
+        let new: i64 = self.query(::redis::cmd("HSET").arg(&key).arg(&webhook.id).arg(text)).await?;
+        Ok(new == 1)
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool> {
+        let deleted: i64 = self.query(::redis::cmd("HDEL").arg(self.key("webhooks")).arg(id)).await?;
         Ok(deleted == 1)
     }
 

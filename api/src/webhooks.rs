@@ -1,0 +1,792 @@
+//! Webhook routes and the webhook fields of job submissions: job callbacks,
+//! global subscriptions (`/v1/webhooks`), the delivery log and redelivery, and
+//! a test send. The sending itself is `orch_webhooks`'.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use orch_store::{Job, JobFilter, JobId, JobKind, JobStatus, StoredWebhook};
+use orch_webhooks::{Callback, DeliveryInput, JOB_EVENTS, SERVER_EVENTS, Secret, Subscription};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::responses::{BadRequest, Forbidden, Invalid, NotFound, NotJson, Unauthorized, Unavailable};
+use crate::error::{ApiError, ApiResult};
+use crate::jobs::{JobErrorView, JobStatusSchema};
+use crate::json::ApiJson;
+
+/// Where to POST when the job ends (an n8n Wait node's `{{$execution.resumeUrl}}`, or any URL).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"url": "https://n8n.example.com/webhook-waiting/1234?signature=abc", "events": ["succeeded", "failed"], "headers": {"X-Flow": "weekly"}, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}))]
+pub struct CallbackRequest {
+    /// http(s) URL, used exactly as given (query string included). Internal
+    /// addresses are refused unless ORCH_WEBHOOK_ALLOW allows them.
+    pub url: String,
+    /// Extra request headers. Never returned by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Which endings to send: `succeeded`, `failed`, `cancelled` (default: all three).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// `whsec_<base64>`: signs each delivery (Standard Webhooks). Default: the
+    /// `webhook_secret` of the submitting API key. Never returned by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// The webhook-related fields every job submission accepts.
+pub struct WebhookFields<'a> {
+    pub callback: &'a Option<CallbackRequest>,
+    pub title: &'a Option<String>,
+    pub tags: &'a Option<Vec<String>>,
+    pub obsidian_path: &'a Option<String>,
+    /// The submitting API key's signing secret, for a callback without `secret`.
+    pub key_secret: Option<String>,
+}
+
+/// The signing secret of the API key in `Authorization: Bearer <key>` (the
+/// caller was authenticated already).
+pub fn key_signing_secret(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
+    Some(Secret::for_api_key(key))
+}
+
+/// Checks the webhook fields and adds them to a job's input. The callback URL
+/// is resolved and checked against the SSRF guard here, and again at every
+/// delivery attempt.
+pub async fn attach(state: &AppState, mut input: Value, fields: WebhookFields<'_>) -> ApiResult<Value> {
+    if let Some(title) = fields.title {
+        if title.trim().is_empty() || title.len() > 500 {
+            return Err(ApiError::invalid_field("title", "give 1 to 500 characters"));
+        }
+        input["title"] = json!(title);
+    }
+    if let Some(tags) = fields.tags {
+        for (i, tag) in tags.iter().enumerate() {
+            if tag.is_empty() || tag.len() > 100 || tag.chars().any(|c| c.is_whitespace() || c == ',') {
+                return Err(ApiError::invalid_field(
+                    &format!("tags[{i}]"),
+                    format!("{tag:?} is not a tag; use 1 to 100 characters without spaces or commas"),
+                ));
+            }
+        }
+        input["tags"] = json!(tags);
+    }
+    if let Some(path) = fields.obsidian_path {
+        check_obsidian_path(path)?;
+        input["obsidian_path"] = json!(path);
+    }
+    if let Some(callback) = fields.callback {
+        let events = events_of(callback.events.as_deref(), "callback.events", true)?;
+        let headers = callback.headers.clone().unwrap_or_default();
+        check_headers(&headers, "callback.headers")?;
+        if let Some(secret) = &callback.secret {
+            Secret::parse(secret).map_err(|e| ApiError::invalid_field("callback.secret", e))?;
+        }
+        // Last: it resolves the host.
+        check_url(state, &callback.url, "callback.url").await?;
+        let secret = callback.secret.clone().or(fields.key_secret);
+        let stored = Callback { url: callback.url.clone(), headers, events, secret };
+        input["callback"] = serde_json::to_value(stored).map_err(ApiError::internal)?;
+    }
+    Ok(input)
+}
+
+fn check_obsidian_path(path: &str) -> ApiResult<()> {
+    if path.is_empty() || path.len() > 300 || path.starts_with('/') || path.split('/').any(|p| p == "..") {
+        return Err(ApiError::invalid_field(
+            "obsidian_path",
+            format!(
+                "{path:?} is not a vault path; use a relative path like Inbox/{{date}}-{{slug}}.md (placeholders: {{date}}, {{slug}}, {{id}}, {{kind}})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A subscription's events: job events, and `server.down`.
+fn subscription_events(events: &[String]) -> ApiResult<Vec<String>> {
+    let (server, job): (Vec<&String>, Vec<&String>) = events.iter().partition(|e| SERVER_EVENTS.contains(&e.as_str()));
+    let mut out = if job.is_empty() && !server.is_empty() {
+        Vec::new()
+    } else {
+        let job: Vec<String> = job.into_iter().cloned().collect();
+        events_of(Some(&job), "events", false).map_err(|e| {
+            let extra = format!(", {}", SERVER_EVENTS.join(", "));
+            ApiError {
+                message: e.message.replace(
+                    "allowed: succeeded, failed, cancelled",
+                    &format!("allowed: job.succeeded, job.failed, job.cancelled{extra}"),
+                ),
+                ..e
+            }
+        })?
+    };
+    for event in server {
+        if !out.contains(event) {
+            out.push(event.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Event names as given (`succeeded` or `job.succeeded`), as stored (`job.succeeded`).
+fn events_of(events: Option<&[String]>, field: &str, default_all: bool) -> ApiResult<Vec<String>> {
+    let Some(events) = events else {
+        return if default_all {
+            Ok(JOB_EVENTS.iter().map(|e| e.to_string()).collect())
+        } else {
+            Err(ApiError::invalid_field(field, format!("give at least one of {}", JOB_EVENTS.join(", "))))
+        };
+    };
+    if events.is_empty() {
+        return Err(ApiError::invalid_field(field, format!("give at least one of {}", JOB_EVENTS.join(", "))));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let full = if event.starts_with("job.") { event.clone() } else { format!("job.{event}") };
+        if !JOB_EVENTS.contains(&full.as_str()) {
+            let note = if full == "job.progress" { " (progress events are not sent yet)" } else { "" };
+            return Err(ApiError::invalid_field(
+                &format!("{field}[{i}]"),
+                format!("unknown event {event:?}{note}; allowed: succeeded, failed, cancelled"),
+            ));
+        }
+        if !out.contains(&full) {
+            out.push(full);
+        }
+    }
+    Ok(out)
+}
+
+async fn check_url(state: &AppState, url: &str, field: &str) -> ApiResult<()> {
+    state.webhooks.check_url(url).await.map_err(|e| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_url", format!("{field}: {e}"))
+            .with_details(json!({"field": field}))
+    })
+}
+
+fn check_headers(headers: &BTreeMap<String, String>, field: &str) -> ApiResult<()> {
+    for (name, value) in headers {
+        let reserved = name.to_ascii_lowercase().starts_with("webhook-")
+            || ["content-type", "content-length", "host"].contains(&name.to_ascii_lowercase().as_str());
+        if reserved
+            || axum::http::HeaderName::try_from(name.as_str()).is_err()
+            || axum::http::HeaderValue::try_from(value.as_str()).is_err()
+        {
+            return Err(ApiError::invalid_field(
+                &format!("{field}.{name}"),
+                "not a header Orch can send (reserved or invalid name or value)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+// --- Global subscriptions ----------------------------------------------------
+
+/// A global subscription: every job's chosen events go to this URL.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"url": "https://n8n.example.com/webhook/orch-events", "events": ["job.succeeded", "job.failed"], "description": "all results to the archive flow"}))]
+pub struct WebhookRequest {
+    pub url: String,
+    /// `job.succeeded`, `job.failed`, `job.cancelled`, `server.down` (an MCP server lost every connection).
+    pub events: Vec<String>,
+    /// Extra request headers. Never returned by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A subscription (its secret and headers are never shown again).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "wh_019a8a5e3c1e7d3a9a570c2f7e1d4b11", "url": "https://n8n.example.com/webhook/orch-events", "events": ["job.succeeded", "job.failed"], "header_names": [], "description": "all results to the archive flow", "created_at": "2026-11-21T09:00:00Z", "updated_at": "2026-11-21T09:00:00Z"}))]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    /// Names of the extra headers (values are secret).
+    pub header_names: Vec<String>,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A new subscription with its signing secret, shown only this once.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "wh_019a8a5e3c1e7d3a9a570c2f7e1d4b11", "url": "https://n8n.example.com/webhook/orch-events", "events": ["job.succeeded", "job.failed"], "header_names": [], "description": null, "created_at": "2026-11-21T09:00:00Z", "updated_at": "2026-11-21T09:00:00Z", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}))]
+pub struct WebhookCreated {
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+    /// `whsec_…`: verify `webhook-signature` with it (Standard Webhooks). Shown only now.
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookView>,
+}
+
+fn view(stored: StoredWebhook) -> ApiResult<WebhookView> {
+    let sub: Subscription = serde_json::from_value(stored.config).map_err(ApiError::internal)?;
+    Ok(WebhookView {
+        id: stored.id,
+        url: sub.url,
+        events: sub.events,
+        header_names: sub.headers.into_keys().collect(),
+        description: sub.description,
+        created_at: stored.created_at,
+        updated_at: stored.updated_at,
+    })
+}
+
+/// Subscribe a URL to events of every job.
+///
+/// Deliveries are signed with the secret in the answer (shown only once).
+#[utoipa::path(
+    post, path = "/v1/webhooks", tag = "webhooks",
+    request_body = WebhookRequest,
+    responses(
+        (status = 201, description = "Created; keep the secret", body = WebhookCreated),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 415, response = NotJson),
+        (status = 422, response = Invalid), (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: ApiJson<WebhookRequest>,
+) -> ApiResult<(StatusCode, Json<WebhookCreated>)> {
+    principal.require(crate::auth::ADMIN)?;
+    let req = body.value;
+    let events = subscription_events(&req.events)?;
+    let headers = req.headers.unwrap_or_default();
+    check_headers(&headers, "headers")?;
+    check_url(&state, &req.url, "url").await?;
+    let (_, secret) = Secret::generate();
+    let sub = Subscription { url: req.url, events, headers, secret: secret.clone(), description: req.description };
+    let now = Utc::now();
+    let stored = StoredWebhook {
+        id: format!("wh_{}", uuid::Uuid::now_v7().simple()),
+        config: serde_json::to_value(&sub).map_err(ApiError::internal)?,
+        created_at: now,
+        updated_at: now,
+    };
+    state.store.put_webhook(&stored).await?;
+    state.webhooks.subscriptions_changed();
+    Ok((StatusCode::CREATED, Json(WebhookCreated { webhook: view(stored)?, secret })))
+}
+
+/// List subscriptions.
+#[utoipa::path(
+    get, path = "/v1/webhooks", tag = "webhooks",
+    responses(
+        (status = 200, description = "Oldest first", body = WebhookList),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_webhooks(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<WebhookList>> {
+    principal.require(crate::auth::ADMIN)?;
+    let webhooks = state.store.list_webhooks().await?.into_iter().map(view).collect::<ApiResult<_>>()?;
+    Ok(Json(WebhookList { webhooks }))
+}
+
+async fn find_webhook(state: &AppState, id: &str) -> ApiResult<StoredWebhook> {
+    state
+        .store
+        .list_webhooks()
+        .await?
+        .into_iter()
+        .find(|w| w.id == id)
+        .ok_or_else(|| ApiError::not_found("webhook", id))
+}
+
+/// A subscription.
+#[utoipa::path(
+    get, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Subscription id")),
+    responses(
+        (status = 200, description = "The subscription", body = WebhookView),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WebhookView>> {
+    principal.require(crate::auth::ADMIN)?;
+    Ok(Json(view(find_webhook(&state, &id).await?)?))
+}
+
+/// Change a subscription's URL, events, headers or description.
+///
+/// The secret stays the same. Deliveries already queued go to the new URL.
+#[utoipa::path(
+    put, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Subscription id")),
+    request_body = WebhookRequest,
+    responses(
+        (status = 200, description = "The subscription as changed", body = WebhookView),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 404, response = NotFound),
+        (status = 415, response = NotJson), (status = 422, response = Invalid),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn replace_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: ApiJson<WebhookRequest>,
+) -> ApiResult<Json<WebhookView>> {
+    principal.require(crate::auth::ADMIN)?;
+    let stored = find_webhook(&state, &id).await?;
+    let old: Subscription = serde_json::from_value(stored.config).map_err(ApiError::internal)?;
+    let req = body.value;
+    let events = subscription_events(&req.events)?;
+    let headers = req.headers.unwrap_or_default();
+    check_headers(&headers, "headers")?;
+    check_url(&state, &req.url, "url").await?;
+    let sub = Subscription { url: req.url, events, headers, secret: old.secret, description: req.description };
+    let changed = StoredWebhook {
+        id: stored.id,
+        config: serde_json::to_value(&sub).map_err(ApiError::internal)?,
+        created_at: stored.created_at,
+        updated_at: Utc::now(),
+    };
+    state.store.put_webhook(&changed).await?;
+    state.webhooks.subscriptions_changed();
+    Ok(Json(view(changed)?))
+}
+
+/// Delete a subscription; its queued deliveries are dropped.
+#[utoipa::path(
+    delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "Subscription id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    principal.require(crate::auth::ADMIN)?;
+    if !state.store.delete_webhook(&id).await? {
+        return Err(ApiError::not_found("webhook", &id));
+    }
+    state.webhooks.subscriptions_changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// --- Deliveries --------------------------------------------------------------
+
+/// One event of one job sent to one URL, with its attempts.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "019a8a5e-4d2f-7c10-8b8e-5a1f3c9d2e01", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "event": "job.succeeded", "target": "callback", "webhook_id": "msg_019a8a5e4d2f7c108b8e5a1f3c9d2e00", "status": "queued", "attempts": 2, "max_attempts": 11, "response_status": 409, "error": {"code": "http_409", "message": "the receiver answered 409; retrying", "retryable": true}, "next_attempt_at": "2026-11-21T09:00:35Z", "redelivery_of": null, "created_at": "2026-11-21T09:00:00Z", "finished_at": null}))]
+pub struct DeliveryView {
+    pub id: Uuid,
+    /// The job of a `job.*` event.
+    pub job_id: Option<Uuid>,
+    /// `job.succeeded`, `job.failed`, `job.cancelled`.
+    pub event: String,
+    /// `callback` or `webhook:<subscription id>`.
+    pub target: String,
+    /// The `webhook-id` header: the same on every attempt.
+    pub webhook_id: String,
+    /// `queued` (waiting for its next attempt), `running`, `succeeded`, `failed`.
+    #[schema(value_type = JobStatusSchema)]
+    pub status: JobStatus,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    /// The receiver's status code in the last attempt that got an answer.
+    pub response_status: Option<u16>,
+    /// Why the last attempt failed (`http_409`, `timeout`, `connect`, `superseded`, …).
+    pub error: Option<JobErrorView>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub redelivery_of: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+fn delivery_view(job: Job, result: Option<Value>) -> Option<DeliveryView> {
+    let input: DeliveryInput = serde_json::from_value(job.input).ok()?;
+    let from_error = job.error.as_ref().and_then(|e| e.code.strip_prefix("http_")?.parse().ok());
+    let response_status = result.as_ref().and_then(|r| r["response_status"].as_u64()).map(|s| s as u16).or(from_error);
+    Some(DeliveryView {
+        id: job.id,
+        job_id: input.job_id,
+        event: input.event,
+        target: input.target.key(),
+        webhook_id: input.webhook_id,
+        status: job.status,
+        attempts: job.attempts,
+        max_attempts: job.max_attempts,
+        response_status,
+        error: job.error.map(|e| JobErrorView { code: e.code, message: e.message, retryable: e.retryable }),
+        next_attempt_at: (job.status == JobStatus::Queued).then_some(job.run_at),
+        redelivery_of: input.redelivery_of,
+        created_at: job.created_at,
+        finished_at: job.finished_at,
+    })
+}
+
+async fn delivery_views(state: &AppState, jobs: Vec<Job>) -> ApiResult<Vec<DeliveryView>> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let result = if job.status == JobStatus::Succeeded { state.store.get_result(job.id).await? } else { None };
+        out.extend(delivery_view(job, result));
+    }
+    Ok(out)
+}
+
+/// A page of deliveries, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<DeliveryView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters of `GET /v1/deliveries`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryParams {
+    /// queued, running, succeeded, failed or cancelled.
+    pub status: Option<String>,
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// List deliveries.
+///
+/// `status=failed` lists the ones that gave up; `status=queued` the ones waiting to retry.
+#[utoipa::path(
+    get, path = "/v1/deliveries", tag = "webhooks",
+    params(DeliveryParams),
+    responses(
+        (status = 200, description = "Newest first", body = DeliveryPage),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 422, response = Invalid),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(params): Query<DeliveryParams>,
+) -> ApiResult<Json<DeliveryPage>> {
+    principal.require("jobs:read")?;
+    let status = params
+        .status
+        .as_deref()
+        .map(|s| s.parse::<JobStatus>().map_err(|e| ApiError::invalid_field("status", e.to_string())))
+        .transpose()?;
+    let limit =
+        match params.limit.as_deref() {
+            None => 50,
+            Some(l) => l.parse::<usize>().ok().filter(|l| (1..=200).contains(l)).ok_or_else(|| {
+                ApiError::invalid_field("limit", format!("must be a number from 1 to 200; got {l:?}"))
+            })?,
+        };
+    let before = params
+        .cursor
+        .as_deref()
+        .map(|c| JobId::parse_str(c).map_err(|_| ApiError::invalid_field("cursor", "not a cursor from next_cursor")))
+        .transpose()?;
+    let jobs = state.store.list_jobs(&JobFilter { status, kind: Some(JobKind::Delivery), before, limit }).await?;
+    let next_cursor = (jobs.len() == limit).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
+    Ok(Json(DeliveryPage { deliveries: delivery_views(&state, jobs).await?, next_cursor }))
+}
+
+/// Deliveries scanned at most for one job's list.
+const JOB_DELIVERY_SCAN: usize = 2000;
+
+/// A job's deliveries.
+///
+/// Newest first. Deliveries are found among those made since the job was
+/// created (at most 2,000 looked at).
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/deliveries", tag = "webhooks",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job's deliveries", body = DeliveryPage),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn job_deliveries(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeliveryPage>> {
+    principal.require("jobs:read")?;
+    let job = crate::jobs::load(&state, &id).await?;
+    let mut found = Vec::new();
+    let mut before = None;
+    let mut scanned = 0;
+    // Delivery ids are UUIDv7 made after the job: newer than its id.
+    'pages: while scanned < JOB_DELIVERY_SCAN {
+        let page = state
+            .store
+            .list_jobs(&JobFilter { status: None, kind: Some(JobKind::Delivery), before, limit: 200 })
+            .await?;
+        scanned += page.len();
+        let last = page.len() < 200;
+        for delivery in page {
+            if delivery.id < job.id {
+                break 'pages;
+            }
+            before = Some(delivery.id);
+            if delivery.input["job_id"].as_str() == Some(&job.id.to_string()) {
+                found.push(delivery);
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    Ok(Json(DeliveryPage { deliveries: delivery_views(&state, found).await?, next_cursor: None }))
+}
+
+/// Send a delivery again.
+///
+/// Queues a new delivery of the same event with the same `webhook-id`; it is
+/// sent only while the job still has that outcome.
+#[utoipa::path(
+    post, path = "/v1/deliveries/{id}/redeliver", tag = "webhooks",
+    params(("id" = String, Path, description = "Delivery id")),
+    responses(
+        (status = 202, description = "Queued", body = DeliveryView),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, response = NotFound), (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn redeliver(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<DeliveryView>)> {
+    principal.require("jobs:write")?;
+    let not_found = || ApiError::not_found("delivery", &id);
+    let job_id = JobId::parse_str(&id).map_err(|_| not_found())?;
+    let original = state.store.get_job(job_id).await?.filter(|j| j.kind == JobKind::Delivery).ok_or_else(not_found)?;
+    let mut input: DeliveryInput = serde_json::from_value(original.input).map_err(ApiError::internal)?;
+    input.redelivery_of = Some(original.id);
+    let job = match state.store.insert_job(orch_webhooks::delivery_job(&input, None)).await? {
+        orch_store::Inserted::Created(job) => job,
+        other => {
+            return Err(ApiError::internal(format!("a delivery without idempotency key was not created: {other:?}")));
+        }
+    };
+    let view = delivery_view(job, None).ok_or_else(|| ApiError::internal("a new delivery does not read back"))?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+// --- Test send -----------------------------------------------------------------
+
+/// A URL to send a sample event to.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"url": "https://n8n.example.com/webhook-test/orch", "event": "job.succeeded", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}))]
+pub struct WebhookTestRequest {
+    pub url: String,
+    /// `job.succeeded` (default), `job.failed` or `job.cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// Queues `server.down` for the subscriptions that want it whenever an MCP
+/// server of this process's registry goes down. Runs until shutdown.
+pub async fn watch_servers(state: AppState) {
+    let mut events = state.registry.subscribe();
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = state.shutdown.cancelled() => return,
+        };
+        let (server, last_error) = match event {
+            Ok(orch_mcp::RegistryEvent::ServerState { server, state: orch_mcp::ServerState::Down, last_error }) => {
+                (server, last_error)
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let now = Utc::now();
+        let payload = json!({"type": "server.down", "server": server, "state": "down", "last_error": last_error,
+                             "at": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                             "links": {"server": format!("{}/v1/servers/{server}", state.config.public_url.trim_end_matches('/'))}});
+        // Processes sharing a store see the same outage: one delivery per server and minute.
+        let dedupe = format!("{server}:{}", now.timestamp() / 60);
+        if let Err(err) = state.webhooks.enqueue_event("server.down", payload, &dedupe).await {
+            tracing::warn!(server = %server, error = %err, "queueing server.down deliveries failed");
+        }
+    }
+}
+
+/// How the receiver answered the sample event.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"ok": true, "response_status": 200, "duration_ms": 42, "response_body": "{\"message\":\"Workflow was started\"}", "error": null, "webhook_id": "msg_test_019a8a5e4d2f7c108b8e5a1f3c9d2e00", "payload": {"type": "job.succeeded", "title": "Summarise this week's issues"}}))]
+pub struct WebhookTestReport {
+    /// The receiver answered 2xx.
+    pub ok: bool,
+    pub response_status: Option<u16>,
+    pub duration_ms: u64,
+    /// The first KiB of the answer.
+    pub response_body: String,
+    /// Why there was no answer (`timeout`, `connect`, …).
+    pub error: Option<String>,
+    pub webhook_id: String,
+    /// The payload that was sent.
+    #[schema(value_type = Object)]
+    pub payload: Value,
+}
+
+/// Send a sample event to a URL and report the answer.
+///
+/// The payload is a made-up job ending with `event`; the same SSRF guard,
+/// headers and signature as real deliveries apply. Nothing is retried.
+#[utoipa::path(
+    post, path = "/v1/webhooks/test", tag = "webhooks",
+    request_body = WebhookTestRequest,
+    responses(
+        (status = 200, description = "What the receiver answered (also when it failed)", body = WebhookTestReport),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden), (status = 415, response = NotJson),
+        (status = 422, response = Invalid),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn test_webhook(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: ApiJson<WebhookTestRequest>,
+) -> ApiResult<Json<WebhookTestReport>> {
+    principal.require("jobs:write")?;
+    let req = body.value;
+    let event = match &req.event {
+        None => "job.succeeded".to_owned(),
+        Some(e) => events_of(Some(std::slice::from_ref(e)), "event", false)
+            .map_err(|err| ApiError::invalid_field("event", err.message.replacen("event[0]: ", "", 1)))?
+            .remove(0),
+    };
+    check_url(&state, &req.url, "url").await?;
+    let headers = req.headers.unwrap_or_default();
+    check_headers(&headers, "headers")?;
+    let secret =
+        req.secret.as_deref().map(Secret::parse).transpose().map_err(|e| ApiError::invalid_field("secret", e))?;
+    let (job, result) = sample_job(&event);
+    let options = orch_webhooks::deliver::payload_options(&state.webhooks.config);
+    let payload = orch_webhooks::payload::build(&job, &event, result.as_ref(), &options);
+    let body = serde_json::to_vec(&payload).map_err(ApiError::internal)?;
+    let webhook_id = format!("msg_test_{}", uuid::Uuid::now_v7().simple());
+    let endpoint = orch_webhooks::deliver::Endpoint { url: req.url, headers, secret };
+    let sent = orch_webhooks::deliver::send(&state.webhooks, &endpoint, &webhook_id, &body).await;
+    Ok(Json(WebhookTestReport {
+        ok: sent.status.is_some_and(|s| (200..300).contains(&s)),
+        response_status: sent.status,
+        duration_ms: sent.duration.as_millis() as u64,
+        response_body: sent.body,
+        error: sent.error.map(|(code, message)| format!("{code}: {message}")),
+        webhook_id,
+        payload,
+    }))
+}
+
+/// A made-up chat job that ended with `event`, for test sends and examples.
+pub fn sample_job(event: &str) -> (Job, Option<Value>) {
+    let created = DateTime::parse_from_rfc3339("2026-11-21T09:00:00Z").map(|t| t.to_utc()).unwrap_or_default();
+    let finished = created + chrono::Duration::seconds(12);
+    let status = match event {
+        "job.failed" => JobStatus::Failed,
+        "job.cancelled" => JobStatus::Cancelled,
+        _ => JobStatus::Succeeded,
+    };
+    let job = Job {
+        id: JobId::parse_str("019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11").unwrap_or_default(),
+        kind: JobKind::Chat,
+        status,
+        input: json!({"model": "echo", "messages": [{"role": "user", "content": "Summarise this week's issues"}],
+                      "title": "Weekly issues", "tags": ["orch", "weekly"]}),
+        metadata: json!({"workflow": "weekly-report"}),
+        attempts: 1,
+        max_attempts: 3,
+        progress: None,
+        error: (status == JobStatus::Failed)
+            .then(|| orch_store::JobError::new("step_failed", "the provider answered 529 (overloaded)", false)),
+        created_at: created,
+        updated_at: finished,
+        run_at: created,
+        started_at: Some(created),
+        finished_at: Some(finished),
+        cancel_requested: false,
+        worker: None,
+        lease_expires_at: None,
+    };
+    let result = (status == JobStatus::Succeeded).then(|| {
+        json!({"text": "Three issues closed, two opened.", "model": "echo", "usage": {"input_tokens": 4, "output_tokens": 6}})
+    });
+    (job, result)
+}
+
+/// The payload each delivery POSTs (headers `webhook-id`, `webhook-timestamp`,
+/// `webhook-signature`). One example per event.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(examples(
+    json!({"type": "job.succeeded", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "chat", "status": "succeeded", "created_at": "2026-11-21T09:00:00.000Z", "finished_at": "2026-11-21T09:00:12.000Z", "title": "Weekly issues", "markdown": "Three issues closed, two opened.", "frontmatter": {"title": "Weekly issues", "tags": ["orch", "weekly"], "source": "orch", "model": "echo", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "chat", "status": "succeeded", "created": "2026-11-21T09:00:00.000Z", "finished": "2026-11-21T09:00:12.000Z"}, "obsidian": {"path": "Inbox/2026-11-21-weekly-issues.md", "content": "---\ntitle: \"Weekly issues\"\ntags:\n  - \"orch\"\n  - \"weekly\"\nsource: \"orch\"\nmodel: \"echo\"\njob_id: \"019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11\"\nkind: \"chat\"\nstatus: \"succeeded\"\ncreated: \"2026-11-21T09:00:00.000Z\"\nfinished: \"2026-11-21T09:00:12.000Z\"\n---\n\n# Weekly issues\n\nThree issues closed, two opened.\n"}, "notion": {"markdown": "Three issues closed, two opened."}, "result": {"text": "Three issues closed, two opened.", "model": "echo", "usage": {"input_tokens": 4, "output_tokens": 6}}, "result_truncated": false, "usage": {"input_tokens": 4, "output_tokens": 6}, "error": null, "metadata": {"workflow": "weekly-report"}, "links": {"status": "https://orch.example.com/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "result": "https://orch.example.com/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/result", "events": "https://orch.example.com/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/events"}}),
+    json!({"type": "job.failed", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "chat", "status": "failed", "created_at": "2026-11-21T09:00:00.000Z", "finished_at": "2026-11-21T09:00:12.000Z", "title": "Weekly issues", "markdown": "**Failed** (step_failed): the provider answered 529 (overloaded)", "frontmatter": {"title": "Weekly issues", "tags": ["orch", "weekly"], "source": "orch", "model": "echo", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "chat", "status": "failed", "created": "2026-11-21T09:00:00.000Z", "finished": "2026-11-21T09:00:12.000Z"}, "obsidian": {"path": "Inbox/2026-11-21-weekly-issues.md", "content": "---\n…\n---\n\n# Weekly issues\n\n**Failed** (step_failed): the provider answered 529 (overloaded)\n"}, "notion": {"markdown": "**Failed** (step_failed): the provider answered 529 (overloaded)"}, "result": null, "result_truncated": false, "usage": null, "error": {"code": "step_failed", "message": "the provider answered 529 (overloaded)"}, "metadata": {"workflow": "weekly-report"}, "links": {"status": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "result": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/result", "events": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/events"}}),
+    json!({"type": "job.cancelled", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "batch", "status": "cancelled", "created_at": "2026-11-21T09:00:00.000Z", "finished_at": "2026-11-21T09:00:12.000Z", "title": "Batch job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "markdown": "**Cancelled.**", "frontmatter": {"title": "Batch job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "tags": [], "source": "orch", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "batch", "status": "cancelled", "created": "2026-11-21T09:00:00.000Z", "finished": "2026-11-21T09:00:12.000Z"}, "obsidian": {"path": "Inbox/2026-11-21-batch-job-019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11.md", "content": "---\n…\n---\n\n# Batch job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11\n\n**Cancelled.**\n"}, "notion": {"markdown": "**Cancelled.**"}, "result": null, "result_truncated": false, "usage": null, "error": null, "metadata": {}, "links": {"status": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "result": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/result", "events": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/events"}}),
+))]
+pub struct WebhookPayload {
+    /// `job.succeeded`, `job.failed` or `job.cancelled`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub job_id: String,
+    pub title: String,
+    /// The human result: the chat answer (`result.text`), the plan's output, or what went wrong.
+    pub markdown: String,
+    #[schema(value_type = Object)]
+    pub frontmatter: Value,
+    /// `path` (from `obsidian_path`, default ORCH_WEBHOOK_OBSIDIAN_PATH) and `content` (the note with YAML front matter).
+    #[schema(value_type = Object)]
+    pub obsidian: Value,
+    /// `markdown` for Notion's `POST /v1/pages`.
+    #[schema(value_type = Object)]
+    pub notion: Value,
+    /// The job's result; `null` when `result_truncated` (read it at `links.result`).
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    pub result_truncated: bool,
+    #[schema(value_type = Object)]
+    pub links: Value,
+}

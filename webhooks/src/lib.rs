@@ -1,0 +1,259 @@
+//! Orch's webhooks: when a job ends, POST a signed JSON payload to the job's
+//! callback URL and to every global subscription that wants the event.
+//!
+//! A delivery is a job of kind `delivery` (one event of one job to one URL), so
+//! it rides the durable queue, leases, recovery and retries of the store and
+//! the worker on both backends. [`Webhooks::enqueue`] queues them *before* the
+//! job's terminal status is written (the worker's [`orch_worker::Followups`]
+//! hook, the API's cancel, recovery), each under an idempotency key made of
+//! job, attempt, event and target, so a repeat after a crash queues nothing
+//! new. When it runs, the [`DeliveryExecutor`] reads the job again: it sends
+//! only if the job really ended with that event in that attempt, and builds the
+//! payload from the stored job, so a delivery never reports an outcome that
+//! was not recorded.
+//!
+//! Every attempt resolves the URL's host, refuses private and other internal
+//! addresses ([`guard`]), and connects only to the addresses it checked.
+
+pub mod deliver;
+pub mod guard;
+pub mod payload;
+pub mod sign;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use orch_store::{Idempotency, Job, JobKind, JobStatus, NewJob, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use deliver::{DeliveryExecutor, DeliveryInput, Target};
+pub use guard::{Guard, UrlError};
+pub use ipnet::IpNet;
+pub use sign::Secret;
+
+/// Job events a callback or subscription can ask for.
+pub const JOB_EVENTS: [&str; 3] = ["job.succeeded", "job.failed", "job.cancelled"];
+/// Events only global subscriptions get: an MCP server went down.
+pub const SERVER_EVENTS: [&str; 1] = ["server.down"];
+
+/// Settings of webhook deliveries (see README: `ORCH_WEBHOOK_*`).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Networks webhooks may reach although they are internal.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Multiplies the retry schedule (1.0 in production; tests shrink it).
+    pub retry_scale: f64,
+    /// Response statuses that end a delivery as failed at once.
+    pub fail_statuses: Vec<u16>,
+    /// Longest wait for a response.
+    pub timeout: Duration,
+    /// Default template of `obsidian.path`.
+    pub obsidian_path: String,
+    /// Prefix of the payload's `links`.
+    pub public_url: String,
+    /// Largest payload in bytes (n8n accepts 16 MB).
+    pub max_payload: usize,
+    /// How long a delivery waits for its job's terminal status to be written
+    /// before it tries again later (the worker queues it just before).
+    pub settle_wait: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            allow: Vec::new(),
+            retry_scale: 1.0,
+            fail_statuses: vec![404, 410],
+            timeout: Duration::from_secs(15),
+            obsidian_path: "Inbox/{date}-{slug}.md".into(),
+            public_url: String::new(),
+            max_payload: 16 * 1024 * 1024 - 64 * 1024,
+            settle_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A job's `callback`, as stored in its input (validated by the API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Callback {
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `job.succeeded`, `job.failed`, `job.cancelled`.
+    pub events: Vec<String>,
+    /// `whsec_…`; without it deliveries are not signed.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// A global subscription, as stored (`StoredWebhook.config`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub url: String,
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub secret: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// The job's callback, if it has one.
+pub fn callback_of(job: &Job) -> Option<Callback> {
+    serde_json::from_value(job.input.get("callback")?.clone()).ok()
+}
+
+/// Attempts of a delivery: the first, then one per step of the schedule.
+pub const DELIVERY_ATTEMPTS: u32 = deliver::SCHEDULE.len() as u32 + 1;
+/// Subscriptions with their ids.
+pub type Subscriptions = Arc<Vec<(String, Subscription)>>;
+
+/// How long subscriptions are cached before they are read again.
+const SUBSCRIPTIONS_TTL: Duration = Duration::from_secs(1);
+
+/// Queues and sends deliveries; shared by the API and the worker of a process.
+pub struct Webhooks {
+    pub store: Arc<dyn Store>,
+    pub config: WebhookConfig,
+    pub guard: Guard,
+    /// When they were read, and the subscriptions.
+    subscriptions: Mutex<Option<(Instant, Subscriptions)>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl Webhooks {
+    pub fn new(store: Arc<dyn Store>, config: WebhookConfig) -> Arc<Webhooks> {
+        let guard = Guard { allow: config.allow.clone() };
+        Arc::new(Webhooks { store, config, guard, subscriptions: Mutex::new(None), refreshing: Default::default() })
+    }
+
+    /// Checks a URL as a delivery would: parsed, resolved, every address allowed.
+    pub async fn check_url(&self, url: &str) -> Result<(), UrlError> {
+        self.guard.resolve(&guard::parse_url(url)?).await.map(drop)
+    }
+
+    /// Subscriptions by id (cached for a second).
+    pub async fn subscriptions(&self) -> Result<Subscriptions, StoreError> {
+        let cached = || {
+            self.subscriptions
+                .lock()
+                .unwrap()
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < SUBSCRIPTIONS_TTL)
+                .map(|(_, s)| s.clone())
+        };
+        if let Some(subs) = cached() {
+            return Ok(subs);
+        }
+        // One read per expiry, however many finishing jobs ask at once.
+        let _refreshing = self.refreshing.lock().await;
+        if let Some(subs) = cached() {
+            return Ok(subs);
+        }
+        let mut subs = Vec::new();
+        for stored in self.store.list_webhooks().await? {
+            match serde_json::from_value::<Subscription>(stored.config) {
+                Ok(sub) => subs.push((stored.id, sub)),
+                Err(err) => tracing::warn!(webhook = %stored.id, error = %err, "skipping an unreadable subscription"),
+            }
+        }
+        let subs = Arc::new(subs);
+        *self.subscriptions.lock().unwrap() = Some((Instant::now(), subs.clone()));
+        Ok(subs)
+    }
+
+    /// Forgets the cached subscriptions (after a change through this process).
+    pub fn subscriptions_changed(&self) {
+        *self.subscriptions.lock().unwrap() = None;
+    }
+
+    /// Queues the deliveries of `job` ending with `status` in its current
+    /// attempt: its callback and every subscription that wants the event.
+    /// Idempotent. Returns how many targets there are.
+    pub async fn enqueue(&self, job: &Job, status: JobStatus) -> Result<usize, StoreError> {
+        if job.kind == JobKind::Delivery || !status.is_terminal() {
+            return Ok(0);
+        }
+        let event = format!("job.{status}");
+        let mut targets = Vec::new();
+        if callback_of(job).is_some_and(|c| c.events.contains(&event)) {
+            targets.push(Target::Callback);
+        }
+        for (id, sub) in self.subscriptions().await?.iter() {
+            if sub.events.contains(&event) {
+                targets.push(Target::Webhook { id: id.clone() });
+            }
+        }
+        for target in &targets {
+            let key = format!("delivery:{}:{}:{event}:{}", job.id, job.attempts, target.key());
+            let input = DeliveryInput {
+                job_id: Some(job.id),
+                event: event.clone(),
+                attempt: job.attempts,
+                target: target.clone(),
+                webhook_id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+                redelivery_of: None,
+                payload: None,
+            };
+            self.store.insert_job(delivery_job(&input, Some(key))).await?;
+        }
+        Ok(targets.len())
+    }
+
+    /// Queues an event that is not about a job (`server.down`) to every
+    /// subscription that wants it, with its payload fixed now. `dedupe` names
+    /// the occurrence, so API processes reporting the same one queue it once.
+    pub async fn enqueue_event(&self, event: &str, payload: Value, dedupe: &str) -> Result<usize, StoreError> {
+        let mut queued = 0;
+        for (id, sub) in self.subscriptions().await?.iter() {
+            if !sub.events.iter().any(|e| e == event) {
+                continue;
+            }
+            let target = Target::Webhook { id: id.clone() };
+            let key = format!("delivery:{event}:{dedupe}:{}", target.key());
+            let input = DeliveryInput {
+                job_id: None,
+                event: event.to_owned(),
+                attempt: 0,
+                target,
+                webhook_id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+                redelivery_of: None,
+                payload: Some(payload.clone()),
+            };
+            self.store.insert_job(delivery_job(&input, Some(key))).await?;
+            queued += 1;
+        }
+        Ok(queued)
+    }
+}
+
+/// The queued job of a delivery; `key` makes queueing it idempotent.
+pub fn delivery_job(input: &DeliveryInput, key: Option<String>) -> NewJob {
+    let now = Utc::now();
+    NewJob {
+        id: orch_store::new_job_id(),
+        kind: JobKind::Delivery,
+        input: serde_json::to_value(input).expect("delivery inputs serialize"),
+        metadata: Value::Object(Default::default()),
+        max_attempts: DELIVERY_ATTEMPTS,
+        created_at: now,
+        run_at: now,
+        // The body hash is constant: a repeat is the same delivery, never a conflict.
+        idempotency: key.map(|key| Idempotency {
+            key,
+            body_hash: "delivery".into(),
+            expires_at: now + chrono::Duration::days(30),
+        }),
+    }
+}
+
+#[async_trait]
+impl orch_worker::Followups for Webhooks {
+    async fn before_terminal(&self, job: &Job, status: JobStatus) -> Result<(), String> {
+        self.enqueue(job, status).await.map(drop).map_err(|e| e.to_string())
+    }
+}

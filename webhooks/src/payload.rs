@@ -1,0 +1,261 @@
+//! The body of a delivery: one JSON object per job event, shaped so that one
+//! n8n node can write it to Obsidian (`obsidian.path` + `obsidian.content`) or
+//! Notion (`notion.markdown`) as it is.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use orch_store::{Job, JobKind, JobStatus};
+use serde_json::{Map, Value, json};
+
+/// What the payload needs besides the job.
+#[derive(Debug, Clone)]
+pub struct PayloadOptions {
+    /// Template of `obsidian.path`: `{date}`, `{slug}`, `{id}`, `{kind}`.
+    pub obsidian_path: String,
+    /// Prefix of `links` (empty for paths).
+    pub public_url: String,
+    /// Largest body in bytes; a larger result is linked, not inlined.
+    pub max_bytes: usize,
+}
+
+/// Most of the human result kept when the whole does not fit.
+const EXCERPT: usize = 64 * 1024;
+
+/// The payload of `event` (`job.succeeded`, …) for `job`, with its `result`
+/// when it succeeded.
+pub fn build(job: &Job, event: &str, result: Option<&Value>, options: &PayloadOptions) -> Value {
+    let full = render(job, event, result, options, None);
+    if serde_json::to_vec(&full).map(|b| b.len()).unwrap_or(usize::MAX) <= options.max_bytes {
+        return full;
+    }
+    render(job, event, None, options, Some(EXCERPT))
+}
+
+fn render(job: &Job, event: &str, result: Option<&Value>, options: &PayloadOptions, cut: Option<usize>) -> Value {
+    let input = &job.input;
+    let title = title_of(job);
+    let tags: Vec<String> =
+        input["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
+    let finished = job.finished_at.unwrap_or(job.updated_at);
+    let mut markdown = markdown_of(job, result);
+    if let Some(cut) = cut {
+        markdown = excerpt(&markdown, cut);
+        markdown.push_str("\n\n*(The result is too large for a webhook; read it in full at `links.result`.)*");
+    }
+    let model = result.and_then(|r| r["model"].as_str()).or_else(|| input["model"].as_str());
+    // In this order in the note; `frontmatter` has the same fields.
+    let mut fields: Vec<(&str, Value)> =
+        vec![("title", json!(title)), ("tags", json!(tags)), ("source", json!("orch"))];
+    if let Some(model) = model {
+        fields.push(("model", json!(model)));
+    }
+    fields.extend([
+        ("job_id", json!(job.id)),
+        ("kind", json!(job.kind)),
+        ("status", json!(job.status)),
+        ("created", json!(time(job.created_at))),
+        ("finished", json!(time(finished))),
+    ]);
+    let frontmatter: Map<String, Value> = fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let note = format!("{}\n# {title}\n\n{markdown}\n", yaml(&fields));
+    let path_template = input["obsidian_path"].as_str().unwrap_or(&options.obsidian_path);
+    let base = format!("{}/v1/jobs/{}", options.public_url.trim_end_matches('/'), job.id);
+    json!({
+        "type": event,
+        "job_id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "created_at": time(job.created_at),
+        "finished_at": job.finished_at.map(time),
+        "title": title,
+        "markdown": markdown,
+        "frontmatter": frontmatter,
+        "obsidian": {"path": obsidian_path(path_template, job, &title, finished), "content": note},
+        "notion": {"markdown": markdown},
+        "result": result,
+        "result_truncated": cut.is_some(),
+        "usage": result.map(|r| r["usage"].clone()).filter(|u| !u.is_null()),
+        "error": job.error.as_ref().map(|e| json!({"code": e.code, "message": e.message})),
+        "metadata": job.metadata,
+        "links": {"status": base, "result": format!("{base}/result"), "events": format!("{base}/events")},
+    })
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The job's `title`, or the first line of its prompt, or its kind and id.
+pub fn title_of(job: &Job) -> String {
+    if let Some(title) = job.input["title"].as_str().filter(|t| !t.trim().is_empty()) {
+        return title.trim().to_owned();
+    }
+    let prompt = job.input["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str());
+    match prompt.and_then(|p| p.lines().map(str::trim).find(|l| !l.is_empty())) {
+        Some(line) => excerpt(line, 80),
+        None => format!("{} job {}", if job.kind == JobKind::Chat { "Chat" } else { "Batch" }, job.id),
+    }
+}
+
+/// The human result: the chat answer, the plan's output, or what went wrong.
+fn markdown_of(job: &Job, result: Option<&Value>) -> String {
+    match job.status {
+        JobStatus::Succeeded => {
+            let Some(result) = result else { return String::new() };
+            if let Some(text) = result["text"].as_str() {
+                return text.to_owned();
+            }
+            match &result["output"] {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => format!(
+                    "```json\n{}\n```",
+                    serde_json::to_string_pretty(other).unwrap_or_else(|_| other.to_string())
+                ),
+            }
+        }
+        JobStatus::Failed => {
+            let e = job.error.as_ref();
+            format!(
+                "**Failed** ({}): {}",
+                e.map_or("unknown", |e| e.code.as_str()),
+                e.map_or("no error recorded", |e| e.message.as_str())
+            )
+        }
+        JobStatus::Cancelled => "**Cancelled.**".to_owned(),
+        JobStatus::Queued | JobStatus::Running => String::new(),
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn excerpt(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// YAML front matter. Strings are written as JSON strings, which are valid
+/// YAML double-quoted scalars, so no value can break out of its line.
+fn yaml(fields: &[(&str, Value)]) -> String {
+    let mut out = String::from("---\n");
+    for (key, value) in fields {
+        match value {
+            Value::Array(items) => {
+                out.push_str(&format!("{key}:"));
+                if items.is_empty() {
+                    out.push_str(" []");
+                }
+                out.push('\n');
+                for item in items {
+                    out.push_str(&format!("  - {item}\n"));
+                }
+            }
+            other => out.push_str(&format!("{key}: {other}\n")),
+        }
+    }
+    out.push_str("---\n");
+    out
+}
+
+/// A file-name-safe form of a title: lowercase letters, digits and dashes.
+pub fn slug(title: &str) -> String {
+    let mut slug = String::new();
+    for c in title.chars().flat_map(char::to_lowercase) {
+        if c.is_alphanumeric() {
+            slug.push(c);
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+        if slug.chars().count() >= 60 {
+            break;
+        }
+    }
+    let slug = slug.trim_end_matches('-');
+    if slug.is_empty() { "note".to_owned() } else { slug.to_owned() }
+}
+
+fn obsidian_path(template: &str, job: &Job, title: &str, finished: DateTime<Utc>) -> String {
+    template
+        .replace("{date}", &finished.format("%Y-%m-%d").to_string())
+        .replace("{slug}", &slug(title))
+        .replace("{id}", &job.id.to_string())
+        .replace("{kind}", job.kind.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(result_text: &str) -> (Job, Value) {
+        let now = Utc::now();
+        let job = Job {
+            id: orch_store::new_job_id(),
+            kind: JobKind::Chat,
+            status: JobStatus::Succeeded,
+            input: json!({"messages": [{"role": "user", "content": "Write it all"}], "obsidian_path": "Notes/{kind}/{slug}.md"}),
+            metadata: json!({}),
+            attempts: 1,
+            max_attempts: 3,
+            progress: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            run_at: now,
+            started_at: Some(now),
+            finished_at: Some(now),
+            cancel_requested: false,
+            worker: None,
+            lease_expires_at: None,
+        };
+        (job, json!({"text": result_text, "model": "echo"}))
+    }
+
+    fn options(max_bytes: usize) -> PayloadOptions {
+        PayloadOptions {
+            obsidian_path: "Inbox/{date}-{slug}.md".into(),
+            public_url: "https://orch.example".into(),
+            max_bytes,
+        }
+    }
+
+    #[test]
+    fn a_result_that_does_not_fit_is_linked_not_inlined() {
+        let (job, result) = job(&"word ".repeat(100_000));
+        let small = build(&job, "job.succeeded", Some(&result), &options(16 << 20));
+        assert_eq!(
+            (small["result_truncated"].as_bool(), small["result"]["text"].as_str().map(str::len)),
+            (Some(false), Some(500_000))
+        );
+        let cut = build(&job, "job.succeeded", Some(&result), &options(200_000));
+        assert!(serde_json::to_vec(&cut).unwrap().len() <= 200_000);
+        assert_eq!((cut["result_truncated"].as_bool(), cut["result"].is_null()), (Some(true), true));
+        assert!(cut["markdown"].as_str().unwrap().ends_with("read it in full at `links.result`.)*"));
+        assert_eq!(cut["links"]["result"], format!("https://orch.example/v1/jobs/{}/result", job.id));
+        assert_eq!(cut["obsidian"]["path"], "Notes/chat/write-it-all.md");
+    }
+
+    #[test]
+    fn slugs() {
+        for (title, expected) in [
+            ("Weekly report: issues & PRs", "weekly-report-issues-prs"),
+            ("  ", "note"),
+            ("Ünïcode title", "ünïcode-title"),
+            ("a/../../etc", "a-etc"),
+        ] {
+            assert_eq!(slug(title), expected, "{title}");
+        }
+    }
+
+    #[test]
+    fn front_matter_values_cannot_break_lines() {
+        let fields = [("title", json!("a\n---\nevil: true")), ("tags", json!(["x", "y z"]))];
+        assert_eq!(yaml(&fields), "---\ntitle: \"a\\n---\\nevil: true\"\ntags:\n  - \"x\"\n  - \"y z\"\n---\n");
+    }
+}
