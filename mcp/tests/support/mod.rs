@@ -2,7 +2,7 @@
 //! pinned npm package in tests/servers, and this crate's test server), configs
 //! for them, and waiting helpers. Missing node or npm packages fail the test.
 
-#![allow(dead_code)] // Each test binary uses a different part.
+#![allow(dead_code, unused_imports)] // Each test binary uses a different part.
 
 use std::time::{Duration, Instant};
 
