@@ -300,6 +300,29 @@ pub struct ListParams {
     pub cursor: Option<String>,
 }
 
+/// `?status=` of a listing.
+pub fn status_param(text: Option<&str>) -> ApiResult<Option<JobStatus>> {
+    text.map(|s| s.parse::<JobStatus>().map_err(|e| ApiError::invalid_field("status", e.to_string()))).transpose()
+}
+
+/// `?limit=` of a listing: 1–200, default 50.
+pub fn page_limit(text: Option<&str>) -> ApiResult<usize> {
+    match text {
+        None => Ok(50),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=200).contains(l))
+            .ok_or_else(|| ApiError::invalid_field("limit", format!("must be a number from 1 to 200; got {l:?}"))),
+    }
+}
+
+/// `?cursor=` of a job listing: the `next_cursor` (a job id) of the page before.
+pub fn job_cursor(text: Option<&str>) -> ApiResult<Option<JobId>> {
+    text.map(|c| JobId::parse_str(c).map_err(|_| ApiError::invalid_field("cursor", "not a cursor from next_cursor")))
+        .transpose()
+}
+
 fn urls(state: &AppState, id: JobId) -> (String, String, String) {
     let base = format!("{}/v1/jobs/{id}", state.config.public_url.trim_end_matches('/'));
     (base.clone(), format!("{base}/result"), format!("{base}/events"))
@@ -726,28 +749,14 @@ pub async fn list_jobs(
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<JobPage>> {
     principal.require("jobs:read")?;
-    let status = params
-        .status
-        .as_deref()
-        .map(|s| s.parse::<JobStatus>().map_err(|e| ApiError::invalid_field("status", e.to_string())))
-        .transpose()?;
+    let status = status_param(params.status.as_deref())?;
     let kind = params
         .kind
         .as_deref()
         .map(|s| s.parse::<JobKind>().map_err(|e| ApiError::invalid_field("kind", e.to_string())))
         .transpose()?;
-    let limit =
-        match params.limit.as_deref() {
-            None => 50,
-            Some(l) => l.parse::<usize>().ok().filter(|l| (1..=200).contains(l)).ok_or_else(|| {
-                ApiError::invalid_field("limit", format!("must be a number from 1 to 200; got {l:?}"))
-            })?,
-        };
-    let before = params
-        .cursor
-        .as_deref()
-        .map(|c| JobId::parse_str(c).map_err(|_| ApiError::invalid_field("cursor", "not a cursor from next_cursor")))
-        .transpose()?;
+    let limit = page_limit(params.limit.as_deref())?;
+    let before = job_cursor(params.cursor.as_deref())?;
     let jobs = state.store.list_jobs(&JobFilter { status, kind, before, limit }).await?;
     let next_cursor = (jobs.len() == limit).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
     Ok(Json(JobPage { jobs: jobs.into_iter().map(JobView::from).collect(), next_cursor }))

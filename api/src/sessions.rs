@@ -177,14 +177,7 @@ pub async fn list_sessions(
     Query(params): Query<SessionListParams>,
 ) -> ApiResult<Json<SessionPage>> {
     principal.require("jobs:read")?;
-    let limit = match params.limit.as_deref() {
-        None => 50,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=200).contains(n))
-            .ok_or_else(|| ApiError::invalid_field("limit", "a whole number from 1 to 200"))?,
-    };
+    let limit = crate::jobs::page_limit(params.limit.as_deref())?;
     let offset = match params.cursor.as_deref() {
         None => 0,
         Some(text) => {

@@ -500,23 +500,9 @@ pub async fn list_deliveries(
     Query(params): Query<DeliveryParams>,
 ) -> ApiResult<Json<DeliveryPage>> {
     principal.require("jobs:read")?;
-    let status = params
-        .status
-        .as_deref()
-        .map(|s| s.parse::<JobStatus>().map_err(|e| ApiError::invalid_field("status", e.to_string())))
-        .transpose()?;
-    let limit =
-        match params.limit.as_deref() {
-            None => 50,
-            Some(l) => l.parse::<usize>().ok().filter(|l| (1..=200).contains(l)).ok_or_else(|| {
-                ApiError::invalid_field("limit", format!("must be a number from 1 to 200; got {l:?}"))
-            })?,
-        };
-    let before = params
-        .cursor
-        .as_deref()
-        .map(|c| JobId::parse_str(c).map_err(|_| ApiError::invalid_field("cursor", "not a cursor from next_cursor")))
-        .transpose()?;
+    let status = crate::jobs::status_param(params.status.as_deref())?;
+    let limit = crate::jobs::page_limit(params.limit.as_deref())?;
+    let before = crate::jobs::job_cursor(params.cursor.as_deref())?;
     let jobs = state.store.list_jobs(&JobFilter { status, kind: Some(JobKind::Delivery), before, limit }).await?;
     let next_cursor = (jobs.len() == limit).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
     Ok(Json(DeliveryPage { deliveries: delivery_views(&state, jobs).await?, next_cursor }))
