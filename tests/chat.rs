@@ -362,3 +362,37 @@ async fn usage_counts_turns_tokens_cost_and_latency_per_group() {
     assert_eq!(bad.body["error"]["details"]["field"], "from");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn token_health_says_which_credentials_are_missing_or_expired() {
+    let providers = format!(
+        "{}{}[qwen]\ncommand = '/nonexistent/qwen'\nenv = {{ HOME = '/nonexistent' }}\n",
+        fake("claude", "claude", CLAUDE_401).replace(
+            "FAKE_MODE = 'replay'",
+            "FAKE_MODE = 'replay', CLAUDE_CODE_OAUTH_TOKEN = 'sk-ant-oat01-secret-token'"
+        ),
+        fake("gemini", "gemini", GEMINI_OK)
+            .replace("FAKE_MODE = 'replay'", "FAKE_MODE = 'replay', GEMINI_API_KEY = 'gemini-secret-key'"),
+    );
+    let app = app_with(&providers, "").await;
+    let tokens = app.get("/health/tokens").await;
+    assert_eq!(tokens.status, StatusCode::OK, "{:?}", tokens.body);
+    let status =
+        |body: &Value, name: &str| body.as_array().unwrap().iter().find(|t| t["provider"] == name).unwrap().clone();
+    let claude = status(&tokens.body, "claude");
+    assert_eq!((claude["status"].as_str(), claude["source"].as_str()), (Some("ok"), Some("CLAUDE_CODE_OAUTH_TOKEN")));
+    assert_eq!(status(&tokens.body, "qwen")["status"], "missing");
+    assert!(status(&tokens.body, "qwen")["fix"].as_str().unwrap().contains("qwen"));
+
+    // Claude refuses the token: now it shows as expired, with how to renew it.
+    let (job, _) = run_chat(&app, json!({"model": "claude", "prompt": "hi"})).await;
+    assert_eq!(job["error"]["code"], "auth");
+    let tokens = app.get("/health/tokens").await.body;
+    let claude = status(&tokens, "claude");
+    assert_eq!(claude["status"], "expired", "{claude}");
+    assert!(claude["detail"].as_str().unwrap().contains("OAuth token has expired"), "{claude}");
+    assert!(claude["fix"].as_str().unwrap().contains("claude setup-token"), "{claude}");
+    assert_eq!(status(&tokens, "gemini")["status"], "ok");
+    assert!(!tokens.to_string().contains("secret"), "a credential value was shown: {tokens}");
+    app.stop().await;
+}

@@ -121,6 +121,7 @@ pub fn app(state: AppState) -> Router {
     let max_body = state.config.max_body;
     Router::new()
         .route("/health", get(health::health))
+        .route("/health/tokens", get(providers::token_health))
         .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/chat", post(jobs::submit_chat))
         .route("/v1/jobs/batch", post(jobs::submit_batch))
@@ -191,7 +192,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     paths(
         jobs::submit_chat, jobs::submit_batch, jobs::list_jobs, jobs::get_job, jobs::get_result,
         jobs::job_events, jobs::cancel_job, plans::job_graph, plans::preview_plan,
-        openai::chat_completions, openai::list_models, providers::list_providers, usage::usage,
+        openai::chat_completions, openai::list_models, providers::list_providers, providers::token_health, usage::usage,
         sessions::list_sessions, sessions::get_session, sessions::delete_session, sessions::export_memory,
         keys::create_key, keys::list_keys, keys::revoke_key,
         tools::list_tools, tools::get_tool, tools::call_tool,

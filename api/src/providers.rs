@@ -88,3 +88,78 @@ pub async fn provider_views(state: &AppState) -> Vec<ProviderView> {
     }
     views
 }
+
+/// How to replace a credential the provider refused.
+fn renew_hint(kind: orch_providers::ProviderKind) -> &'static str {
+    match kind {
+        orch_providers::ProviderKind::Claude => "run `claude setup-token` and replace CLAUDE_CODE_OAUTH_TOKEN",
+        orch_providers::ProviderKind::Gemini => "log in again under the provider's home, or replace GEMINI_API_KEY",
+        orch_providers::ProviderKind::Codex => "run `codex login` again as the user Orch runs as",
+        orch_providers::ProviderKind::Qwen => "run `qwen` and log in again as the user Orch runs as",
+        orch_providers::ProviderKind::Cli => "renew the credentials the command uses",
+    }
+}
+
+/// One provider's credential, as far as Orch can know it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"provider": "claude", "status": "expired", "source": "CLAUDE_CODE_OAUTH_TOKEN", "expires_at": null, "days_left": null, "detail": "claude: authentication failed: OAuth token has expired…", "fix": "run `claude setup-token` and set CLAUDE_CODE_OAUTH_TOKEN"}))]
+pub struct TokenHealth {
+    pub provider: String,
+    /// `ok` (present, last turn not refused), `expired` or `invalid` (the last
+    /// turn failed authentication), `missing`, or `not_checked` (a `cli` provider).
+    pub status: String,
+    /// The variable or file the credential comes from; never its value.
+    pub source: Option<String>,
+    /// When the credential expires, where that can be known (subscription
+    /// OAuth tokens do not say; null then).
+    pub expires_at: Option<DateTime<Utc>>,
+    pub days_left: Option<i64>,
+    /// The last authentication failure, when that is why the status is not ok.
+    pub detail: Option<String>,
+    pub fix: Option<String>,
+}
+
+/// Credentials of each provider.
+///
+/// Whether each provider's credential is present (and where from), and
+/// whether its last turn was refused for an expired or invalid credential.
+/// Subscription tokens carry no expiry Orch can read, so `expires_at` is
+/// null unless known.
+#[utoipa::path(
+    get, path = "/health/tokens", tag = "health",
+    responses(
+        (status = 200, description = "Per provider", body = Vec<TokenHealth>),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn token_health(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Vec<TokenHealth>>> {
+    principal.require("jobs:read")?;
+    let mut tokens = Vec::new();
+    for provider in state.router.providers().iter() {
+        let diagnosis = orch_providers::check(provider).await;
+        let last_auth =
+            provider.status().last_error.filter(|e| matches!(e.kind, orch_providers::ErrorKind::Auth { .. }));
+        let (mut status, source, mut fix) = match &diagnosis.credentials {
+            orch_providers::Credentials::Present { source } => ("ok", Some(source.clone()), None),
+            orch_providers::Credentials::Missing { fix } => ("missing", None, Some(fix.clone())),
+            orch_providers::Credentials::NotChecked => ("not_checked", None, None),
+        };
+        if let Some(err) = &last_auth {
+            let expired = matches!(err.kind, orch_providers::ErrorKind::Auth { expired: true });
+            status = if expired { "expired" } else { "invalid" };
+            fix = fix.or_else(|| Some(renew_hint(provider.kind()).to_owned()));
+        }
+        tokens.push(TokenHealth {
+            provider: provider.name().to_owned(),
+            status: status.to_owned(),
+            source,
+            expires_at: None,
+            days_left: None,
+            detail: last_auth.map(|e| e.message),
+            fix,
+        });
+    }
+    Ok(Json(tokens))
+}
