@@ -161,14 +161,14 @@ pub async fn chat_completions(
     input["key_id"] = json!(principal.key.id);
     let metadata = Some(Map::from_iter([("source".to_owned(), json!("openai"))]));
     let options = JobOptions { metadata: &metadata, max_attempts: None };
-    let (accepted, _) = jobs::submit_job(&state, JobKind::Chat, input, options, || Ok(None)).await?;
-    let guard = CancelOnDrop { state: state.clone(), job_id: Some(accepted.id) };
+    let chat = WaitedChat::start(&state, input, options).await?;
+    let id = chat.id;
     let mut response = if req.stream {
-        stream_completion(state, guard, req.model).into_response()
+        stream_completion(state, chat, req.model).into_response()
     } else {
-        wait_completion(state, guard).await?.into_response()
+        wait_completion(&state, chat).await?.into_response()
     };
-    if let Ok(value) = HeaderValue::from_str(&accepted.id.to_string()) {
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
         response.headers_mut().insert("x-orch-job-id", value);
     }
     Ok(response)
@@ -237,26 +237,38 @@ fn text_of(content: &Value) -> Result<String, String> {
     }
 }
 
-/// Cancels the job when the request is dropped before the job finished
+/// A chat job someone waits for: cancelled when dropped before it finished
 /// (the client hung up, or the wait timed out).
-struct CancelOnDrop {
+pub struct WaitedChat {
     state: AppState,
-    job_id: Option<JobId>,
+    pub id: JobId,
+    done: bool,
 }
 
-impl CancelOnDrop {
-    fn id(&self) -> JobId {
-        self.job_id.expect("set until finished")
+impl WaitedChat {
+    /// Stores a chat job with `input` for a caller who will wait for it.
+    pub async fn start(state: &AppState, input: Value, options: JobOptions<'_>) -> ApiResult<WaitedChat> {
+        let (accepted, _) = jobs::submit_job(state, JobKind::Chat, input, options, || Ok(None)).await?;
+        Ok(WaitedChat { state: state.clone(), id: accepted.id, done: false })
+    }
+
+    /// Waits for the terminal event, within `ORCH_CHAT_WAIT`; a failed wait
+    /// leaves the job to be cancelled on drop.
+    pub async fn wait(&mut self) -> ApiResult<()> {
+        wait_terminal(&self.state, self.id).await?;
+        self.finished();
+        Ok(())
     }
 
     fn finished(&mut self) {
-        self.job_id = None;
+        self.done = true;
     }
 }
 
-impl Drop for CancelOnDrop {
+impl Drop for WaitedChat {
     fn drop(&mut self) {
-        if let Some(id) = self.job_id.take() {
+        if !self.done {
+            let id = self.id;
             let store = self.state.store.clone();
             tokio::spawn(async move {
                 if let Err(err) = store.cancel_job(id).await {
@@ -341,20 +353,16 @@ async fn wait_terminal(state: &AppState, id: JobId) -> ApiResult<()> {
 /// abandoned); its answer text and result, or its failure as an HTTP error.
 pub async fn run_chat(state: &AppState, input: Value, source: &str) -> ApiResult<(JobId, String, Value)> {
     let metadata = Some(Map::from_iter([("source".to_owned(), json!(source))]));
-    let options = JobOptions { metadata: &metadata, max_attempts: None };
-    let (accepted, _) = jobs::submit_job(state, JobKind::Chat, input, options, || Ok(None)).await?;
-    let mut guard = CancelOnDrop { state: state.clone(), job_id: Some(accepted.id) };
-    wait_terminal(state, accepted.id).await?;
-    guard.finished();
-    let (text, result) = finished(state, accepted.id).await?;
-    Ok((accepted.id, text, result))
+    let mut chat = WaitedChat::start(state, input, JobOptions { metadata: &metadata, max_attempts: None }).await?;
+    chat.wait().await?;
+    let (text, result) = finished(state, chat.id).await?;
+    Ok((chat.id, text, result))
 }
 
-async fn wait_completion(state: AppState, mut guard: CancelOnDrop) -> ApiResult<Json<Completion>> {
-    let id = guard.id();
-    wait_terminal(&state, id).await?;
-    guard.finished();
-    let (text, result) = finished(&state, id).await?;
+async fn wait_completion(state: &AppState, mut chat: WaitedChat) -> ApiResult<Json<Completion>> {
+    chat.wait().await?;
+    let id = chat.id;
+    let (text, result) = finished(state, id).await?;
     Ok(Json(Completion {
         id: format!("chatcmpl-{id}"),
         object: "chat.completion",
@@ -368,10 +376,10 @@ async fn wait_completion(state: AppState, mut guard: CancelOnDrop) -> ApiResult<
 
 fn stream_completion(
     state: AppState,
-    mut guard: CancelOnDrop,
+    mut guard: WaitedChat,
     model: String,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
-    let id = guard.id();
+    let id = guard.id;
     let created = chrono::Utc::now().timestamp();
     let chunk_id = format!("chatcmpl-{id}");
     // `extra` adds top-level fields (the last chunk's `usage` and `orch`).

@@ -176,26 +176,9 @@ impl OrchMcp {
             crate::sessions::attach(&self.state, principal, &mut input, session).await?;
         }
         let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
-        let (accepted, _) = jobs::submit_job(&self.state, JobKind::Chat, input, options, || Ok(None)).await?;
-        let id = accepted.id;
-        let waited = tokio::time::timeout(self.state.config.chat_wait, async {
-            let mut events = std::pin::pin!(jobs::follow_events(self.state.clone(), id, 0));
-            while let Some(event) = futures::StreamExt::next(&mut events).await {
-                if event.is_terminal() {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        if !matches!(waited, Ok(true)) {
-            let _ = self.state.store.cancel_job(id).await;
-            return Err(ApiError::new(
-                axum::http::StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!("no answer within {} s; job {id} is cancelled", self.state.config.chat_wait.as_secs()),
-            ));
-        }
+        let mut chat = crate::openai::WaitedChat::start(&self.state, input, options).await?;
+        chat.wait().await?;
+        let id = chat.id;
         let job = jobs::load(&self.state, &id.to_string()).await?;
         if job.status != JobStatus::Succeeded {
             let error = job
