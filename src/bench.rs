@@ -967,25 +967,8 @@ async fn serve_section(args: &QueueArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let port = orch_testkit::free_port();
-    let exe = std::env::current_exe().context("finding the orch executable")?;
-    let mut command = tokio::process::Command::new(&exe);
-    // The child reads only what the bench gives it: no ORCH_* from this shell,
-    // no orch.toml from the working directory.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("ORCH_") {
-            command.env_remove(name);
-        }
-    }
-    command
-        .arg("serve")
-        .current_dir(dir.path())
-        .env("ORCH_DATA_DIR", dir.path())
-        .env("ORCH_BIND", format!("127.0.0.1:{port}"))
-        .env("ORCH_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+    let (exe, mut command) = serve_command(dir.path(), port)?;
+    command.stdout(Stdio::null());
     let started = Instant::now();
     let mut child = command.spawn().with_context(|| format!("starting {} serve", exe.display()))?;
     let pid = child.id().context("child pid")?;
@@ -1011,6 +994,30 @@ async fn serve_section(args: &QueueArgs) -> Result<()> {
     println!("peak memory (VmHWM) {:.1} MiB", peak_kib as f64 / 1024.0);
     println!();
     Ok(())
+}
+
+/// `orch serve` of this executable for a benchmark: data in `dir`, API on
+/// `port`, warnings only, and nothing else of this shell's settings (no
+/// `ORCH_*` variables, no orch.toml from the working directory). The caller
+/// adds its own settings and stdout, then spawns it.
+pub(crate) fn serve_command(dir: &Path, port: u16) -> Result<(std::path::PathBuf, tokio::process::Command)> {
+    let exe = std::env::current_exe().context("finding the orch executable")?;
+    let mut command = tokio::process::Command::new(&exe);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ORCH_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .arg("serve")
+        .current_dir(dir)
+        .env("ORCH_DATA_DIR", dir)
+        .env("ORCH_BIND", format!("127.0.0.1:{port}"))
+        .env("ORCH_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    Ok((exe, command))
 }
 
 /// Polls `/health` until `n` jobs succeeded; returns when /health first
@@ -1063,11 +1070,16 @@ async fn watch_serve(
 }
 
 fn vm_hwm_kib(pid: u32) -> Result<u64> {
+    proc_status_kib(pid, "VmHWM")
+}
+
+/// A size field (`VmHWM`, `VmRSS`, ...) of `/proc/PID/status`, in KiB.
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(Path::new(&path)).with_context(|| format!("reading {path}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmHWM in {path}"))
+        .with_context(|| format!("no {field} in {path}"))
 }

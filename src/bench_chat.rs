@@ -153,19 +153,8 @@ struct Handle {
 impl Serve {
     async fn start(dir: &std::path::Path, args: &ChatArgs) -> Result<Serve> {
         let port = orch_testkit::free_port();
-        let exe = std::env::current_exe().context("finding the orch executable")?;
-        let mut command = tokio::process::Command::new(&exe);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("ORCH_") {
-                command.env_remove(name);
-            }
-        }
+        let (exe, mut command) = crate::bench::serve_command(dir, port)?;
         command
-            .arg("serve")
-            .current_dir(dir)
-            .env("ORCH_DATA_DIR", dir)
-            .env("ORCH_BIND", format!("127.0.0.1:{port}"))
-            .env("ORCH_LOG", "warn")
             .env("ORCH_PROVIDER_ECHO_KIND", "cli")
             .env("ORCH_PROVIDER_ECHO_COMMAND", "/bin/echo")
             .env("ORCH_PROVIDER_ECHO_ARGS", "{prompt}")
@@ -177,10 +166,7 @@ impl Serve {
             .env("ORCH_PROVIDER_HOLD_OUTPUT_FORMAT", "text")
             .env("ORCH_PROVIDER_HOLD_CONCURRENCY", args.hold.min(256).to_string())
             .env("ORCH_DEFAULT_MODEL", "echo")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+            .stdout(Stdio::piped());
         let mut child = command.spawn().with_context(|| format!("starting {} serve", exe.display()))?;
         let pid = child.id().context("child pid")?;
         let stdout = child.stdout.take().context("child stdout")?;
@@ -242,11 +228,5 @@ impl Handle {
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS in {path}"))
+    crate::bench::proc_status_kib(pid, "VmRSS")
 }
