@@ -178,6 +178,15 @@ pub trait Store: Send + Sync + 'static {
     /// Gives a slot back; nothing happens when `holder` has none.
     async fn release_slot(&self, name: &str, holder: &str) -> Result<()>;
 
+    /// Applies `update` to `provider`'s state (creating it) and returns the result.
+    async fn update_provider_state(&self, provider: &str, update: ProviderUpdate) -> Result<ProviderState>;
+
+    /// One provider's state; a default (empty) state when nothing was recorded.
+    async fn provider_state(&self, provider: &str) -> Result<ProviderState>;
+
+    /// Every provider with recorded state, by name.
+    async fn provider_states(&self) -> Result<Vec<ProviderState>>;
+
     /// Records a chat turn for `/v1/usage` (once per job: a repeat replaces it).
     async fn record_usage(&self, record: &UsageRecord) -> Result<()>;
 

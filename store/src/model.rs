@@ -375,3 +375,65 @@ pub struct UsageRecord {
     /// Wall time of the turn, fallbacks included.
     pub latency_ms: u64,
 }
+
+/// What every process on the store knows about a provider's recent trouble:
+/// workers write it after their turns and read it before starting one, the
+/// API shows it (`GET /v1/providers`, `GET /health/tokens`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProviderState {
+    pub provider: String,
+    /// No turn starts on the provider before then (set after a usage limit).
+    pub cooldown_until: Option<DateTime<Utc>>,
+    /// The last failed turn, as the providers crate describes it (opaque here).
+    pub last_error: Option<Value>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// The open authentication incident: turns refused since `since`, until a
+    /// turn succeeds.
+    pub auth_failure: Option<AuthFailure>,
+}
+
+/// Turns refused for the provider's credential.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthFailure {
+    /// The first refusal of this incident (kept while it lasts).
+    pub since: DateTime<Utc>,
+    /// The latest refusal.
+    pub at: DateTime<Utc>,
+    /// The CLI said the credential expired (else: invalid).
+    pub expired: bool,
+    pub message: String,
+}
+
+/// A change to a provider's state, applied atomically.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProviderUpdate {
+    /// Cool down until at least then (a later cooldown already set is kept).
+    pub cooldown_until: Option<DateTime<Utc>>,
+    /// Replaces the last error (with its time).
+    pub last_error: Option<(Value, DateTime<Utc>)>,
+    /// A refused turn: opens an incident (`since` = its `at`) or updates the
+    /// open one, whose `since` is kept. The given `since` is ignored.
+    pub auth_failure: Option<AuthFailure>,
+    /// A turn succeeded: the open incident, if any, ends.
+    pub auth_ok: bool,
+}
+
+impl ProviderState {
+    /// `update` applied to this state (the merge both backends perform).
+    pub fn apply(&mut self, update: ProviderUpdate) {
+        if let Some(until) = update.cooldown_until {
+            self.cooldown_until = Some(self.cooldown_until.map_or(until, |t| t.max(until)));
+        }
+        if let Some((error, at)) = update.last_error {
+            self.last_error = Some(error);
+            self.last_error_at = Some(at);
+        }
+        if let Some(failure) = update.auth_failure {
+            let since = self.auth_failure.as_ref().map_or(failure.at, |open| open.since);
+            self.auth_failure = Some(AuthFailure { since, ..failure });
+        }
+        if update.auth_ok {
+            self.auth_failure = None;
+        }
+    }
+}

@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_slots.sql"),
     include_str!("../../migrations/sqlite/0005_usage.sql"),
     include_str!("../../migrations/sqlite/0006_webhooks.sql"),
+    include_str!("../../migrations/sqlite/0007_provider_state.sql"),
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1206,6 +1207,56 @@ impl Store for SqliteStore {
                 records.push(parse_json(&row.get::<_, String>(0)?, "usage record")?);
             }
             Ok(records)
+        })
+        .await
+    }
+
+    async fn update_provider_state(&self, provider: &str, update: ProviderUpdate) -> Result<ProviderState> {
+        let provider = provider.to_owned();
+        self.write(move |conn| {
+            let stored: Option<String> = conn
+                .prepare_cached("SELECT state FROM provider_states WHERE name = ?1")?
+                .query_row([&provider], |r| r.get(0))
+                .optional()?;
+            let mut state = match stored {
+                Some(text) => parse_json(&text, "provider state")?,
+                None => ProviderState { provider: provider.clone(), ..Default::default() },
+            };
+            state.apply(update);
+            conn.prepare_cached(
+                "INSERT INTO provider_states (name, state) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET state = excluded.state",
+            )?
+            .execute(params![provider, to_text(&state)])?;
+            Ok(state)
+        })
+        .await
+    }
+
+    async fn provider_state(&self, provider: &str) -> Result<ProviderState> {
+        let provider = provider.to_owned();
+        self.read(move |conn| {
+            let stored: Option<String> = conn
+                .prepare_cached("SELECT state FROM provider_states WHERE name = ?1")?
+                .query_row([&provider], |r| r.get(0))
+                .optional()?;
+            match stored {
+                Some(text) => parse_json(&text, "provider state"),
+                None => Ok(ProviderState { provider, ..Default::default() }),
+            }
+        })
+        .await
+    }
+
+    async fn provider_states(&self) -> Result<Vec<ProviderState>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT state FROM provider_states ORDER BY name")?;
+            let mut rows = stmt.query([])?;
+            let mut states = Vec::new();
+            while let Some(row) = rows.next()? {
+                states.push(parse_json(&row.get::<_, String>(0)?, "provider state")?);
+            }
+            Ok(states)
         })
         .await
     }

@@ -935,6 +935,51 @@ async fn slots_are_limited_renewed_released_and_expire(store: Arc<dyn Store>) {
     assert!(!store.try_acquire_slot("provider:codex", "fourth", 2, hold).await.unwrap(), "long still holds");
 }
 
+// --- provider state shared across processes ---
+
+async fn provider_state_merges_cooldowns_errors_and_auth_incidents(store: Arc<dyn Store>) {
+    let t0 = now_ms();
+    let at = |secs: i64| t0 + TimeDelta::seconds(secs);
+    let empty = store.provider_state("claude").await.unwrap();
+    assert_eq!(empty, ProviderState { provider: "claude".into(), ..Default::default() });
+    assert!(store.provider_states().await.unwrap().is_empty());
+
+    // A cooldown only ever grows; an error replaces the last one.
+    let update = |cooldown: Option<i64>, error: Option<&str>| ProviderUpdate {
+        cooldown_until: cooldown.map(at),
+        last_error: error.map(|e| (json!({"message": e}), at(1))),
+        ..Default::default()
+    };
+    let state = store.update_provider_state("claude", update(Some(600), Some("limit"))).await.unwrap();
+    assert_eq!(state.cooldown_until, Some(at(600)));
+    let state = store.update_provider_state("claude", update(Some(60), Some("again"))).await.unwrap();
+    assert_eq!(state.cooldown_until, Some(at(600)), "a shorter cooldown does not cut a longer one");
+    assert_eq!(state.last_error, Some(json!({"message": "again"})));
+    assert_eq!(state.last_error_at, Some(at(1)));
+
+    // Auth refusals: the incident keeps its first time until a turn succeeds.
+    let refused = |secs: i64, message: &str| ProviderUpdate {
+        auth_failure: Some(AuthFailure { since: at(0), at: at(secs), expired: true, message: message.into() }),
+        ..Default::default()
+    };
+    let first = store.update_provider_state("gemini", refused(10, "expired")).await.unwrap();
+    let failure = first.auth_failure.unwrap();
+    assert_eq!((failure.since, failure.at), (at(10), at(10)));
+    let second = store.update_provider_state("gemini", refused(20, "still expired")).await.unwrap();
+    let failure = second.auth_failure.unwrap();
+    assert_eq!((failure.since, failure.at, failure.message.as_str()), (at(10), at(20), "still expired"));
+    let ok = ProviderUpdate { auth_ok: true, ..Default::default() };
+    assert_eq!(store.update_provider_state("gemini", ok).await.unwrap().auth_failure, None);
+    let again = store.update_provider_state("gemini", refused(30, "expired")).await.unwrap();
+    assert_eq!(again.auth_failure.unwrap().since, at(30), "a new incident after a success");
+
+    let read = store.provider_state("gemini").await.unwrap();
+    assert_eq!(read.auth_failure.as_ref().map(|f| f.since), Some(at(30)));
+    let names: Vec<String> = store.provider_states().await.unwrap().into_iter().map(|s| s.provider).collect();
+    assert_eq!(names, ["claude", "gemini"]);
+    assert_eq!(store.provider_states().await.unwrap()[0], store.provider_state("claude").await.unwrap());
+}
+
 // --- usage records ---
 
 fn usage_at(job_id: JobId, at: DateTime<Utc>, tokens: u64) -> UsageRecord {
@@ -1034,5 +1079,6 @@ on_each_backend!(
     sessions_are_listed_newest_first_by_owner_and_deleted,
     slots_are_limited_renewed_released_and_expire,
     usage_is_recorded_once_per_job_read_by_range_and_purged,
+    provider_state_merges_cooldowns_errors_and_auth_incidents,
     ping_answers,
 );

@@ -33,6 +33,9 @@
 //! - `slots:{name}` ZSET holder → expiry: a limit shared by every process (a
 //!   provider's concurrency); expired holders are dropped before counting.
 //! - `webhooks` HASH id → the global webhook subscription (JSON).
+//! - `provider:{name}` HASH `cooldown_until`, `last_error` (JSON), `last_error_at`,
+//!   `auth` (the open authentication incident, JSON) and `auth_since`; `providers`
+//!   SET of the names with state.
 //!
 //! Scripts build key names from the prefix rather than declaring them in `KEYS`,
 //! so this backend does not support Redis Cluster; Cluster hash tags are out of
@@ -48,9 +51,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    ApiKey, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter, JobId, JobKind, JobStatus, NewJob,
-    Notifier, Outcome, Result, Session, SessionMessage, Store, StoreError, StoredServer, StoredWebhook, UsageRecord,
-    WorkerInfo, from_millis, redact_url, to_millis,
+    ApiKey, AuthFailure, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter, JobId, JobKind,
+    JobStatus, NewJob, Notifier, Outcome, ProviderState, ProviderUpdate, Result, Session, SessionMessage, Store,
+    StoreError, StoredServer, StoredWebhook, UsageRecord, WorkerInfo, from_millis, redact_url, to_millis,
 };
 
 /// Takes or renews a slot: ARGV now, holder, limit, expiry (ms).
@@ -96,6 +99,50 @@ static USAGE_PURGE_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::ne
         ",
     )
 });
+
+/// Merges a provider's state update: KEYS provider:{name}, providers; ARGV name,
+/// cooldown (ms or ''), last error ('' none), its time, auth failure (JSON or
+/// ''), its time, '1' when a turn succeeded. Returns the hash.
+static PROVIDER_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+        if ARGV[2] ~= '' then
+            local current = tonumber(redis.call('HGET', KEYS[1], 'cooldown_until') or '0')
+            if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], 'cooldown_until', ARGV[2]) end
+        end
+        if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[3], 'last_error_at', ARGV[4]) end
+        if ARGV[5] ~= '' then
+            redis.call('HSETNX', KEYS[1], 'auth_since', ARGV[6])
+            redis.call('HSET', KEYS[1], 'auth', ARGV[5])
+        end
+        if ARGV[7] == '1' then redis.call('HDEL', KEYS[1], 'auth', 'auth_since') end
+        redis.call('SADD', KEYS[2], ARGV[1])
+        return redis.call('HGETALL', KEYS[1])
+        ",
+    )
+});
+
+/// A provider's state from its hash.
+fn parse_provider(name: &str, hash: &std::collections::HashMap<String, String>) -> Result<ProviderState> {
+    let millis = |field: &str| -> Result<Option<DateTime<Utc>>> {
+        hash.get(field)
+            .map(|v| v.parse::<i64>().map(from_millis).map_err(|_| corrupt(format!("provider {name}: {field}"))))
+            .transpose()
+    };
+    let auth = match (hash.get("auth"), millis("auth_since")?) {
+        (Some(text), Some(since)) => {
+            Some(AuthFailure { since, ..serde_json::from_str::<AuthFailure>(text).map_err(corrupt)? })
+        }
+        _ => None,
+    };
+    Ok(ProviderState {
+        provider: name.to_owned(),
+        cooldown_until: millis("cooldown_until")?,
+        last_error: hash.get("last_error").map(|t| serde_json::from_str(t).map_err(corrupt)).transpose()?,
+        last_error_at: millis("last_error_at")?,
+        auth_failure: auth,
+    })
+}
 
 /// Jobs per `insert_jobs` script call.
 const INSERT_CHUNK: usize = 1000;
@@ -1090,6 +1137,59 @@ impl Store for RedisStore {
             .await
             .map_err(redis_error)?;
         texts.iter().map(|t| serde_json::from_str(t).map_err(corrupt)).collect()
+    }
+
+    async fn update_provider_state(&self, provider: &str, update: ProviderUpdate) -> Result<ProviderState> {
+        let (error, error_at) = match &update.last_error {
+            Some((error, at)) => (error.to_string(), to_millis(*at).to_string()),
+            None => (String::new(), String::new()),
+        };
+        let (auth, auth_at) = match &update.auth_failure {
+            Some(failure) => {
+                (serde_json::to_string(failure).expect("auth failures serialize"), to_millis(failure.at).to_string())
+            }
+            None => (String::new(), String::new()),
+        };
+        let hash: std::collections::HashMap<String, String> = PROVIDER_SCRIPT
+            .key(self.key(&format!("provider:{provider}")))
+            .key(self.key("providers"))
+            .arg(provider)
+            .arg(update.cooldown_until.map(|t| to_millis(t).to_string()).unwrap_or_default())
+            .arg(error)
+            .arg(error_at)
+            .arg(auth)
+            .arg(auth_at)
+            .arg(if update.auth_ok { "1" } else { "0" })
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_error)?;
+        parse_provider(provider, &hash)
+    }
+
+    async fn provider_state(&self, provider: &str) -> Result<ProviderState> {
+        let hash: std::collections::HashMap<String, String> = ::redis::cmd("HGETALL")
+            .arg(self.key(&format!("provider:{provider}")))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_error)?;
+        parse_provider(provider, &hash)
+    }
+
+    async fn provider_states(&self) -> Result<Vec<ProviderState>> {
+        let mut conn = self.conn.clone();
+        let mut names: Vec<String> =
+            ::redis::cmd("SMEMBERS").arg(self.key("providers")).query_async(&mut conn).await.map_err(redis_error)?;
+        names.sort();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for name in &names {
+            pipe.hgetall(self.key(&format!("provider:{name}")));
+        }
+        let hashes: Vec<std::collections::HashMap<String, String>> =
+            pipe.query_async(&mut conn).await.map_err(redis_error)?;
+        names.iter().zip(&hashes).map(|(name, hash)| parse_provider(name, hash)).collect()
     }
 
     async fn release_slot(&self, name: &str, holder: &str) -> Result<()> {
