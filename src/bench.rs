@@ -735,6 +735,19 @@ impl Store for Observed {
     async fn record_usage(&self, record: &orch_store::UsageRecord) -> orch_store::Result<()> {
         self.inner.record_usage(record).await
     }
+    async fn update_provider_state(
+        &self,
+        provider: &str,
+        update: orch_store::ProviderUpdate,
+    ) -> orch_store::Result<orch_store::ProviderState> {
+        self.inner.update_provider_state(provider, update).await
+    }
+    async fn provider_state(&self, provider: &str) -> orch_store::Result<orch_store::ProviderState> {
+        self.inner.provider_state(provider).await
+    }
+    async fn provider_states(&self) -> orch_store::Result<Vec<orch_store::ProviderState>> {
+        self.inner.provider_states().await
+    }
     async fn usage(
         &self,
         from: DateTime<Utc>,

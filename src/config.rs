@@ -57,6 +57,10 @@ pub struct GlobalArgs {
     /// 0.001 to 1 [default: 1].
     #[arg(long, env = "ORCH_WEBHOOK_RETRY_SCALE", global = true, value_name = "FACTOR")]
     pub webhook_retry_scale: Option<f64>,
+    /// Days before a provider credential's known expiry when it counts as expiring
+    /// (/health/tokens, the provider.auth_expiring webhook), 0–365 [default: 7].
+    #[arg(long, env = "ORCH_TOKEN_WARN_DAYS", global = true, value_name = "DAYS")]
+    pub token_warn_days: Option<u32>,
 }
 
 /// Settings of the HTTP API.
@@ -170,6 +174,7 @@ struct FileConfig {
     webhook_fail_statuses: Option<Vec<u16>>,
     webhook_obsidian_path: Option<String>,
     webhook_retry_scale: Option<f64>,
+    token_warn_days: Option<u32>,
     planner_attempts: Option<u32>,
     planner_cache_ttl: Option<String>,
     planner_max_tools: Option<usize>,
@@ -316,6 +321,10 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
     if session_ttl < Duration::from_secs(1) {
         bail!("ORCH_SESSION_TTL (--session-ttl): {session_ttl:?} is too short; allowed: 1s or more");
     }
+    let token_warn_days = global.token_warn_days.or(file.token_warn_days).unwrap_or(7);
+    if token_warn_days > 365 {
+        bail!("ORCH_TOKEN_WARN_DAYS (--token-warn-days): {token_warn_days} is out of range; allowed: 0 to 365");
+    }
     let mut providers = file.providers.unwrap_or_default();
     providers.apply_env(std::env::vars()).map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
     providers.validate().map_err(|e| anyhow::anyhow!("orch.toml / ORCH_PROVIDER_*: {}: {}", e.field, e.message))?;
@@ -385,6 +394,7 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
             max_prompt_bytes,
             chat_wait,
             session_ttl,
+            token_warn_days,
         },
         worker: w,
         mcp: orch_api::servers::McpSettings { file: mcp_file, allow_api_stdio },

@@ -148,6 +148,7 @@ async fn run(cli: Cli) -> Result<()> {
             let router = providers(&settings, Some(&store))?;
             let shutdown = shutdown_signal();
             let state = api_state(&settings, store.clone(), router.clone(), shutdown.clone()).await?;
+            share_provider_state(&settings, &router, &state);
             // The worker calls plan tools through the API's registry: one pool per process.
             let worker = tokio::spawn(orch_worker::run(
                 store.clone(),
@@ -174,6 +175,7 @@ async fn run(cli: Cli) -> Result<()> {
             let router = providers(&settings, Some(&store))?;
             // The same MCP servers as an API process: the file and those registered in the store.
             let state = api_state(&settings, store.clone(), router.clone(), shutdown.clone()).await?;
+            share_provider_state(&settings, &router, &state);
             let registry = state.registry.clone();
             orch_worker::run(store, executors(&settings, router, &state), settings.worker.clone(), shutdown).await;
             registry.shutdown(MCP_CHILD_GRACE).await;
@@ -259,6 +261,23 @@ fn providers(settings: &Settings, store: Option<&Arc<dyn Store>>) -> Result<Arc<
     Ok(Arc::new(router))
 }
 
+/// Workers keep provider state (cooldowns, errors, auth incidents) in the
+/// store, where every worker and API process sees it, report
+/// `provider.auth_expired` through the webhooks, and check hourly for
+/// credentials entering the warning window (`provider.auth_expiring`).
+fn share_provider_state(settings: &Settings, router: &Arc<orch_providers::Router>, state: &orch_api::AppState) {
+    let shared = orch_worker::provider_state::StoreState::new(state.store.clone());
+    shared.set_events(state.webhooks.clone());
+    router.providers().share_state(shared);
+    tokio::spawn(orch_worker::provider_state::watch_expiry(
+        router.clone(),
+        state.webhooks.clone(),
+        settings.api.token_warn_days,
+        EXPIRY_CHECK,
+        state.shutdown.clone(),
+    ));
+}
+
 /// The executors of a worker: chat, plans' `llm` steps and the planner on
 /// `router`, plan tools through `state`'s registry, and webhook deliveries.
 fn executors(
@@ -317,6 +336,8 @@ async fn serve_api(settings: &Settings, state: orch_api::AppState, shutdown: Can
 /// How often mcp-config.json is checked for changes.
 const MCP_CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Longest wait for MCP children to exit after their stdin closes.
+/// How often workers look for credentials about to expire.
+const EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
 const MCP_CHILD_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Connects the MCP servers of mcp-config.json and of the store. Invalid

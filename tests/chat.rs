@@ -396,3 +396,101 @@ async fn token_health_says_which_credentials_are_missing_or_expired() {
     assert!(!tokens.to_string().contains("secret"), "a credential value was shown: {tokens}");
     app.stop().await;
 }
+
+/// Two workers on one Redis: a usage limit one worker met makes the other
+/// skip the provider without starting its CLI, and an API process with no
+/// worker of its own shows the cooldown and the error in `/v1/providers`.
+#[tokio::test]
+async fn a_cooldown_one_worker_met_makes_another_skip_the_provider() {
+    let app = spawn_app_with(
+        Backend::Redis,
+        Options {
+            worker: false,
+            router: Some(support::router(&fake("claude", "claude", CLAUDE_OK), "")),
+            ..Default::default()
+        },
+    )
+    .await;
+    let pids = tempfile::NamedTempFile::new().unwrap();
+    let worker = |capture: &str| {
+        let providers = fake("claude", "claude", capture)
+            .replace("FAKE_MODE = 'replay'", &format!("FAKE_MODE = 'replay', FAKE_PIDS = '{}'", pids.path().display()));
+        let router = support::router(&providers, "");
+        router.providers().share_state(orch_worker::provider_state::StoreState::new(app.store.clone()));
+        router
+    };
+    let (limited, other) = (worker(CLAUDE_429), worker(CLAUDE_OK));
+    let request = orch_providers::TurnRequest { prompt: "hi".into(), ..Default::default() };
+    let control = orch_providers::TurnControl::default();
+    let route = limited.route(Some("claude"), None, "hi").unwrap();
+    let err = limited.run(&route, &request, &control).await.unwrap_err();
+    assert_eq!(err.code(), "usage_limit", "{err}");
+    let started = || std::fs::read_to_string(pids.path()).unwrap().lines().count();
+    assert_eq!(started(), 1);
+
+    // The other worker never met the limit, yet refuses at once without starting the CLI.
+    let err = other.run(&route, &request, &control).await.unwrap_err();
+    assert!(err.message.contains("cooling down"), "{err}");
+    assert_eq!(started(), 1, "the second worker started the CLI");
+
+    let providers = app.get("/v1/providers").await.body;
+    let claude = providers.as_array().unwrap().iter().find(|p| p["name"] == "claude").unwrap().clone();
+    assert!(claude["cooldown_until"].is_string(), "{claude}");
+    assert_eq!(claude["last_error"]["kind"]["type"], "usage_limit", "{claude}");
+    assert!(claude["last_error_at"].is_string(), "{claude}");
+    app.stop().await;
+}
+
+/// n8n's OpenAI Chat Model node, played by the `openai` Python client:
+/// each call resends the whole conversation with an `X-Session-ID` header.
+/// The provider gets the conversation as sent (no second copy from the
+/// session), and the session records each question and answer once.
+#[tokio::test]
+async fn an_openai_client_resending_history_records_each_turn_once_in_its_session() {
+    let python = repo().join("target/pyenv/bin/python");
+    assert!(python.exists(), "{} is missing: run `bash scripts/test` once", python.display());
+    let app = spawn_app_with(Backend::Sqlite, Options::default()).await;
+    let out = tokio::process::Command::new(python)
+        .arg(repo().join("tests/python/openai_session.py"))
+        .env("ORCH_BASE_URL", format!("{}/v1", app.base))
+        .env("ORCH_API_KEY", &app.admin)
+        .env("ORCH_SESSION", "n8n-flow-1")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "first: first question");
+    // Echo answers with its prompt: the history appears once, as the client sent it.
+    assert_eq!(lines[1].matches("User: first question").count(), 1, "{}", lines[1]);
+    assert!(lines[1].ends_with("User: second question"), "{}", lines[1]);
+
+    let session = app.get("/v1/sessions/n8n-flow-1").await;
+    assert_eq!(session.status, StatusCode::OK, "{:?}", session.body);
+    let messages = session.body["messages"].as_array().unwrap();
+    let turns: Vec<(&str, &str)> =
+        messages.iter().map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap())).collect();
+    assert_eq!(turns.len(), 4, "{turns:?}");
+    assert_eq!(turns[..3], [("user", "first question"), ("assistant", "first question"), ("user", "second question")]);
+    assert_eq!(turns[3].0, "assistant");
+    let memory = app.get("/v1/sessions/n8n-flow-1/memory").await;
+    assert_eq!(memory.status, StatusCode::OK);
+    let note = memory.body.as_str().map(str::to_owned).unwrap_or_else(|| memory.body.to_string());
+    assert_eq!(note.matches("second question").count(), 2, "the question and the echoed answer: {note}");
+
+    // A different session_id field and header is refused, naming the field.
+    let r = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&app.admin)
+        .header("x-session-id", "a")
+        .json(&json!({"model": "echo", "session_id": "b", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["details"]["field"], "session_id", "{body}");
+    app.stop().await;
+}

@@ -699,3 +699,90 @@ on_both_backends!(
     a_job_lost_with_its_worker_is_delivered_as_failed,
     a_delivery_of_an_unrecorded_outcome_is_superseded,
 );
+
+/// A `[providers.NAME]` table whose CLI is the fake replaying `capture`, plus `extra` settings.
+fn fake_provider(name: &str, capture: &str, extra: &str) -> String {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    format!(
+        "[{name}]\ncommand = '{}'\n{extra}env = {{ FAKE_MODE = 'replay', FAKE_CAPTURE = '{capture}', FAKE_CAPTURES = '{}', CLAUDE_CODE_OAUTH_TOKEN = 'sk-ant-oat01-never-shown' }}\n",
+        repo.join("providers/tests/fake-cli/fake").display(),
+        repo.join("providers/tests/fixtures/cli-captures").display()
+    )
+}
+
+/// Claude refuses its token on every turn: subscribers to
+/// `provider.auth_expired` hear of it once for the incident, not once per
+/// refused turn, and `/health/tokens` says it expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_credential_is_delivered_once_as_provider_auth_expired() {
+    let receiver = Receiver::start(&[]).await;
+    let router = support::router(&fake_provider("claude", "claude-code-2.1.197/401.stream.jsonl", ""), "");
+    let app = spawn_app_with(Backend::Sqlite, Options { router: Some(router), ..options() }).await;
+    let created =
+        app.post("/v1/webhooks", json!({"url": receiver.url("/ops"), "events": ["provider.auth_expired"]})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let r = app.post("/v1/jobs/chat", json!({"model": "claude", "prompt": "hi"})).await;
+        let job = app.wait_finished(r.body["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+        assert_eq!(job["error"]["code"], "auth", "{job}");
+    }
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.received().len(), 1, "one delivery per incident, not per refused turn");
+    let payload = verify_with_python(&secret, &got[0]);
+    assert_eq!(
+        (payload["type"].as_str(), payload["provider"].as_str(), payload["status"].as_str()),
+        (Some("provider.auth_expired"), Some("claude"), Some("expired")),
+        "{payload}"
+    );
+    assert!(payload["detail"].as_str().unwrap().contains("OAuth token has expired"), "{payload}");
+    assert!(payload["fix"].as_str().unwrap().contains("claude setup-token"), "{payload}");
+    assert!(!got[0].body.windows(16).any(|w| w == b"sk-ant-oat01-nev"), "the token was sent");
+    let tokens = app.get("/health/tokens").await.body;
+    assert_eq!(tokens[0]["status"], "expired", "{tokens}");
+    app.stop().await;
+}
+
+/// A credential configured to expire in two days: the periodic check queues
+/// `provider.auth_expiring` once per provider and expiry, however often it
+/// runs, and `/health/tokens` counts the days.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_expiring_soon_is_delivered_once_as_provider_auth_expiring() {
+    let receiver = Receiver::start(&[]).await;
+    let expires = chrono::Utc::now() + chrono::TimeDelta::hours(49);
+    let expires_text = expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let setting = format!("token_expires_at = '{expires_text}'\n");
+    let router = support::router(&fake_provider("claude", "claude-code-2.1.197/ok.stream.jsonl", &setting), "");
+    let app = spawn_app_with(Backend::Sqlite, Options { router: Some(router.clone()), ..options() }).await;
+    let created =
+        app.post("/v1/webhooks", json!({"url": receiver.url("/ops"), "events": ["provider.auth_expiring"]})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let webhooks = orch_webhooks::Webhooks::new(app.store.clone(), hooks());
+    for _ in 0..3 {
+        orch_worker::provider_state::check_expiry(router.providers(), webhooks.as_ref(), 7).await;
+    }
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.received().len(), 1, "one delivery per expiry");
+    let payload = got[0].json();
+    assert_eq!(
+        (payload["type"].as_str(), payload["status"].as_str(), payload["days_left"].as_i64()),
+        (Some("provider.auth_expiring"), Some("expiring"), Some(2)),
+        "{payload}"
+    );
+    assert_eq!(payload["expires_at"].as_str(), Some(expires_text.as_str()), "{payload}");
+    // Outside a 1-day window nothing is queued.
+    let other = orch_webhooks::Webhooks::new(app.store.clone(), hooks());
+    assert_eq!(orch_worker::provider_state::check_expiry(router.providers(), other.as_ref(), 1).await, 0);
+
+    let tokens = app.get("/health/tokens").await.body;
+    let claude = &tokens[0];
+    assert_eq!(
+        (claude["status"].as_str(), claude["days_left"].as_i64(), claude["expires_from"].as_str()),
+        (Some("expiring"), Some(2), Some("token_expires_at")),
+        "{claude}"
+    );
+    assert!(claude["fix"].as_str().unwrap().contains("claude setup-token"), "{claude}");
+    app.stop().await;
+}

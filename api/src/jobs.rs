@@ -596,20 +596,25 @@ pub async fn submit_chat(
     let req = &body.value;
     let mut input = chat_input(&state, req)?;
     input["key_id"] = json!(principal.key.id);
-    let header = headers.get("x-session-id").map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
-    let session = match (header, &req.session_id) {
-        (Some(h), Some(b)) if h != *b => {
-            return Err(ApiError::invalid_field("session_id", "differs from the X-Session-ID header; give one"));
-        }
-        (h, b) => h.or_else(|| b.clone()),
-    };
-    if let Some(id) = session {
+    if let Some(id) = session_of(&headers, req.session_id.as_ref())? {
         crate::sessions::attach(&state, Some(&principal), &mut input, &id).await?;
     }
     let key_secret = crate::webhooks::key_signing_secret(&headers);
     let input = crate::webhooks::attach(&state, input, req.webhook_fields(key_secret)).await?;
     let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
     submit(&state, &principal, &headers, JobKind::Chat, &body.raw, input, options).await
+}
+
+/// The session a chat request names: the `X-Session-ID` header or the
+/// `session_id` field (both only when equal).
+pub fn session_of(headers: &HeaderMap, field: Option<&String>) -> ApiResult<Option<String>> {
+    let header = headers.get("x-session-id").map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
+    match (header, field) {
+        (Some(h), Some(b)) if h != *b => {
+            Err(ApiError::invalid_field("session_id", "differs from the X-Session-ID header; give one"))
+        }
+        (h, b) => Ok(h.or_else(|| b.cloned())),
+    }
 }
 
 /// Submit a batch job.

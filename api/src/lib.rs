@@ -52,6 +52,8 @@ pub struct ApiConfig {
     pub chat_wait: std::time::Duration,
     /// How long an unused chat session is kept; each turn restarts it.
     pub session_ttl: std::time::Duration,
+    /// A credential expiring within this many days is `expiring` in `/health/tokens`.
+    pub token_warn_days: u32,
 }
 
 impl Default for ApiConfig {
@@ -63,6 +65,7 @@ impl Default for ApiConfig {
             max_prompt_bytes: 512 * 1024,
             chat_wait: std::time::Duration::from_secs(900),
             session_ttl: std::time::Duration::from_secs(3600),
+            token_warn_days: 7,
         }
     }
 }
@@ -206,7 +209,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     components(
         schemas(
             orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep,
-            orch_planner::LlmStep, orch_planner::MapStep, orch_planner::StepTemplate, webhooks::WebhookPayload,
+            orch_planner::LlmStep, orch_planner::MapStep, orch_planner::StepTemplate, webhooks::WebhookPayload, webhooks::ProviderEventPayload,
         ),
         responses(
             error::responses::BadRequest, error::responses::Unauthorized, error::responses::Forbidden,

@@ -43,6 +43,15 @@ pub struct CompletionRequest {
     /// Orch's routing hint for `auto`: coding, reasoning, planning, fast, general.
     #[serde(default)]
     pub task_type: Option<String>,
+    /// Continue (or start) this chat session, like the `X-Session-ID` header.
+    /// Clients that resend the whole conversation each call (OpenAI clients,
+    /// n8n) are detected by an `assistant` message in `messages`: the provider
+    /// gets the messages as sent, and the session records only the user
+    /// messages after the last assistant one, then the answer. Without an
+    /// `assistant` message, the session's history goes before the messages,
+    /// as on `POST /v1/jobs/chat`.
+    #[serde(default)]
+    pub session_id: Option<String>,
     /// Must be 1 when given.
     #[serde(default)]
     pub n: Option<u32>,
@@ -131,9 +140,12 @@ pub async fn list_models(State(state): State<AppState>, _principal: Principal) -
 /// answer arrives as `chat.completion.chunk` events ending in `data: [DONE]`;
 /// the last chunk carries `usage`. Closing the connection cancels the job.
 /// The job id is in the `X-Orch-Job-Id` header and in `orch.job_id`.
+/// `X-Session-ID` (or `session_id`) records the turn in a session; see
+/// `session_id` for how a resent conversation is not recorded twice.
 #[utoipa::path(
     post, path = "/v1/chat/completions", tag = "chat",
     request_body = CompletionRequest,
+    params(("X-Session-ID" = Option<String>, Header, description = "Chat session to continue and record the turn in")),
     responses(
         (status = 200, description = "The answer (JSON), or with `stream: true` a text/event-stream of chunks", body = Completion),
         (status = 400, response = BadRequest),
@@ -153,12 +165,20 @@ pub async fn list_models(State(state): State<AppState>, _principal: Principal) -
 pub async fn chat_completions(
     State(state): State<AppState>,
     principal: Principal,
+    headers: axum::http::HeaderMap,
     body: ApiJson<CompletionRequest>,
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
     let req = body.value;
     let mut input = completion_input(&state, &req)?;
     input["key_id"] = json!(principal.key.id);
+    if let Some(id) = jobs::session_of(&headers, req.session_id.as_ref())? {
+        crate::sessions::attach(&state, Some(&principal), &mut input, &id).await?;
+        // The client resends the conversation: it is the history, not the session's copy.
+        if input["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["role"] == "assistant")) {
+            input["session"]["client_history"] = json!(true);
+        }
+    }
     let metadata = Some(Map::from_iter([("source".to_owned(), json!("openai"))]));
     let options = JobOptions { metadata: &metadata, max_attempts: None };
     let chat = WaitedChat::start(&state, input, options).await?;

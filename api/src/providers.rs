@@ -1,6 +1,8 @@
 //! `GET /v1/providers`: each configured provider's CLI, credentials, load and
 //! recent trouble, so a user sees why chat is not answering before asking it.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -8,15 +10,18 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use orch_store::ProviderState;
+
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiResult;
 use crate::error::responses::{Forbidden, Unauthorized};
 
-/// One provider as this API process sees it. `in_use`, `cooldown_until` and
-/// `last_error` are this process's (in `orch serve`, the worker's too).
+/// One provider. `cooldown_until`, `last_error` and `last_error_at` come from
+/// the store, written by every worker; `in_use` is this process's (in `orch
+/// serve`, the worker's too).
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"name": "claude", "kind": "claude", "models": ["sonnet", "opus"], "default_model": "sonnet", "cli": {"status": "found", "path": "/usr/local/bin/claude", "version": "2.1.197 (Claude Code)"}, "credentials": {"status": "present", "source": "CLAUDE_CODE_OAUTH_TOKEN"}, "ready": true, "fixes": [], "warnings": [], "in_use": 0, "limit": 2, "cooldown_until": null, "last_error": null}))]
+#[schema(example = json!({"name": "claude", "kind": "claude", "models": ["sonnet", "opus"], "default_model": "sonnet", "cli": {"status": "found", "path": "/usr/local/bin/claude", "version": "2.1.197 (Claude Code)"}, "credentials": {"status": "present", "source": "CLAUDE_CODE_OAUTH_TOKEN"}, "ready": true, "fixes": [], "warnings": [], "in_use": 0, "limit": 2, "cooldown_until": null, "last_error": null, "last_error_at": null}))]
 pub struct ProviderView {
     pub name: String,
     /// claude, gemini, codex, qwen or cli.
@@ -40,9 +45,10 @@ pub struct ProviderView {
     pub limit: u32,
     /// Set after a usage limit: no turns go to this provider until then.
     pub cooldown_until: Option<DateTime<Utc>>,
-    /// The last failed turn: `{"kind": {"type": ...}, "message"}`.
+    /// The last failed turn on any worker: `{"kind": {"type": ...}, "message"}`.
     #[schema(value_type = Option<Object>)]
     pub last_error: Option<Value>,
+    pub last_error_at: Option<DateTime<Utc>>,
 }
 
 /// List the providers.
@@ -66,9 +72,17 @@ pub async fn list_providers(State(state): State<AppState>, principal: Principal)
 /// Every provider's view, its CLI and credentials checked now.
 pub async fn provider_views(state: &AppState) -> Vec<ProviderView> {
     let checks = state.router.providers().iter().map(|p| async move { (p.clone(), orch_providers::check(p).await) });
+    let shared = shared_states(state).await;
     let mut views = Vec::new();
     for (provider, diagnosis) in futures::future::join_all(checks).await {
         let status = provider.status();
+        let stored = shared.get(provider.name()).cloned().unwrap_or_default();
+        let now = Utc::now();
+        let cooldown_until = status.cooldown_until.into_iter().chain(stored.cooldown_until).filter(|t| *t > now).max();
+        let last_error = match stored.last_error {
+            Some(error) => Some(error),
+            None => status.last_error.and_then(|e| serde_json::to_value(e).ok()),
+        };
         let config = provider.config();
         views.push(ProviderView {
             name: status.name,
@@ -82,49 +96,59 @@ pub async fn provider_views(state: &AppState) -> Vec<ProviderView> {
             warnings: diagnosis.warnings,
             in_use: status.in_use,
             limit: status.limit,
-            cooldown_until: status.cooldown_until,
-            last_error: status.last_error.and_then(|e| serde_json::to_value(e).ok()),
+            cooldown_until,
+            last_error,
+            last_error_at: stored.last_error_at,
         });
     }
     views
 }
 
-/// How to replace a credential the provider refused.
-fn renew_hint(kind: orch_providers::ProviderKind) -> &'static str {
-    match kind {
-        orch_providers::ProviderKind::Claude => "run `claude setup-token` and replace CLAUDE_CODE_OAUTH_TOKEN",
-        orch_providers::ProviderKind::Gemini => "log in again under the provider's home, or replace GEMINI_API_KEY",
-        orch_providers::ProviderKind::Codex => "run `codex login` again as the user Orch runs as",
-        orch_providers::ProviderKind::Qwen => "run `qwen` and log in again as the user Orch runs as",
-        orch_providers::ProviderKind::Cli => "renew the credentials the command uses",
+/// Each provider's state as the workers recorded it in the store; empty
+/// (with a warning) when the store cannot say.
+async fn shared_states(state: &AppState) -> HashMap<String, ProviderState> {
+    match state.store.provider_states().await {
+        Ok(states) => states.into_iter().map(|s| (s.provider.clone(), s)).collect(),
+        Err(err) => {
+            tracing::warn!(error = %err, "reading provider state failed");
+            HashMap::new()
+        }
     }
 }
 
 /// One provider's credential, as far as Orch can know it.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"provider": "claude", "status": "expired", "source": "CLAUDE_CODE_OAUTH_TOKEN", "expires_at": null, "days_left": null, "detail": "claude: authentication failed: OAuth token has expired…", "fix": "run `claude setup-token` and set CLAUDE_CODE_OAUTH_TOKEN"}))]
+#[schema(example = json!({"provider": "claude", "status": "expiring", "source": "CLAUDE_CODE_OAUTH_TOKEN", "expires_at": "2026-11-25T00:00:00Z", "expires_from": "token_expires_at", "renews": false, "days_left": 3, "detail": "expires in 3 days (token_expires_at)", "fix": "run `claude setup-token`, replace CLAUDE_CODE_OAUTH_TOKEN and set token_expires_at to a year from now"}))]
 pub struct TokenHealth {
     pub provider: String,
-    /// `ok` (present, last turn not refused), `expired` or `invalid` (the last
-    /// turn failed authentication), `missing`, or `not_checked` (a `cli` provider).
+    /// `ok`; `expiring` (its known expiry is within ORCH_TOKEN_WARN_DAYS);
+    /// `expired` (past its known expiry, or a turn was refused because it
+    /// expired) or `invalid` (a turn was refused for it), both until a turn on
+    /// the provider succeeds; `missing`; `not_checked` (a `cli` provider).
     pub status: String,
     /// The variable or file the credential comes from; never its value.
     pub source: Option<String>,
-    /// When the credential expires, where that can be known (subscription
-    /// OAuth tokens do not say; null then).
+    /// When the credential expires, where that can be known: the provider's
+    /// `token_expires_at` setting, or the CLI's OAuth file without a refresh
+    /// token (Gemini, Qwen). Null otherwise: a subscription token says nothing
+    /// of its expiry, and a login with a refresh token renews itself.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Where `expires_at` comes from: `token_expires_at` or the file's path.
+    pub expires_from: Option<String>,
+    /// The CLI's login has a refresh token and renews itself.
+    pub renews: bool,
+    /// Whole days until `expires_at` (negative once past).
     pub days_left: Option<i64>,
-    /// The last authentication failure, when that is why the status is not ok.
+    /// Why the status is not ok: the refused turn's message, or the expiry.
     pub detail: Option<String>,
     pub fix: Option<String>,
 }
 
 /// Credentials of each provider.
 ///
-/// Whether each provider's credential is present (and where from), and
-/// whether its last turn was refused for an expired or invalid credential.
-/// Subscription tokens carry no expiry Orch can read, so `expires_at` is
-/// null unless known.
+/// Whether each provider's credential is present (and where from), when it
+/// expires where that can be known, and whether a turn on any worker was
+/// refused for it since the last one that succeeded.
 #[utoipa::path(
     get, path = "/health/tokens", tag = "health",
     responses(
@@ -136,28 +160,58 @@ pub struct TokenHealth {
 )]
 pub async fn token_health(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Vec<TokenHealth>>> {
     principal.require("jobs:read")?;
+    let shared = shared_states(&state).await;
+    let now = Utc::now();
+    let warn = chrono::TimeDelta::days(i64::from(state.config.token_warn_days));
     let mut tokens = Vec::new();
     for provider in state.router.providers().iter() {
         let diagnosis = orch_providers::check(provider).await;
-        let last_auth =
-            provider.status().last_error.filter(|e| matches!(e.kind, orch_providers::ErrorKind::Auth { .. }));
+        let renew = provider.kind().renew_hint().to_owned();
         let (mut status, source, mut fix) = match &diagnosis.credentials {
             orch_providers::Credentials::Present { source } => ("ok", Some(source.clone()), None),
             orch_providers::Credentials::Missing { fix } => ("missing", None, Some(fix.clone())),
             orch_providers::Credentials::NotChecked => ("not_checked", None, None),
         };
-        if let Some(err) = &last_auth {
-            let expired = matches!(err.kind, orch_providers::ErrorKind::Auth { expired: true });
-            status = if expired { "expired" } else { "invalid" };
-            fix = fix.or_else(|| Some(renew_hint(provider.kind()).to_owned()));
+        let mut detail = None;
+        let expiry = orch_providers::expiry(provider);
+        let expires_at = expiry.as_ref().and_then(|e| e.expires_at);
+        if let (Some(at), "ok" | "not_checked") = (expires_at, status) {
+            let from = expiry.as_ref().map_or("", |e| e.source.as_str());
+            if at <= now {
+                status = "expired";
+                detail = Some(format!("expired at {} ({from})", at.to_rfc3339()));
+            } else if at - now <= warn {
+                status = "expiring";
+                detail = Some(format!("expires in {} days ({from})", (at - now).num_days()));
+            }
+        }
+        // A refused turn (on any worker) says more than a date.
+        // This process's own last error counts only where nothing shares state (the store is silent).
+        let refused = match shared.get(provider.name()) {
+            Some(stored) => stored.auth_failure.clone(),
+            None => provider.status().last_error.and_then(|e| match e.kind {
+                orch_providers::ErrorKind::Auth { expired } => {
+                    Some(orch_store::AuthFailure { since: now, at: now, expired, message: e.message })
+                }
+                _ => None,
+            }),
+        };
+        if let Some(failure) = refused {
+            status = if failure.expired { "expired" } else { "invalid" };
+            detail = Some(failure.message);
+        }
+        if status != "ok" && status != "not_checked" {
+            fix = fix.or(Some(renew));
         }
         tokens.push(TokenHealth {
             provider: provider.name().to_owned(),
             status: status.to_owned(),
             source,
-            expires_at: None,
-            days_left: None,
-            detail: last_auth.map(|e| e.message),
+            expires_at,
+            expires_from: expiry.as_ref().filter(|e| e.expires_at.is_some()).map(|e| e.source.clone()),
+            renews: expiry.as_ref().is_some_and(|e| e.renews),
+            days_left: expires_at.map(|at| (at - now).num_days()),
+            detail,
             fix,
         });
     }

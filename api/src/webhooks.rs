@@ -113,7 +113,7 @@ fn check_obsidian_path(path: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// A subscription's events: job events, and `server.down`.
+/// A subscription's events: job events, `server.down` and the provider events.
 fn subscription_events(events: &[String]) -> ApiResult<Vec<String>> {
     let (server, job): (Vec<&String>, Vec<&String>) = events.iter().partition(|e| SERVER_EVENTS.contains(&e.as_str()));
     let mut out = if job.is_empty() && !server.is_empty() {
@@ -200,7 +200,10 @@ fn check_headers(headers: &BTreeMap<String, String>, field: &str) -> ApiResult<(
 #[schema(example = json!({"url": "https://n8n.example.com/webhook/orch-events", "events": ["job.succeeded", "job.failed"], "description": "all results to the archive flow"}))]
 pub struct WebhookRequest {
     pub url: String,
-    /// `job.succeeded`, `job.failed`, `job.cancelled`, `server.down` (an MCP server lost every connection).
+    /// `job.succeeded`, `job.failed`, `job.cancelled`, `server.down` (an MCP server lost every connection),
+    /// `provider.auth_expired` (a turn was refused for the provider's credential; once per incident),
+    /// `provider.auth_expiring` (a known credential expiry entered ORCH_TOKEN_WARN_DAYS; once per expiry).
+    /// Provider events carry the `ProviderEventPayload` schema.
     pub events: Vec<String>,
     /// Extra request headers. Never returned by the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -775,4 +778,34 @@ pub struct WebhookPayload {
     pub result_truncated: bool,
     #[schema(value_type = Object)]
     pub links: Value,
+}
+
+/// The payload of `provider.auth_expired` (a turn was refused for the
+/// provider's credential: sent once per incident, which ends when a turn on
+/// the provider succeeds) and `provider.auth_expiring` (the credential's known
+/// expiry entered the warning window `ORCH_TOKEN_WARN_DAYS`: sent once per
+/// provider and expiry). Never carries the credential.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(examples(
+    json!({"type": "provider.auth_expired", "provider": "claude", "status": "expired", "expires_at": null, "days_left": null, "detail": "claude: authentication failed: OAuth token has expired. Please obtain a new token or refresh your existing token.", "fix": "run `claude setup-token`, replace CLAUDE_CODE_OAUTH_TOKEN and set token_expires_at to a year from now", "at": "2026-11-21T09:00:12.000Z"}),
+    json!({"type": "provider.auth_expiring", "provider": "claude", "status": "expiring", "expires_at": "2026-11-23T09:00:00Z", "days_left": 2, "detail": "the credential of claude expires at 2026-11-23T09:00:00Z (2 days left)", "fix": "run `claude setup-token`, replace CLAUDE_CODE_OAUTH_TOKEN and set token_expires_at to a year from now", "at": "2026-11-21T09:00:00.000Z"}),
+))]
+pub struct ProviderEventPayload {
+    /// `provider.auth_expired` or `provider.auth_expiring`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub provider: String,
+    /// `expired` or `invalid` (the CLI refused the credential), `expiring`.
+    pub status: String,
+    /// When the credential expires, where known (`token_expires_at`, or the CLI's OAuth file).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Whole days until `expires_at` (negative once past).
+    pub days_left: Option<i64>,
+    /// What the CLI said, or when it expires.
+    pub detail: Option<String>,
+    /// How to renew the credential.
+    pub fix: String,
+    /// When the event happened.
+    pub at: DateTime<Utc>,
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The built-in adapters, and `cli` for a command described only by configuration.
@@ -56,6 +57,21 @@ impl ProviderKind {
     }
 }
 
+impl ProviderKind {
+    /// How to replace a credential the provider refused or that expires.
+    pub fn renew_hint(self) -> &'static str {
+        match self {
+            ProviderKind::Claude => {
+                "run `claude setup-token`, replace CLAUDE_CODE_OAUTH_TOKEN and set token_expires_at to a year from now"
+            }
+            ProviderKind::Gemini => "log in again under the provider's home, or replace GEMINI_API_KEY",
+            ProviderKind::Codex => "run `codex login` again as the user Orch runs as",
+            ProviderKind::Qwen => "run `qwen` and log in again as the user Orch runs as",
+            ProviderKind::Cli => "renew the credentials the command uses",
+        }
+    }
+}
+
 impl fmt::Display for ProviderKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -102,6 +118,10 @@ pub struct ProviderConfig {
     pub pty: bool,
     /// Gemini only: its `GEMINI_CLI_HOME` (where its settings and logins live).
     pub home: Option<PathBuf>,
+    /// When the credential expires, as the user knows it: RFC 3339
+    /// (`2027-11-21T09:00:00Z`) or a date (`2027-11-21`, midnight UTC). A
+    /// `claude setup-token` token lasts a year from its creation.
+    pub token_expires_at: Option<String>,
     #[serde(default)]
     pub limits: Limits,
 }
@@ -189,7 +209,8 @@ impl ProvidersConfig {
 
 /// Fields settable as `ORCH_PROVIDER_<NAME>_<FIELD>`, longest first so
 /// `DEFAULT_MODEL` wins over a name ending in `DEFAULT`.
-const ENV_FIELDS: [&str; 13] = [
+const ENV_FIELDS: [&str; 14] = [
+    "TOKEN_EXPIRES_AT",
     "OUTPUT_CAP_BYTES",
     "OUTPUT_FORMAT",
     "OUTPUT_TEXT",
@@ -208,7 +229,7 @@ const ENV_FIELDS: [&str; 13] = [
 impl ProvidersConfig {
     /// Applies `ORCH_PROVIDER_<NAME>_<FIELD>` variables over the file's
     /// settings: COMMAND, ARGS (a JSON array, or words split on spaces),
-    /// MODELS (comma-separated), DEFAULT_MODEL, KIND, HOME, PTY (true/false),
+    /// MODELS (comma-separated), DEFAULT_MODEL, KIND, HOME, PTY (true/false), TOKEN_EXPIRES_AT,
     /// OUTPUT_FORMAT (text, json, jsonl, stream-json), OUTPUT_TEXT (the answer's path),
     /// CONCURRENCY, TIMEOUT_SECS, OUTPUT_CAP_BYTES, COOLDOWN_SECS, and
     /// `ENV_<VAR>` for a variable of the CLI's environment. `<NAME>` is the
@@ -271,6 +292,7 @@ impl ProvidersConfig {
                     config.home = Some(value.clone().into());
                     Ok(())
                 }
+                "TOKEN_EXPIRES_AT" => parse_expiry(&value).map(|_| config.token_expires_at = Some(value.clone())),
                 "OUTPUT_FORMAT" => {
                     let format =
                         [OutputFormat::Text, OutputFormat::Json, OutputFormat::Jsonl, OutputFormat::StreamJson]
@@ -326,6 +348,11 @@ impl ProviderConfig {
         self.kind.or_else(|| ProviderKind::from_name(name))
     }
 
+    /// [`ProviderConfig::token_expires_at`] as a time (validated configs parse).
+    pub fn token_expiry(&self) -> Option<DateTime<Utc>> {
+        self.token_expires_at.as_deref().and_then(|t| parse_expiry(t).ok())
+    }
+
     /// Checks one provider named `name`.
     pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
         let field = |f: &str| format!("providers.{name}.{f}");
@@ -362,6 +389,11 @@ impl ProviderConfig {
         }
         if self.home.is_some() && kind != ProviderKind::Gemini {
             return err("home", format!("only a gemini provider has a home (this one is {kind})"));
+        }
+        if let Some(text) = &self.token_expires_at
+            && let Err(message) = parse_expiry(text)
+        {
+            return err("token_expires_at", message);
         }
         let limits = &self.limits;
         if !(1..=256).contains(&limits.concurrency) {
@@ -436,6 +468,17 @@ impl ProviderConfig {
     }
 }
 
+/// An RFC 3339 time, or a date meaning its midnight UTC.
+pub(crate) fn parse_expiry(text: &str) -> Result<DateTime<Utc>, String> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
+        .map_err(|_| format!("{text:?} is not a date; use RFC 3339 (2027-11-21T09:00:00Z) or a date (2027-11-21)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +534,12 @@ mod tests {
         );
         check("[mine]\nkind = 'cli'\ncommand = 'x'\npty = true\noutput = { format = 'text' }\n", Err("add {prompt}"));
         check("[mine]\nkind = 'cli'\ncommand = 'x'\noutput = { format = 'yaml' }\n", Err("unknown variant `yaml`"));
+        check("[claude]\ntoken_expires_at = '2027-11-21'\n", Ok(()));
+        check("[claude]\ntoken_expires_at = '2027-11-21T09:00:00+02:00'\n", Ok(()));
+        check(
+            "[claude]\ntoken_expires_at = 'next year'\n",
+            Err("providers.claude.token_expires_at: \"next year\" is not a date"),
+        );
     }
 
     #[test]
@@ -510,6 +559,7 @@ mod tests {
             ("ORCH_PROVIDER_MY_CLI_OUTPUT_TEXT", "answer.text"),
             ("ORCH_PROVIDER_WORK_KIND", "gemini"),
             ("ORCH_PROVIDER_WORK_TIMEOUT_SECS", "30"),
+            ("ORCH_PROVIDER_CLAUDE_TOKEN_EXPIRES_AT", "2027-11-21"),
             ("ORCH_BIND", "ignored"),
         ];
         config.apply_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
@@ -518,6 +568,7 @@ mod tests {
         assert_eq!(claude.models, ["sonnet", "opus"]);
         assert_eq!(claude.default_model.as_deref(), Some("opus"));
         assert_eq!(claude.limits.concurrency, 4);
+        assert_eq!(claude.token_expiry().map(|t| t.to_rfc3339()).as_deref(), Some("2027-11-21T00:00:00+00:00"));
         assert_eq!(claude.env.0["CLAUDE_CODE_OAUTH_TOKEN"], "sk-ant-oat-x");
         assert_eq!(config.0["my-cli"].args, ["--say", "{prompt}"]);
         let output = config.0["my-cli"].output.clone().unwrap();
@@ -535,6 +586,7 @@ mod tests {
         assert!(e.message.contains("not a whole number"), "{e}");
         assert!(bad("ORCH_PROVIDER_CLAUDE_COLOR", "x").message.contains("no known field"));
         assert!(bad("ORCH_PROVIDER_CLAUDE_KIND", "gpt").message.contains("allowed: claude"));
+        assert!(bad("ORCH_PROVIDER_CLAUDE_TOKEN_EXPIRES_AT", "soon").message.contains("is not a date"));
     }
 
     #[test]

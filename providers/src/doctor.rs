@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -114,6 +115,47 @@ async fn version(path: &Path, provider: &Provider) -> CliStatus {
     }
 }
 
+/// When a provider's credential expires, as far as Orch can know.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Expiry {
+    /// None when the credential renews itself.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Where Orch learnt it: the `token_expires_at` setting or the CLI's file.
+    pub source: String,
+    /// The login has a refresh token: the CLI renews it, so it does not expire.
+    pub renews: bool,
+}
+
+/// The credential's expiry: the provider's `token_expires_at` setting first,
+/// else the CLI's own OAuth file where Orch's turns use it (Gemini's
+/// `oauth_creds.json` under the provider's home, Qwen's under `$HOME/.qwen`),
+/// which carries `expiry_date` and, for a login that renews itself,
+/// `refresh_token`. Claude's `.credentials.json` is never used by Orch's
+/// turns (each slot has its own `CLAUDE_CONFIG_DIR`; the token comes from
+/// `CLAUDE_CODE_OAUTH_TOKEN`, which says nothing of its expiry), so only the
+/// setting can tell. None when nothing is known.
+pub fn expiry(provider: &Provider) -> Option<Expiry> {
+    if let Some(at) = provider.config().token_expiry() {
+        return Some(Expiry { expires_at: Some(at), source: "token_expires_at".into(), renews: false });
+    }
+    let Credentials::Present { source } = credentials(provider) else { return None };
+    if !source.ends_with("oauth_creds.json") {
+        return None;
+    }
+    let creds: serde_json::Value = serde_json::from_slice(&std::fs::read(&source).ok()?).ok()?;
+    oauth_expiry(&creds, &source)
+}
+
+/// Reads a Google-style OAuth file (`refresh_token`, `expiry_date` in ms).
+fn oauth_expiry(creds: &serde_json::Value, source: &str) -> Option<Expiry> {
+    if creds["refresh_token"].as_str().is_some_and(|t| !t.is_empty()) {
+        return Some(Expiry { expires_at: None, source: source.to_owned(), renews: true });
+    }
+    let ms = creds["expiry_date"].as_f64()?;
+    let at = DateTime::from_timestamp_millis(ms as i64)?;
+    Some(Expiry { expires_at: Some(at), source: source.to_owned(), renews: false })
+}
+
 fn credentials(provider: &Provider) -> Credentials {
     let env = &provider.config().env.0;
     let var = |name: &str| env.get(name).cloned().or_else(|| std::env::var(name).ok()).filter(|v| !v.is_empty());
@@ -157,5 +199,21 @@ fn credentials(provider: &Provider) -> Credentials {
             "run `qwen` once and log in as the user Orch runs as, or set OPENAI_API_KEY in the provider's env",
         ),
         ProviderKind::Cli => Credentials::NotChecked,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oauth_files_expire_only_without_a_refresh_token() {
+        let renewing =
+            serde_json::json!({"access_token": "x", "refresh_token": "1//r", "expiry_date": 1_700_000_000_000u64});
+        assert_eq!(oauth_expiry(&renewing, "f").map(|e| (e.expires_at, e.renews)), Some((None, true)));
+        let fixed = serde_json::json!({"access_token": "x", "expiry_date": 1_700_000_000_123.5});
+        let expiry = oauth_expiry(&fixed, "f").unwrap();
+        assert_eq!((expiry.expires_at.map(|t| t.timestamp_millis()), expiry.renews), (Some(1_700_000_000_123), false));
+        assert_eq!(oauth_expiry(&serde_json::json!({"access_token": "x"}), "f"), None);
     }
 }

@@ -29,8 +29,10 @@ mod turn;
 pub use config::{
     ConfigError, EnvMap, Limits, OutputConfig, OutputFormat, ProviderConfig, ProviderKind, ProvidersConfig,
 };
-pub use doctor::{CliStatus, Credentials, Diagnosis, check};
+pub use doctor::{CliStatus, Credentials, Diagnosis, Expiry, check, expiry};
 pub use error::{ErrorKind, TurnError};
-pub use provider::{NoSharedLimit, Provider, ProviderStatus, Providers, SharedLimit, SharedPermit};
+pub use provider::{
+    NoSharedLimit, Provider, ProviderStatus, Providers, SharedLimit, SharedPermit, SharedSnapshot, SharedState,
+};
 pub use router::{Exhausted, FailedAttempt, Route, RouteError, Routed, Router, RoutingConfig, Rule, Target, TaskType};
 pub use turn::{ProgressEvent, TurnControl, TurnOutput, TurnRequest, Usage};

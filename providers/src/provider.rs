@@ -40,6 +40,27 @@ impl SharedLimit for NoSharedLimit {
     }
 }
 
+/// Provider state shared by every process on one store: a cooldown or an
+/// authentication failure one worker met is known to the others.
+#[async_trait]
+pub trait SharedState: Send + Sync {
+    /// What other processes recorded about `provider`.
+    async fn load(&self, provider: &Provider) -> Result<SharedSnapshot, String>;
+
+    /// Records how a turn on `provider` ended: `error` None means it succeeded
+    /// (only recorded while an authentication failure is open);
+    /// `cooldown_until` is set after a usage limit.
+    async fn record(&self, provider: &Provider, cooldown_until: Option<DateTime<Utc>>, error: Option<&TurnError>);
+}
+
+/// A provider's shared state, as a turn needs it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SharedSnapshot {
+    pub cooldown_until: Option<DateTime<Utc>>,
+    /// Some turn was refused for the credential and none succeeded since.
+    pub auth_failing: bool,
+}
+
 /// All configured providers, built from a validated configuration.
 pub struct Providers {
     providers: BTreeMap<String, Arc<Provider>>,
@@ -80,6 +101,14 @@ impl Providers {
         self.providers.values()
     }
 
+    /// Shares every provider's state through `state` from now on (set once;
+    /// later calls are ignored).
+    pub fn share_state(&self, state: Arc<dyn SharedState>) {
+        for provider in self.iter() {
+            let _ = provider.shared_state.set(state.clone());
+        }
+    }
+
     /// Things to say at start-up, e.g. an `ANTHROPIC_API_KEY` Orch will not pass on.
     pub fn warnings(&self) -> Vec<String> {
         self.iter().flat_map(|p| p.warnings()).collect()
@@ -95,6 +124,7 @@ pub struct Provider {
     permits: Arc<Semaphore>,
     free_slots: Mutex<Vec<u32>>,
     shared: Arc<dyn SharedLimit>,
+    shared_state: std::sync::OnceLock<Arc<dyn SharedState>>,
     state: Mutex<State>,
 }
 
@@ -132,6 +162,7 @@ impl Provider {
             // Popped from the end: slot 1 is used first.
             free_slots: Mutex::new((1..=limit).rev().collect()),
             shared: Arc::new(NoSharedLimit),
+            shared_state: std::sync::OnceLock::new(),
             state: Mutex::new(State::default()),
             config,
         }
@@ -203,8 +234,28 @@ impl Provider {
     /// Runs one turn: waits for a slot, runs the CLI under the provider's
     /// limits, and reads its answer. A provider cooling down after a usage
     /// limit refuses at once.
+    /// A cooldown recorded by another process (shared state) refuses the
+    /// turn the same way, without starting the CLI.
     pub async fn run(&self, request: &TurnRequest, control: &TurnControl) -> Result<TurnOutput, TurnError> {
+        let shared = self.shared_state.get();
+        let mut auth_failing = false;
+        if let Some(shared) = shared {
+            match shared.load(self).await {
+                Ok(snapshot) => {
+                    auth_failing = snapshot.auth_failing;
+                    if let Some(until) = snapshot.cooldown_until {
+                        let mut state = self.state.lock().expect("provider state lock");
+                        state.cooldown_until = Some(state.cooldown_until.map_or(until, |t| t.max(until)));
+                    }
+                }
+                // The store being away must not stop chat: this process's own state still applies.
+                Err(err) => tracing::warn!(provider = %self.name, error = %err, "reading shared provider state failed"),
+            }
+        }
+        // Refused before anything ran: nothing new to record.
+        self.refuse_in_cooldown()?;
         let result = self.run_inner(request, control).await;
+        let mut cooldown = None;
         if let Err(err) = &result {
             let mut state = self.state.lock().expect("provider state lock");
             if let ErrorKind::UsageLimit { resets_at } = err.kind {
@@ -212,16 +263,23 @@ impl Provider {
                 // A reset time already past (clock skew, stale event) still earns the default pause.
                 let until = resets_at.filter(|t| *t > Utc::now()).unwrap_or(fallback);
                 state.cooldown_until = Some(state.cooldown_until.map_or(until, |t| t.max(until)));
+                cooldown = Some(until);
             }
             if !matches!(err.kind, ErrorKind::Cancelled) {
                 state.last_error = Some(err.clone());
+            }
+        }
+        if let Some(shared) = shared {
+            match &result {
+                Err(err) if !matches!(err.kind, ErrorKind::Cancelled) => shared.record(self, cooldown, Some(err)).await,
+                Ok(_) if auth_failing => shared.record(self, None, None).await,
+                _ => {}
             }
         }
         result
     }
 
     async fn run_inner(&self, request: &TurnRequest, control: &TurnControl) -> Result<TurnOutput, TurnError> {
-        self.refuse_in_cooldown()?;
         let model = self.model(request)?;
         let cancelled = || TurnError::new(ErrorKind::Cancelled, format!("{}: cancelled", self.name));
         let slot = tokio::select! {

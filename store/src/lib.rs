@@ -1,5 +1,5 @@
 //! Orch's durable state: jobs, their event logs and results, worker liveness,
-//! API keys, the MCP servers registered through the API and chat sessions, behind one [`Store`] trait with two backends.
+//! API keys, the MCP servers registered through the API, chat sessions, usage and provider state, behind one [`Store`] trait with two backends.
 //!
 //! - [`sqlite::SqliteStore`], the embedded default: one file, no service. All
 //!   writes go through one writer thread that commits whatever is pending in a

@@ -140,6 +140,10 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     let worker = options.worker.then(|| {
         let mut config = quick_worker();
         (options.tweak)(&mut config);
+        // As `orch serve` does: provider state in the store, auth incidents to the webhooks.
+        let shared = orch_worker::provider_state::StoreState::new(store.clone());
+        shared.set_events(webhooks.clone());
+        router.providers().share_state(shared);
         let mut executors = Executors::new(router, Some(registry.clone()));
         if let Some(llm) = options.llm {
             executors.batch = Box::new(orch_worker::PlanRunner {

@@ -37,8 +37,9 @@ pub use sign::Secret;
 
 /// Job events a callback or subscription can ask for.
 pub const JOB_EVENTS: [&str; 3] = ["job.succeeded", "job.failed", "job.cancelled"];
-/// Events only global subscriptions get: an MCP server went down.
-pub const SERVER_EVENTS: [&str; 1] = ["server.down"];
+/// Events only global subscriptions get: an MCP server went down; a
+/// provider's credential was refused, or expires soon.
+pub const SERVER_EVENTS: [&str; 3] = ["server.down", "provider.auth_expired", "provider.auth_expiring"];
 
 /// Settings of webhook deliveries (see README: `ORCH_WEBHOOK_*`).
 #[derive(Debug, Clone)]
@@ -204,7 +205,7 @@ impl Webhooks {
         Ok(targets.len())
     }
 
-    /// Queues an event that is not about a job (`server.down`) to every
+    /// Queues an event that is not about a job (`server.down`, `provider.*`) to every
     /// subscription that wants it, with its payload fixed now. `dedupe` names
     /// the occurrence, so API processes reporting the same one queue it once.
     pub async fn enqueue_event(&self, event: &str, payload: Value, dedupe: &str) -> Result<usize, StoreError> {
@@ -248,6 +249,13 @@ pub fn delivery_job(input: &DeliveryInput, key: Option<String>) -> NewJob {
             body_hash: "delivery".into(),
             expires_at: now + chrono::Duration::days(30),
         }),
+    }
+}
+
+#[async_trait]
+impl orch_worker::provider_state::EventSink for Webhooks {
+    async fn emit(&self, event: &str, payload: Value, dedupe: &str) -> Result<(), String> {
+        self.enqueue_event(event, payload, dedupe).await.map(drop).map_err(|e| e.to_string())
     }
 }
 

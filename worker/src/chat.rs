@@ -34,6 +34,11 @@ pub struct SessionRef {
     pub id: String,
     pub owner: String,
     pub ttl_secs: u64,
+    /// The request carries the whole conversation (an OpenAI client resending
+    /// it): the provider gets it as sent, and the session records only the
+    /// user messages after its last assistant message, then the answer.
+    #[serde(default)]
+    pub client_history: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -136,13 +141,22 @@ impl Executor for ProviderChat {
             .map_err(|e| bad_input(format!("stored chat input does not parse: {e}")))?;
         // A session's earlier turns come first, after the job's system prompt.
         let mut messages: Vec<Message> = input.messages.iter().filter(|m| m.role == "system").cloned().collect();
+        let client_history = input.session.as_ref().is_some_and(|s| s.client_history);
         if let Some(session) = &input.session
+            && !client_history
             && let Some(stored) = ctx.store.get_session(&session.id).await.map_err(store_error)?
         {
             messages.extend(stored.messages.into_iter().map(|m| Message { role: m.role, content: m.content }));
         }
-        let asked: Vec<&Message> = input.messages.iter().filter(|m| m.role != "system").collect();
-        messages.extend(asked.iter().map(|m| (*m).clone()));
+        let turns: Vec<&Message> = input.messages.iter().filter(|m| m.role != "system").collect();
+        messages.extend(turns.iter().map(|m| (*m).clone()));
+        // What the session records of the request: all of it, or what follows the resent history.
+        let asked: Vec<&Message> = if client_history {
+            let after = turns.iter().rposition(|m| m.role == "assistant").map_or(0, |i| i + 1);
+            turns[after..].to_vec()
+        } else {
+            turns
+        };
         let (system, prompt) = render(&messages).map_err(bad_input)?;
         let task_type = match input.task_type.as_deref() {
             Some(name) => Some(

@@ -21,6 +21,7 @@ pub mod limit;
 pub mod llm;
 pub mod plan;
 pub mod planning;
+pub mod provider_state;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
