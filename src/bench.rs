@@ -756,6 +756,18 @@ impl Store for Observed {
     ) -> orch_store::Result<Vec<orch_store::UsageRecord>> {
         self.inner.usage(from, to, limit).await
     }
+    async fn put_output(&self, id: JobId, node: &str, output: &str) -> orch_store::Result<bool> {
+        self.inner.put_output(id, node, output).await
+    }
+    async fn get_output(&self, id: JobId, node: &str) -> orch_store::Result<Option<String>> {
+        self.inner.get_output(id, node).await
+    }
+    async fn cache_put(&self, key: &str, value: &str, ttl: Duration) -> orch_store::Result<()> {
+        self.inner.cache_put(key, value, ttl).await
+    }
+    async fn cache_get(&self, key: &str) -> orch_store::Result<Option<String>> {
+        self.inner.cache_get(key).await
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -138,6 +138,9 @@ pub struct WorkerArgs {
     /// Most tools shown to the planner (the most relevant to the request), 1–500 [default: 40].
     #[arg(long, env = "ORCH_PLANNER_MAX_TOOLS", value_name = "N")]
     pub planner_max_tools: Option<usize>,
+    /// Plan node outputs larger than this (as JSON) are stored once and referenced from events and results, 1024–16777216 [default: 65536].
+    #[arg(long, env = "ORCH_PLAN_INLINE_OUTPUT_BYTES", value_name = "BYTES")]
+    pub plan_inline_output_bytes: Option<usize>,
 }
 
 /// `orch.toml`: the same settings, by the flag names with `_`.
@@ -178,6 +181,7 @@ struct FileConfig {
     planner_attempts: Option<u32>,
     planner_cache_ttl: Option<String>,
     planner_max_tools: Option<usize>,
+    plan_inline_output_bytes: Option<usize>,
 }
 
 /// Every setting, resolved and checked.
@@ -202,6 +206,8 @@ pub struct Settings {
     pub routing: orch_providers::RoutingConfig,
     /// The LLM planner of batch requests.
     pub planner: orch_worker::PlannerSettings,
+    /// Plan node outputs longer than this are stored apart and referenced.
+    pub plan_inline_output_bytes: usize,
 }
 
 impl Settings {
@@ -359,6 +365,15 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
     if !(1..=500).contains(&planner.max_tools) {
         bail!("ORCH_PLANNER_MAX_TOOLS (--planner-max-tools): {} is out of range; allowed: 1 to 500", planner.max_tools);
     }
+    let plan_inline_output_bytes = worker
+        .plan_inline_output_bytes
+        .or(file.plan_inline_output_bytes)
+        .unwrap_or(orch_worker::plan::DEFAULT_INLINE_OUTPUT_BYTES);
+    if !(1024..=16 * 1024 * 1024).contains(&plan_inline_output_bytes) {
+        bail!(
+            "ORCH_PLAN_INLINE_OUTPUT_BYTES (--plan-inline-output-bytes): {plan_inline_output_bytes} is out of range; allowed: 1024 to 16777216"
+        );
+    }
     if w.lease < Duration::from_millis(300) {
         bail!(
             "ORCH_LEASE (--lease): {:?} is too short; allowed: 300ms or more (heartbeats run every lease/3)",
@@ -403,6 +418,7 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         providers,
         routing,
         planner,
+        plan_inline_output_bytes,
     };
     // Routing names providers and models: checked against them before anything starts.
     settings.router()?;

@@ -288,7 +288,12 @@ fn executors(
     Arc::new(orch_worker::Executors {
         delivery: Some(Box::new(orch_webhooks::DeliveryExecutor(state.webhooks.clone()))),
         followups: Some(state.webhooks.clone()),
-        ..orch_worker::Executors::with_planner(router, Some(state.registry.clone()), settings.planner.clone())
+        ..orch_worker::Executors::with_planner(
+            router,
+            Some(state.registry.clone()),
+            settings.planner.clone(),
+            settings.plan_inline_output_bytes,
+        )
     })
 }
 

@@ -417,6 +417,185 @@ async fn retried_job_skips_finished_nodes(backend: Backend) {
     app.app.stop().await;
 }
 
+/// An output above the inline limit (64 KiB by default) is stored once: the
+/// events and the result carry a reference, `/v1/jobs/{id}/outputs/{node}`
+/// answers the whole value, and later nodes (also in a later attempt, from
+/// the checkpoint) and the plan's `output` get the whole value.
+async fn large_outputs_are_stored_once_and_referenced(backend: Backend) {
+    use sha2::Digest;
+    let app = app(backend).await;
+    let big = "0123456789".repeat(10_000);
+    // Attempt 1: `big` and `small` run, `gate` fails; attempt 2 resumes them
+    // from their checkpoints and `copy` echoes `big` back.
+    let (job, result) = app
+        .run_batch(json!({"max_attempts": 2, "plan": {"nodes": [
+            {"id": "big", "tool": "test.echo", "args": {"message": "0123456789", "repeat": 10_000}},
+            {"id": "small", "tool": "test.echo", "args": {"message": "tiny"}},
+            {"id": "gate", "fail": {"times": 1}, "depends_on": ["big", "small"]},
+            {"id": "copy", "tool": "test.echo", "args": {"message": "{{nodes.big.output}}"}, "depends_on": ["gate"]},
+            {"id": "calls", "tool": "test.stats", "depends_on": ["copy"]}
+        ], "output": {"whole": "{{nodes.big.output}}", "small": "{{nodes.small.output}}", "calls": "{{nodes.calls.output.calls}}"}}}))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let text = serde_json::to_string(&big).unwrap();
+    let reference = json!({
+        "$ref": format!("/v1/jobs/{id}/outputs/big"),
+        "bytes": text.len(),
+        "sha256": hex::encode(sha2::Sha256::digest(text.as_bytes())),
+    });
+    let nodes = &result["result"]["nodes"];
+    assert_eq!(nodes["big"]["output"], reference);
+    assert_eq!(nodes["big"]["resumed"], true);
+    assert_eq!(nodes["small"]["output"], "tiny", "small outputs stay inline");
+    assert_eq!(nodes["copy"]["output"]["$ref"], format!("/v1/jobs/{id}/outputs/copy"));
+    let output = &result["result"]["output"];
+    assert_eq!(output["whole"].as_str().map(str::len), Some(big.len()), "the output template gets the whole value");
+    assert_eq!(output["whole"], big.as_str());
+    // `big`, `small`, `copy` and this stats call: nothing ran twice.
+    assert_eq!(output["calls"], 4, "{output}");
+
+    // The events carry the reference, not the value, once per finished node.
+    let events = app.events(id, None).await;
+    let big_events: Vec<&Value> = events
+        .iter()
+        .map(|(_, _, e)| &e["data"])
+        .filter(|d| d["node"] == "big" && d["status"] == "succeeded")
+        .collect();
+    assert_eq!(big_events.len(), 1);
+    assert_eq!(big_events[0]["output"], reference);
+    let event_bytes: usize = events.iter().map(|(_, _, e)| e.to_string().len()).sum();
+    assert!(event_bytes < 20_000, "the events hold {event_bytes} bytes");
+
+    // The endpoint answers the whole value: the stored one, or the event's for small outputs.
+    for (node, expected) in [("big", json!(big)), ("copy", json!(big)), ("small", json!("tiny"))] {
+        let r = app
+            .client
+            .get(format!("{}/v1/jobs/{id}/outputs/{node}", app.base))
+            .bearer_auth(&app.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let body = r.text().await.unwrap();
+        if node == "big" {
+            assert_eq!(hex::encode(sha2::Sha256::digest(body.as_bytes())), reference["sha256"].as_str().unwrap());
+        }
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), expected, "{node}");
+    }
+    let r = app.get(&format!("/v1/jobs/{id}/outputs/ghost")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["error"]["code"], "no_output", "{}", r.body);
+    let r = app.call(reqwest::Method::GET, &format!("/v1/jobs/{id}/outputs/big"), None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    app.app.stop().await;
+}
+
+/// A child process killed (SIGKILL) when dropped, however the test ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The split deployment as real processes: `orch api` and two `orch worker`s
+/// in turn on one store (a SQLite file, or Redis). The first worker is
+/// SIGKILLed while the plan's long node runs; the second recovers the job
+/// after its lease expires and finishes it without calling the finished
+/// nodes again (the test server's journal, a file, counts the calls of both
+/// workers' servers).
+async fn a_worker_killed_mid_plan_is_replaced_without_rerunning_finished_nodes(backend: Backend) {
+    let handle = support::fresh_store(backend).await;
+    let admin = support::make_key(handle.store.as_ref(), &["admin"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("calls.jsonl");
+    let config = dir.path().join("mcp-config.json");
+    let servers = json!({"test": {"command": test_server(), "args": ["--journal", journal], "timeout": 30}});
+    std::fs::write(&config, json!({"mcpServers": servers}).to_string()).unwrap();
+    let store = match &handle.url {
+        orch_store::StoreUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+        orch_store::StoreUrl::Redis(url) => url.clone(),
+    };
+    let port = orch_testkit::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let orch = |command: &str, log: &str| {
+        let log = std::fs::File::create(dir.path().join(log)).unwrap();
+        Killed(
+            std::process::Command::new(env!("CARGO_BIN_EXE_orch"))
+                .arg(command)
+                .current_dir(dir.path())
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("ORCH_STORE", &store)
+                .env("ORCH_MCP_CONFIG", &config)
+                .env("ORCH_BIND", format!("127.0.0.1:{port}"))
+                .env("ORCH_LOG", "warn")
+                .env("ORCH_LEASE", "1s")
+                .env("ORCH_POLL_INTERVAL", "20ms")
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _api = orch("api", "api.log");
+    let app = TestApp {
+        base: base.clone(),
+        admin,
+        client: reqwest::Client::new(),
+        store: handle.store.clone(),
+        handle,
+        shutdown: Default::default(),
+        worker: None,
+        registry: orch_mcp::Registry::new(Default::default()).unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.client.get(format!("{base}/health")).send().await.ok().map(|r| r.status()) != Some(StatusCode::OK) {
+        assert!(Instant::now() < deadline, "orch api did not start: {}", read(&dir.path().join("api.log")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = orch("worker", "worker-1.log");
+    let id = app
+        .submit_plan(json!({"nodes": [
+            {"id": "one", "tool": "test.echo", "args": {"message": "one"}},
+            {"id": "two", "tool": "test.echo", "args": {"message": "two"}},
+            {"id": "long", "tool": "test.sleep", "args": {"ms": 2000}, "depends_on": ["one", "two"]},
+            {"id": "after", "tool": "test.echo", "args": {"message": "{{nodes.long.output}}, then done"}}
+        ]}))
+        .await;
+    // Progress events are written in order: `one` and `two` succeeded before `long` started.
+    app.wait_for(&id, WAIT, |j| j["progress"]["node"] == "long" && j["progress"]["status"] == "started").await;
+    drop(first); // SIGKILL, mid-sleep
+    let _second = orch("worker", "worker-2.log");
+    let job = app.wait_finished(&id, WAIT).await;
+    assert_eq!(job["status"], "succeeded", "{job}\n{}", read(&dir.path().join("worker-2.log")));
+    assert_eq!(job["attempts"], 2, "{job}");
+    let result = app.get(&format!("/v1/jobs/{id}/result")).await.body;
+    let nodes = &result["result"]["nodes"];
+    assert_eq!((&nodes["one"]["resumed"], &nodes["two"]["resumed"]), (&json!(true), &json!(true)), "{nodes}");
+    assert_eq!(nodes["long"].get("resumed"), None, "{nodes}");
+    assert_eq!(result["result"]["output"]["after"], "slept 2000 ms, then done", "{result}");
+
+    let calls: Vec<Value> = read(&journal).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let count = |tool: &str, message: Option<&str>| {
+        calls.iter().filter(|c| c["tool"] == tool && message.is_none_or(|m| c["args"]["message"] == m)).count()
+    };
+    assert_eq!(count("echo", Some("one")), 1, "{calls:?}");
+    assert_eq!(count("echo", Some("two")), 1, "{calls:?}");
+    // Killed mid-call, so run again by the second worker.
+    assert_eq!(count("sleep", None), 2, "{calls:?}");
+    assert_eq!(count("echo", Some("slept 2000 ms, then done")), 1, "{calls:?}");
+}
+
+fn read(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| format!("({}: {e})", path.display()))
+}
+
 /// A model that answers from a script and remembers the prompts.
 #[derive(Default)]
 struct FakeLlm {
@@ -481,4 +660,6 @@ on_both_backends!(
     plans_are_analysed_and_drawn,
     retried_job_skips_finished_nodes,
     llm_nodes_use_the_model,
+    a_worker_killed_mid_plan_is_replaced_without_rerunning_finished_nodes,
+    large_outputs_are_stored_once_and_referenced,
 );

@@ -160,6 +160,7 @@ fn invalid_settings_stop_start_up_naming_the_setting() {
         (&[("ORCH_LOG_FORMAT", "xml")], "allowed: text, json"),
         (&[("ORCH_LEASE", "soon")], "--lease"),
         (&[("ORCH_MAX_ATTEMPTS", "99")], "ORCH_MAX_ATTEMPTS"),
+        (&[("ORCH_PLAN_INLINE_OUTPUT_BYTES", "10")], "ORCH_PLAN_INLINE_OUTPUT_BYTES"),
         (
             &[("ORCH_PROVIDER_CLAUDE_CONCURRENCY", "many")],
             "ORCH_PROVIDER_CLAUDE_CONCURRENCY: \"many\" is not a whole number",

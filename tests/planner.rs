@@ -52,20 +52,25 @@ async fn app(backend: Backend, answers: &[&str]) -> App {
     for (i, answer) in answers.iter().enumerate() {
         std::fs::write(fake.path().join(format!("answer.{}", i + 1)), answer).unwrap();
     }
+    let config = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(backend, options(fake.path(), config.path())).await;
+    App { app, fake, _config: config }
+}
+
+/// The app's providers and MCP servers: the fake planner answering from `fake`.
+fn options(fake: &Path, config: &Path) -> Options {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake-planner/answers");
     let providers = format!(
         "[planner]\nkind = 'cli'\ncommand = '{}'\nenv = {{ FAKE_PLANNER_DIR = '{}' }}\noutput = {{ format = 'text' }}\n",
         script.display(),
-        fake.path().display()
+        fake.display()
     );
     let router = support::router(&providers, "default_model = 'planner'\n");
-    let config = tempfile::tempdir().unwrap();
-    let file = config.path().join("mcp-config.json");
+    let file = config.join("mcp-config.json");
     let servers = json!({"test": {"command": test_server(), "timeout": 30, "autoApprove": ["echo", "sleep"]}});
     std::fs::write(&file, json!({"mcpServers": servers}).to_string()).unwrap();
     let mcp = McpSettings { file: Some(file), allow_api_stdio: false };
-    let app = spawn_app_with(backend, Options { mcp, router: Some(router), ..Default::default() }).await;
-    App { app, fake, _config: config }
+    Options { mcp, router: Some(router), ..Default::default() }
 }
 
 impl App {
@@ -329,4 +334,23 @@ async fn batch_execute_over_mcp() {
     app.app.stop().await;
 }
 
-on_both_backends!(a_request_is_planned_then_run);
+/// The plan cache lives in the store: after a restart on the same store (a
+/// new worker, as another process would be), the request is not planned again.
+async fn the_plan_cache_is_shared_through_the_store(backend: Backend) {
+    let app = app(backend, &[GOOD]).await;
+    let (job, _) = app.run(json!({"request": REQUEST})).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(app.calls(), 1);
+    let App { app, fake, _config: config } = app;
+    let (handle, admin) = app.stop_keeping_store().await;
+    let again = support::spawn_app_on(handle, admin, options(fake.path(), config.path())).await;
+    let app = App { app: again, fake, _config: config };
+    let (job, result) = app.run(json!({"request": REQUEST})).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(result["result"]["planning"]["cached"], true, "{result}");
+    assert_eq!(result["result"]["output"], good_output());
+    assert_eq!(app.calls(), 1, "the new worker asked the planner again");
+    app.app.stop().await;
+}
+
+on_both_backends!(a_request_is_planned_then_run, the_plan_cache_is_shared_through_the_store);

@@ -149,6 +149,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sessions/{id}", get(sessions::get_session).delete(sessions::delete_session))
         .route("/v1/sessions/{id}/memory", get(sessions::export_memory))
         .route("/v1/jobs/{id}/graph", get(plans::job_graph))
+        .route("/v1/jobs/{id}/outputs/{node}", get(plans::node_output))
         .route("/v1/plans", post(plans::preview_plan))
         .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
         .route("/v1/keys/{id}", delete(keys::revoke_key))
@@ -194,7 +195,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ),
     paths(
         jobs::submit_chat, jobs::submit_batch, jobs::list_jobs, jobs::get_job, jobs::get_result,
-        jobs::job_events, jobs::cancel_job, plans::job_graph, plans::preview_plan,
+        jobs::job_events, jobs::cancel_job, plans::job_graph, plans::node_output, plans::preview_plan,
         openai::chat_completions, openai::list_models, providers::list_providers, providers::token_health, usage::usage,
         sessions::list_sessions, sessions::get_session, sessions::delete_session, sessions::export_memory,
         keys::create_key, keys::list_keys, keys::revoke_key,

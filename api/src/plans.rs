@@ -286,3 +286,56 @@ pub async fn job_graph(
         }
     })
 }
+
+/// Get one node's output of a batch job.
+///
+/// The whole output of node `node`, as JSON. Outputs larger than the
+/// worker's `ORCH_PLAN_INLINE_OUTPUT_BYTES` are stored once and shown in
+/// events and the result as `{"$ref": "/v1/jobs/{id}/outputs/{node}", "bytes",
+/// "sha256"}` (SHA-256 of this body); smaller ones are answered from the
+/// node's last progress event. Available as soon as the node finished.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/outputs/{node}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id"), ("node" = String, Path, description = "Node id")),
+    responses(
+        (status = 200, description = "The node's output", content_type = "application/json", body = Value),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, description = "No such job, or the node has no output (yet)", body = ErrorBody,
+            example = json!({"error": {"code": "no_output", "message": "node \"fetch\" of job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11 has no output (yet)"}})),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn node_output(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((id, node)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    principal.require("jobs:read")?;
+    let job = jobs::load(&state, &id).await?;
+    let no_output =
+        || ApiError::new(StatusCode::NOT_FOUND, "no_output", format!("node {node:?} of job {id} has no output (yet)"));
+    if job.kind != JobKind::Batch {
+        return Err(no_output());
+    }
+    let json = |text: String| ([(header::CONTENT_TYPE, "application/json")], text).into_response();
+    if let Some(text) = state.store.get_output(job.id, &node).await? {
+        return Ok(json(text));
+    }
+    // Small outputs travel in the node's events: the last finished one wins.
+    let mut output = None;
+    let mut after = 0;
+    loop {
+        let page = state.store.events(job.id, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for event in page.iter().filter(|e| e.kind == "progress" && e.data["node"] == node.as_str()) {
+            if let Some(value) = event.data.get("output")
+                && ["succeeded", "failed"].contains(&event.data["status"].as_str().unwrap_or(""))
+            {
+                output = Some(value.clone());
+            }
+        }
+    }
+    let output = output.ok_or_else(no_output)?;
+    Ok(json(serde_json::to_string(&output).map_err(ApiError::internal)?))
+}

@@ -193,6 +193,21 @@ pub trait Store: Send + Sync + 'static {
     /// Turns recorded in `[from, to)`, oldest first, at most `limit`. Records
     /// older than the retention are removed by [`Store::purge`].
     async fn usage(&self, from: DateTime<Utc>, to: DateTime<Utc>, limit: usize) -> Result<Vec<UsageRecord>>;
+
+    /// Keeps the output of plan node `node` of job `id` (JSON text), replacing
+    /// an earlier one; false when the job does not exist (then nothing is
+    /// kept). Removed with the job by [`Store::purge`].
+    async fn put_output(&self, id: JobId, node: &str, output: &str) -> Result<bool>;
+
+    /// The output [`Store::put_output`] kept, as it was given.
+    async fn get_output(&self, id: JobId, node: &str) -> Result<Option<String>>;
+
+    /// Keeps `value` under `key` for `ttl` in a cache every process on this
+    /// store shares (the LLM planner's plans), replacing an earlier value.
+    async fn cache_put(&self, key: &str, value: &str, ttl: Duration) -> Result<()>;
+
+    /// The value under `key` if its time has not passed.
+    async fn cache_get(&self, key: &str) -> Result<Option<String>>;
 }
 
 /// In-process wake-ups shared by the API and worker of one process.

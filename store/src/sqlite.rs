@@ -33,6 +33,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_usage.sql"),
     include_str!("../../migrations/sqlite/0006_webhooks.sql"),
     include_str!("../../migrations/sqlite/0007_provider_state.sql"),
+    include_str!("../../migrations/sqlite/0008_job_outputs.sql"),
+    include_str!("../../migrations/sqlite/0009_cache.sql"),
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -579,6 +581,7 @@ fn purge_finished(conn: &Connection, before: i64, limit: usize) -> Result<u64> {
         for sql in [
             "DELETE FROM job_events WHERE job_id = ?1",
             "DELETE FROM job_results WHERE job_id = ?1",
+            "DELETE FROM job_outputs WHERE job_id = ?1",
             "DELETE FROM idempotency WHERE job_id = ?1",
             "DELETE FROM jobs WHERE id = ?1",
         ] {
@@ -885,6 +888,7 @@ impl Store for SqliteStore {
             // Expired sessions are invisible already; this reclaims their space.
             conn.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?.execute([now_millis()])?;
             conn.prepare_cached("DELETE FROM usage WHERE at < ?1")?.execute([to_millis(before)])?;
+            conn.prepare_cached("DELETE FROM cache WHERE expires_at <= ?1")?.execute([now_millis()])?;
             purge_finished(conn, to_millis(before), limit)
         })
         .await
@@ -1266,6 +1270,57 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             conn.prepare_cached("DELETE FROM slots WHERE name = ?1 AND holder = ?2")?.execute(params![name, holder])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn put_output(&self, id: JobId, node: &str, output: &str) -> Result<bool> {
+        let (id, node, output) = (id.to_string(), node.to_owned(), output.to_owned());
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO job_outputs (job_id, node, output) SELECT ?1, ?2, ?3
+                     WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?1)
+                     ON CONFLICT (job_id, node) DO UPDATE SET output = excluded.output",
+                )?
+                .execute(params![id, node, output])?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn get_output(&self, id: JobId, node: &str) -> Result<Option<String>> {
+        let (id, node) = (id.to_string(), node.to_owned());
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT output FROM job_outputs WHERE job_id = ?1 AND node = ?2")?
+                .query_row(params![id, node], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn cache_put(&self, key: &str, value: &str, ttl: Duration) -> Result<()> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        let expires_at = now_millis().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO cache (key, value, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+            )?
+            .execute(params![key, value, expires_at])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cache_get(&self, key: &str) -> Result<Option<String>> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT value FROM cache WHERE key = ?1 AND expires_at > ?2")?
+                .query_row(params![key, now_millis()], |r| r.get(0))
+                .optional()?)
         })
         .await
     }

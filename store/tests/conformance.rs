@@ -693,6 +693,45 @@ async fn purge_forgets_idempotency_keys(store: Arc<dyn Store>) {
     assert_ne!(again.id, first.id);
 }
 
+async fn node_outputs_are_kept_replaced_and_purged_with_their_job(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    let other = insert(&store, new_job(JobKind::Batch)).await;
+    let big = format!("{{\"text\": \"{}\"}}", "x".repeat(100_000));
+    assert!(store.put_output(job.id, "fetch", &big).await.unwrap());
+    assert!(store.put_output(job.id, "map", "[1, 2]").await.unwrap());
+    assert!(store.put_output(other.id, "fetch", "\"other job\"").await.unwrap());
+    assert_eq!(store.get_output(job.id, "fetch").await.unwrap().as_deref(), Some(big.as_str()));
+    assert_eq!(store.get_output(job.id, "nope").await.unwrap(), None);
+    // A later attempt of the node replaces it.
+    assert!(store.put_output(job.id, "map", "[3]").await.unwrap());
+    assert_eq!(store.get_output(job.id, "map").await.unwrap().as_deref(), Some("[3]"));
+    // Nothing is kept for a job that does not exist.
+    let ghost = new_job_id();
+    assert!(!store.put_output(ghost, "fetch", "1").await.unwrap());
+    assert_eq!(store.get_output(ghost, "fetch").await.unwrap(), None);
+
+    assert!(complete(&store, "w1", job.id, succeeded(json!("done"))).await);
+    assert_eq!(store.purge(Utc::now() + TimeDelta::seconds(1), 100).await.unwrap(), 1);
+    assert_eq!(store.get_output(job.id, "fetch").await.unwrap(), None);
+    assert_eq!(store.get_output(job.id, "map").await.unwrap(), None);
+    assert!(!store.put_output(job.id, "late", "1").await.unwrap(), "a write after purge kept something");
+    assert_eq!(store.get_output(other.id, "fetch").await.unwrap().as_deref(), Some("\"other job\""));
+}
+
+async fn cache_entries_are_replaced_and_expire(store: Arc<dyn Store>) {
+    assert_eq!(store.cache_get("plan:a").await.unwrap(), None);
+    store.cache_put("plan:a", "{\"nodes\": []}", Duration::from_secs(60)).await.unwrap();
+    store.cache_put("plan:b", "short", Duration::from_millis(300)).await.unwrap();
+    assert_eq!(store.cache_get("plan:a").await.unwrap().as_deref(), Some("{\"nodes\": []}"));
+    assert_eq!(store.cache_get("plan:b").await.unwrap().as_deref(), Some("short"));
+    store.cache_put("plan:a", "replaced", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(store.cache_get("plan:a").await.unwrap().as_deref(), Some("replaced"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.cache_get("plan:b").await.unwrap(), None, "an expired entry was answered");
+    store.purge(Utc::now(), 10).await.unwrap();
+    assert_eq!(store.cache_get("plan:a").await.unwrap().as_deref(), Some("replaced"), "purge took a live entry");
+}
+
 // --- API keys ---
 
 async fn first_key_is_created_only_once(store: Arc<dyn Store>) {
@@ -1063,6 +1102,8 @@ on_each_backend!(
     purge_removes_only_old_finished_jobs,
     purge_respects_limit,
     purge_forgets_idempotency_keys,
+    node_outputs_are_kept_replaced_and_purged_with_their_job,
+    cache_entries_are_replaced_and_expire,
     first_key_is_created_only_once,
     first_key_again_once_all_are_revoked,
     concurrent_first_keys_store_one,

@@ -64,20 +64,22 @@ impl Executors {
     /// MCP steps) with their `llm` steps on the same providers; no webhook
     /// deliveries (set `delivery` and `followups` for them).
     pub fn new(router: Arc<orch_providers::Router>, tools: Option<orch_mcp::Registry>) -> Executors {
-        Executors::with_planner(router, tools, PlannerSettings::default())
+        Executors::with_planner(router, tools, PlannerSettings::default(), crate::plan::DEFAULT_INLINE_OUTPUT_BYTES)
     }
 
-    /// As [`Executors::new`], with the LLM planner's settings.
+    /// As [`Executors::new`], with the LLM planner's settings and the size
+    /// above which plan node outputs are stored apart.
     pub fn with_planner(
         router: Arc<orch_providers::Router>,
         tools: Option<orch_mcp::Registry>,
         planner: PlannerSettings,
+        inline_output_bytes: usize,
     ) -> Executors {
         let llm: Arc<dyn crate::llm::Llm> = Arc::new(crate::chat::RouterLlm { router: router.clone() });
         let planning = Arc::new(Planning::new(planner));
         Executors {
             chat: Box::new(crate::chat::ProviderChat { router }),
-            batch: Box::new(PlanRunner { tools, llm: Some(llm), planning }),
+            batch: Box::new(PlanRunner { tools, llm: Some(llm), planning, inline_output_bytes }),
             delivery: None,
             followups: None,
         }

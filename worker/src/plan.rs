@@ -11,6 +11,11 @@
 //! another worker after this one died) reads it back and does not run those
 //! nodes again. Events are written in order by one writer task, in batches,
 //! so the store's latency is not on the scheduling path.
+//!
+//! An output larger than [`PlanRunner::inline_output_bytes`] (as JSON text)
+//! is kept once in the store ([`Store::put_output`]) and the event and the
+//! result carry a reference to it instead (see [`output_ref`]); the nodes
+//! after it and the plan's `output` template still get the whole value.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,9 +26,10 @@ use futures::StreamExt;
 use orch_mcp::{CallOptions, Error as McpError, Registry};
 use orch_planner::reference::{self, Root, Scope};
 use orch_planner::{OnError, Plan, Step, StepTemplate};
-use orch_store::{Job, JobError, JobId};
+use orch_store::{Job, JobError, JobId, Store};
 use rand::Rng;
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -40,15 +46,32 @@ pub const IDEMPOTENCY_META_KEY: &str = "orch/idempotency-key";
 const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// Default of [`PlanRunner::inline_output_bytes`]: 64 KiB.
+pub const DEFAULT_INLINE_OUTPUT_BYTES: usize = 64 * 1024;
+
 /// Runs batch plans with the MCP servers of `tools` and the completions of `llm`.
 /// Without them, `tool` and `llm` nodes fail with a message saying so.
 /// A job with a `request` instead of a plan is planned first ([`crate::planning`]).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PlanRunner {
     pub tools: Option<Registry>,
     pub llm: Option<Arc<dyn Llm>>,
     /// The LLM planner's settings and plan cache.
     pub planning: Arc<Planning>,
+    /// Node outputs longer than this as JSON text are stored once and
+    /// referenced from events and the result.
+    pub inline_output_bytes: usize,
+}
+
+impl Default for PlanRunner {
+    fn default() -> Self {
+        PlanRunner {
+            tools: None,
+            llm: None,
+            planning: Arc::default(),
+            inline_output_bytes: DEFAULT_INLINE_OUTPUT_BYTES,
+        }
+    }
 }
 
 #[async_trait]
@@ -94,6 +117,8 @@ struct NodeRecord {
     duration_ms: Option<f64>,
     /// Restored from a checkpoint of an earlier attempt.
     resumed: bool,
+    /// The reference shown instead of `output` when it was stored apart.
+    stored: Option<Value>,
 }
 
 impl NodeRecord {
@@ -106,14 +131,21 @@ impl NodeRecord {
             started_ms: None,
             duration_ms: None,
             resumed: false,
+            stored: None,
         }
+    }
+
+    /// The output as events and the result show it: the value, or the
+    /// reference to where it was stored.
+    fn shown_output(&self) -> Option<Value> {
+        self.stored.clone().or_else(|| self.output.as_ref().map(|o| (**o).clone()))
     }
 
     fn to_json(&self) -> Value {
         let mut out = json!({"status": self.status, "attempts": self.attempts});
         let map = out.as_object_mut().expect("an object");
-        if let Some(output) = &self.output {
-            map.insert("output".into(), (**output).clone());
+        if let Some(output) = self.shown_output() {
+            map.insert("output".into(), output);
         }
         if let Some(error) = &self.error {
             map.insert("error".into(), json!(error));
@@ -152,16 +184,30 @@ async fn checkpoints(ctx: &JobContext) -> Result<HashMap<String, NodeRecord>, Jo
             if !finished {
                 continue;
             }
+            let shown = data.get("output").cloned().unwrap_or(Value::Null);
+            let (output, stored) = match is_output_ref(&shown) {
+                false => (shown, None),
+                // Kept apart: read it back; if it is gone or not the one the
+                // event names, the node runs again.
+                true => match stored_output(ctx.store.as_ref(), ctx.job_id, node, &shown).await? {
+                    Some(output) => (output, Some(shown)),
+                    None => {
+                        done.remove(node);
+                        continue;
+                    }
+                },
+            };
             done.insert(
                 node.to_owned(),
                 NodeRecord {
                     status: if status == "succeeded" { "succeeded" } else { "failed" },
-                    output: Some(Arc::new(data.get("output").cloned().unwrap_or(Value::Null))),
+                    output: Some(Arc::new(output)),
                     error: data.get("error").and_then(|e| serde_json::from_value(e.clone()).ok()),
                     attempts: data["attempts"].as_u64().unwrap_or(1) as u32,
                     started_ms: None,
                     duration_ms: data["duration_ms"].as_f64(),
                     resumed: true,
+                    stored,
                 },
             );
         }
@@ -299,6 +345,7 @@ async fn run_plan(
             started_ms: Some(start),
             duration_ms: Some(end - start),
             resumed: false,
+            stored: None,
         };
         match result {
             Ok((output, attempts)) => {
@@ -325,6 +372,9 @@ async fn run_plan(
                 }
                 record.error = Some(error);
             }
+        }
+        if let Some(output) = &record.output {
+            record.stored = store_large_output(ctx, &node.id, output, runner.inline_output_bytes).await;
         }
         let mut event = record.to_json();
         event["completed"] = json!(done);
@@ -358,15 +408,63 @@ async fn run_plan(
     let output = match &plan.output {
         Some(template) => reference::render(template, &scope)
             .map_err(|e| JobError::new("invalid_reference", format!("plan output: {e}"), false))?,
+        // Every node's output, as the nodes' records show it (large ones by reference).
         None => Value::Object(
-            plan.nodes
-                .iter()
-                .map(|n| (n.id.clone(), outputs.get(&n.id).map_or(Value::Null, |v| (**v).clone())))
-                .collect(),
+            plan.nodes.iter().map(|n| (n.id.clone(), records[&n.id].shown_output().unwrap_or(Value::Null))).collect(),
         ),
     };
     let nodes: Map<String, Value> = plan.nodes.iter().map(|n| (n.id.clone(), records[&n.id].to_json())).collect();
     Ok(json!({"output": output, "nodes": nodes, "duration_ms": round(elapsed)}))
+}
+
+/// The reference to a node output stored apart: where to get it, its size
+/// and its SHA-256 (of the JSON text).
+fn output_ref(job: JobId, node: &str, text: &str) -> Value {
+    json!({
+        "$ref": format!("/v1/jobs/{job}/outputs/{node}"),
+        "bytes": text.len(),
+        "sha256": hex::encode(Sha256::digest(text.as_bytes())),
+    })
+}
+
+fn is_output_ref(value: &Value) -> bool {
+    value.as_object().is_some_and(|o| {
+        o.len() == 3
+            && o.get("$ref").and_then(Value::as_str).is_some_and(|r| r.starts_with("/v1/jobs/"))
+            && o.contains_key("sha256")
+    })
+}
+
+/// Stores `output` apart when its JSON text is longer than `limit`; returns
+/// the reference then. When the store refuses, the output stays inline: a
+/// large event is better than a lost output.
+async fn store_large_output(ctx: &JobContext, node: &str, output: &Value, limit: usize) -> Option<Value> {
+    let text = serde_json::to_string(output).ok()?;
+    if text.len() <= limit {
+        return None;
+    }
+    match ctx.store.put_output(ctx.job_id, node, &text).await {
+        Ok(true) => Some(output_ref(ctx.job_id, node, &text)),
+        Ok(false) => None,
+        Err(e) => {
+            tracing::warn!(job = %ctx.job_id, node, error = %e, "storing a large node output failed; keeping it inline");
+            None
+        }
+    }
+}
+
+/// The stored output a checkpoint's reference names, if it is still there
+/// and its digest matches.
+async fn stored_output(
+    store: &dyn Store,
+    job: JobId,
+    node: &str,
+    reference: &Value,
+) -> Result<Option<Value>, JobError> {
+    let text = store.get_output(job, node).await.map_err(|e| {
+        JobError::new("store_unavailable", format!("reading the output of node {node:?} failed: {e}"), true)
+    })?;
+    Ok(text.filter(|t| output_ref(job, node, t) == *reference).and_then(|t| serde_json::from_str(&t).ok()))
 }
 
 /// Writes progress events in order; whatever queued up meanwhile goes in one

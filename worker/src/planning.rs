@@ -8,18 +8,18 @@
 //! fast and the planning obeys worker and provider limits. Each attempt is a
 //! `planning` progress event; the plan is a `planned` event, which is also
 //! its checkpoint: a retried job attempt reuses it instead of planning again
-//! (its finished nodes belong to that plan). Valid plans are cached in this
-//! process by (normalised request, tool fingerprint, planner model).
+//! (its finished nodes belong to that plan). Valid plans are cached in the
+//! store ([`Store::cache_put`]), so every worker on it shares them, by
+//! (normalised request, tool fingerprint, planner model).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use orch_planner::Plan;
 use orch_planner::prompt::{self, ToolInfo};
-use orch_store::{Job, JobError};
+use orch_store::{Job, JobError, Store};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::exec::JobContext;
 use crate::llm::LlmRequest;
@@ -42,30 +42,47 @@ impl Default for PlannerSettings {
     }
 }
 
-/// The planner's settings and its plan cache (one per process).
+/// The planner's settings; its plan cache is in the store.
 #[derive(Debug, Default)]
 pub struct Planning {
     pub settings: PlannerSettings,
-    cache: Mutex<HashMap<String, (Instant, Plan)>>,
 }
 
 impl Planning {
     pub fn new(settings: PlannerSettings) -> Planning {
-        Planning { settings, cache: Mutex::default() }
+        Planning { settings }
     }
 
-    fn cached(&self, key: &str) -> Option<Plan> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let ttl = self.settings.cache_ttl;
-        cache.retain(|_, (at, _)| at.elapsed() < ttl);
-        cache.get(key).map(|(_, plan)| plan.clone())
-    }
-
-    fn remember(&self, key: String, plan: &Plan) {
-        if !self.settings.cache_ttl.is_zero() {
-            self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (Instant::now(), plan.clone()));
+    /// A cached plan; a store that does not answer is a miss.
+    async fn cached(&self, store: &dyn Store, key: &str) -> Option<Plan> {
+        if self.settings.cache_ttl.is_zero() {
+            return None;
+        }
+        match store.cache_get(&cache_entry(key)).await {
+            Ok(text) => text.and_then(|t| serde_json::from_str(&t).ok()),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the plan cache failed; planning anew");
+                None
+            }
         }
     }
+
+    async fn remember(&self, store: &dyn Store, key: &str, plan: &Plan) {
+        let ttl = self.settings.cache_ttl;
+        if ttl.is_zero() {
+            return;
+        }
+        let Ok(text) = serde_json::to_string(plan) else { return };
+        if let Err(e) = store.cache_put(&cache_entry(key), &text, ttl).await {
+            tracing::warn!(error = %e, "caching a plan failed");
+        }
+    }
+}
+
+/// The store's cache key of a plan: the key's digest, so its length does
+/// not grow with the request.
+fn cache_entry(key: &str) -> String {
+    format!("plan:{}", hex::encode(Sha256::digest(key.as_bytes())))
 }
 
 /// What the API stored for a planned batch job.
@@ -123,11 +140,11 @@ pub async fn plan_job(runner: &PlanRunner, job: &Job, ctx: &JobContext) -> Resul
     let model = input.planner.model.as_deref();
     let key = prompt::cache_key(&input.request, &tools, model);
     let started = Instant::now();
-    let (plan, info) = match planning.cached(&key) {
+    let (plan, info) = match planning.cached(ctx.store.as_ref(), &key).await {
         Some(plan) => (plan, json!({"cached": true, "attempts": 0, "tools_allowed": tools.len()})),
         None => {
             let (plan, mut info) = ask(runner, &input, &tools, ctx).await?;
-            planning.remember(key, &plan);
+            planning.remember(ctx.store.as_ref(), &key, &plan).await;
             info["cached"] = json!(false);
             (plan, info)
         }

@@ -2,8 +2,16 @@
 //! lack: `sleep` (counts cancellations), `fail_n_times`, `stats` (concurrency
 //! seen by the server), `add_tool` (sends `tools/list_changed`), `pid`, `exit`.
 //! It lists tools two per page, so clients must follow `nextCursor`.
+//!
+//! Flags: `--persona github` serves a GitHub stand-in instead (`list_issues`
+//! over fixed issues of a few repos, after `--latency-ms`, default 300), and
+//! `--persona notion` a Notion stand-in (`create_page`, and `list_pages` to
+//! see what it received); both keep `stats`. `--journal PATH` appends one
+//! JSON line per call (`{"tool", "args"}`), which outlives the process.
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,12 +33,28 @@ struct State {
     calls: u64,
     failures: HashMap<String, u64>,
     added: Vec<String>,
+    /// Pages received by the Notion stand-in.
+    pages: Vec<Value>,
+}
+
+#[derive(Clone, Copy, Default, PartialEq)]
+enum Persona {
+    #[default]
+    Test,
+    Github,
+    Notion,
 }
 
 #[derive(Clone, Default)]
 struct TestServer {
     state: Arc<Mutex<State>>,
+    persona: Persona,
+    journal: Option<PathBuf>,
+    latency: Duration,
 }
+
+/// Issues of the GitHub stand-in, in the shape GitHub's REST API gives them.
+const ISSUES: &str = include_str!("../../tests/fixtures/github-issues.json");
 
 fn schema(properties: Value, required: &[&str]) -> Arc<serde_json::Map<String, Value>> {
     let Value::Object(map) = json!({"type": "object", "properties": properties, "required": required}) else {
@@ -39,9 +63,55 @@ fn schema(properties: Value, required: &[&str]) -> Arc<serde_json::Map<String, V
     Arc::new(map)
 }
 
+fn persona_tools(persona: Persona, added: &[String]) -> Vec<Tool> {
+    let stats = Tool::new("stats", "Calls in flight, most at once, cancellations seen", schema(json!({}), &[]));
+    match persona {
+        Persona::Test => tools(added),
+        Persona::Github => vec![
+            Tool::new(
+                "list_issues",
+                "List issues in a GitHub repository, newest first; `since` keeps those updated at or after an ISO 8601 time",
+                schema(
+                    json!({
+                        "owner": {"type": "string", "description": "Repository owner"},
+                        "repo": {"type": "string", "description": "Repository name"},
+                        "state": {"type": "string", "enum": ["open", "closed", "all"], "description": "Default: open"},
+                        "since": {"type": "string", "description": "ISO 8601 timestamp"}
+                    }),
+                    &["owner", "repo"],
+                ),
+            ),
+            stats,
+        ],
+        Persona::Notion => vec![
+            Tool::new(
+                "create_page",
+                "Create a Notion page under `parent` with a title and Markdown content",
+                schema(
+                    json!({
+                        "parent": {"type": "string", "description": "Parent page id"},
+                        "title": {"type": "string"},
+                        "markdown": {"type": "string", "description": "Page content as Markdown"}
+                    }),
+                    &["parent", "title", "markdown"],
+                ),
+            ),
+            Tool::new("list_pages", "The pages created so far", schema(json!({}), &[])),
+            stats,
+        ],
+    }
+}
+
 fn tools(added: &[String]) -> Vec<Tool> {
     let mut tools = vec![
-        Tool::new("echo", "Returns `message`", schema(json!({"message": {"type": "string"}}), &["message"])),
+        Tool::new(
+            "echo",
+            "Returns `message`",
+            schema(
+                json!({"message": {"type": "string"}, "repeat": {"type": "integer", "minimum": 1, "description": "Times over (default 1)"}}),
+                &["message"],
+            ),
+        ),
         Tool::new(
             "sleep",
             "Waits `ms` milliseconds; counts the calls cancelled meanwhile",
@@ -82,10 +152,35 @@ impl TestServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let bad = |m: &str| ErrorData::invalid_params(m.to_string(), None);
+        match (self.persona, request.name.as_ref()) {
+            (Persona::Github, "list_issues") => return self.list_issues(&request).await,
+            (Persona::Notion, "create_page") => {
+                let field = |name: &str| Self::arg(&request, name).and_then(Value::as_str).ok_or_else(|| bad(name));
+                let (parent, title, markdown) = (field("parent")?, field("title")?, field("markdown")?);
+                let mut state = self.state.lock().unwrap();
+                let id = format!("{:032x}", state.pages.len() + 1);
+                let page = json!({
+                    "object": "page",
+                    "id": id,
+                    "url": format!("https://www.notion.so/{id}"),
+                    "parent": {"page_id": parent},
+                    "title": title,
+                    "markdown": markdown,
+                });
+                state.pages.push(page.clone());
+                return Ok(text(json!({"object": "page", "id": id, "url": page["url"]}).to_string()));
+            }
+            (Persona::Notion, "list_pages") => {
+                return Ok(text(json!({"pages": self.state.lock().unwrap().pages}).to_string()));
+            }
+            (Persona::Test, _) | (_, "stats") => {}
+            (_, other) => return Err(ErrorData::invalid_params(format!("no tool {other}"), None)),
+        }
         match request.name.as_ref() {
             "echo" => {
                 let message = Self::arg(&request, "message").and_then(Value::as_str).ok_or_else(|| bad("message"))?;
-                Ok(text(message))
+                let repeat = Self::arg(&request, "repeat").and_then(Value::as_u64).unwrap_or(1);
+                Ok(text(message.repeat(repeat as usize)))
             }
             "sleep" => {
                 let ms = Self::arg(&request, "ms").and_then(Value::as_u64).ok_or_else(|| bad("ms"))?;
@@ -139,6 +234,35 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    async fn list_issues(&self, request: &CallToolRequestParams) -> Result<CallToolResponse, ErrorData> {
+        let field = |name: &str| Self::arg(request, name).and_then(Value::as_str);
+        let (Some(owner), Some(repo)) = (field("owner"), field("repo")) else {
+            return Err(ErrorData::invalid_params("owner and repo are required", None));
+        };
+        let state = field("state").unwrap_or("open");
+        if !["open", "closed", "all"].contains(&state) {
+            return Err(ErrorData::invalid_params(format!("state {state:?}: allowed: open, closed, all"), None));
+        }
+        tokio::time::sleep(self.latency).await;
+        let all: Value = serde_json::from_str(ISSUES).expect("the fixture is JSON");
+        let Some(issues) = all[format!("{owner}/{repo}")].as_array() else {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "failed to list issues: GET https://api.github.com/repos/{owner}/{repo}/issues: 404 Not Found"
+            ))])
+            .into());
+        };
+        // ISO 8601 UTC times of one format compare as text.
+        let since = field("since").unwrap_or("");
+        let found: Vec<&Value> = issues
+            .iter()
+            .filter(|i| state == "all" || i["state"] == state)
+            .filter(|i| i["updated_at"].as_str().unwrap_or("") >= since)
+            .collect();
+        Ok(text(serde_json::to_string(&found).expect("JSON")))
+    }
+}
+
 impl ServerHandler for TestServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build())
@@ -149,7 +273,7 @@ impl ServerHandler for TestServer {
         request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let all = tools(&self.state.lock().unwrap().added);
+        let all = persona_tools(self.persona, &self.state.lock().unwrap().added);
         let start: usize = request.and_then(|r| r.cursor).and_then(|c| c.parse().ok()).unwrap_or(0);
         let end = (start + PAGE_SIZE).min(all.len());
         let mut page = ListToolsResult::with_all_items(all[start.min(end)..end].to_vec());
@@ -168,6 +292,17 @@ impl ServerHandler for TestServer {
             state.calls += 1;
             state.max_active = state.max_active.max(state.active);
         }
+        if let Some(path) = &self.journal {
+            let line = json!({"tool": request.name, "args": request.arguments}).to_string() + "\n";
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(line.as_bytes()));
+            if let Err(e) = written {
+                return Err(ErrorData::internal_error(format!("journal {}: {e}", path.display()), None));
+            }
+        }
         let result = self.run(request, context).await;
         self.state.lock().unwrap().active -= 1;
         result
@@ -176,7 +311,25 @@ impl ServerHandler for TestServer {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let service = TestServer::default().serve(rmcp::transport::stdio()).await?;
+    let mut server = TestServer { latency: Duration::from_millis(300), ..Default::default() };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--persona" => {
+                server.persona = match value.as_str() {
+                    "test" => Persona::Test,
+                    "github" => Persona::Github,
+                    "notion" => Persona::Notion,
+                    other => return Err(format!("--persona {other:?}: allowed: test, github, notion").into()),
+                }
+            }
+            "--journal" => server.journal = Some(PathBuf::from(value)),
+            "--latency-ms" => server.latency = Duration::from_millis(value.parse()?),
+            other => return Err(format!("unknown flag {other}; allowed: --persona, --journal, --latency-ms").into()),
+        }
+    }
+    let service = server.serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
 }

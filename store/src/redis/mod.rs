@@ -36,6 +36,10 @@
 //! - `provider:{name}` HASH `cooldown_until`, `last_error` (JSON), `last_error_at`,
 //!   `auth` (the open authentication incident, JSON) and `auth_since`; `providers`
 //!   SET of the names with state.
+//! - `job:{id}:outputs` HASH node → output (JSON text): plan node outputs too
+//!   large for events, deleted with the job by purge.
+//! - `cache:{key}` STRING expiring with its entry: the cache every process
+//!   shares (the LLM planner's plans).
 //!
 //! Scripts build key names from the prefix rather than declaring them in `KEYS`,
 //! so this backend does not support Redis Cluster; Cluster hash tags are out of
@@ -87,6 +91,18 @@ static USAGE_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
 });
 
 /// Removes up to 1000 usage records older than ARGV[1] (ms): KEYS usage, usage:jobs.
+/// Keeps a node output only while its job exists, so a late write after
+/// purge leaves nothing behind.
+static PUT_OUTPUT_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+        redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+        return 1
+        ",
+    )
+});
+
 static USAGE_PURGE_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
@@ -1214,6 +1230,31 @@ impl Store for RedisStore {
             .await
             .map_err(redis_error)?;
         Ok(deleted == 1)
+    }
+
+    async fn put_output(&self, id: JobId, node: &str, output: &str) -> Result<bool> {
+        let stored: i64 = PUT_OUTPUT_SCRIPT
+            .key(self.key(&format!("job:{id}")))
+            .key(self.key(&format!("job:{id}:outputs")))
+            .arg(node)
+            .arg(output)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_error)?;
+        Ok(stored == 1)
+    }
+
+    async fn get_output(&self, id: JobId, node: &str) -> Result<Option<String>> {
+        self.query(::redis::cmd("HGET").arg(self.key(&format!("job:{id}:outputs"))).arg(node)).await
+    }
+
+    async fn cache_put(&self, key: &str, value: &str, ttl: Duration) -> Result<()> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.query(::redis::cmd("SET").arg(self.key(&format!("cache:{key}"))).arg(value).arg("PX").arg(ms)).await
+    }
+
+    async fn cache_get(&self, key: &str) -> Result<Option<String>> {
+        self.query(::redis::cmd("GET").arg(self.key(&format!("cache:{key}")))).await
     }
 }
 
