@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Secret, ServerConfig, TransportConfig};
+use crate::session_http::SessionHttpClient;
 use crate::sse::SseClientTransport;
 
 /// Signals from a server's connections to its supervisor.
@@ -199,10 +200,11 @@ pub(crate) async fn connect(
         TransportConfig::StreamableHttp { url, headers } => {
             let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                 .custom_headers(header_map(headers).into_iter().filter_map(|(k, v)| Some((k?, v))).collect())
-                // An expired session (404) is re-initialised instead of failing the call.
+                // An expired session (404, or 400 through SessionHttpClient) is
+                // re-initialised instead of failing the call.
                 .reinit_on_expired_session(true);
             let transport = Watched {
-                inner: StreamableHttpClientTransport::with_client(http.clone(), config),
+                inner: StreamableHttpClientTransport::with_client(SessionHttpClient(http.clone()), config),
                 closed: closed.clone(),
             };
             let service = tokio::time::timeout(timeout, handler.serve(transport))

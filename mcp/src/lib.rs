@@ -28,6 +28,7 @@ mod conn;
 mod error;
 mod pool;
 mod registry;
+mod session_http;
 pub mod sse;
 
 pub use config::{ConfigError, McpConfig, PoolConfig, Secret, ServerConfig, TransportConfig};

@@ -2,11 +2,19 @@
 //! lack: `sleep` (counts cancellations), `fail_n_times`, `stats` (concurrency
 //! seen by the server), `add_tool` (sends `tools/list_changed`), `pid`, `exit`.
 //! It lists tools two per page, so clients must follow `nextCursor`.
+//!
+//! Flags: `--tools N` adds N echo tools (`tool_0`, ...; registry-size
+//! benchmarks); `--http ADDR` serves streamable HTTP at `http://ADDR/mcp`
+//! instead of stdio, one shared state for every session, with the tool
+//! `expire_session`: later requests of the calling session are answered
+//! `--expired-status` (404 as the spec says, or 400 as some servers do).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult, PaginatedRequestParams,
     ServerCapabilities, ServerConfig, Tool,
@@ -30,6 +38,10 @@ struct State {
 #[derive(Clone, Default)]
 struct TestServer {
     state: Arc<Mutex<State>>,
+    /// `--tools N`.
+    extra_tools: usize,
+    /// HTTP mode: ids of sessions `expire_session` ended.
+    expired: Option<Arc<Mutex<HashSet<String>>>>,
 }
 
 fn schema(properties: Value, required: &[&str]) -> Arc<serde_json::Map<String, Value>> {
@@ -39,7 +51,7 @@ fn schema(properties: Value, required: &[&str]) -> Arc<serde_json::Map<String, V
     Arc::new(map)
 }
 
-fn tools(added: &[String]) -> Vec<Tool> {
+fn tools(added: &[String], extra: usize, http: bool) -> Vec<Tool> {
     let mut tools = vec![
         Tool::new("echo", "Returns `message`", schema(json!({"message": {"type": "string"}}), &["message"])),
         Tool::new(
@@ -63,6 +75,16 @@ fn tools(added: &[String]) -> Vec<Tool> {
     ];
     for name in added {
         tools.push(Tool::new(name.clone(), "Added by add_tool; returns `message`", schema(json!({}), &[])));
+    }
+    if http {
+        tools.push(Tool::new(
+            "expire_session",
+            "Answers later requests of this session as an expired session",
+            schema(json!({}), &[]),
+        ));
+    }
+    for i in 0..extra {
+        tools.push(Tool::new(format!("tool_{i}"), "Returns `message` (from --tools)", schema(json!({}), &[])));
     }
     tools
 }
@@ -133,7 +155,26 @@ impl TestServer {
                 let code = Self::arg(&request, "code").and_then(Value::as_i64).unwrap_or(1);
                 std::process::exit(code as i32)
             }
+            "expire_session" => {
+                let expired = self.expired.as_ref().ok_or_else(|| bad("expire_session needs --http"))?;
+                let session = context
+                    .extensions
+                    .get::<http::request::Parts>()
+                    .and_then(|parts| parts.headers.get("mcp-session-id"))
+                    .and_then(|id| id.to_str().ok())
+                    .ok_or_else(|| bad("no session id on this request"))?;
+                expired.lock().unwrap().insert(session.to_string());
+                Ok(text("expired"))
+            }
             other if self.state.lock().unwrap().added.iter().any(|a| a == other) => Ok(text(other)),
+            other
+                if other
+                    .strip_prefix("tool_")
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .is_some_and(|i| i < self.extra_tools) =>
+            {
+                Ok(text(Self::arg(&request, "message").and_then(Value::as_str).unwrap_or(other)))
+            }
             other => Err(ErrorData::invalid_params(format!("no tool {other}"), None)),
         }
     }
@@ -149,7 +190,7 @@ impl ServerHandler for TestServer {
         request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let all = tools(&self.state.lock().unwrap().added);
+        let all = tools(&self.state.lock().unwrap().added, self.extra_tools, self.expired.is_some());
         let start: usize = request.and_then(|r| r.cursor).and_then(|c| c.parse().ok()).unwrap_or(0);
         let end = (start + PAGE_SIZE).min(all.len());
         let mut page = ListToolsResult::with_all_items(all[start.min(end)..end].to_vec());
@@ -174,9 +215,72 @@ impl ServerHandler for TestServer {
     }
 }
 
+/// The command line: `[--tools N] [--http ADDR [--expired-status 404|400]]`.
+struct Options {
+    extra_tools: usize,
+    http: Option<SocketAddr>,
+    expired_status: http::StatusCode,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options { extra_tools: 0, http: None, expired_status: http::StatusCode::NOT_FOUND };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--tools" => options.extra_tools = value.parse().map_err(|_| format!("--tools: not a number: {value}"))?,
+            "--http" => options.http = Some(value.parse().map_err(|_| format!("--http: not an address: {value}"))?),
+            "--expired-status" => {
+                options.expired_status = value
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|s| http::StatusCode::from_u16(s).ok())
+                    .ok_or_else(|| format!("--expired-status: not a status: {value}"))?
+            }
+            other => return Err(format!("unknown flag {other}; expected --tools, --http, --expired-status")),
+        }
+    }
+    Ok(options)
+}
+
+/// Streamable HTTP at `/mcp`. Requests of expired sessions get `status` with
+/// the JSON-RPC error body the TypeScript and Python SDKs send (id null).
+async fn serve_http(addr: SocketAddr, server: TestServer, status: http::StatusCode) -> std::io::Result<()> {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+
+    let expired = server.expired.clone().unwrap_or_default();
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default().disable_allowed_hosts(),
+    );
+    let reject = axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+        let expired = expired.clone();
+        async move {
+            let session = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok());
+            if session.is_some_and(|id| expired.lock().unwrap().contains(id)) {
+                let body = json!({"jsonrpc": "2.0", "error": {"code": -32000, "message": "Bad Request: No valid session ID provided"}, "id": null});
+                return (status, axum::Json(body)).into_response();
+            }
+            next.run(request).await
+        }
+    });
+    let app = axum::Router::new().route_service("/mcp", service).layer(reject);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let service = TestServer::default().serve(rmcp::transport::stdio()).await?;
+    let options = options()?;
+    let server = TestServer { extra_tools: options.extra_tools, ..TestServer::default() };
+    if let Some(addr) = options.http {
+        let server = TestServer { expired: Some(Arc::default()), ..server };
+        serve_http(addr, server, options.expired_status).await?;
+        return Ok(());
+    }
+    let service = server.serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
 }
