@@ -182,6 +182,7 @@ pub(crate) async fn connect(
             }
             // Its own group, so the whole tree can be killed at once (see ProcessGroup).
             cmd.process_group(0);
+            die_with_orch(&mut cmd);
             let (child, stderr) = TokioChildProcess::builder(cmd)
                 .stderr(Stdio::piped())
                 .spawn()
@@ -210,20 +211,20 @@ pub(crate) async fn connect(
             let service = tokio::time::timeout(timeout, handler.serve(transport))
                 .await
                 .map_err(|_| within("initialisation"))?
-                .map_err(|e| format!("initialisation at {url} failed: {e}"))?;
+                .map_err(|e| format!("initialisation at {url} failed: {}", crate::error::chain(&e)))?;
             (service, None)
         }
         TransportConfig::Sse { url, headers } => {
             let start = Instant::now();
             let sse = SseClientTransport::connect(http.clone(), url, header_map(headers), timeout)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| crate::error::chain(&e))?;
             let transport = Watched { inner: sse, closed: closed.clone() };
             let left = timeout.saturating_sub(start.elapsed());
             let service = tokio::time::timeout(left, handler.serve(transport))
                 .await
                 .map_err(|_| within("initialisation"))?
-                .map_err(|e| format!("initialisation at {url} failed: {e}"))?;
+                .map_err(|e| format!("initialisation at {url} failed: {}", crate::error::chain(&e)))?;
             (service, None)
         }
     };
@@ -240,6 +241,36 @@ pub(crate) async fn connect(
         opened: Instant::now(),
         group,
     })
+}
+
+/// The kernel sends the child SIGTERM when Orch dies, even by SIGKILL, when
+/// nothing of Orch's own cleanup runs. SIGTERM rather than SIGKILL so wrappers
+/// (`npx`, `uvx`, `docker run`) can pass it on to what they started; the
+/// closed stdin ends well-behaved servers too.
+///
+/// The "parent" of PR_SET_PDEATHSIG is the thread that spawned the child, so
+/// children must be spawned from threads that live as long as Orch: tokio's
+/// worker threads (the supervisors' tasks), not `spawn_blocking` threads,
+/// which exit when idle.
+fn die_with_orch(cmd: &mut tokio::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let orch = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec only async-signal-safe calls are allowed;
+        // prctl, getppid and raise are, and the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Orch died before the prctl: no signal will come.
+                if libc::getppid() != orch {
+                    libc::raise(libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
+    }
 }
 
 /// Config headers as a header map, values marked sensitive so they never print.

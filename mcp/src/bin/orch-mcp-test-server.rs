@@ -268,6 +268,9 @@ async fn serve_http(addr: SocketAddr, server: TestServer, status: http::StatusCo
     });
     let app = axum::Router::new().route_service("/mcp", service).layer(reject);
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+        let _ = stream.set_nodelay(true);
+    });
     axum::serve(listener, app).await
 }
 
