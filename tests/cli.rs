@@ -441,7 +441,10 @@ fn doctor_checks_store_providers_and_mcp_servers() {
 #[test]
 fn mcp_children_die_with_orch_even_on_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let config = json!({"mcpServers": {"t": {"command": support::test_server(), "pool": {"min": 2, "max": 2}}}});
+    // The server ends on stdin EOF (as Orch's death closes it), but the shell
+    // around it then lives on: only the kernel's signal ends the shell.
+    let script = format!("{}; sleep 1000", support::test_server());
+    let config = json!({"mcpServers": {"t": {"command": "sh", "args": ["-c", script], "pool": {"min": 2, "max": 2}}}});
     std::fs::write(dir.path().join("mcp-config.json"), config.to_string()).unwrap();
     let mut procs = Procs::default();
     let (_, _, pid) = start_first(&mut procs, dir.path(), "sqlite://orch.db", "serve");

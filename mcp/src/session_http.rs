@@ -5,6 +5,10 @@
 //! uncorrelated error to the session, which matches no pending request, and the
 //! call waits out its whole timeout. Here that answer counts as an expired
 //! session, so rmcp re-initialises and retries the request once.
+//!
+//! Also, reqwest's errors print without their causes ("error sending request"
+//! for a refused certificate) and rmcp keeps only the text: they are passed on
+//! with the causes written out.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +59,18 @@ fn correct(
     }
 }
 
+/// A reqwest error as text with its causes (`...: invalid peer certificate: UnknownIssuer`).
+fn explain<T>(
+    result: Result<T, StreamableHttpError<reqwest::Error>>,
+) -> Result<T, StreamableHttpError<reqwest::Error>> {
+    result.map_err(|error| match error {
+        StreamableHttpError::Client(error) => {
+            StreamableHttpError::Io(std::io::Error::other(crate::error::chain(&error)))
+        }
+        other => other,
+    })
+}
+
 impl StreamableHttpClient for SessionHttpClient {
     type Error = reqwest::Error;
 
@@ -68,7 +84,7 @@ impl StreamableHttpClient for SessionHttpClient {
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>> {
         let kept = kept(&message, &session_id);
         let answer = self.0.post_message(uri, message, session_id, auth_header, custom_headers).await;
-        correct(kept, answer)
+        explain(correct(kept, answer))
     }
 
     async fn post_message_with_max_sse_event_size(
@@ -92,7 +108,7 @@ impl StreamableHttpClient for SessionHttpClient {
                 max_sse_event_size,
             )
             .await;
-        correct(kept, answer)
+        explain(correct(kept, answer))
     }
 
     async fn delete_session(
@@ -102,7 +118,7 @@ impl StreamableHttpClient for SessionHttpClient {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<(), StreamableHttpError<reqwest::Error>> {
-        self.0.delete_session(uri, session_id, auth_header, custom_headers).await
+        explain(self.0.delete_session(uri, session_id, auth_header, custom_headers).await)
     }
 
     async fn get_stream(
@@ -113,7 +129,7 @@ impl StreamableHttpClient for SessionHttpClient {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<BoxStream<'static, Result<Sse, SseError>>, StreamableHttpError<reqwest::Error>> {
-        self.0.get_stream(uri, session_id, last_event_id, auth_header, custom_headers).await
+        explain(self.0.get_stream(uri, session_id, last_event_id, auth_header, custom_headers).await)
     }
 
     async fn get_stream_with_max_sse_event_size(
@@ -125,15 +141,17 @@ impl StreamableHttpClient for SessionHttpClient {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         max_sse_event_size: usize,
     ) -> Result<BoxStream<'static, Result<Sse, SseError>>, StreamableHttpError<reqwest::Error>> {
-        self.0
-            .get_stream_with_max_sse_event_size(
-                uri,
-                session_id,
-                last_event_id,
-                auth_header,
-                custom_headers,
-                max_sse_event_size,
-            )
-            .await
+        explain(
+            self.0
+                .get_stream_with_max_sse_event_size(
+                    uri,
+                    session_id,
+                    last_event_id,
+                    auth_header,
+                    custom_headers,
+                    max_sse_event_size,
+                )
+                .await,
+        )
     }
 }
