@@ -39,6 +39,8 @@ pub enum BenchCommand {
     Chat(crate::bench_chat::ChatArgs),
     /// Batch plans: validation speed, scheduling efficiency, per-node overhead, speed-up.
     Plans(crate::bench_plans::PlansArgs),
+    /// MCP gateway: added latency, calls/s, memory per pooled connection, tools/list of 1,000 tools.
+    Gateway(crate::bench_gateway::GatewayArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -104,6 +106,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Queue(args) => queue(args).await,
         BenchCommand::Chat(args) => crate::bench_chat::chat(args).await,
         BenchCommand::Plans(args) => crate::bench_plans::plans(args).await,
+        BenchCommand::Gateway(args) => crate::bench_gateway::gateway(args).await,
     }
 }
 
@@ -1107,4 +1110,81 @@ pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no {field} in {path}"))
+}
+
+/// An `orch serve` child of this executable for a benchmark (see
+/// [`serve_command`]), with its admin key, once `/health` answers.
+pub(crate) struct ServeChild {
+    child: Option<tokio::process::Child>,
+    pub pid: u32,
+    pub url: String,
+    pub key: String,
+    pub client: reqwest::Client,
+}
+
+impl ServeChild {
+    /// `customize` adds settings to the command before it is spawned.
+    pub async fn start(dir: &Path, customize: impl FnOnce(&mut tokio::process::Command)) -> Result<ServeChild> {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let port = orch_testkit::free_port();
+        let (exe, mut command) = serve_command(dir, port)?;
+        command.stdout(Stdio::piped());
+        customize(&mut command);
+        let mut child = command.spawn().with_context(|| format!("starting {} serve", exe.display()))?;
+        let pid = child.id().context("child pid")?;
+        let mut lines = BufReader::new(child.stdout.take().context("child stdout")?).lines();
+        let key = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(key) = line.split_whitespace().find(|w| w.starts_with("orch_")) {
+                    return anyhow::Ok(key.to_owned());
+                }
+            }
+            bail!("orch serve exited before printing its admin key")
+        })
+        .await
+        .context("orch serve printed no admin key within 30 s")??;
+        // Keep reading stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let client = reqwest::Client::builder().tcp_nodelay(true).timeout(Duration::from_secs(60)).build()?;
+        let serve = ServeChild { child: Some(child), pid, url: format!("http://127.0.0.1:{port}"), key, client };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while serve.client.get(format!("{}/health", serve.url)).send().await.is_err() {
+            ensure!(Instant::now() < deadline, "orch serve did not answer /health within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(serve)
+    }
+
+    /// Waits (up to 120 s) until each named MCP server is up with exactly
+    /// that many connections.
+    pub async fn wait_servers(&self, want: &[(&str, usize)]) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for (name, connections) in want {
+            loop {
+                let response =
+                    self.client.get(format!("{}/v1/servers/{name}", self.url)).bearer_auth(&self.key).send().await?;
+                let status: Value = response.json().await?;
+                if status["state"] == "up" && status["connections"] == *connections {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "MCP server {name} did not come up with {connections} connections within 120 s: {status}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after 40 s.
+    pub async fn stop(&mut self) {
+        let _ = tokio::process::Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status().await;
+        if let Some(mut child) = self.child.take()
+            && tokio::time::timeout(Duration::from_secs(40), child.wait()).await.is_err()
+        {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
 }

@@ -86,6 +86,10 @@ pub struct ApiArgs {
     /// that reject dots [default: .].
     #[arg(long, env = "ORCH_MCP_SEPARATOR", value_name = "TEXT")]
     pub mcp_separator: Option<String>,
+    /// PEM file of CA certificates trusted for https:// MCP servers, besides the
+    /// system's roots (for servers behind a private CA) [default: none].
+    #[arg(long, env = "ORCH_MCP_CA_FILE", value_name = "PATH")]
+    pub mcp_ca_file: Option<PathBuf>,
     /// Let admins register stdio MCP servers (commands run on this host) through the API:
     /// true or false [default: false].
     #[arg(long, env = "ORCH_ALLOW_STDIO_REGISTRATION", value_name = "BOOL")]
@@ -158,6 +162,7 @@ struct FileConfig {
     max_attempts: Option<u32>,
     mcp_config: Option<PathBuf>,
     mcp_separator: Option<String>,
+    mcp_ca_file: Option<PathBuf>,
     allow_stdio_registration: Option<bool>,
     max_prompt_bytes: Option<usize>,
     chat_wait: Option<String>,
@@ -198,6 +203,8 @@ pub struct Settings {
     pub mcp: orch_api::servers::McpSettings,
     /// Between server and tool in namespaced tool names.
     pub mcp_separator: String,
+    /// Extra CA certificates for https:// MCP servers (checked: readable, PEM).
+    pub mcp_ca_file: Option<PathBuf>,
     pub webhooks: orch_webhooks::WebhookConfig,
     /// Where local state lives (the SQLite store, providers' working dirs).
     pub data_dir: PathBuf,
@@ -297,6 +304,12 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         bail!(
             "ORCH_MCP_SEPARATOR (--mcp-separator): {mcp_separator:?} is not a separator; use 1 to 8 characters without spaces, e.g. . or __"
         );
+    }
+    let mcp_ca_file = api.mcp_ca_file.clone().or(file.mcp_ca_file);
+    if let Some(path) = &mcp_ca_file {
+        orch_mcp::tls::ca_certificates(path).map_err(|e| {
+            anyhow::anyhow!("ORCH_MCP_CA_FILE (--mcp-ca-file): {e}; give a PEM file of one or more CA certificates")
+        })?;
     }
     let allow_api_stdio = match api.allow_stdio_registration.as_deref() {
         Some(text) => parse_bool(text).ok_or_else(|| {
@@ -414,6 +427,7 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         worker: w,
         mcp: orch_api::servers::McpSettings { file: mcp_file, allow_api_stdio },
         mcp_separator,
+        mcp_ca_file,
         data_dir,
         providers,
         routing,

@@ -82,8 +82,13 @@ pub async fn run(settings: &Settings) -> Result<bool> {
     }
 
     if let Some(store) = store {
-        let options = orch_mcp::RegistryOptions { separator: settings.mcp_separator.clone(), ..Default::default() };
-        let registry = orch_mcp::Registry::new(options).map_err(|e| anyhow::anyhow!("ORCH_MCP_SEPARATOR: {e}"))?;
+        let options = orch_mcp::RegistryOptions {
+            separator: settings.mcp_separator.clone(),
+            ca_file: settings.mcp_ca_file.clone(),
+            ..Default::default()
+        };
+        let registry = orch_mcp::Registry::new(options)
+            .map_err(|e| anyhow::anyhow!("ORCH_MCP_SEPARATOR / ORCH_MCP_CA_FILE: {e}"))?;
         let sources = orch_api::servers::McpSources::new(settings.mcp.clone());
         let view = sources.reload(store.as_ref(), &registry).await?;
         if let Some(error) = &view.file_error {

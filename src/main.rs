@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_chat;
+mod bench_gateway;
 mod bench_plans;
 mod config;
 mod doctor;
@@ -95,6 +96,8 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // reqwest has no TLS provider of its own here: every client needs this first.
+    orch_mcp::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -319,6 +322,11 @@ async fn serve_api(settings: &Settings, state: orch_api::AppState, shutdown: Can
         .await
         .with_context(|| format!("cannot listen on {} (ORCH_BIND / --bind)", settings.bind))?;
     let addr = listener.local_addr()?;
+    // Without TCP_NODELAY a response written in pieces (an MCP answer as an SSE
+    // event after its headers) waits for the client's delayed ACK: +40 ms a call.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+        let _ = stream.set_nodelay(true);
+    });
     tracing::info!(%addr, backend = state.store.backend(), "Orch API listening; Swagger UI at http://{addr}/docs");
     let registry = state.registry.clone();
     let stopped = shutdown.clone();
@@ -348,8 +356,13 @@ const MCP_CHILD_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Connects the MCP servers of mcp-config.json and of the store. Invalid
 /// entries are logged (server and field) and left out; the others start.
 async fn start_mcp(settings: &Settings, state: &mut orch_api::AppState) -> Result<()> {
-    let options = orch_mcp::RegistryOptions { separator: settings.mcp_separator.clone(), ..Default::default() };
-    state.registry = orch_mcp::Registry::new(options).map_err(|e| anyhow::anyhow!("ORCH_MCP_SEPARATOR: {e}"))?;
+    let options = orch_mcp::RegistryOptions {
+        separator: settings.mcp_separator.clone(),
+        ca_file: settings.mcp_ca_file.clone(),
+        ..Default::default()
+    };
+    state.registry =
+        orch_mcp::Registry::new(options).map_err(|e| anyhow::anyhow!("ORCH_MCP_SEPARATOR / ORCH_MCP_CA_FILE: {e}"))?;
     state.mcp = Arc::new(orch_api::servers::McpSources::new(settings.mcp.clone()));
     let report = state
         .mcp

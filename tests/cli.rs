@@ -81,6 +81,7 @@ mod http {
     use reqwest::{Client, Method, Result};
 
     fn rt() -> tokio::runtime::Runtime {
+        orch_mcp::tls::install_crypto_provider();
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
@@ -176,6 +177,14 @@ fn invalid_settings_stop_start_up_naming_the_setting() {
         (
             &[("ORCH_PROVIDER_CLAUDE_ENV_CLAUDE_CODE_OAUTH_TOKEN", "hunter2"), ("ORCH_CHAT_WAIT", "0s")],
             "ORCH_CHAT_WAIT",
+        ),
+        (
+            &[("ORCH_MCP_CA_FILE", "/nonexistent/ca.pem")],
+            "ORCH_MCP_CA_FILE (--mcp-ca-file): cannot read /nonexistent/ca.pem",
+        ),
+        (
+            &[("ORCH_MCP_CA_FILE", "/etc/hostname")],
+            "ORCH_MCP_CA_FILE (--mcp-ca-file): /etc/hostname holds no PEM certificate",
         ),
     ];
     for (env, expected) in cases {
@@ -304,6 +313,7 @@ fn worker_killed_mid_job_is_replaced(backend: Backend) {
     // Exactly one outcome in the job's history.
     let events = {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        orch_mcp::tls::install_crypto_provider();
         rt.block_on(async {
             let resp = reqwest::Client::new()
                 .get(format!("{base}/v1/jobs/{id}/events"))
@@ -425,4 +435,52 @@ fn doctor_checks_store_providers_and_mcp_servers() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.ends_with("Everything Orch needs is in place.\n"), "{stdout}");
+}
+
+/// `orch` killed with SIGKILL runs none of its cleanup; the kernel still
+/// ends its MCP children (PR_SET_PDEATHSIG), so none is left behind.
+#[test]
+fn mcp_children_die_with_orch_even_on_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    // The server ends on stdin EOF (as Orch's death closes it), but the shell
+    // around it then lives on: only the kernel's signal ends the shell.
+    let script = format!("{}; sleep 1000", support::test_server());
+    let config = json!({"mcpServers": {"t": {"command": "sh", "args": ["-c", script], "pool": {"min": 2, "max": 2}}}});
+    std::fs::write(dir.path().join("mcp-config.json"), config.to_string()).unwrap();
+    let mut procs = Procs::default();
+    let (_, _, pid) = start_first(&mut procs, dir.path(), "sqlite://orch.db", "serve");
+    let children = |parent: u32| -> Vec<u32> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+            // After `(comm)`: state ppid ...
+            let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.len() > 1 && fields[1] == parent.to_string() && fields[0] != "Z" {
+                out.push(child);
+            }
+        }
+        out
+    };
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let servers = loop {
+        let found = children(pid);
+        if found.len() == 2 {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "orch serve did not start 2 test servers: {found:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while servers.iter().any(|p| alive(*p)) {
+        assert!(Instant::now() < deadline, "MCP children outlived a SIGKILLed orch: {servers:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -622,6 +622,7 @@ async fn orch_serve_killed_and_restarted_still_delivers() {
             .spawn()
             .unwrap()
     };
+    orch_mcp::tls::install_crypto_provider();
     let client = reqwest::Client::new();
     let wait_up = || async {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -648,7 +648,7 @@ pub async fn test_server(
     let config = state.mcp.read().servers.get(&name).map(|k| k.config.clone()).ok_or_else(|| unknown_server(&name))?;
     // A stdio child or an HTTP handshake that hangs must not hold the request forever.
     let limit = config.timeout + Duration::from_secs(5);
-    let outcome = tokio::time::timeout(limit, orch_mcp::test_server(&config)).await;
+    let outcome = tokio::time::timeout(limit, state.registry.test_server(&config)).await;
     Ok(Json(match outcome {
         Ok(Ok(report)) => TestView {
             server: name,

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Secret, ServerConfig, TransportConfig};
+use crate::session_http::SessionHttpClient;
 use crate::sse::SseClientTransport;
 
 /// Signals from a server's connections to its supervisor.
@@ -181,6 +182,7 @@ pub(crate) async fn connect(
             }
             // Its own group, so the whole tree can be killed at once (see ProcessGroup).
             cmd.process_group(0);
+            die_with_orch(&mut cmd);
             let (child, stderr) = TokioChildProcess::builder(cmd)
                 .stderr(Stdio::piped())
                 .spawn()
@@ -199,29 +201,30 @@ pub(crate) async fn connect(
         TransportConfig::StreamableHttp { url, headers } => {
             let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
                 .custom_headers(header_map(headers).into_iter().filter_map(|(k, v)| Some((k?, v))).collect())
-                // An expired session (404) is re-initialised instead of failing the call.
+                // An expired session (404, or 400 through SessionHttpClient) is
+                // re-initialised instead of failing the call.
                 .reinit_on_expired_session(true);
             let transport = Watched {
-                inner: StreamableHttpClientTransport::with_client(http.clone(), config),
+                inner: StreamableHttpClientTransport::with_client(SessionHttpClient(http.clone()), config),
                 closed: closed.clone(),
             };
             let service = tokio::time::timeout(timeout, handler.serve(transport))
                 .await
                 .map_err(|_| within("initialisation"))?
-                .map_err(|e| format!("initialisation at {url} failed: {e}"))?;
+                .map_err(|e| format!("initialisation at {url} failed: {}", crate::error::chain(&e)))?;
             (service, None)
         }
         TransportConfig::Sse { url, headers } => {
             let start = Instant::now();
             let sse = SseClientTransport::connect(http.clone(), url, header_map(headers), timeout)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| crate::error::chain(&e))?;
             let transport = Watched { inner: sse, closed: closed.clone() };
             let left = timeout.saturating_sub(start.elapsed());
             let service = tokio::time::timeout(left, handler.serve(transport))
                 .await
                 .map_err(|_| within("initialisation"))?
-                .map_err(|e| format!("initialisation at {url} failed: {e}"))?;
+                .map_err(|e| format!("initialisation at {url} failed: {}", crate::error::chain(&e)))?;
             (service, None)
         }
     };
@@ -238,6 +241,36 @@ pub(crate) async fn connect(
         opened: Instant::now(),
         group,
     })
+}
+
+/// The kernel sends the child SIGTERM when Orch dies, even by SIGKILL, when
+/// nothing of Orch's own cleanup runs. SIGTERM rather than SIGKILL so wrappers
+/// (`npx`, `uvx`, `docker run`) can pass it on to what they started; the
+/// closed stdin ends well-behaved servers too.
+///
+/// The "parent" of PR_SET_PDEATHSIG is the thread that spawned the child, so
+/// children must be spawned from threads that live as long as Orch: tokio's
+/// worker threads (the supervisors' tasks), not `spawn_blocking` threads,
+/// which exit when idle.
+fn die_with_orch(cmd: &mut tokio::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let orch = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec only async-signal-safe calls are allowed;
+        // prctl, getppid and raise are, and the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Orch died before the prctl: no signal will come.
+                if libc::getppid() != orch {
+                    libc::raise(libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
+    }
 }
 
 /// Config headers as a header map, values marked sensitive so they never print.

@@ -39,6 +39,21 @@ pub enum Error {
     Shutdown,
 }
 
+/// An error with its causes, `outer: inner: ...`: reqwest's own message for a
+/// refused certificate is only "error sending request"; the cause says why.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl Error {
     /// The server the error is about, if any.
     pub fn server(&self) -> Option<&str> {

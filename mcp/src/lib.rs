@@ -18,8 +18,9 @@
 //!   "test this server" buttons.
 //!
 //! The protocol is rmcp's client, over stdio (children in their own process
-//! group, killed as a group), streamable HTTP, and our own legacy-SSE client
-//! ([`sse`]), since rmcp no longer has one. This crate knows nothing of Orch's
+//! group, killed as a group, and sent SIGTERM by the kernel if Orch dies),
+//! streamable HTTP, and our own legacy-SSE client ([`sse`]), since rmcp no
+//! longer has one; `https://` upstreams use rustls ([`tls`]). This crate knows nothing of Orch's
 //! HTTP API or store: the exposure side (`/mcp`, `/sse/{server}`, `orch mcp`,
 //! REST routes, servers registered over the API) is built on top of it.
 
@@ -28,7 +29,9 @@ mod conn;
 mod error;
 mod pool;
 mod registry;
+mod session_http;
 pub mod sse;
+pub mod tls;
 
 pub use config::{ConfigError, McpConfig, PoolConfig, Secret, ServerConfig, TransportConfig};
 pub use error::Error;

@@ -152,6 +152,12 @@ impl ServerPool {
         self.lock().catalog.clone()
     }
 
+    /// Whether the server listed `tool`; `None` before its first listing.
+    /// (On every call: looks under the lock instead of cloning the catalog.)
+    pub fn lists_tool(&self, tool: &str) -> Option<bool> {
+        self.lock().catalog.as_ref().map(|c| c.tools.iter().any(|t| t.name == tool))
+    }
+
     pub fn status(&self) -> ServerStatus {
         let inner = self.lock();
         ServerStatus {

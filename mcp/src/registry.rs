@@ -30,6 +30,9 @@ pub struct RegistryOptions {
     /// First delay before reconnecting a failed server; doubles per failure.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// PEM file of CA certificates trusted for `https://` upstreams besides the
+    /// system's roots (`ORCH_MCP_CA_FILE`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RegistryOptions {
@@ -41,6 +44,7 @@ impl Default for RegistryOptions {
             idle_timeout: Duration::from_secs(300),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
+            ca_file: None,
         }
     }
 }
@@ -132,12 +136,14 @@ impl Registry {
         if options.separator.is_empty() {
             return Err(Error::Options { message: "`separator` must not be empty; use `.` or `__`".into() });
         }
+        let http = crate::tls::http_client(options.ca_file.as_deref())
+            .map_err(|message| Error::Options { message: format!("`ca_file`: {message}") })?;
         let stop = CancellationToken::new();
         let (events, _) = broadcast::channel(256);
         Ok(Registry {
             inner: Arc::new(Inner {
                 options: Arc::new(options),
-                http: reqwest::Client::new(),
+                http,
                 servers: RwLock::default(),
                 events,
                 latencies: Mutex::default(),
@@ -308,7 +314,7 @@ impl Registry {
         if pool.config.disabled {
             return Err(Error::Disabled { server: server.into() });
         }
-        let known = pool.catalog().is_none_or(|c| c.tools.iter().any(|t| t.name == tool));
+        let known = pool.lists_tool(tool).unwrap_or(true);
         if !known {
             return Err(Error::UnknownTool { server: server.into(), tool: tool.into() });
         }
@@ -369,11 +375,25 @@ pub struct TestReport {
 
 /// Connects to one server, initialises, lists its tools and disconnects;
 /// for "test this server" before (or without) adding it to the registry.
+/// `https://` servers are checked against the system's roots only; see
+/// [`Registry::test_server`] for the registry's own CA settings.
 pub async fn test_server(config: &ServerConfig) -> Result<TestReport, Error> {
+    let http = crate::tls::http_client(None).map_err(|message| Error::Options { message })?;
+    test_server_with(config, &http).await
+}
+
+impl Registry {
+    /// [`test_server`] with this registry's HTTP client (its `ca_file`).
+    pub async fn test_server(&self, config: &ServerConfig) -> Result<TestReport, Error> {
+        test_server_with(config, &self.inner.http).await
+    }
+}
+
+async fn test_server_with(config: &ServerConfig, http: &reqwest::Client) -> Result<TestReport, Error> {
     let server = config.name.clone();
     let start = Instant::now();
     let signals = Arc::default();
-    let conn = conn::connect(config, &reqwest::Client::new(), signals)
+    let conn = conn::connect(config, http, signals)
         .await
         .map_err(|reason| Error::Connect { server: server.clone(), reason })?;
     let listing = conn.service.peer().list_all_tools();

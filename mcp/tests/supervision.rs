@@ -190,3 +190,28 @@ async fn a_restarted_http_server_is_reconnected() {
     }
     assert_eq!(last.as_deref(), Some("Echo: two"));
 }
+
+/// A server that forgot the session answers its next request 404 (as the
+/// spec says) or 400 (as some SDK servers do, with a JSON-RPC error whose id
+/// is null): either way the session is re-initialised and the call answered,
+/// instead of waiting out the timeout for an answer that never comes.
+#[tokio::test]
+async fn an_expired_http_session_is_reinitialised_whether_the_server_answers_404_or_400() {
+    init_tracing();
+    for status in ["404", "400"] {
+        let upstream = TestHttpServer::start(&["--expired-status", status]);
+        let registry = start(config(json!({"mcpServers": {
+            "h": {"transportType": "streamable-http", "url": upstream.url, "timeout": 30},
+        }})))
+        .await;
+        let expired = registry.call_tool("h", "expire_session", None, CallOptions::default()).await;
+        assert_eq!(text(&expired.unwrap()), "expired", "{status}");
+        let started = std::time::Instant::now();
+        let call = registry.call_tool("h", "echo", args(json!({"message": "after"})), CallOptions::default());
+        let result = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .unwrap_or_else(|_| panic!("{status}: the call after the session expired hung"));
+        assert_eq!(text(&result.unwrap_or_else(|e| panic!("{status}: {e}"))), "after", "{status}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{status}: took {:?}", started.elapsed());
+    }
+}

@@ -111,6 +111,8 @@ pub async fn spawn_app_with(backend: Backend, options: Options) -> TestApp {
 
 /// The app over an existing store, with `admin` as its admin key.
 pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) -> TestApp {
+    // reqwest has no TLS provider of its own (see orch_mcp::tls); tests build clients.
+    orch_mcp::tls::install_crypto_provider();
     let store = handle.store.clone();
     let mut config = orch_api::ApiConfig { max_body: options.max_body, ..Default::default() };
     if let Some(ttl) = options.session_ttl {

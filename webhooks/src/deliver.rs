@@ -119,6 +119,8 @@ pub async fn send(webhooks: &Webhooks, endpoint: &Endpoint, webhook_id: &str, bo
         Err(err) if err.is_transient() => return failed("dns", err.to_string()),
         Err(err) => return failed("refused_address", err.to_string()),
     };
+    // reqwest has no TLS provider of its own here (see orch_mcp::tls); idempotent.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(webhooks.config.timeout)

@@ -8,13 +8,20 @@
 //! `--persona notion` a Notion stand-in (`create_page`, and `list_pages` to
 //! see what it received); both keep `stats`. `--journal PATH` appends one
 //! JSON line per call (`{"tool", "args"}`), which outlives the process.
+//! More flags: `--tools N` adds N echo tools (`tool_0`, ...; registry-size
+//! benchmarks); `--http ADDR` serves streamable HTTP at `http://ADDR/mcp`
+//! instead of stdio, one shared state for every session, with the tool
+//! `expire_session`: later requests of the calling session are answered
+//! `--expired-status` (404 as the spec says, or 400 as some servers do).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult, PaginatedRequestParams,
     ServerCapabilities, ServerConfig, Tool,
@@ -51,6 +58,10 @@ struct TestServer {
     persona: Persona,
     journal: Option<PathBuf>,
     latency: Duration,
+    /// `--tools N`.
+    extra_tools: usize,
+    /// HTTP mode: ids of sessions `expire_session` ended.
+    expired: Option<Arc<Mutex<HashSet<String>>>>,
 }
 
 /// Issues of the GitHub stand-in, in the shape GitHub's REST API gives them.
@@ -63,10 +74,10 @@ fn schema(properties: Value, required: &[&str]) -> Arc<serde_json::Map<String, V
     Arc::new(map)
 }
 
-fn persona_tools(persona: Persona, added: &[String]) -> Vec<Tool> {
+fn persona_tools(persona: Persona, added: &[String], extra: usize, http: bool) -> Vec<Tool> {
     let stats = Tool::new("stats", "Calls in flight, most at once, cancellations seen", schema(json!({}), &[]));
     match persona {
-        Persona::Test => tools(added),
+        Persona::Test => tools(added, extra, http),
         Persona::Github => vec![
             Tool::new(
                 "list_issues",
@@ -102,7 +113,7 @@ fn persona_tools(persona: Persona, added: &[String]) -> Vec<Tool> {
     }
 }
 
-fn tools(added: &[String]) -> Vec<Tool> {
+fn tools(added: &[String], extra: usize, http: bool) -> Vec<Tool> {
     let mut tools = vec![
         Tool::new(
             "echo",
@@ -133,6 +144,16 @@ fn tools(added: &[String]) -> Vec<Tool> {
     ];
     for name in added {
         tools.push(Tool::new(name.clone(), "Added by add_tool; returns `message`", schema(json!({}), &[])));
+    }
+    if http {
+        tools.push(Tool::new(
+            "expire_session",
+            "Answers later requests of this session as an expired session",
+            schema(json!({}), &[]),
+        ));
+    }
+    for i in 0..extra {
+        tools.push(Tool::new(format!("tool_{i}"), "Returns `message` (from --tools)", schema(json!({}), &[])));
     }
     tools
 }
@@ -228,7 +249,26 @@ impl TestServer {
                 let code = Self::arg(&request, "code").and_then(Value::as_i64).unwrap_or(1);
                 std::process::exit(code as i32)
             }
+            "expire_session" => {
+                let expired = self.expired.as_ref().ok_or_else(|| bad("expire_session needs --http"))?;
+                let session = context
+                    .extensions
+                    .get::<http::request::Parts>()
+                    .and_then(|parts| parts.headers.get("mcp-session-id"))
+                    .and_then(|id| id.to_str().ok())
+                    .ok_or_else(|| bad("no session id on this request"))?;
+                expired.lock().unwrap().insert(session.to_string());
+                Ok(text("expired"))
+            }
             other if self.state.lock().unwrap().added.iter().any(|a| a == other) => Ok(text(other)),
+            other
+                if other
+                    .strip_prefix("tool_")
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .is_some_and(|i| i < self.extra_tools) =>
+            {
+                Ok(text(Self::arg(&request, "message").and_then(Value::as_str).unwrap_or(other)))
+            }
             other => Err(ErrorData::invalid_params(format!("no tool {other}"), None)),
         }
     }
@@ -273,7 +313,8 @@ impl ServerHandler for TestServer {
         request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let all = persona_tools(self.persona, &self.state.lock().unwrap().added);
+        let all =
+            persona_tools(self.persona, &self.state.lock().unwrap().added, self.extra_tools, self.expired.is_some());
         let start: usize = request.and_then(|r| r.cursor).and_then(|c| c.parse().ok()).unwrap_or(0);
         let end = (start + PAGE_SIZE).min(all.len());
         let mut page = ListToolsResult::with_all_items(all[start.min(end)..end].to_vec());
@@ -309,25 +350,94 @@ impl ServerHandler for TestServer {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut server = TestServer { latency: Duration::from_millis(300), ..Default::default() };
+/// The command line: `[--persona test|github|notion] [--journal PATH]
+/// [--latency-ms N] [--tools N] [--http ADDR [--expired-status 404|400]]`.
+struct Options {
+    server: TestServer,
+    http: Option<SocketAddr>,
+    expired_status: http::StatusCode,
+}
+
+fn options() -> Result<Options, String> {
+    let server = TestServer { latency: Duration::from_millis(300), ..TestServer::default() };
+    let mut options = Options { server, http: None, expired_status: http::StatusCode::NOT_FOUND };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--persona" => {
-                server.persona = match value.as_str() {
+                options.server.persona = match value.as_str() {
                     "test" => Persona::Test,
                     "github" => Persona::Github,
                     "notion" => Persona::Notion,
-                    other => return Err(format!("--persona {other:?}: allowed: test, github, notion").into()),
+                    other => return Err(format!("--persona {other:?}: allowed: test, github, notion")),
                 }
             }
-            "--journal" => server.journal = Some(PathBuf::from(value)),
-            "--latency-ms" => server.latency = Duration::from_millis(value.parse()?),
-            other => return Err(format!("unknown flag {other}; allowed: --persona, --journal, --latency-ms").into()),
+            "--journal" => options.server.journal = Some(PathBuf::from(value)),
+            "--latency-ms" => {
+                let ms = value.parse().map_err(|_| format!("--latency-ms: not a number: {value}"))?;
+                options.server.latency = Duration::from_millis(ms);
+            }
+            "--tools" => {
+                options.server.extra_tools = value.parse().map_err(|_| format!("--tools: not a number: {value}"))?
+            }
+            "--http" => options.http = Some(value.parse().map_err(|_| format!("--http: not an address: {value}"))?),
+            "--expired-status" => {
+                options.expired_status = value
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|s| http::StatusCode::from_u16(s).ok())
+                    .ok_or_else(|| format!("--expired-status: not a status: {value}"))?
+            }
+            other => {
+                return Err(format!(
+                    "unknown flag {other}; allowed: --persona, --journal, --latency-ms, --tools, --http, --expired-status"
+                ));
+            }
         }
+    }
+    Ok(options)
+}
+
+/// Streamable HTTP at `/mcp`. Requests of expired sessions get `status` with
+/// the JSON-RPC error body the TypeScript and Python SDKs send (id null).
+async fn serve_http(addr: SocketAddr, server: TestServer, status: http::StatusCode) -> std::io::Result<()> {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+
+    let expired = server.expired.clone().unwrap_or_default();
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default().disable_allowed_hosts(),
+    );
+    let reject = axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+        let expired = expired.clone();
+        async move {
+            let session = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok());
+            if session.is_some_and(|id| expired.lock().unwrap().contains(id)) {
+                let body = json!({"jsonrpc": "2.0", "error": {"code": -32000, "message": "Bad Request: No valid session ID provided"}, "id": null});
+                return (status, axum::Json(body)).into_response();
+            }
+            next.run(request).await
+        }
+    });
+    let app = axum::Router::new().route_service("/mcp", service).layer(reject);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+        let _ = stream.set_nodelay(true);
+    });
+    axum::serve(listener, app).await
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let options = options()?;
+    let server = options.server;
+    if let Some(addr) = options.http {
+        let server = TestServer { expired: Some(Arc::default()), ..server };
+        serve_http(addr, server, options.expired_status).await?;
+        return Ok(());
     }
     let service = server.serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;

@@ -112,3 +112,35 @@ pub fn args(value: Value) -> Option<serde_json::Map<String, Value>> {
         _ => panic!("arguments must be an object"),
     }
 }
+
+/// This crate's test server in streamable-HTTP mode (`--http`), at `url`.
+pub struct TestHttpServer {
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl TestHttpServer {
+    /// On a free port, once it listens; `args` are more flags (`--expired-status 400`).
+    pub fn start(args: &[&str]) -> TestHttpServer {
+        let port = free_port();
+        let child = std::process::Command::new(test_server_bin())
+            .args(["--http", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the test server in HTTP mode");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the test server did not listen on port {port} within 10s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TestHttpServer { url: format!("http://127.0.0.1:{port}/mcp"), child }
+    }
+}
+
+impl Drop for TestHttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
