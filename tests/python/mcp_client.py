@@ -42,13 +42,22 @@ def http(path):
 
 
 async def refused_without_key():
-    """A client with no key gets the HTTP 401, not a session."""
+    """A client with no key: the HTTP statuses it saw, and the error it raised."""
+    statuses = []
+
+    async def record(response):
+        statuses.append(response.status_code)
+
+    client = httpx2.AsyncClient(event_hooks={"response": [record]})
     try:
-        async with Client(BASE + "/mcp") as client:
-            await client.list_tools()
-    except BaseException as error:  # the SDK wraps it in an ExceptionGroup
-        return type(error).__name__ + ": " + str(error)
-    return "connected"
+        async with Client(streamable_http_client(BASE + "/mcp", http_client=client)) as session:
+            await session.list_tools()
+    except BaseException as error:
+        # The SDK's task groups wrap the cause in ExceptionGroups.
+        while isinstance(error, BaseExceptionGroup) and error.exceptions:
+            error = error.exceptions[0]
+        return {"statuses": statuses, "error": type(error).__name__ + ": " + str(error)}
+    return {"statuses": statuses, "error": None}
 
 
 async def main():

@@ -673,9 +673,11 @@ impl ServerHandler for OrchMcp {
             self.state.registry.read_resource(server, upstream_uri, Some(context.ct)).await.map_err(upstream_error)?;
         if self.scope == Scope::Aggregate {
             for contents in &mut result.contents {
-                let (ResourceContents::TextResourceContents { uri, .. }
-                | ResourceContents::BlobResourceContents { uri, .. }) = contents;
-                *uri = namespaced_uri(server, uri);
+                if let ResourceContents::TextResourceContents { uri, .. }
+                | ResourceContents::BlobResourceContents { uri, .. } = contents
+                {
+                    *uri = namespaced_uri(server, uri);
+                }
             }
         }
         Ok(result.into())
