@@ -2,7 +2,8 @@
 //! `orch-mcp-test-server` behind the registry: rmcp's streamable-HTTP client on
 //! `/mcp` and `/mcp/{server}`, orch-mcp's SSE client on `/sse/{server}`, and
 //! `orch mcp` spawned over stdio. Tool lists, upstream calls, Orch's own tools,
-//! auth, cancellation forwarded upstream, and `tools/list_changed` forwarding.
+//! auth, cancellation forwarded upstream, and `tools/list_changed` forwarding
+//! (only to sessions whose key may use the server).
 
 mod support;
 
@@ -288,6 +289,43 @@ async fn clients_hear_when_a_servers_tools_change() {
     assert!(names(&single).await.contains(&"extra".to_owned()));
     aggregate.cancel().await.unwrap();
     single.cancel().await.unwrap();
+    app.stop().await;
+}
+
+/// Whether a `notifications/tools/list_changed` arrives within 10 s.
+async fn heard(changed: &mut mpsc::UnboundedReceiver<()>) -> bool {
+    tokio::time::timeout(Duration::from_secs(10), changed.recv()).await.is_ok()
+}
+
+/// A session only hears of changes in servers its key may use: a key limited
+/// to `a` is not told when `b`'s tools change, an unlimited key is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_changed_reaches_only_sessions_whose_key_may_use_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mcp-config.json");
+    let entry = json!({"command": test_server(), "timeout": 30});
+    std::fs::write(&file, json!({"mcpServers": {"a": entry, "b": entry}}).to_string()).unwrap();
+    let mcp = McpSettings { file: Some(file), allow_api_stdio: false };
+    let app = spawn_app_with(Backend::Sqlite, Options { worker: false, mcp, ..Default::default() }).await;
+    let mut limited = orch_api::auth::new_key("only a", &["tools:call".into()]).unwrap();
+    limited.key.servers = Some(vec!["a".into()]);
+    app.store.create_key(&limited.key, &limited.hash).await.unwrap();
+    let (only_a, mut only_a_changed) = http_client(&app, "/mcp", &limited.secret).await;
+    let (everyone, mut everyone_changed) = http_client(&app, "/mcp", &app.admin).await;
+
+    assert_eq!(text(&call(&everyone, "b.add_tool", json!({"name": "from_b"})).await), "added from_b");
+    assert!(heard(&mut everyone_changed).await, "the unlimited session hears of b's change");
+    // Sent to both sessions at once: by now the limited one would have it too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(only_a_changed.try_recv().is_err(), "a session limited to `a` was told of `b`'s change");
+    assert!(!names(&only_a).await.iter().any(|n| n.starts_with("b.")));
+
+    assert_eq!(text(&call(&only_a, "a.add_tool", json!({"name": "from_a"})).await), "added from_a");
+    assert!(heard(&mut only_a_changed).await, "the limited session hears of a's change");
+    assert!(heard(&mut everyone_changed).await, "so does the unlimited one");
+    assert!(names(&only_a).await.contains(&"a.from_a".to_owned()));
+    only_a.cancel().await.unwrap();
+    everyone.cancel().await.unwrap();
     app.stop().await;
 }
 

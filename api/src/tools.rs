@@ -161,14 +161,17 @@ fn find_tool(state: &AppState, server: &str, tool: &str) -> ApiResult<ToolEntry>
 /// An upstream error as the API's error, always naming the server.
 pub fn mcp_error(error: McpError, tool: &str) -> ApiError {
     let (status, code) = match &error {
-        McpError::UnknownServer { .. } | McpError::UnknownTool { .. } | McpError::BadToolName { .. } => {
-            (StatusCode::NOT_FOUND, "not_found")
-        }
+        McpError::UnknownServer { .. }
+        | McpError::UnknownTool { .. }
+        | McpError::UnknownPrompt { .. }
+        | McpError::BadToolName { .. } => (StatusCode::NOT_FOUND, "not_found"),
         McpError::Disabled { .. } => (StatusCode::CONFLICT, "server_disabled"),
         McpError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "tool_timeout"),
         McpError::Down { .. } | McpError::Connect { .. } => (StatusCode::BAD_GATEWAY, "server_unavailable"),
         McpError::ConnectionLost { .. } => (StatusCode::BAD_GATEWAY, "connection_lost"),
-        McpError::Upstream { .. } | McpError::Cancelled { .. } => (StatusCode::BAD_GATEWAY, "upstream_error"),
+        McpError::Upstream { .. } | McpError::Refused { .. } | McpError::Cancelled { .. } => {
+            (StatusCode::BAD_GATEWAY, "upstream_error")
+        }
         McpError::Options { .. } | McpError::Shutdown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
     };
     let server = error.server().map(str::to_owned);

@@ -10,6 +10,8 @@ pub enum Error {
     UnknownServer { server: String },
     #[error("MCP server `{server}` has no tool `{tool}`; GET /v1/tools?server={server} lists its tools")]
     UnknownTool { server: String, tool: String },
+    #[error("MCP server `{server}` has no prompt `{prompt}`; prompts/list shows its prompts")]
+    UnknownPrompt { server: String, prompt: String },
     #[error("no tool named `{name}`: tool names are `<server>{separator}<tool>`")]
     BadToolName { name: String, separator: String },
     #[error("MCP server `{server}` is disabled in mcp-config.json; set `\"disabled\": false` to use it")]
@@ -33,6 +35,10 @@ pub enum Error {
     ConnectionLost { server: String, tool: String },
     #[error("MCP server `{server}` answered `{operation}` with an error: {reason}")]
     Upstream { server: String, operation: String, reason: String },
+    /// The server answered a request other than a tool call with a JSON-RPC
+    /// error (an unknown resource, a missing prompt argument); `code` is its own.
+    #[error("MCP server `{server}` refused `{operation}`: {message}")]
+    Refused { server: String, operation: String, code: i32, message: String },
     #[error("invalid MCP registry option: {message}")]
     Options { message: String },
     #[error("the MCP registry is shut down")]
@@ -60,13 +66,15 @@ impl Error {
         match self {
             Error::UnknownServer { server }
             | Error::UnknownTool { server, .. }
+            | Error::UnknownPrompt { server, .. }
             | Error::Disabled { server }
             | Error::Down { server, .. }
             | Error::Connect { server, .. }
             | Error::Timeout { server, .. }
             | Error::Cancelled { server, .. }
             | Error::ConnectionLost { server, .. }
-            | Error::Upstream { server, .. } => Some(server),
+            | Error::Upstream { server, .. }
+            | Error::Refused { server, .. } => Some(server),
             Error::BadToolName { .. } | Error::Options { .. } | Error::Shutdown => None,
         }
     }

@@ -7,11 +7,12 @@
 //!   environment; secrets (`env` values, `headers` values) are [`Secret`]s, which
 //!   never print.
 //! - [`Registry`] owns one pool of connections per enabled server, discovers
-//!   each server's tools, resources and prompts, names tools `server.tool`
+//!   each server's tools, resources (and templates) and prompts, names tools `server.tool`
 //!   (separator configurable), keeps them fresh on `notifications/tools/list_changed`
 //!   and on [`Registry::reload`] (only changed servers reconnect), and calls
 //!   tools with a per-call timeout, cancellation forwarded upstream and a
-//!   per-server concurrency limit. Each server has a supervisor that pings it,
+//!   per-server concurrency limit, and forwards `resources/read` and
+//!   `prompts/get` under the same rules. Each server has a supervisor that pings it,
 //!   restarts crashed children with exponential backoff and reaps idle
 //!   connections; [`Registry::subscribe`] reports tool and state changes.
 //! - [`test_server`] connects once, lists tools and reports the latency, for
@@ -37,8 +38,8 @@ pub use config::{ConfigError, McpConfig, PoolConfig, Secret, ServerConfig, Trans
 pub use error::Error;
 pub use pool::{ConnectionStatus, ServerState, ServerStatus};
 pub use registry::{
-    CallOptions, PromptEntry, Registry, RegistryEvent, RegistryOptions, ReloadReport, ResourceEntry, TestReport,
-    ToolEntry, test_server,
+    CallOptions, PromptEntry, Registry, RegistryEvent, RegistryOptions, ReloadReport, ResourceEntry,
+    ResourceTemplateEntry, TestReport, ToolEntry, test_server,
 };
 /// The MCP types this crate's API speaks (tools, call results), re-exported so
 /// callers use the same rmcp version.

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, JsonObject, MetaObject, Prompt, RequestMetaObject, Resource, Tool,
+    CallToolRequestParams, CallToolResult, JsonObject, MetaObject, Prompt, RequestMetaObject, Resource,
+    ResourceTemplate, Tool,
 };
 use rmcp::service::ServiceError;
 use tokio::sync::{Semaphore, broadcast};
@@ -61,6 +62,7 @@ pub struct ConnectionStatus {
 pub(crate) struct Catalog {
     pub tools: Vec<Tool>,
     pub resources: Vec<Resource>,
+    pub resource_templates: Vec<ResourceTemplate>,
     pub prompts: Vec<Prompt>,
 }
 
@@ -260,7 +262,8 @@ impl ServerPool {
         Ok(conn)
     }
 
-    /// Lists tools (every page), and resources and prompts when the server has them.
+    /// Lists tools (every page), and resources, resource templates and
+    /// prompts when the server has them.
     async fn list(&self, conn: &Connection) -> Result<Catalog, String> {
         let peer = conn.service.peer();
         let capabilities = peer.peer_info().map(|info| info.capabilities.clone()).unwrap_or_default();
@@ -280,6 +283,11 @@ impl ServerPool {
                 Ok(Ok(resources)) => catalog.resources = resources,
                 Ok(Err(e)) => tracing::warn!(server = %self.config.name, error = %e, "resources/list failed"),
                 Err(_) => tracing::warn!(server = %self.config.name, "{}", within("resources")),
+            }
+            match tokio::time::timeout(timeout, peer.list_all_resource_templates()).await {
+                Ok(Ok(templates)) => catalog.resource_templates = templates,
+                Ok(Err(e)) => tracing::warn!(server = %self.config.name, error = %e, "resources/templates/list failed"),
+                Err(_) => tracing::warn!(server = %self.config.name, "{}", within("resource templates")),
             }
         }
         if capabilities.prompts.is_some() {
@@ -406,6 +414,64 @@ impl ServerPool {
                 timeout,
             })),
             () = cancelled => Err(Error::Cancelled { server: server.clone(), tool: tool.to_string() }),
+        }
+    }
+
+    /// Sends one request that is not a tool call (`resources/read`,
+    /// `prompts/get`) under the rules of [`ServerPool::call`]: a concurrency
+    /// permit, the least-busy connection, the server's timeout and `cancel`.
+    /// An error the server answered keeps its JSON-RPC code ([`Error::Refused`]).
+    pub async fn request<T, F, Fut>(
+        &self,
+        operation: &str,
+        cancel: Option<CancellationToken>,
+        send: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(Arc<Connection>) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
+        let server = &self.config.name;
+        if self.config.disabled {
+            return Err(Error::Disabled { server: server.clone() });
+        }
+        let timeout = self.config.timeout;
+        let deadline = Instant::now() + timeout;
+        let request = async {
+            let _permit = self.permits.acquire().await.map_err(|_| Error::Shutdown)?;
+            let conn = self.checkout(deadline).await?;
+            let _busy = Busy::new(&conn);
+            send(conn.clone()).await.map_err(|error| match error {
+                ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
+                    self.signals.wake.notify_one();
+                    Error::ConnectionLost { server: server.clone(), tool: operation.to_owned() }
+                }
+                ServiceError::McpError(error) => Error::Refused {
+                    server: server.clone(),
+                    operation: operation.to_owned(),
+                    code: error.code.0,
+                    message: error.message.into_owned(),
+                },
+                other => Error::Upstream {
+                    server: server.clone(),
+                    operation: operation.to_owned(),
+                    reason: other.to_string(),
+                },
+            })
+        };
+        let cancelled = async {
+            match &cancel {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = tokio::time::timeout_at(deadline.into(), request) => result.unwrap_or_else(|_| Err(Error::Timeout {
+                server: server.clone(),
+                tool: operation.to_owned(),
+                timeout,
+            })),
+            () = cancelled => Err(Error::Cancelled { server: server.clone(), tool: operation.to_owned() }),
         }
     }
 

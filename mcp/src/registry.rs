@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolResult, JsonObject, Prompt, Resource, Tool};
+use rmcp::model::{
+    CallToolResult, GetPromptRequestParams, GetPromptResult, JsonObject, Prompt, ReadResourceRequestParams,
+    ReadResourceResult, Resource, ResourceTemplate, Tool,
+};
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -66,6 +69,12 @@ pub struct ToolEntry {
 pub struct ResourceEntry {
     pub server: String,
     pub resource: Resource,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResourceTemplateEntry {
+    pub server: String,
+    pub template: ResourceTemplate,
 }
 
 #[derive(Debug, Clone)]
@@ -277,6 +286,16 @@ impl Registry {
             .collect()
     }
 
+    pub fn resource_templates(&self) -> Vec<ResourceTemplateEntry> {
+        self.servers()
+            .into_iter()
+            .flat_map(|(name, pool)| {
+                let templates = pool.catalog().map(|c| c.resource_templates).unwrap_or_default();
+                templates.into_iter().map(move |template| ResourceTemplateEntry { server: name.clone(), template })
+            })
+            .collect()
+    }
+
     pub fn prompts(&self) -> Vec<PromptEntry> {
         let separator = self.inner.options.separator.clone();
         self.servers()
@@ -345,6 +364,40 @@ impl Registry {
     ) -> Result<CallToolResult, Error> {
         let (server, tool) = self.resolve(name)?;
         self.call_tool(server, tool, arguments, options).await
+    }
+
+    /// Reads a resource of `server` (any URI: listed, or matching one of its
+    /// templates; the server decides). Same timeout, limits and cancellation
+    /// as a tool call.
+    pub async fn read_resource(
+        &self,
+        server: &str,
+        uri: &str,
+        cancel: Option<CancellationToken>,
+    ) -> Result<ReadResourceResult, Error> {
+        let params = ReadResourceRequestParams::new(uri);
+        let pool = self.server(server)?;
+        pool.request("resources/read", cancel, move |conn| async move { conn.service.read_resource(params).await })
+            .await
+    }
+
+    /// Gets a prompt of `server` by its own name. The prompt must be in the
+    /// server's listed prompts; the server checks the arguments.
+    pub async fn get_prompt(
+        &self,
+        server: &str,
+        prompt: &str,
+        arguments: Option<JsonObject>,
+        cancel: Option<CancellationToken>,
+    ) -> Result<GetPromptResult, Error> {
+        let pool = self.server(server)?;
+        let known = pool.catalog().is_none_or(|c| c.prompts.iter().any(|p| p.name == prompt));
+        if !known {
+            return Err(Error::UnknownPrompt { server: server.into(), prompt: prompt.into() });
+        }
+        let mut params = GetPromptRequestParams::new(prompt);
+        params.arguments = arguments;
+        pool.request("prompts/get", cancel, move |conn| async move { conn.service.get_prompt(params).await }).await
     }
 
     pub fn status(&self) -> Vec<ServerStatus> {

@@ -47,9 +47,22 @@ async fn several_servers_with_a_custom_separator_and_auto_approve() {
     assert_eq!(echo.tool.name, "echo");
     assert!(tools.iter().any(|t| t.name == "everything__get-sum" && !t.auto_approved));
     assert!(tools.iter().any(|t| t.name == "test__echo" && !t.auto_approved));
-    // server-everything also has resources and prompts.
-    assert!(!registry.resources().is_empty());
-    assert!(registry.prompts().iter().any(|p| p.name.starts_with("everything__")));
+    // server-everything also has resources, templates and prompts; reads and
+    // prompts go upstream, and what it refuses keeps its JSON-RPC code.
+    let resource = registry.resources().into_iter().find(|r| r.server == "everything").expect("a resource");
+    let read = registry.read_resource("everything", &resource.resource.uri, None).await.unwrap();
+    assert_eq!(read.contents.len(), 1);
+    let templates = registry.resource_templates();
+    assert!(templates.iter().any(|t| t.template.uri_template == "demo://resource/dynamic/text/{resourceId}"));
+    let error = registry.read_resource("everything", "demo://nope", None).await.unwrap_err();
+    assert!(matches!(error, Error::Refused { code: -32602, .. }), "{error}");
+    assert!(registry.prompts().iter().any(|p| p.name == "everything__simple-prompt"));
+    let prompt = registry.get_prompt("everything", "simple-prompt", None, None).await.unwrap();
+    assert_eq!(prompt.messages.len(), 1);
+    let error = registry.get_prompt("everything", "nope", None, None).await.unwrap_err();
+    assert_eq!(error.to_string(), "MCP server `everything` has no prompt `nope`; prompts/list shows its prompts");
+    let error = registry.get_prompt("test", "anything", None, None).await.unwrap_err();
+    assert!(matches!(error, Error::UnknownPrompt { .. }), "{error}");
 
     let result = registry.call("everything__get-sum", args(json!({"a": 2, "b": 3})), CallOptions::default()).await;
     assert!(text(&result.unwrap()).contains('5'));

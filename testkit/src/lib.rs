@@ -79,9 +79,10 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The reference MCP server `@modelcontextprotocol/server-everything`, from the
-/// npm package pinned in `mcp/tests/servers` (the README's test command installs
-/// it). Missing Node.js or a missing package fails the test loudly.
+/// The reference MCP server `@modelcontextprotocol/server-everything` (and its
+/// siblings `server-memory` and `server-filesystem`), from the npm packages
+/// pinned in `mcp/tests/servers` (the README's test command installs them).
+/// Missing Node.js or a missing package fails the test loudly.
 pub mod everything {
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
@@ -96,8 +97,14 @@ pub mod everything {
 
     /// server-everything's entry point.
     pub fn entry() -> String {
+        reference_entry("everything")
+    }
+
+    /// The entry point of `@modelcontextprotocol/server-{name}`: `everything`,
+    /// `memory` or `filesystem`.
+    pub fn reference_entry(name: &str) -> String {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../mcp/tests/servers/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+            .join(format!("../mcp/tests/servers/node_modules/@modelcontextprotocol/server-{name}/dist/index.js"));
         assert!(
             path.exists(),
             "{} is missing: run `(cd mcp/tests/servers && npm ci --no-audit --no-fund)` (scripts/test does)",

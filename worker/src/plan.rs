@@ -748,10 +748,11 @@ fn tool_error(error: McpError) -> JobError {
             ("server_unavailable", true)
         }
         McpError::Cancelled { .. } => ("cancelled", false),
-        McpError::Upstream { .. } => ("upstream_error", false),
+        McpError::Upstream { .. } | McpError::Refused { .. } => ("upstream_error", false),
         McpError::Shutdown => ("shutting_down", true),
         McpError::UnknownServer { .. }
         | McpError::UnknownTool { .. }
+        | McpError::UnknownPrompt { .. }
         | McpError::BadToolName { .. }
         | McpError::Disabled { .. }
         | McpError::Options { .. } => ("unknown_tool", false),

@@ -1,16 +1,17 @@
-//! The MCP server behind every exposed endpoint: upstream tools from the
-//! registry (all of them namespaced, or one server's unprefixed), Orch's own
-//! tools and the `job://{id}` resource, and `tools/list_changed` forwarding.
+//! The MCP server behind every exposed endpoint: upstream tools, resources
+//! and prompts from the registry (all of them namespaced, or one server's
+//! unprefixed), Orch's own tools and resources, and `tools/list_changed`
+//! forwarding (only for servers the session's key may use).
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use orch_mcp::RegistryEvent;
 use orch_mcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject,
-    ListResourceTemplatesResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig,
-    Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode, GetPromptRequestParams,
+    GetPromptResponse, Implementation, JsonObject, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, Tool,
 };
 use orch_store::{JobKind, JobStatus};
 use rmcp::service::{NotificationContext, RequestContext};
@@ -46,20 +47,28 @@ impl OrchMcp {
         OrchMcp { state, scope, forwarder: Mutex::default() }
     }
 
+    /// Whether this endpoint shows `server`'s tools, resources and prompts to this key.
+    fn shows(&self, server: &str, principal: Option<&Principal>) -> bool {
+        let in_scope = match &self.scope {
+            Scope::Aggregate => true,
+            Scope::Server(name) => name == server,
+        };
+        in_scope && principal.is_none_or(|p| p.may_use_server(server))
+    }
+
     /// The upstream tools this endpoint shows to this key.
     fn upstream_tools(&self, principal: Option<&Principal>) -> Vec<Tool> {
         self.state
             .registry
             .tools()
             .into_iter()
-            .filter(|entry| principal.is_none_or(|p| p.may_use_server(&entry.server)))
-            .filter_map(|entry| match &self.scope {
-                Scope::Aggregate => {
-                    let mut tool = entry.tool;
+            .filter(|entry| self.shows(&entry.server, principal))
+            .map(|entry| {
+                let mut tool = entry.tool;
+                if self.scope == Scope::Aggregate {
                     tool.name = entry.name.into();
-                    Some(tool)
                 }
-                Scope::Server(server) => (entry.server == *server).then_some(entry.tool),
+                tool
             })
             .collect()
     }
@@ -247,7 +256,10 @@ impl OrchMcp {
         job_json(&self.state, id).await
     }
 
-    fn start_forwarding(&self, peer: rmcp::Peer<RoleServer>) {
+    /// Sends the client `notifications/tools/list_changed` when the tools of
+    /// a server it sees change: on `/mcp` any server the key may use, on
+    /// `/mcp/{server}` that one.
+    fn start_forwarding(&self, peer: rmcp::Peer<RoleServer>, principal: Option<Principal>) {
         let stop = CancellationToken::new();
         let mut events = self.state.registry.subscribe();
         let scope = self.scope.clone();
@@ -260,7 +272,7 @@ impl OrchMcp {
                 };
                 let relevant = match event {
                     Ok(RegistryEvent::ToolsChanged { server }) => match &scope {
-                        Scope::Aggregate => true,
+                        Scope::Aggregate => principal.as_ref().is_none_or(|p| p.may_use_server(&server)),
                         Scope::Server(name) => *name == server,
                     },
                     Ok(RegistryEvent::ServerState { .. }) => false,
@@ -492,6 +504,7 @@ fn list_servers(state: &AppState, principal: Option<&Principal>) -> Value {
 const JOB_URI: &str = "job://";
 const PROVIDER_URI: &str = "provider://";
 const SESSION_URI: &str = "session://";
+const OWN_URIS: [&str; 3] = [JOB_URI, PROVIDER_URI, SESSION_URI];
 
 /// Reads one of Orch's own resources: `job://{id}`, `provider://list`,
 /// `provider://{name}`, `session://{id}`.
@@ -524,13 +537,15 @@ impl ServerHandler for OrchMcp {
             Scope::Aggregate => {
                 "Tools of every MCP server Orch is connected to, named <server><separator><tool>, plus Orch's \
                  own: submit_job, batch_execute, get_job, list_servers, chat, list_providers, get_session, \
-                 export_session_memory. Resources: job://{id}, provider://list, provider://{name}, session://{id}."
+                 export_session_memory. Resources: job://{id}, provider://list, provider://{name}, session://{id}, \
+                 and each server's as <server>+<uri>. Prompts: <server><separator><prompt>."
                     .to_owned()
             }
-            Scope::Server(server) => format!("The tools of the MCP server `{server}`, through Orch."),
+            Scope::Server(server) => {
+                format!("The tools, resources and prompts of the MCP server `{server}`, through Orch.")
+            }
         };
-        let capabilities =
-            if self.scope == Scope::Aggregate { tools.enable_resources().build() } else { tools.build() };
+        let capabilities = tools.enable_resources().enable_prompts().build();
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("orch", env!("CARGO_PKG_VERSION")))
             .with_instructions(instructions)
@@ -545,7 +560,9 @@ impl ServerHandler for OrchMcp {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
-        self.start_forwarding(context.peer);
+        // The key that initialised the session decides what it hears of.
+        let principal = principal(&context.extensions);
+        self.start_forwarding(context.peer, principal);
     }
 
     async fn list_tools(
@@ -575,28 +592,47 @@ impl ServerHandler for OrchMcp {
         Ok(self.call_upstream(name, request.arguments, principal.as_ref(), context.ct).await?.into())
     }
 
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let principal = principal(&context.extensions);
+        let resources = self
+            .state
+            .registry
+            .resources()
+            .into_iter()
+            .filter(|entry| self.shows(&entry.server, principal.as_ref()))
+            .map(|entry| {
+                let mut resource = entry.resource;
+                if self.scope == Scope::Aggregate {
+                    resource.uri = namespaced_uri(&entry.server, &resource.uri);
+                }
+                resource
+            })
+            .collect();
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let templates = match self.scope {
-            Scope::Aggregate => vec![
-                ResourceTemplate::new(format!("{JOB_URI}{{id}}"), "job")
-                    .with_description("An Orch job: status, progress, error, and its result once it succeeded")
-                    .with_mime_type("application/json"),
-                ResourceTemplate::new(format!("{PROVIDER_URI}{{name}}"), "provider")
-                    .with_description(
-                        "A chat provider (provider://list for all): CLI version, credentials present, load, \
-                         cooldown, last error",
-                    )
-                    .with_mime_type("application/json"),
-                ResourceTemplate::new(format!("{SESSION_URI}{{id}}"), "session")
-                    .with_description("A chat session's messages")
-                    .with_mime_type("application/json"),
-            ],
+        let principal = principal(&context.extensions);
+        let mut templates = match self.scope {
+            Scope::Aggregate => own_resource_templates(),
             Scope::Server(_) => Vec::new(),
         };
+        let upstream = self.state.registry.resource_templates().into_iter();
+        templates.extend(upstream.filter(|entry| self.shows(&entry.server, principal.as_ref())).map(|entry| {
+            let mut template = entry.template;
+            if self.scope == Scope::Aggregate {
+                template.uri_template = namespaced_uri(&entry.server, &template.uri_template);
+            }
+            template
+        }));
         Ok(ListResourceTemplatesResult::with_all_items(templates))
     }
 
@@ -605,22 +641,163 @@ impl ServerHandler for OrchMcp {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        if self.scope != Scope::Aggregate {
-            return Err(ErrorData::resource_not_found(
-                format!("no resource {}; this endpoint serves one server's tools only", request.uri),
-                None,
-            ));
-        }
         let principal = principal(&context.extensions);
-        let value = own_resource(&self.state, &request.uri, principal.as_ref())
-            .await
-            .map_err(|err| ErrorData::resource_not_found(err.message, err.details))?;
-        let contents = ResourceContents::TextResourceContents {
-            uri: request.uri.clone(),
-            mime_type: Some("application/json".into()),
-            text: value.to_string(),
-            meta: None,
+        let uri = request.uri.as_str();
+        let (server, upstream_uri) = match &self.scope {
+            Scope::Server(server) => (server.as_str(), uri),
+            Scope::Aggregate if OWN_URIS.iter().any(|prefix| uri.starts_with(prefix)) => {
+                let value = own_resource(&self.state, uri, principal.as_ref())
+                    .await
+                    .map_err(|err| ErrorData::resource_not_found(err.message, err.details))?;
+                let contents = ResourceContents::TextResourceContents {
+                    uri: request.uri.clone(),
+                    mime_type: Some("application/json".into()),
+                    text: value.to_string(),
+                    meta: None,
+                };
+                return Ok(ReadResourceResult::new(vec![contents]).into());
+            }
+            Scope::Aggregate => split_uri(uri).ok_or_else(|| {
+                ErrorData::resource_not_found(
+                    format!(
+                        "no resource {uri}: on /mcp a server's resources are `<server>{URI_SEPARATOR}<uri>` \
+                         (resources/list shows them), Orch's own are job://, provider:// and session://"
+                    ),
+                    None,
+                )
+            })?,
         };
-        Ok(ReadResourceResult::new(vec![contents]).into())
+        require_server(principal.as_ref(), server)
+            .map_err(|err| ErrorData::invalid_params(err.message, err.details))?;
+        let mut result =
+            self.state.registry.read_resource(server, upstream_uri, Some(context.ct)).await.map_err(upstream_error)?;
+        if self.scope == Scope::Aggregate {
+            for contents in &mut result.contents {
+                if let ResourceContents::TextResourceContents { uri, .. }
+                | ResourceContents::BlobResourceContents { uri, .. } = contents
+                {
+                    *uri = namespaced_uri(server, uri);
+                }
+            }
+        }
+        Ok(result.into())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let principal = principal(&context.extensions);
+        let prompts = self
+            .state
+            .registry
+            .prompts()
+            .into_iter()
+            .filter(|entry| self.shows(&entry.server, principal.as_ref()))
+            .map(|entry| {
+                let mut prompt = entry.prompt;
+                if self.scope == Scope::Aggregate {
+                    prompt.name = entry.name;
+                }
+                prompt
+            })
+            .collect();
+        Ok(ListPromptsResult::with_all_items(prompts))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let principal = principal(&context.extensions);
+        let (server, prompt) = match &self.scope {
+            Scope::Server(server) => (server.as_str(), request.name.as_str()),
+            Scope::Aggregate => self.state.registry.resolve(&request.name).map_err(|_| {
+                let separator = &self.state.registry.options().separator;
+                ErrorData::invalid_params(
+                    format!("no prompt named `{}`: prompt names are `<server>{separator}<prompt>`", request.name),
+                    None,
+                )
+            })?,
+        };
+        require_server(principal.as_ref(), server)
+            .map_err(|err| ErrorData::invalid_params(err.message, err.details))?;
+        let result = self
+            .state
+            .registry
+            .get_prompt(server, prompt, request.arguments, Some(context.ct))
+            .await
+            .map_err(upstream_error)?;
+        Ok(result.into())
+    }
+}
+
+/// Between the server and the upstream URI of a resource on `/mcp`:
+/// `everything+demo://resource/static/document/architecture.md`. Server names
+/// never contain it, and it is valid in a URI scheme, so the result stays a URI.
+const URI_SEPARATOR: char = '+';
+
+fn namespaced_uri(server: &str, uri: &str) -> String {
+    format!("{server}{URI_SEPARATOR}{uri}")
+}
+
+/// The server and its own URI of a namespaced resource URI.
+fn split_uri(uri: &str) -> Option<(&str, &str)> {
+    uri.split_once(URI_SEPARATOR)
+        .filter(|(server, rest)| orch_mcp::config::validate_name(server).is_ok() && !rest.is_empty())
+}
+
+/// A failed upstream `resources/read` or `prompts/get` as the client's error:
+/// the server's own JSON-RPC code when it refused, else an internal error
+/// naming the server and the cause.
+fn upstream_error(error: orch_mcp::Error) -> ErrorData {
+    match error {
+        orch_mcp::Error::Refused { code, .. } => ErrorData::new(ErrorCode(code), error.to_string(), None),
+        orch_mcp::Error::UnknownServer { .. } | orch_mcp::Error::UnknownPrompt { .. } => {
+            ErrorData::invalid_params(error.to_string(), None)
+        }
+        other => ErrorData::internal_error(other.to_string(), None),
+    }
+}
+
+fn own_resource_templates() -> Vec<ResourceTemplate> {
+    vec![
+        ResourceTemplate::new(format!("{JOB_URI}{{id}}"), "job")
+            .with_description("An Orch job: status, progress, error, and its result once it succeeded")
+            .with_mime_type("application/json"),
+        ResourceTemplate::new(format!("{PROVIDER_URI}{{name}}"), "provider")
+            .with_description(
+                "A chat provider (provider://list for all): CLI version, credentials present, load, cooldown, \
+                 last error",
+            )
+            .with_mime_type("application/json"),
+        ResourceTemplate::new(format!("{SESSION_URI}{{id}}"), "session")
+            .with_description("A chat session's messages")
+            .with_mime_type("application/json"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_uris_on_the_aggregate_carry_their_server() {
+        let check = |uri: &str, expected: Option<(&str, &str)>| assert_eq!(split_uri(uri), expected, "{uri}");
+        check(
+            "everything+demo://resource/static/document/a.md",
+            Some(("everything", "demo://resource/static/document/a.md")),
+        );
+        check("my_fs+file:///tmp/a+b.txt", Some(("my_fs", "file:///tmp/a+b.txt")));
+        check("gh+git+https://example.com/x", Some(("gh", "git+https://example.com/x")));
+        // Not namespaced: no server before a `+`, or something that is no server name.
+        check("demo://resource/static/document/a.md", None);
+        check("file:///tmp/a+b.txt", None);
+        check("+demo://x", None);
+        check("fs+", None);
+        assert_eq!(namespaced_uri("fs", "file:///tmp/x"), "fs+file:///tmp/x");
+        assert_eq!(split_uri(&namespaced_uri("fs", "git+ssh://h/r")), Some(("fs", "git+ssh://h/r")));
     }
 }
