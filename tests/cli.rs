@@ -176,6 +176,11 @@ fn invalid_settings_stop_start_up_naming_the_setting() {
             &[("ORCH_PROVIDER_CLAUDE_ENV_CLAUDE_CODE_OAUTH_TOKEN", "hunter2"), ("ORCH_CHAT_WAIT", "0s")],
             "ORCH_CHAT_WAIT",
         ),
+        (
+            &[("ORCH_WEBHOOK_PROGRESS_INTERVAL", "10ms")],
+            "ORCH_WEBHOOK_PROGRESS_INTERVAL (--webhook-progress-interval): 10ms is out of range; allowed: 100ms to 1h",
+        ),
+        (&[("ORCH_WEBHOOK_PROGRESS_INTERVAL", "often")], "--webhook-progress-interval"),
     ];
     for (env, expected) in cases {
         let mut cmd = orch(dir.path(), "sqlite://orch.db");
