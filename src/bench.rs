@@ -621,6 +621,12 @@ impl Store for Observed {
     async fn count_jobs(&self) -> orch_store::Result<JobCounts> {
         self.inner.count_jobs().await
     }
+    async fn count_jobs_of_kind(&self, kind: JobKind) -> orch_store::Result<JobCounts> {
+        self.inner.count_jobs_of_kind(kind).await
+    }
+    async fn job_deliveries(&self, parent: JobId, before: Option<JobId>, limit: usize) -> orch_store::Result<Vec<Job>> {
+        self.inner.job_deliveries(parent, before, limit).await
+    }
     async fn cancel_job(&self, id: JobId) -> orch_store::Result<Option<Job>> {
         self.inner.cancel_job(id).await
     }

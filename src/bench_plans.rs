@@ -208,8 +208,13 @@ async fn run(store: &Arc<dyn Store>, runner: &PlanRunner, plan: &Plan) -> Result
     };
     store.insert_job(new).await?;
     let job = store.claim("bench", 1, Duration::from_secs(600)).await?.pop().context("the job was not claimed")?;
-    let ctx =
-        JobContext { store: store.clone(), worker: "bench".into(), job_id: job.id, cancel: CancellationToken::new() };
+    let ctx = JobContext {
+        store: store.clone(),
+        worker: "bench".into(),
+        job_id: job.id,
+        cancel: CancellationToken::new(),
+        followups: None,
+    };
     let started = Instant::now();
     let result = runner.run(&job, &ctx).await;
     let took = started.elapsed();

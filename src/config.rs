@@ -61,6 +61,10 @@ pub struct GlobalArgs {
     /// (/health/tokens, the provider.auth_expiring webhook), 0–365 [default: 7].
     #[arg(long, env = "ORCH_TOKEN_WARN_DAYS", global = true, value_name = "DAYS")]
     pub token_warn_days: Option<u32>,
+    /// Shortest time between two job.progress deliveries of one job to one URL; the
+    /// progress of the meantime is coalesced into the next, 100ms to 1h [default: 5s].
+    #[arg(long, env = "ORCH_WEBHOOK_PROGRESS_INTERVAL", global = true, value_name = "DURATION", value_parser = duration)]
+    pub webhook_progress_interval: Option<Duration>,
 }
 
 /// Settings of the HTTP API.
@@ -183,6 +187,7 @@ struct FileConfig {
     webhook_obsidian_path: Option<String>,
     webhook_retry_scale: Option<f64>,
     token_warn_days: Option<u32>,
+    webhook_progress_interval: Option<String>,
     planner_attempts: Option<u32>,
     planner_cache_ttl: Option<String>,
     planner_max_tools: Option<usize>,
@@ -405,7 +410,19 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
 
     let file_webhooks =
         (file.webhook_allow, file.webhook_fail_statuses, file.webhook_obsidian_path, file.webhook_retry_scale);
-    let webhooks = webhook_settings(global, file_webhooks, &public_url)?;
+    let mut webhooks = webhook_settings(global, file_webhooks, &public_url)?;
+    let progress_interval = match global.webhook_progress_interval {
+        Some(d) => Some(d),
+        None => file_duration("webhook_progress_interval", file.webhook_progress_interval.as_ref())?,
+    };
+    if let Some(interval) = progress_interval {
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&interval) {
+            bail!(
+                "ORCH_WEBHOOK_PROGRESS_INTERVAL (--webhook-progress-interval): {interval:?} is out of range; allowed: 100ms to 1h"
+            );
+        }
+        webhooks.progress_interval = interval;
+    }
 
     let settings = Settings {
         store,

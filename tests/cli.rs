@@ -186,6 +186,11 @@ fn invalid_settings_stop_start_up_naming_the_setting() {
             &[("ORCH_MCP_CA_FILE", "/etc/hostname")],
             "ORCH_MCP_CA_FILE (--mcp-ca-file): /etc/hostname holds no PEM certificate",
         ),
+        (
+            &[("ORCH_WEBHOOK_PROGRESS_INTERVAL", "10ms")],
+            "ORCH_WEBHOOK_PROGRESS_INTERVAL (--webhook-progress-interval): 10ms is out of range; allowed: 100ms to 1h",
+        ),
+        (&[("ORCH_WEBHOOK_PROGRESS_INTERVAL", "often")], "--webhook-progress-interval"),
     ];
     for (env, expected) in cases {
         let mut cmd = orch(dir.path(), "sqlite://orch.db");

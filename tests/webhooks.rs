@@ -368,7 +368,7 @@ async fn internal_addresses_are_refused_with_the_field_named() {
     }
     for (body, field) in [
         (json!({"url": "ftp://example.com/x"}), "callback.url"),
-        (json!({"url": "https://8.8.8.8/x", "events": ["progress"]}), "callback.events[0]"),
+        (json!({"url": "https://8.8.8.8/x", "events": ["succeeded", "progres"]}), "callback.events[1]"),
         (json!({"url": "https://8.8.8.8/x", "events": ["done"]}), "callback.events[0]"),
         (json!({"url": "https://8.8.8.8/x", "secret": "hunter2"}), "callback.secret"),
         (json!({"url": "https://8.8.8.8/x", "headers": {"webhook-id": "x"}}), "callback.headers.webhook-id"),
@@ -687,7 +687,265 @@ impl Drop for Killed {
     }
 }
 
+// --- job.progress ---
+
+/// Interval of progress deliveries in these tests.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(300);
+
+fn progress_options() -> Options {
+    Options { webhooks: WebhookConfig { progress_interval: PROGRESS_INTERVAL, ..hooks() }, ..Default::default() }
+}
+
+/// A plan of three nodes of `ms` each, one after the other, then an echo.
+fn slow_plan(ms: u64) -> Value {
+    json!({"nodes": [
+        {"id": "a", "sleep": {"ms": ms}},
+        {"id": "b", "sleep": {"ms": ms}, "depends_on": ["a"]},
+        {"id": "c", "sleep": {"ms": ms}, "depends_on": ["b"]},
+        {"id": "done", "echo": "finished", "depends_on": ["c"]},
+    ], "output": "{{nodes.done.output}}"})
+}
+
+/// The receiver's requests once every delivery of `job` has ended, and a
+/// moment more for anything late.
+async fn all_received(app: &TestApp, receiver: &Receiver, job: &str) -> (Vec<Received>, Vec<Value>) {
+    let list = wait_deliveries(app, job, Duration::from_secs(20), |l| {
+        l.iter().any(|d| d["event"] != "job.progress") && finished(l)
+    })
+    .await;
+    tokio::time::sleep(PROGRESS_INTERVAL * 2).await;
+    (receiver.received(), list)
+}
+
+fn types(got: &[Received]) -> Vec<String> {
+    got.iter().map(|r| r.json()["type"].as_str().unwrap().to_owned()).collect()
+}
+
+/// A batch job whose callback asks for progress: progress payloads (status
+/// running, the latest node event), then exactly one ending, last.
+async fn a_batch_job_delivers_progress_then_its_ending_last(backend: Backend) {
+    let receiver = Receiver::start(&[]).await;
+    let app = spawn_app_with(backend, progress_options()).await;
+    let callback = json!({"url": receiver.url("/cb"), "events": ["progress", "succeeded"]});
+    let r = app.post("/v1/jobs/batch", json!({"plan": slow_plan(500), "callback": callback, "title": "Digest"})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let job = r.body["id"].as_str().unwrap().to_owned();
+    let (got, list) = all_received(&app, &receiver, &job).await;
+    let types = types(&got);
+    assert_eq!(types.last().map(String::as_str), Some("job.succeeded"), "{types:?}");
+    assert_eq!(types.iter().filter(|t| *t == "job.succeeded").count(), 1, "{types:?}");
+    let progress: Vec<Value> = got.iter().map(Received::json).filter(|p| p["type"] == "job.progress").collect();
+    // Nodes end at ~0.5, 1.0 and 1.5 s, each in its own 0.3 s window, sent at
+    // the window's end: at least the first two while the job runs.
+    assert!(progress.len() >= 2, "{types:?}");
+    for p in &progress {
+        assert_eq!((p["status"].as_str(), p["job_id"].as_str()), (Some("running"), Some(job.as_str())), "{p}");
+        assert!(p["finished_at"].is_null() && p["result"].is_null(), "{p}");
+        // The job's latest progress when sent: a node that ended, or the next one starting.
+        assert!(["a", "b", "c", "done"].contains(&p["progress"]["node"].as_str().unwrap()), "{p}");
+        assert!(["succeeded", "started"].contains(&p["progress"]["status"].as_str().unwrap()), "{p}");
+        assert!(p["markdown"].as_str().unwrap().starts_with("Node `"), "{p}");
+        assert_eq!(p["title"], "Digest");
+    }
+    // Later payloads report at least as many nodes done.
+    let done: Vec<u64> = progress.iter().filter_map(|p| p["progress"]["completed"].as_u64()).collect();
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
+    // Every progress delivery was sent or skipped as superseded; none failed.
+    for d in list.iter().filter(|d| d["event"] == "job.progress") {
+        assert_eq!(d["status"], "succeeded", "{d}");
+        assert_eq!(d["max_attempts"], orch_webhooks::PROGRESS_ATTEMPTS, "{d}");
+        assert!(d["response_status"] == 200 || d["skipped"] == "superseded", "{d}");
+    }
+    let sent = list.iter().filter(|d| d["event"] == "job.progress" && d["response_status"] == 200).count();
+    assert_eq!(sent, progress.len(), "{list:?}");
+    app.stop().await;
+}
+
+/// A fake `claude` that streams `n` pieces of text `gap` apart, with an API
+/// retry every fifth, then answers (lines of the real captures).
+fn streaming_claude(n: usize, gap: Duration) -> Arc<orch_providers::Router> {
+    let captures =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("providers/tests/fixtures/cli-captures/claude-code-2.1.197");
+    let dir = tempfile::tempdir().unwrap().keep();
+    let script = dir.join("claude");
+    let ok = captures.join("ok.stream.jsonl");
+    let retries = captures.join("500.stream.jsonl");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/usr/bin/env bash\ncat >/dev/null\nsed -n 1p '{ok}'\nfor i in $(seq 1 {n}); do\n  sed -n 2p '{ok}'\n  [ $((i % 5)) -eq 0 ] && sed -n 2p '{retries}'\n  sleep {gap}\ndone\nsed -n '3,$p' '{ok}'\n",
+            ok = ok.display(),
+            retries = retries.display(),
+            gap = gap.as_secs_f64(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    support::router(&format!("[claude]\nkind = 'claude'\ncommand = '{}'\n", script.display()), "")
+}
+
+/// A chat job streaming 80 pieces of text and 16 API retries over ~1.6 s
+/// yields a few progress deliveries (at most one per 0.3 s window), not one
+/// per event.
+async fn a_streaming_chat_job_is_coalesced_into_few_progress_deliveries(backend: Backend) {
+    let receiver = Receiver::start(&[]).await;
+    let options = Options { router: Some(streaming_claude(80, Duration::from_millis(20))), ..progress_options() };
+    let app = spawn_app_with(backend, options).await;
+    let callback = json!({"url": receiver.url("/cb"), "events": ["progress", "succeeded", "failed"]});
+    let r = app.post("/v1/jobs/chat", json!({"model": "claude", "prompt": "stream it", "callback": callback})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let job = r.body["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let (got, _) = all_received(&app, &receiver, &job).await;
+    let events = app.events(&job, None).await;
+    let recorded = events.iter().filter(|(_, kind, _)| kind == "progress").count();
+    assert!(recorded >= 80, "{recorded} progress events recorded");
+    let types = types(&got);
+    assert_eq!(types.last().map(String::as_str), Some("job.succeeded"), "{types:?}");
+    let progress = types.iter().filter(|t| *t == "job.progress").count();
+    let windows = (started.elapsed().as_secs_f64() / PROGRESS_INTERVAL.as_secs_f64()).ceil() as usize;
+    assert!(progress >= 1 && progress <= windows, "{progress} progress deliveries in {windows} windows: {types:?}");
+    assert!(progress <= 8, "{progress} progress deliveries for ~1.6 s of streaming");
+    let first = got.iter().map(Received::json).find(|p| p["type"] == "job.progress").unwrap();
+    assert_eq!((first["kind"].as_str(), first["status"].as_str()), (Some("chat"), Some("running")), "{first}");
+    assert!(first["progress"]["type"].is_string(), "{first}");
+    app.stop().await;
+}
+
+/// A subscription to `job.progress` alone gets every job's progress and no endings.
+async fn a_subscription_gets_progress_of_every_job(backend: Backend) {
+    let receiver = Receiver::start(&[]).await;
+    let app = spawn_app_with(backend, progress_options()).await;
+    let created = app.post("/v1/webhooks", json!({"url": receiver.url("/progress"), "events": ["job.progress"]})).await;
+    assert_eq!(
+        (created.status, &created.body["events"]),
+        (StatusCode::CREATED, &json!(["job.progress"])),
+        "{}",
+        created.body
+    );
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    let job = app.submit_plan(slow_plan(500)).await;
+    let list = wait_deliveries(&app, &job, Duration::from_secs(20), |l| l.len() >= 2 && finished(l)).await;
+    app.wait_finished(&job, Duration::from_secs(10)).await;
+    tokio::time::sleep(PROGRESS_INTERVAL * 3).await;
+    let got = receiver.received();
+    assert!(got.len() >= 2, "{list:?}");
+    for r in &got {
+        let p = verify_with_python(&secret, r);
+        assert_eq!((p["type"].as_str(), p["job_id"].as_str()), (Some("job.progress"), Some(job.as_str())), "{p}");
+    }
+    let list = app.get(&format!("/v1/jobs/{job}/deliveries")).await.body;
+    for d in list["deliveries"].as_array().unwrap() {
+        assert!(d["target"].as_str().unwrap().starts_with("webhook:"), "{d}");
+        assert_eq!(d["event"], "job.progress", "{d}");
+    }
+    app.stop().await;
+}
+
+/// Progress queued for a job that has ended since is not sent: it ends as
+/// skipped (superseded), not failed, and the ending stays the last thing sent.
+async fn progress_of_a_finished_job_is_not_delivered(backend: Backend) {
+    let receiver = Receiver::start(&[]).await;
+    let app = spawn_app_with(backend, progress_options()).await;
+    let callback = json!({"url": receiver.url("/cb"), "events": ["progress", "succeeded"]});
+    let r =
+        app.post("/v1/jobs/batch", json!({"plan": {"nodes": [{"id": "a", "echo": 1}]}, "callback": callback})).await;
+    let job = r.body["id"].as_str().unwrap().to_owned();
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let list = wait_deliveries(&app, &job, Duration::from_secs(10), finished).await;
+    let ended = app.store.get_job(job.parse().unwrap()).await.unwrap().unwrap();
+    // What a worker queued while the job ran, coming due only now.
+    let input = orch_webhooks::DeliveryInput {
+        job_id: Some(ended.id),
+        event: "job.progress".into(),
+        attempt: ended.attempts,
+        target: orch_webhooks::Target::Callback,
+        webhook_id: "msg_late".into(),
+        redelivery_of: None,
+        payload: None,
+    };
+    app.store.insert_job(orch_webhooks::delivery_job(&input, None)).await.unwrap();
+    let after =
+        wait_deliveries(&app, &job, Duration::from_secs(10), |l| l.len() == list.len() + 1 && finished(l)).await;
+    let late = after.iter().find(|d| d["webhook_id"] == "msg_late").unwrap();
+    assert_eq!((late["status"].as_str(), late["skipped"].as_str()), (Some("succeeded"), Some("superseded")), "{late}");
+    assert!(late["response_status"].is_null() && late["error"].is_null(), "{late}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let types = types(&receiver.received());
+    assert_eq!(types.last().map(String::as_str), Some("job.succeeded"), "{types:?}");
+    assert!(!types.is_empty() && types.iter().filter(|t| *t == "job.succeeded").count() == 1, "{types:?}");
+    app.stop().await;
+}
+
+/// A job's deliveries are listed exactly, in pages, however many other
+/// deliveries the store holds; /health counts them apart from jobs.
+async fn a_jobs_deliveries_are_listed_exactly_among_thousands(backend: Backend) {
+    let receiver = Receiver::start(&[]).await;
+    let app = spawn_app_with(backend, options()).await;
+    let job = chat_with_callback(&app, json!({"url": receiver.url("/cb")})).await;
+    wait_deliveries(&app, &job, Duration::from_secs(10), finished).await;
+    let job_id: orch_store::JobId = job.parse().unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::days(1);
+    let delivery = |about: Option<orch_store::JobId>| {
+        let input = orch_webhooks::DeliveryInput {
+            job_id: about,
+            event: "job.succeeded".into(),
+            attempt: 1,
+            target: orch_webhooks::Target::Callback,
+            webhook_id: "msg_filler".into(),
+            redelivery_of: None,
+            payload: None,
+        };
+        // Not due for a day: they stay queued.
+        orch_store::NewJob { run_at: later, ..orch_webhooks::delivery_job(&input, None) }
+    };
+    let other = orch_store::new_job_id();
+    app.store.insert_jobs((0..2_100).map(|_| delivery(Some(other))).collect()).await.unwrap();
+    app.store.insert_jobs(vec![delivery(Some(job_id)), delivery(Some(job_id))]).await.unwrap();
+    app.store.insert_jobs((0..300).map(|_| delivery(Some(other))).collect()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/jobs/{job}/deliveries?limit=2&cursor={c}"),
+            None => format!("/v1/jobs/{job}/deliveries?limit=2"),
+        };
+        let page = app.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        for d in page.body["deliveries"].as_array().unwrap() {
+            assert_eq!(d["job_id"], job.as_str(), "{d}");
+            seen.push(d["id"].as_str().unwrap().to_owned());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, sorted, "newest first");
+    let r = app.get(&format!("/v1/jobs/{job}/deliveries?limit=0")).await;
+    assert_eq!(
+        (r.status, r.body["error"]["details"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("limit")),
+        "{}",
+        r.body
+    );
+    let health = app.get("/health").await.body;
+    assert_eq!(health["queue"]["succeeded"], 1, "{health}");
+    assert_eq!(health["queue"]["queued"], 0, "{health}");
+    assert_eq!(health["deliveries"]["queued"], 2_402, "{health}");
+    assert_eq!(health["deliveries"]["succeeded"], 1, "{health}");
+    app.stop().await;
+}
+
 on_both_backends!(
+    a_batch_job_delivers_progress_then_its_ending_last,
+    a_streaming_chat_job_is_coalesced_into_few_progress_deliveries,
+    a_subscription_gets_progress_of_every_job,
+    progress_of_a_finished_job_is_not_delivered,
+    a_jobs_deliveries_are_listed_exactly_among_thousands,
     a_failing_receiver_is_retried_on_schedule_with_one_webhook_id,
     a_409_is_retried_until_the_wait_node_is_ready,
     not_found_ends_the_delivery_as_failed,

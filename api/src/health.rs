@@ -8,21 +8,26 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
 use orch_mcp::ServerState;
+use orch_store::JobKind;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"status": "degraded", "version": "0.1.0", "store": {"backend": "sqlite", "ok": true, "latency_ms": 0.4, "error": null}, "queue": {"queued": 3, "running": 1, "succeeded": 120, "failed": 2, "cancelled": 0}, "workers": 1, "servers": [{"name": "everything", "state": "up"}, {"name": "github", "state": "down"}]}))]
+#[schema(example = json!({"status": "degraded", "version": "0.1.0", "store": {"backend": "sqlite", "ok": true, "latency_ms": 0.4, "error": null}, "queue": {"queued": 3, "running": 1, "succeeded": 120, "failed": 2, "cancelled": 0}, "deliveries": {"queued": 1, "running": 0, "succeeded": 240, "failed": 1, "cancelled": 0}, "workers": 1, "servers": [{"name": "everything", "state": "up"}, {"name": "github", "state": "down"}]}))]
 pub struct Health {
     /// `ok`; `degraded` when an MCP server is down or degraded; `unavailable`
     /// when the store does not answer (only this answers 503).
     pub status: String,
     pub version: String,
     pub store: StoreHealth,
-    /// Jobs per status; absent when the store is unreachable.
+    /// Chat and batch jobs per status (webhook deliveries are counted in
+    /// `deliveries`); absent when the store is unreachable.
     pub queue: Option<QueueHealth>,
+    /// Webhook deliveries per status: `queued` includes those waiting to
+    /// retry, `failed` those that gave up; absent when the store is unreachable.
+    pub deliveries: Option<QueueHealth>,
     /// Workers that sent a heartbeat in the last minute.
     pub workers: Option<usize>,
     /// The MCP servers and their state.
@@ -73,20 +78,28 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         Err(_) => Some("no answer within 2 s".to_owned()),
     };
     let ok = error.is_none();
-    let (queue, workers) = if ok {
-        let counts = state.store.count_jobs().await.ok();
+    let (queue, deliveries, workers) = if ok {
+        let all = state.store.count_jobs().await.ok();
+        let deliveries = state.store.count_jobs_of_kind(JobKind::Delivery).await.ok();
         let since = Utc::now() - chrono::Duration::seconds(60);
         let workers = state.store.workers(since).await.ok().map(|w| w.len());
-        let queue = counts.map(|c| QueueHealth {
+        let queue = all.zip(deliveries.as_ref()).map(|(all, d)| QueueHealth {
+            queued: all.queued.saturating_sub(d.queued),
+            running: all.running.saturating_sub(d.running),
+            succeeded: all.succeeded.saturating_sub(d.succeeded),
+            failed: all.failed.saturating_sub(d.failed),
+            cancelled: all.cancelled.saturating_sub(d.cancelled),
+        });
+        let deliveries = deliveries.map(|c| QueueHealth {
             queued: c.queued,
             running: c.running,
             succeeded: c.succeeded,
             failed: c.failed,
             cancelled: c.cancelled,
         });
-        (queue, workers)
+        (queue, deliveries, workers)
     } else {
-        (None, None)
+        (None, None, None)
     };
     let servers: Vec<ServerHealth> =
         state.registry.status().into_iter().map(|s| ServerHealth { name: s.name, state: s.state }).collect();
@@ -103,6 +116,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         version: env!("CARGO_PKG_VERSION").into(),
         store: StoreHealth { backend: state.store.backend().into(), ok, latency_ms, error },
         queue,
+        deliveries,
         workers,
         servers,
     };

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use orch_store::{Job, JobFilter, JobId, JobKind, JobStatus, StoredWebhook};
-use orch_webhooks::{Callback, DeliveryInput, JOB_EVENTS, SERVER_EVENTS, Secret, Subscription};
+use orch_webhooks::{Callback, DeliveryInput, JOB_EVENTS, PROGRESS_EVENT, SERVER_EVENTS, Secret, Subscription};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -33,7 +33,9 @@ pub struct CallbackRequest {
     /// Extra request headers. Never returned by the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<BTreeMap<String, String>>,
-    /// Which endings to send: `succeeded`, `failed`, `cancelled` (default: all three).
+    /// Which events to send: the endings `succeeded`, `failed`, `cancelled`
+    /// (default: all three), and `progress` while the job runs (at most one
+    /// per ORCH_WEBHOOK_PROGRESS_INTERVAL, never after the ending).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
     /// `whsec_<base64>`: signs each delivery (Standard Webhooks). Default: the
@@ -124,8 +126,8 @@ fn subscription_events(events: &[String]) -> ApiResult<Vec<String>> {
             let extra = format!(", {}", SERVER_EVENTS.join(", "));
             ApiError {
                 message: e.message.replace(
-                    "allowed: succeeded, failed, cancelled",
-                    &format!("allowed: job.succeeded, job.failed, job.cancelled{extra}"),
+                    "allowed: succeeded, failed, cancelled, progress",
+                    &format!("allowed: job.succeeded, job.failed, job.cancelled, job.progress{extra}"),
                 ),
                 ..e
             }
@@ -154,11 +156,10 @@ fn events_of(events: Option<&[String]>, field: &str, default_all: bool) -> ApiRe
     let mut out: Vec<String> = Vec::new();
     for (i, event) in events.iter().enumerate() {
         let full = if event.starts_with("job.") { event.clone() } else { format!("job.{event}") };
-        if !JOB_EVENTS.contains(&full.as_str()) {
-            let note = if full == "job.progress" { " (progress events are not sent yet)" } else { "" };
+        if !JOB_EVENTS.contains(&full.as_str()) && full != PROGRESS_EVENT {
             return Err(ApiError::invalid_field(
                 &format!("{field}[{i}]"),
-                format!("unknown event {event:?}{note}; allowed: succeeded, failed, cancelled"),
+                format!("unknown event {event:?}; allowed: succeeded, failed, cancelled, progress"),
             ));
         }
         if !out.contains(&full) {
@@ -407,12 +408,12 @@ pub async fn delete_webhook(
 
 /// One event of one job sent to one URL, with its attempts.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"id": "019a8a5e-4d2f-7c10-8b8e-5a1f3c9d2e01", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "event": "job.succeeded", "target": "callback", "webhook_id": "msg_019a8a5e4d2f7c108b8e5a1f3c9d2e00", "status": "queued", "attempts": 2, "max_attempts": 11, "response_status": 409, "error": {"code": "http_409", "message": "the receiver answered 409; retrying", "retryable": true}, "next_attempt_at": "2026-11-21T09:00:35Z", "redelivery_of": null, "created_at": "2026-11-21T09:00:00Z", "finished_at": null}))]
+#[schema(example = json!({"id": "019a8a5e-4d2f-7c10-8b8e-5a1f3c9d2e01", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "event": "job.succeeded", "target": "callback", "webhook_id": "msg_019a8a5e4d2f7c108b8e5a1f3c9d2e00", "status": "queued", "attempts": 2, "max_attempts": 11, "response_status": 409, "error": {"code": "http_409", "message": "the receiver answered 409; retrying", "retryable": true}, "skipped": null, "next_attempt_at": "2026-11-21T09:00:35Z", "redelivery_of": null, "created_at": "2026-11-21T09:00:00Z", "finished_at": null}))]
 pub struct DeliveryView {
     pub id: Uuid,
     /// The job of a `job.*` event.
     pub job_id: Option<Uuid>,
-    /// `job.succeeded`, `job.failed`, `job.cancelled`.
+    /// `job.succeeded`, `job.failed`, `job.cancelled`, `job.progress`, `server.down`.
     pub event: String,
     /// `callback` or `webhook:<subscription id>`.
     pub target: String,
@@ -427,6 +428,10 @@ pub struct DeliveryView {
     pub response_status: Option<u16>,
     /// Why the last attempt failed (`http_409`, `timeout`, `connect`, `superseded`, …).
     pub error: Option<JobErrorView>,
+    /// Why a `job.progress` delivery ended without sending (status `succeeded`,
+    /// nothing sent): `superseded` (the job had ended or moved to another
+    /// attempt; its ending has its own delivery) or `job_gone`.
+    pub skipped: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub redelivery_of: Option<Uuid>,
     pub created_at: DateTime<Utc>,
@@ -437,6 +442,7 @@ fn delivery_view(job: Job, result: Option<Value>) -> Option<DeliveryView> {
     let input: DeliveryInput = serde_json::from_value(job.input).ok()?;
     let from_error = job.error.as_ref().and_then(|e| e.code.strip_prefix("http_")?.parse().ok());
     let response_status = result.as_ref().and_then(|r| r["response_status"].as_u64()).map(|s| s as u16).or(from_error);
+    let skipped = result.as_ref().and_then(|r| r["skipped"].as_str()).map(str::to_owned);
     Some(DeliveryView {
         id: job.id,
         job_id: input.job_id,
@@ -448,6 +454,7 @@ fn delivery_view(job: Job, result: Option<Value>) -> Option<DeliveryView> {
         max_attempts: job.max_attempts,
         response_status,
         error: job.error.map(|e| JobErrorView { code: e.code, message: e.message, retryable: e.retryable }),
+        skipped,
         next_attempt_at: (job.status == JobStatus::Queued).then_some(job.run_at),
         redelivery_of: input.redelivery_of,
         created_at: job.created_at,
@@ -511,20 +518,27 @@ pub async fn list_deliveries(
     Ok(Json(DeliveryPage { deliveries: delivery_views(&state, jobs).await?, next_cursor }))
 }
 
-/// Deliveries scanned at most for one job's list.
-const JOB_DELIVERY_SCAN: usize = 2000;
+/// Page of `GET /v1/jobs/{id}/deliveries`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobDeliveryParams {
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
 
 /// A job's deliveries.
 ///
-/// Newest first. Deliveries are found among those made since the job was
-/// created (at most 2,000 looked at).
+/// Every delivery about the job (its endings, its progress, redeliveries),
+/// newest first, in pages.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/deliveries", tag = "webhooks",
-    params(("id" = String, Path, description = "Job id")),
+    params(("id" = String, Path, description = "Job id"), JobDeliveryParams),
     responses(
         (status = 200, description = "The job's deliveries", body = DeliveryPage),
         (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        (status = 404, response = NotFound), (status = 422, response = Invalid),
     ),
     security(("bearer" = []))
 )]
@@ -532,34 +546,15 @@ pub async fn job_deliveries(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
+    Query(params): Query<JobDeliveryParams>,
 ) -> ApiResult<Json<DeliveryPage>> {
     principal.require("jobs:read")?;
+    let limit = crate::jobs::page_limit(params.limit.as_deref())?;
+    let before = crate::jobs::job_cursor(params.cursor.as_deref())?;
     let job = crate::jobs::load(&state, &id).await?;
-    let mut found = Vec::new();
-    let mut before = None;
-    let mut scanned = 0;
-    // Delivery ids are UUIDv7 made after the job: newer than its id.
-    'pages: while scanned < JOB_DELIVERY_SCAN {
-        let page = state
-            .store
-            .list_jobs(&JobFilter { status: None, kind: Some(JobKind::Delivery), before, limit: 200 })
-            .await?;
-        scanned += page.len();
-        let last = page.len() < 200;
-        for delivery in page {
-            if delivery.id < job.id {
-                break 'pages;
-            }
-            before = Some(delivery.id);
-            if delivery.input["job_id"].as_str() == Some(&job.id.to_string()) {
-                found.push(delivery);
-            }
-        }
-        if last {
-            break;
-        }
-    }
-    Ok(Json(DeliveryPage { deliveries: delivery_views(&state, found).await?, next_cursor: None }))
+    let found = state.store.job_deliveries(job.id, before, limit).await?;
+    let next_cursor = (found.len() == limit).then(|| found.last().map(|j| j.id.to_string())).flatten();
+    Ok(Json(DeliveryPage { deliveries: delivery_views(&state, found).await?, next_cursor }))
 }
 
 /// Send a delivery again.
@@ -605,7 +600,7 @@ pub async fn redeliver(
 #[schema(example = json!({"url": "https://n8n.example.com/webhook-test/orch", "event": "job.succeeded", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}))]
 pub struct WebhookTestRequest {
     pub url: String,
-    /// `job.succeeded` (default), `job.failed` or `job.cancelled`.
+    /// `job.succeeded` (default), `job.failed`, `job.cancelled` or `job.progress`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -718,8 +713,10 @@ pub fn sample_job(event: &str) -> (Job, Option<Value>) {
     let status = match event {
         "job.failed" => JobStatus::Failed,
         "job.cancelled" => JobStatus::Cancelled,
+        "job.progress" => JobStatus::Running,
         _ => JobStatus::Succeeded,
     };
+    let running = status == JobStatus::Running;
     let job = Job {
         id: JobId::parse_str("019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11").unwrap_or_default(),
         kind: JobKind::Chat,
@@ -729,14 +726,16 @@ pub fn sample_job(event: &str) -> (Job, Option<Value>) {
         metadata: json!({"workflow": "weekly-report"}),
         attempts: 1,
         max_attempts: 3,
-        progress: None,
+        progress: running.then(|| {
+            json!({"type": "routing", "chain": ["claude/claude-sonnet-4-5", "gemini/gemini-2.5-pro"], "reason": "task type summarise (inferred from the prompt)"})
+        }),
         error: (status == JobStatus::Failed)
             .then(|| orch_store::JobError::new("step_failed", "the provider answered 529 (overloaded)", false)),
         created_at: created,
         updated_at: finished,
         run_at: created,
         started_at: Some(created),
-        finished_at: Some(finished),
+        finished_at: (!running).then_some(finished),
         cancel_requested: false,
         worker: None,
         lease_expires_at: None,
@@ -755,9 +754,11 @@ pub fn sample_job(event: &str) -> (Job, Option<Value>) {
     json!({"type": "job.succeeded", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "chat", "status": "succeeded", "created_at": "2026-11-21T09:00:00.000Z", "finished_at": "2026-11-21T09:00:12.000Z", "title": "Weekly issues", "markdown": "Three issues closed, two opened.", "frontmatter": {"title": "Weekly issues", "tags": ["orch", "weekly"], "source": "orch", "model": "echo", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "chat", "status": "succeeded", "created": "2026-11-21T09:00:00.000Z", "finished": "2026-11-21T09:00:12.000Z"}, "obsidian": {"path": "Inbox/2026-11-21-weekly-issues.md", "content": "---\ntitle: \"Weekly issues\"\ntags:\n  - \"orch\"\n  - \"weekly\"\nsource: \"orch\"\nmodel: \"echo\"\njob_id: \"019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11\"\nkind: \"chat\"\nstatus: \"succeeded\"\ncreated: \"2026-11-21T09:00:00.000Z\"\nfinished: \"2026-11-21T09:00:12.000Z\"\n---\n\n# Weekly issues\n\nThree issues closed, two opened.\n"}, "notion": {"markdown": "Three issues closed, two opened."}, "result": {"text": "Three issues closed, two opened.", "model": "echo", "usage": {"input_tokens": 4, "output_tokens": 6}}, "result_truncated": false, "usage": {"input_tokens": 4, "output_tokens": 6}, "error": null, "metadata": {"workflow": "weekly-report"}, "links": {"status": "https://orch.example.com/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "result": "https://orch.example.com/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/result", "events": "https://orch.example.com/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/events"}}),
     json!({"type": "job.failed", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "chat", "status": "failed", "created_at": "2026-11-21T09:00:00.000Z", "finished_at": "2026-11-21T09:00:12.000Z", "title": "Weekly issues", "markdown": "**Failed** (step_failed): the provider answered 529 (overloaded)", "frontmatter": {"title": "Weekly issues", "tags": ["orch", "weekly"], "source": "orch", "model": "echo", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "chat", "status": "failed", "created": "2026-11-21T09:00:00.000Z", "finished": "2026-11-21T09:00:12.000Z"}, "obsidian": {"path": "Inbox/2026-11-21-weekly-issues.md", "content": "---\n…\n---\n\n# Weekly issues\n\n**Failed** (step_failed): the provider answered 529 (overloaded)\n"}, "notion": {"markdown": "**Failed** (step_failed): the provider answered 529 (overloaded)"}, "result": null, "result_truncated": false, "usage": null, "error": {"code": "step_failed", "message": "the provider answered 529 (overloaded)"}, "metadata": {"workflow": "weekly-report"}, "links": {"status": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "result": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/result", "events": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/events"}}),
     json!({"type": "job.cancelled", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "batch", "status": "cancelled", "created_at": "2026-11-21T09:00:00.000Z", "finished_at": "2026-11-21T09:00:12.000Z", "title": "Batch job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "markdown": "**Cancelled.**", "frontmatter": {"title": "Batch job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "tags": [], "source": "orch", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "batch", "status": "cancelled", "created": "2026-11-21T09:00:00.000Z", "finished": "2026-11-21T09:00:12.000Z"}, "obsidian": {"path": "Inbox/2026-11-21-batch-job-019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11.md", "content": "---\n…\n---\n\n# Batch job 019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11\n\n**Cancelled.**\n"}, "notion": {"markdown": "**Cancelled.**"}, "result": null, "result_truncated": false, "usage": null, "error": null, "metadata": {}, "links": {"status": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "result": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/result", "events": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/events"}}),
+    json!({"type": "job.progress", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b12", "kind": "batch", "status": "running", "created_at": "2026-11-21T09:00:00.000Z", "finished_at": null, "title": "Weekly digest", "markdown": "Node `fetch` succeeded (2 of 5 nodes done).", "frontmatter": {"title": "Weekly digest", "tags": [], "source": "orch", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b12", "kind": "batch", "status": "running", "created": "2026-11-21T09:00:00.000Z", "finished": "2026-11-21T09:00:05.000Z"}, "obsidian": {"path": "Inbox/2026-11-21-weekly-digest.md", "content": "---\n…\n---\n\n# Weekly digest\n\nNode `fetch` succeeded (2 of 5 nodes done).\n"}, "notion": {"markdown": "Node `fetch` succeeded (2 of 5 nodes done)."}, "result": null, "result_truncated": false, "usage": null, "error": null, "metadata": {}, "progress": {"node": "fetch", "status": "succeeded", "attempts": 1, "output": {"issues": 7}, "started_ms": 1203.5, "duration_ms": 812.4, "completed": 2, "total": 5}, "links": {"status": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b12", "result": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b12/result", "events": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b12/events"}}),
+    json!({"type": "job.progress", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "chat", "status": "running", "created_at": "2026-11-21T09:00:00.000Z", "finished_at": null, "title": "Weekly issues", "markdown": "Routed to claude/claude-sonnet-4-5.", "frontmatter": {"title": "Weekly issues", "tags": ["orch", "weekly"], "source": "orch", "model": "echo", "job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "kind": "chat", "status": "running", "created": "2026-11-21T09:00:00.000Z", "finished": "2026-11-21T09:00:01.000Z"}, "obsidian": {"path": "Inbox/2026-11-21-weekly-issues.md", "content": "---\n…\n---\n\n# Weekly issues\n\nRouted to claude/claude-sonnet-4-5.\n"}, "notion": {"markdown": "Routed to claude/claude-sonnet-4-5."}, "result": null, "result_truncated": false, "usage": null, "error": null, "metadata": {"workflow": "weekly-report"}, "progress": {"type": "routing", "chain": ["claude/claude-sonnet-4-5", "gemini/gemini-2.5-pro"], "reason": "task type summarise (inferred from the prompt)"}, "links": {"status": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "result": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/result", "events": "/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/events"}}),
 ))]
 pub struct WebhookPayload {
-    /// `job.succeeded`, `job.failed` or `job.cancelled`.
+    /// `job.succeeded`, `job.failed`, `job.cancelled` or `job.progress`.
     #[serde(rename = "type")]
     pub kind: String,
     pub job_id: String,
@@ -776,6 +777,11 @@ pub struct WebhookPayload {
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
     pub result_truncated: bool,
+    /// `job.progress` only: the job's latest progress event when sent (a batch
+    /// node that ended, the plan, a chat job's routing or provider retry; see
+    /// README). Endings do not carry it.
+    #[schema(value_type = Option<Object>)]
+    pub progress: Option<Value>,
     #[schema(value_type = Object)]
     pub links: Value,
 }

@@ -70,6 +70,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn count_jobs(&self) -> Result<JobCounts>;
 
+    /// Count of the jobs of one kind per status.
+    async fn count_jobs_of_kind(&self, kind: JobKind) -> Result<JobCounts>;
+
+    /// The deliveries about job `parent` (see [`NewJob::parent`]), newest
+    /// first, strictly older than `before`, at most `limit`.
+    async fn job_deliveries(&self, parent: JobId, before: Option<JobId>, limit: usize) -> Result<Vec<Job>>;
+
     /// Cancels a job: a queued one becomes `cancelled` at once (and never
     /// starts); a running one gets `cancel_requested` and its worker stops it.
     /// A finished job is returned unchanged. `None` when unknown.

@@ -152,6 +152,17 @@ pub struct NewJob {
     pub idempotency: Option<Idempotency>,
 }
 
+impl NewJob {
+    /// The job a delivery is about (its input's `job_id`), by which
+    /// [`crate::Store::job_deliveries`] finds it. `None` for other kinds.
+    pub fn parent(&self) -> Option<JobId> {
+        if self.kind != JobKind::Delivery {
+            return None;
+        }
+        self.input.get("job_id")?.as_str()?.parse().ok()
+    }
+}
+
 /// An idempotency record: `key` is already scoped to the caller (API key id).
 #[derive(Debug, Clone)]
 pub struct Idempotency {

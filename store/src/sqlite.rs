@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0007_provider_state.sql"),
     include_str!("../../migrations/sqlite/0008_job_outputs.sql"),
     include_str!("../../migrations/sqlite/0009_cache.sql"),
+    include_str!("../../migrations/sqlite/0010_delivery_parent.sql"),
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -374,10 +375,19 @@ fn insert_queued(conn: &Connection, job: &NewJob) -> Result<Job> {
     let created = to_millis(job.created_at);
     let run_at = to_millis(job.run_at);
     conn.prepare_cached(
-        "INSERT INTO jobs (id, kind, status, input, metadata, attempts, max_attempts, created_at, updated_at, run_at, last_seq)
-         VALUES (?1, ?2, 'queued', ?3, ?4, 0, ?5, ?6, ?6, ?7, 1)",
+        "INSERT INTO jobs (id, kind, status, input, metadata, attempts, max_attempts, created_at, updated_at, run_at, last_seq, parent)
+         VALUES (?1, ?2, 'queued', ?3, ?4, 0, ?5, ?6, ?6, ?7, 1, ?8)",
     )?
-    .execute(params![id, job.kind.as_str(), job.input.to_string(), job.metadata.to_string(), job.max_attempts, created, run_at])?;
+    .execute(params![
+        id,
+        job.kind.as_str(),
+        job.input.to_string(),
+        job.metadata.to_string(),
+        job.max_attempts,
+        created,
+        run_at,
+        job.parent().map(|p| p.to_string())
+    ])?;
     append_event(conn, &id, 1, "queued", &json!({"status": "queued"}), created)?;
     Ok(Job {
         id: job.id,
@@ -731,6 +741,40 @@ impl Store for SqliteStore {
                 counts.set(status, row.get(1)?);
             }
             Ok(counts)
+        })
+        .await
+    }
+
+    async fn count_jobs_of_kind(&self, kind: JobKind) -> Result<JobCounts> {
+        self.read(move |conn| {
+            let mut counts = JobCounts::default();
+            let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM jobs WHERE kind = ?1 GROUP BY status")?;
+            let mut rows = stmt.query([kind.as_str()])?;
+            while let Some(row) = rows.next()? {
+                let status: JobStatus =
+                    row.get::<_, String>(0)?.parse().map_err(|e: UnknownVariant| StoreError::Corrupt(e.to_string()))?;
+                counts.set(status, row.get(1)?);
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn job_deliveries(&self, parent: JobId, before: Option<JobId>, limit: usize) -> Result<Vec<Job>> {
+        let parent = parent.to_string();
+        // The largest id sorts before "~": no `before` means from the newest.
+        let before = before.map_or_else(|| "~".to_owned(), |id| id.to_string());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs INDEXED BY jobs_parent WHERE parent = ?1 AND id < ?2
+                 ORDER BY id DESC LIMIT ?3"
+            ))?;
+            let mut rows = stmt.query(params![parent, before, sql_limit(limit)])?;
+            let mut jobs = Vec::new();
+            while let Some(row) = rows.next()? {
+                jobs.push(job_from_row(row)?);
+            }
+            Ok(jobs)
         })
         .await
     }

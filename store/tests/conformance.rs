@@ -865,6 +865,54 @@ async fn deliveries_are_listed_only_when_asked_for(store: Arc<dyn Store>) {
     assert_eq!(get(&store, delivery.id).await.kind, JobKind::Delivery);
 }
 
+fn delivery_of(parent: JobId) -> NewJob {
+    NewJob { input: json!({"job_id": parent, "event": "job.succeeded"}), ..new_job(JobKind::Delivery) }
+}
+
+async fn deliveries_are_found_by_their_job_paged_and_purged(store: Arc<dyn Store>) {
+    let job = insert(&store, new_job(JobKind::Chat)).await;
+    let other = insert(&store, new_job(JobKind::Batch)).await;
+    let ids = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    let mut mine = Vec::new();
+    for i in 0..5 {
+        // Both ways of inserting index the delivery by its job.
+        if i % 2 == 0 {
+            mine.push(insert(&store, delivery_of(job.id)).await.id);
+        } else {
+            let d = delivery_of(job.id);
+            mine.push(d.id);
+            store.insert_jobs(vec![d]).await.unwrap();
+        }
+        store.insert_jobs((0..3).map(|_| delivery_of(other.id)).collect()).await.unwrap();
+    }
+    // A delivery without a job (`server.down`) and a chat job naming a job_id are nobody's.
+    insert(&store, NewJob { input: json!({"event": "server.down"}), ..new_job(JobKind::Delivery) }).await;
+    insert(&store, NewJob { input: json!({"job_id": job.id}), ..new_job(JobKind::Chat) }).await;
+    mine.reverse();
+    assert_eq!(ids(store.job_deliveries(job.id, None, 10).await.unwrap()), mine);
+    assert_eq!(ids(store.job_deliveries(job.id, None, 2).await.unwrap()), mine[..2]);
+    assert_eq!(ids(store.job_deliveries(job.id, Some(mine[1]), 2).await.unwrap()), mine[2..4]);
+    assert_eq!(ids(store.job_deliveries(job.id, Some(mine[4]), 2).await.unwrap()), Vec::<JobId>::new());
+    assert_eq!(store.job_deliveries(other.id, None, 100).await.unwrap().len(), 15);
+    assert!(store.job_deliveries(new_job_id(), None, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.count_jobs_of_kind(JobKind::Delivery).await.unwrap(),
+        JobCounts { queued: 21, ..Default::default() }
+    );
+    assert_eq!(store.count_jobs_of_kind(JobKind::Chat).await.unwrap(), JobCounts { queued: 2, ..Default::default() });
+
+    // Purged deliveries leave their job's list.
+    for id in &mine[..3] {
+        store.cancel_job(*id).await.unwrap();
+    }
+    assert_eq!(store.purge(Utc::now() + TimeDelta::seconds(1), 100).await.unwrap(), 3);
+    assert_eq!(ids(store.job_deliveries(job.id, None, 10).await.unwrap()), mine[3..]);
+    assert_eq!(
+        store.count_jobs_of_kind(JobKind::Delivery).await.unwrap(),
+        JobCounts { queued: 18, ..Default::default() }
+    );
+}
+
 fn stored_webhook(id: &str, config: Value, at: DateTime<Utc>) -> StoredWebhook {
     StoredWebhook { id: id.into(), config, created_at: at, updated_at: at }
 }
@@ -1114,6 +1162,7 @@ on_each_backend!(
     replacing_a_server_keeps_its_creation_time,
     expired_jobs_are_read_without_moving_them,
     deliveries_are_listed_only_when_asked_for,
+    deliveries_are_found_by_their_job_paged_and_purged,
     webhooks_are_stored_listed_oldest_first_and_deleted,
     sessions_collect_messages_in_order,
     sessions_expire_unless_used,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::payload::{self, PayloadOptions};
-use crate::{Secret, Webhooks, callback_of, guard};
+use crate::{PROGRESS_EVENT, Secret, Webhooks, callback_of, guard};
 
 /// Waits after failed attempts 1, 2, …: the first attempt is immediate.
 pub const SCHEDULE: [Duration; 10] = [
@@ -64,7 +64,7 @@ pub struct DeliveryInput {
     /// The job of a `job.*` event; its payload is built from the stored job when sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<JobId>,
-    /// `job.succeeded`, …, `server.down`
+    /// `job.succeeded`, …, `job.progress`, `server.down`
     pub event: String,
     /// The job's attempt that ended with the event.
     pub attempt: u32,
@@ -199,6 +199,16 @@ fn dropped(code: &str, message: String) -> JobError {
     JobError::new(code, message, false)
 }
 
+/// A progress delivery that ends without sending, as intended: its result
+/// says why (`skipped`), and it is not a failure.
+fn skipped(code: &str, message: String) -> Value {
+    json!({"skipped": code, "message": message})
+}
+
+/// Longest a job's terminal delivery waits for a progress delivery being sent
+/// to the same target, beyond the response timeout.
+const PROGRESS_DRAIN_MARGIN: Duration = Duration::from_secs(2);
+
 impl DeliveryExecutor {
     /// The job, once its outcome for this delivery is recorded.
     async fn settled_job(&self, job_id: JobId, input: &DeliveryInput, ctx: &JobContext) -> Result<Job, JobError> {
@@ -235,6 +245,66 @@ impl DeliveryExecutor {
             tokio::select! {
                 _ = wake => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = ctx.cancel.cancelled() => return Err(JobError::new("cancelled", "stopped", true)),
+            }
+        }
+    }
+
+    /// Sends `job.progress`: the job's progress as stored now, only while
+    /// the job is still running the attempt that made it.
+    async fn send_progress(&self, delivery: &Job, job_id: JobId, input: &DeliveryInput) -> Result<Value, JobError> {
+        let store_error = |e: orch_store::StoreError| JobError::new("store", e.to_string(), true);
+        let Some(job) = self.0.store.get_job(job_id).await.map_err(store_error)? else {
+            return Ok(skipped("job_gone", format!("job {job_id} no longer exists")));
+        };
+        if job.status != JobStatus::Running || job.attempts != input.attempt {
+            return Ok(skipped(
+                "superseded",
+                format!(
+                    "job {} is {} (attempt {}) since this progress of attempt {}; its ending has its own delivery",
+                    job.id, job.status, job.attempts, input.attempt
+                ),
+            ));
+        }
+        let endpoint = self.endpoint(input, Some(&job)).await?;
+        let body = serde_json::to_vec(&payload::build(&job, &input.event, None, &self.payload_options()))
+            .expect("payloads serialize");
+        let attempt = send(&self.0, &endpoint, &input.webhook_id, &body).await;
+        judge(&self.0.config, delivery.attempts, &attempt)
+    }
+
+    /// Waits while a `job.progress` delivery of the job to the same target is
+    /// being sent, so that the ending arrives after it. A progress delivery
+    /// that has not started yet will see the job ended and not send.
+    async fn drain_progress(&self, job: &Job, input: &DeliveryInput, ctx: &JobContext) -> Result<(), JobError> {
+        let wanted = match &input.target {
+            Target::Callback => callback_of(job).is_some_and(|c| c.events.iter().any(|e| e == PROGRESS_EVENT)),
+            Target::Webhook { id } => {
+                let subs = self.0.subscriptions().await.map_err(|e| JobError::new("store", e.to_string(), true))?;
+                subs.iter().any(|(sid, sub)| sid == id && sub.events.iter().any(|e| e == PROGRESS_EVENT))
+            }
+        };
+        if !wanted {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.0.config.timeout + PROGRESS_DRAIN_MARGIN;
+        loop {
+            let deliveries = self
+                .0
+                .store
+                .job_deliveries(job.id, None, 100)
+                .await
+                .map_err(|e| JobError::new("store", e.to_string(), true))?;
+            let sending = deliveries.iter().any(|d| {
+                d.status == JobStatus::Running
+                    && d.input["event"] == PROGRESS_EVENT
+                    && serde_json::from_value::<Target>(d.input["target"].clone()).is_ok_and(|t| t == input.target)
+            });
+            if !sending || Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = ctx.cancel.cancelled() => return Err(JobError::new("cancelled", "stopped", true)),
             }
         }
@@ -277,8 +347,12 @@ impl Executor for DeliveryExecutor {
             let attempt = send(&self.0, &endpoint, &input.webhook_id, &body).await;
             return judge(&self.0.config, delivery.attempts, &attempt);
         };
+        if input.event == PROGRESS_EVENT {
+            return self.send_progress(delivery, job_id, &input).await;
+        }
         let job = self.settled_job(job_id, &input, ctx).await?;
         let endpoint = self.endpoint(&input, Some(&job)).await?;
+        self.drain_progress(&job, &input, ctx).await?;
         let result = match job.status {
             JobStatus::Succeeded => {
                 self.0.store.get_result(job.id).await.map_err(|e| JobError::new("store", e.to_string(), true))?

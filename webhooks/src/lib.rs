@@ -12,6 +12,15 @@
 //! payload from the stored job, so a delivery never reports an outcome that
 //! was not recorded.
 //!
+//! `job.progress` rides the same path, coalesced: the first progress event
+//! that counts ([`counts_as_progress`]) in an interval of
+//! [`WebhookConfig::progress_interval`] queues one delivery per target, due at
+//! the interval's end, under a key naming the interval; when it runs it sends
+//! the job's progress as stored then (the latest), and only while the job is
+//! still running in that attempt. A job's terminal delivery waits for a
+//! progress delivery that is being sent to the same target, so progress never
+//! arrives after the ending.
+//!
 //! Every attempt resolves the URL's host, refuses private and other internal
 //! addresses ([`guard`]), and connects only to the addresses it checked.
 
@@ -37,6 +46,13 @@ pub use sign::Secret;
 
 /// Job events a callback or subscription can ask for.
 pub const JOB_EVENTS: [&str; 3] = ["job.succeeded", "job.failed", "job.cancelled"];
+/// A running job made progress (coalesced; see [`counts_as_progress`]). Asked
+/// for explicitly: callbacks without `events` get only [`JOB_EVENTS`].
+pub const PROGRESS_EVENT: &str = "job.progress";
+/// Attempts of a `job.progress` delivery: immediately, then after 5 s and
+/// 30 s (times the retry scale). Progress is soon stale, and the job's
+/// ending has its own delivery with the full retry schedule.
+pub const PROGRESS_ATTEMPTS: u32 = 3;
 /// Events only global subscriptions get: an MCP server went down; a
 /// provider's credential was refused, or expires soon.
 pub const SERVER_EVENTS: [&str; 3] = ["server.down", "provider.auth_expired", "provider.auth_expiring"];
@@ -61,6 +77,8 @@ pub struct WebhookConfig {
     /// How long a delivery waits for its job's terminal status to be written
     /// before it tries again later (the worker queues it just before).
     pub settle_wait: Duration,
+    /// Shortest time between two `job.progress` deliveries of a job to one target.
+    pub progress_interval: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -74,6 +92,7 @@ impl Default for WebhookConfig {
             public_url: String::new(),
             max_payload: 16 * 1024 * 1024 - 64 * 1024,
             settle_wait: Duration::from_secs(10),
+            progress_interval: Duration::from_secs(5),
         }
     }
 }
@@ -84,7 +103,7 @@ pub struct Callback {
     pub url: String,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// `job.succeeded`, `job.failed`, `job.cancelled`.
+    /// `job.succeeded`, `job.failed`, `job.cancelled`, `job.progress`.
     pub events: Vec<String>,
     /// `whsec_…`; without it deliveries are not signed.
     #[serde(default)]
@@ -101,6 +120,23 @@ pub struct Subscription {
     pub secret: String,
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// Whether a progress event of a `kind` job is worth a `job.progress`
+/// delivery: a batch node that ended (`succeeded`, `failed`, `skipped`), a
+/// plan that was made (`planned`), a chat job's routing decision (`routing`)
+/// or its provider retrying (`api_retry`). Not streamed text, nor a node that
+/// started or retries: those are many and soon outdated.
+pub fn counts_as_progress(kind: JobKind, progress: &Value) -> bool {
+    match kind {
+        JobKind::Batch => {
+            progress["type"] == "planned"
+                || (progress["node"].is_string()
+                    && matches!(progress["status"].as_str(), Some("succeeded" | "failed" | "skipped")))
+        }
+        JobKind::Chat => matches!(progress["type"].as_str(), Some("routing" | "api_retry")),
+        JobKind::Delivery => false,
+    }
 }
 
 /// The job's callback, if it has one.
@@ -124,12 +160,22 @@ pub struct Webhooks {
     /// When they were read, and the subscriptions.
     subscriptions: Mutex<Option<(Instant, Subscriptions)>>,
     refreshing: tokio::sync::Mutex<()>,
+    /// Per running job, the attempt and progress interval whose deliveries
+    /// this process queued already: saves the store a repeat insert per event.
+    progress_queued: Mutex<std::collections::HashMap<orch_store::JobId, (u32, i64)>>,
 }
 
 impl Webhooks {
     pub fn new(store: Arc<dyn Store>, config: WebhookConfig) -> Arc<Webhooks> {
         let guard = Guard { allow: config.allow.clone() };
-        Arc::new(Webhooks { store, config, guard, subscriptions: Mutex::new(None), refreshing: Default::default() })
+        Arc::new(Webhooks {
+            store,
+            config,
+            guard,
+            subscriptions: Mutex::new(None),
+            refreshing: Default::default(),
+            progress_queued: Default::default(),
+        })
     }
 
     /// Checks a URL as a delivery would: parsed, resolved, every address allowed.
@@ -179,6 +225,7 @@ impl Webhooks {
         if job.kind == JobKind::Delivery || !status.is_terminal() {
             return Ok(0);
         }
+        self.progress_queued.lock().unwrap().remove(&job.id);
         let event = format!("job.{status}");
         let mut targets = Vec::new();
         if callback_of(job).is_some_and(|c| c.events.contains(&event)) {
@@ -201,6 +248,59 @@ impl Webhooks {
                 payload: None,
             };
             self.store.insert_job(delivery_job(&input, Some(key))).await?;
+        }
+        Ok(targets.len())
+    }
+
+    /// Queues the `job.progress` deliveries of `job` (as claimed for its
+    /// current attempt) after it recorded `progress`, coalesced: one per target
+    /// and [`WebhookConfig::progress_interval`], due at the interval's end.
+    /// Returns how many were queued (0 for a repeat in the same interval).
+    pub async fn enqueue_progress(&self, job: &Job, progress: &Value) -> Result<usize, StoreError> {
+        if !counts_as_progress(job.kind, progress) {
+            return Ok(0);
+        }
+        let interval = (self.config.progress_interval.as_millis() as i64).max(1);
+        let now = Utc::now();
+        let slot = now.timestamp_millis().div_euclid(interval);
+        {
+            let mut queued = self.progress_queued.lock().unwrap();
+            if queued.get(&job.id) == Some(&(job.attempts, slot)) {
+                return Ok(0);
+            }
+            // Only a shortcut: entries of jobs that ended elsewhere are dropped wholesale.
+            if queued.len() >= 10_000 {
+                queued.clear();
+            }
+            queued.insert(job.id, (job.attempts, slot));
+        }
+        let mut targets = Vec::new();
+        if callback_of(job).is_some_and(|c| c.events.iter().any(|e| e == PROGRESS_EVENT)) {
+            targets.push(Target::Callback);
+        }
+        for (id, sub) in self.subscriptions().await?.iter() {
+            if sub.events.iter().any(|e| e == PROGRESS_EVENT) {
+                targets.push(Target::Webhook { id: id.clone() });
+            }
+        }
+        let due = orch_store::from_millis((slot + 1) * interval);
+        for target in &targets {
+            let key = format!("delivery:{}:{}:{PROGRESS_EVENT}:{slot}:{}", job.id, job.attempts, target.key());
+            let input = DeliveryInput {
+                job_id: Some(job.id),
+                event: PROGRESS_EVENT.to_owned(),
+                attempt: job.attempts,
+                target: target.clone(),
+                webhook_id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+                redelivery_of: None,
+                payload: None,
+            };
+            let new = NewJob { run_at: due, ..delivery_job(&input, Some(key)) };
+            if let Err(err) = self.store.insert_job(new).await {
+                // The next event in this interval tries again.
+                self.progress_queued.lock().unwrap().remove(&job.id);
+                return Err(err);
+            }
         }
         Ok(targets.len())
     }
@@ -240,7 +340,7 @@ pub fn delivery_job(input: &DeliveryInput, key: Option<String>) -> NewJob {
         kind: JobKind::Delivery,
         input: serde_json::to_value(input).expect("delivery inputs serialize"),
         metadata: Value::Object(Default::default()),
-        max_attempts: DELIVERY_ATTEMPTS,
+        max_attempts: if input.event == PROGRESS_EVENT { PROGRESS_ATTEMPTS } else { DELIVERY_ATTEMPTS },
         created_at: now,
         run_at: now,
         // The body hash is constant: a repeat is the same delivery, never a conflict.
@@ -263,5 +363,11 @@ impl orch_worker::provider_state::EventSink for Webhooks {
 impl orch_worker::Followups for Webhooks {
     async fn before_terminal(&self, job: &Job, status: JobStatus) -> Result<(), String> {
         self.enqueue(job, status).await.map(drop).map_err(|e| e.to_string())
+    }
+
+    async fn after_progress(&self, job: &Job, progress: &Value) {
+        if let Err(err) = self.enqueue_progress(job, progress).await {
+            tracing::warn!(job = %job.id, error = %err, "queueing job.progress deliveries failed");
+        }
     }
 }

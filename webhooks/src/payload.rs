@@ -20,8 +20,9 @@ pub struct PayloadOptions {
 /// Most of the human result kept when the whole does not fit.
 const EXCERPT: usize = 64 * 1024;
 
-/// The payload of `event` (`job.succeeded`, …) for `job`, with its `result`
-/// when it succeeded.
+/// The payload of `event` (`job.succeeded`, …, `job.progress`) for `job`,
+/// with its `result` when it succeeded. `job.progress` adds the job's
+/// `progress` (its latest progress event as stored).
 pub fn build(job: &Job, event: &str, result: Option<&Value>, options: &PayloadOptions) -> Value {
     let full = render(job, event, result, options, None);
     if serde_json::to_vec(&full).map(|b| b.len()).unwrap_or(usize::MAX) <= options.max_bytes {
@@ -37,7 +38,9 @@ fn render(job: &Job, event: &str, result: Option<&Value>, options: &PayloadOptio
         input["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
     let finished = job.finished_at.unwrap_or(job.updated_at);
     let mut markdown = markdown_of(job, result);
-    if let Some(cut) = cut {
+    if let Some(cut) = cut
+        && event != crate::PROGRESS_EVENT
+    {
         markdown = excerpt(&markdown, cut);
         markdown.push_str("\n\n*(The result is too large for a webhook; read it in full at `links.result`.)*");
     }
@@ -59,7 +62,7 @@ fn render(job: &Job, event: &str, result: Option<&Value>, options: &PayloadOptio
     let note = format!("{}\n# {title}\n\n{markdown}\n", yaml(&fields));
     let path_template = input["obsidian_path"].as_str().unwrap_or(&options.obsidian_path);
     let base = format!("{}/v1/jobs/{}", options.public_url.trim_end_matches('/'), job.id);
-    json!({
+    let mut payload = json!({
         "type": event,
         "job_id": job.id,
         "kind": job.kind,
@@ -77,7 +80,19 @@ fn render(job: &Job, event: &str, result: Option<&Value>, options: &PayloadOptio
         "error": job.error.as_ref().map(|e| json!({"code": e.code, "message": e.message})),
         "metadata": job.metadata,
         "links": {"status": base, "result": format!("{base}/result"), "events": format!("{base}/events")},
-    })
+    });
+    if event == crate::PROGRESS_EVENT {
+        let mut progress = job.progress.clone().unwrap_or(Value::Null);
+        // A node's output can be large; the job's events have it.
+        if cut.is_some()
+            && let Some(map) = progress.as_object_mut()
+            && map.remove("output").is_some()
+        {
+            map.insert("output_truncated".into(), json!(true));
+        }
+        payload["progress"] = progress;
+    }
+    payload
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -125,7 +140,32 @@ fn markdown_of(job: &Job, result: Option<&Value>) -> String {
             )
         }
         JobStatus::Cancelled => "**Cancelled.**".to_owned(),
-        JobStatus::Queued | JobStatus::Running => String::new(),
+        JobStatus::Queued | JobStatus::Running => progress_line(job.progress.as_ref().unwrap_or(&Value::Null)),
+    }
+}
+
+/// One line saying where a running job is, from its latest progress event.
+fn progress_line(progress: &Value) -> String {
+    let text = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+    if let (Some(node), Some(status)) =
+        (progress["node"].as_str().filter(|n| !n.is_empty()), progress["status"].as_str())
+    {
+        let mut line = format!("Node `{node}` {status}");
+        if progress["completed"].is_number() && progress["total"].is_number() {
+            line.push_str(&format!(" ({} of {} nodes done)", progress["completed"], progress["total"]));
+        }
+        return line + ".";
+    }
+    match progress["type"].as_str() {
+        Some("planned") => {
+            format!("Planned {} nodes.", progress["plan"]["nodes"].as_array().map_or(0, Vec::len))
+        }
+        Some("routing") => match progress["chain"].as_array().and_then(|c| c.first()) {
+            Some(first) => format!("Routed to {}.", text(first)),
+            None => "Routing.".to_owned(),
+        },
+        Some("api_retry") => format!("The provider is retrying its model API (attempt {}).", progress["attempt"]),
+        _ => "Running.".to_owned(),
     }
 }
 
@@ -239,6 +279,48 @@ mod tests {
         assert!(cut["markdown"].as_str().unwrap().ends_with("read it in full at `links.result`.)*"));
         assert_eq!(cut["links"]["result"], format!("https://orch.example/v1/jobs/{}/result", job.id));
         assert_eq!(cut["obsidian"]["path"], "Notes/chat/write-it-all.md");
+    }
+
+    #[test]
+    fn progress_payloads_carry_the_latest_progress() {
+        let (mut job, _) = job("");
+        job.status = JobStatus::Running;
+        job.finished_at = None;
+        job.kind = JobKind::Batch;
+        job.progress = Some(json!({"node": "fetch", "status": "succeeded", "completed": 2, "total": 5,
+                                   "output": "x".repeat(300_000)}));
+        let p = build(&job, "job.progress", None, &options(16 << 20));
+        assert_eq!((p["type"].as_str(), p["status"].as_str()), (Some("job.progress"), Some("running")));
+        assert_eq!(p["progress"]["completed"], 2);
+        assert_eq!(p["markdown"], "Node `fetch` succeeded (2 of 5 nodes done).");
+        assert!(p["finished_at"].is_null());
+        let cut = build(&job, "job.progress", None, &options(200_000));
+        assert!(serde_json::to_vec(&cut).unwrap().len() <= 200_000);
+        assert_eq!(
+            (cut["progress"]["node"].as_str(), cut["progress"]["output_truncated"].as_bool()),
+            (Some("fetch"), Some(true))
+        );
+        let terminal = build(&job, "job.succeeded", None, &options(16 << 20));
+        assert!(terminal.get("progress").is_none());
+    }
+
+    #[test]
+    fn progress_lines() {
+        for (progress, line) in [
+            (
+                json!({"type": "routing", "chain": ["claude/sonnet", "gemini"], "reason": "auto"}),
+                "Routed to claude/sonnet.",
+            ),
+            (
+                json!({"type": "api_retry", "attempt": 2, "delay_ms": 500}),
+                "The provider is retrying its model API (attempt 2).",
+            ),
+            (json!({"type": "planned", "plan": {"nodes": [{}, {}, {}]}}), "Planned 3 nodes."),
+            (json!({"node": "b", "status": "skipped", "total": 4}), "Node `b` skipped."),
+            (json!({"type": "text", "text": "Hel"}), "Running."),
+        ] {
+            assert_eq!(progress_line(&progress), line, "{progress}");
+        }
     }
 
     #[test]

@@ -22,13 +22,26 @@ pub struct JobContext {
     pub job_id: JobId,
     /// Fires when the job is cancelled or its lease is lost.
     pub cancel: CancellationToken,
+    /// Told of every progress event recorded, with the job as claimed
+    /// (webhook `job.progress` deliveries).
+    pub followups: Option<(Arc<dyn Followups>, Arc<Job>)>,
 }
 
 impl JobContext {
     /// Records progress; a failure to record is logged, not fatal.
     pub async fn progress(&self, progress: Value) {
-        if let Err(err) = self.store.record_progress(&self.worker, self.job_id, progress).await {
-            tracing::warn!(job = %self.job_id, error = %err, "recording progress failed");
+        match &self.followups {
+            None => {
+                if let Err(err) = self.store.record_progress(&self.worker, self.job_id, progress).await {
+                    tracing::warn!(job = %self.job_id, error = %err, "recording progress failed");
+                }
+            }
+            Some((followups, job)) => {
+                match self.store.record_progress(&self.worker, self.job_id, progress.clone()).await {
+                    Ok(()) => followups.after_progress(job, &progress).await,
+                    Err(err) => tracing::warn!(job = %self.job_id, error = %err, "recording progress failed"),
+                }
+            }
         }
     }
 }
@@ -47,6 +60,10 @@ pub trait Executor: Send + Sync {
 #[async_trait]
 pub trait Followups: Send + Sync {
     async fn before_terminal(&self, job: &Job, status: JobStatus) -> Result<(), String>;
+
+    /// After `job` (as claimed for this attempt) recorded `progress`. Best
+    /// effort: the job goes on whatever happens here, so keep it quick.
+    async fn after_progress(&self, _job: &Job, _progress: &Value) {}
 }
 
 /// The executor for each job kind.

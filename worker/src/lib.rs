@@ -254,7 +254,17 @@ fn start_job(
 ) {
     let cancel = CancellationToken::new();
     running.jobs.lock().unwrap().insert(job.id, cancel.clone());
-    let ctx = JobContext { store: store.clone(), worker: config.id.clone(), job_id: job.id, cancel: cancel.clone() };
+    let followups = match (&executors.followups, job.kind) {
+        (Some(followups), JobKind::Chat | JobKind::Batch) => Some((followups.clone(), Arc::new(job.clone()))),
+        _ => None,
+    };
+    let ctx = JobContext {
+        store: store.clone(),
+        worker: config.id.clone(),
+        job_id: job.id,
+        cancel: cancel.clone(),
+        followups,
+    };
     let executors = executors.clone();
     let config = config.clone();
     let done_tx = done_tx.clone();

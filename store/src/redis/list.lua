@@ -1,5 +1,5 @@
--- list_jobs, one page of one index. ARGV[3..]: index ('jobs', 'status:<s>' or
--- 'kind:<k>'), field to check ('' for none: 'status' or 'kind'), its value ('!v':
+-- list_jobs, one page of one index. ARGV[3..]: index ('jobs', 'status:<s>',
+-- 'kind:<k>' or 'parent:<id>'), field to check ('' for none: 'status' or 'kind'), its value ('!v':
 -- any value but v), before
 -- (id, '' for none), ids to scan at most, jobs wanted.
 -- Touches: the index, job:<id>.

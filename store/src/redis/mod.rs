@@ -40,6 +40,8 @@
 //!   large for events, deleted with the job by purge.
 //! - `cache:{key}` STRING expiring with its entry: the cache every process
 //!   shares (the LLM planner's plans).
+//! - `parent:{id}` ZSET (score 0) of the deliveries about job `id`, read like
+//!   `jobs`; a delivery's hash names it in `parent`, so purge removes it.
 //!
 //! Scripts build key names from the prefix rather than declaring them in `KEYS`,
 //! so this backend does not support Redis Cluster; Cluster hash tags are out of
@@ -527,6 +529,7 @@ impl Store for RedisStore {
                     Some(rec) => s.arg(&rec.key).arg(&rec.body_hash).arg(to_millis(rec.expires_at)),
                     None => s.arg("").arg("").arg(0),
                 };
+                s.arg(job.parent().map(|p| p.to_string()).unwrap_or_default());
             })
             .await?;
         let items = array(&reply)?;
@@ -575,7 +578,8 @@ impl Store for RedisStore {
                         .arg(spec_text(job))
                         .arg(job.max_attempts)
                         .arg(to_millis(job.created_at))
-                        .arg(to_millis(job.run_at));
+                        .arg(to_millis(job.run_at))
+                        .arg(job.parent().map(|p| p.to_string()).unwrap_or_default());
                 }
             })
             .await?;
@@ -674,6 +678,41 @@ impl Store for RedisStore {
             out.set(status, n);
         }
         Ok(out)
+    }
+
+    async fn count_jobs_of_kind(&self, kind: JobKind) -> Result<JobCounts> {
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        for status in JobStatus::ALL {
+            // Costs the size of the smaller set: the kind index holds no sentinel.
+            pipe.cmd("ZINTERCARD")
+                .arg(2)
+                .arg(self.key(&format!("kind:{kind}")))
+                .arg(self.key(&format!("status:{status}")));
+        }
+        let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await.map_err(redis_error)?;
+        let mut out = JobCounts::default();
+        for (status, n) in JobStatus::ALL.into_iter().zip(counts) {
+            out.set(status, n);
+        }
+        Ok(out)
+    }
+
+    async fn job_deliveries(&self, parent: JobId, before: Option<JobId>, limit: usize) -> Result<Vec<Job>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let index = format!("parent:{parent}");
+        let before = before.map(|id| id.to_string()).unwrap_or_default();
+        let reply = self
+            .run(&self.scripts.list, now_millis(), |s| {
+                s.arg(&index).arg("").arg("").arg(&before).arg(limit).arg(limit);
+            })
+            .await?;
+        let [_, _, page] = array(&reply)? else {
+            return Err(corrupt("unexpected list reply"));
+        };
+        parse_jobs(page)
     }
 
     async fn cancel_job(&self, id: JobId) -> Result<Option<Job>> {
