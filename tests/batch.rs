@@ -544,6 +544,7 @@ async fn a_worker_killed_mid_plan_is_replaced_without_rerunning_finished_nodes(b
         )
     };
     let _api = orch("api", "api.log");
+    orch_mcp::tls::install_crypto_provider();
     let app = TestApp {
         base: base.clone(),
         admin,
