@@ -13,12 +13,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::Args;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::bench::percentiles;
+use crate::bench::{ServeChild, percentiles};
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
@@ -45,15 +44,15 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
     println!("spawning /bin/echo directly (reference)       {}", percentiles(spawned));
 
     let dir = tempfile::Builder::new().prefix("orch-bench-chat-").tempdir().context("temp dir")?;
-    let mut serve = Serve::start(dir.path(), &args).await?;
+    let mut serve = start_serve(dir.path(), &args).await?;
     let result = measure(&serve, &args).await;
     serve.stop().await;
     result
 }
 
-async fn measure(serve: &Serve, args: &ChatArgs) -> Result<()> {
+async fn measure(serve: &ServeChild, args: &ChatArgs) -> Result<()> {
     let one = |model: &'static str| {
-        let serve = serve.clone_handle();
+        let serve = Handle::of(serve);
         async move { serve.turn(model).await }
     };
     // Warm-up: connections, key cache, first process spawns; not counted.
@@ -70,7 +69,7 @@ async fn measure(serve: &Serve, args: &ChatArgs) -> Result<()> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency {
-        let serve = serve.clone_handle();
+        let serve = Handle::of(serve);
         let next = next.clone();
         let turns = args.turns;
         callers.spawn(async move {
@@ -98,7 +97,7 @@ async fn measure(serve: &Serve, args: &ChatArgs) -> Result<()> {
     let idle = rss_kib(serve.pid)?;
     let mut held = tokio::task::JoinSet::new();
     for _ in 0..args.hold {
-        let serve = serve.clone_handle();
+        let serve = Handle::of(serve);
         held.spawn(async move { serve.turn("hold").await });
     }
     // The holding CLI sleeps 3 s: measure while every turn is running.
@@ -137,23 +136,8 @@ async fn spawn_baseline(n: usize) -> Result<Vec<Duration>> {
 }
 
 /// An `orch serve` child on a free port with the bench's providers.
-struct Serve {
-    child: Option<tokio::process::Child>,
-    pid: u32,
-    handle: Handle,
-}
-
-#[derive(Clone)]
-struct Handle {
-    client: reqwest::Client,
-    url: String,
-    key: String,
-}
-
-impl Serve {
-    async fn start(dir: &std::path::Path, args: &ChatArgs) -> Result<Serve> {
-        let port = orch_testkit::free_port();
-        let (exe, mut command) = crate::bench::serve_command(dir, port)?;
+async fn start_serve(dir: &std::path::Path, args: &ChatArgs) -> Result<ServeChild> {
+    ServeChild::start(dir, |command| {
         command
             .env("ORCH_PROVIDER_ECHO_KIND", "cli")
             .env("ORCH_PROVIDER_ECHO_COMMAND", "/bin/echo")
@@ -165,48 +149,24 @@ impl Serve {
             .env("ORCH_PROVIDER_HOLD_ARGS", r#"["-c", "sleep 3; echo held"]"#)
             .env("ORCH_PROVIDER_HOLD_OUTPUT_FORMAT", "text")
             .env("ORCH_PROVIDER_HOLD_CONCURRENCY", args.hold.min(256).to_string())
-            .env("ORCH_DEFAULT_MODEL", "echo")
-            .stdout(Stdio::piped());
-        let mut child = command.spawn().with_context(|| format!("starting {} serve", exe.display()))?;
-        let pid = child.id().context("child pid")?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let key = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(key) = line.split_whitespace().find(|w| w.starts_with("orch_")) {
-                    return anyhow::Ok(key.to_owned());
-                }
-            }
-            bail!("orch serve exited before printing its admin key")
-        })
-        .await
-        .context("orch serve printed no admin key within 30 s")??;
-        let client = reqwest::Client::builder().tcp_nodelay(true).timeout(Duration::from_secs(60)).build()?;
-        let handle = Handle { client, url: format!("http://127.0.0.1:{port}"), key };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while handle.client.get(format!("{}/health", handle.url)).send().await.is_err() {
-            ensure!(Instant::now() < deadline, "orch serve did not answer /health within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Serve { child: Some(child), pid, handle })
-    }
+            .env("ORCH_DEFAULT_MODEL", "echo");
+    })
+    .await
+}
 
-    fn clone_handle(&self) -> Handle {
-        self.handle.clone()
-    }
-
-    async fn stop(&mut self) {
-        let _ = tokio::process::Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status().await;
-        if let Some(mut child) = self.child.take()
-            && tokio::time::timeout(Duration::from_secs(40), child.wait()).await.is_err()
-        {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
-    }
+/// What a calling task needs of the child: its address and admin key.
+#[derive(Clone)]
+struct Handle {
+    client: reqwest::Client,
+    url: String,
+    key: String,
 }
 
 impl Handle {
+    fn of(serve: &ServeChild) -> Handle {
+        Handle { client: serve.client.clone(), url: serve.url.clone(), key: serve.key.clone() }
+    }
+
     /// One completion; fails unless the answer is the provider's.
     async fn turn(&self, model: &str) -> Result<Duration> {
         let started = Instant::now();

@@ -376,45 +376,12 @@ impl ServerPool {
         options: crate::registry::CallOptions,
     ) -> Result<CallToolResult, Error> {
         let crate::registry::CallOptions { timeout, cancel, meta } = options;
-        let server = &self.config.name;
-        if self.config.disabled {
-            return Err(Error::Disabled { server: server.clone() });
-        }
-        let timeout = timeout.unwrap_or(self.config.timeout);
-        let deadline = Instant::now() + timeout;
-        let call = async {
-            let _permit = self.permits.acquire().await.map_err(|_| Error::Shutdown)?;
-            let conn = self.checkout(deadline).await?;
-            let _busy = Busy::new(&conn);
-            let mut params = CallToolRequestParams::new(tool.to_string());
-            params.arguments = arguments;
-            params.meta = meta.map(|m| RequestMetaObject(MetaObject(m)));
-            conn.service.call_tool(params).await.map_err(|error| match error {
-                ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
-                    self.signals.wake.notify_one();
-                    Error::ConnectionLost { server: server.clone(), tool: tool.to_string() }
-                }
-                other => Error::Upstream {
-                    server: server.clone(),
-                    operation: format!("tools/call {tool}"),
-                    reason: other.to_string(),
-                },
-            })
-        };
-        let cancelled = async {
-            match &cancel {
-                Some(token) => token.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            result = tokio::time::timeout_at(deadline.into(), call) => result.unwrap_or_else(|_| Err(Error::Timeout {
-                server: server.clone(),
-                tool: tool.to_string(),
-                timeout,
-            })),
-            () = cancelled => Err(Error::Cancelled { server: server.clone(), tool: tool.to_string() }),
-        }
+        let mut params = CallToolRequestParams::new(tool.to_string());
+        params.arguments = arguments;
+        params.meta = meta.map(|m| RequestMetaObject(MetaObject(m)));
+        let send = move |conn: Arc<Connection>| async move { conn.service.call_tool(params).await };
+        let what = Operation { name: tool, label: &format!("tools/call {tool}"), keep_refusals: false };
+        self.exchange(what, timeout, cancel, send).await
     }
 
     /// Sends one request that is not a tool call (`resources/read`,
@@ -431,11 +398,29 @@ impl ServerPool {
         F: FnOnce(Arc<Connection>) -> Fut,
         Fut: Future<Output = Result<T, ServiceError>>,
     {
+        let what = Operation { name: operation, label: operation, keep_refusals: true };
+        self.exchange(what, None, cancel, send).await
+    }
+
+    /// What [`ServerPool::call`] and [`ServerPool::request`] share: a permit,
+    /// a connection, `timeout` (the server's by default) and `cancel` around
+    /// `send`, and its errors named after `what`.
+    async fn exchange<T, F, Fut>(
+        &self,
+        what: Operation<'_>,
+        timeout: Option<Duration>,
+        cancel: Option<CancellationToken>,
+        send: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(Arc<Connection>) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
         let server = &self.config.name;
         if self.config.disabled {
             return Err(Error::Disabled { server: server.clone() });
         }
-        let timeout = self.config.timeout;
+        let timeout = timeout.unwrap_or(self.config.timeout);
         let deadline = Instant::now() + timeout;
         let request = async {
             let _permit = self.permits.acquire().await.map_err(|_| Error::Shutdown)?;
@@ -444,17 +429,17 @@ impl ServerPool {
             send(conn.clone()).await.map_err(|error| match error {
                 ServiceError::TransportClosed | ServiceError::TransportSend(_) => {
                     self.signals.wake.notify_one();
-                    Error::ConnectionLost { server: server.clone(), tool: operation.to_owned() }
+                    Error::ConnectionLost { server: server.clone(), tool: what.name.to_owned() }
                 }
-                ServiceError::McpError(error) => Error::Refused {
+                ServiceError::McpError(error) if what.keep_refusals => Error::Refused {
                     server: server.clone(),
-                    operation: operation.to_owned(),
+                    operation: what.label.to_owned(),
                     code: error.code.0,
                     message: error.message.into_owned(),
                 },
                 other => Error::Upstream {
                     server: server.clone(),
-                    operation: operation.to_owned(),
+                    operation: what.label.to_owned(),
                     reason: other.to_string(),
                 },
             })
@@ -468,10 +453,10 @@ impl ServerPool {
         tokio::select! {
             result = tokio::time::timeout_at(deadline.into(), request) => result.unwrap_or_else(|_| Err(Error::Timeout {
                 server: server.clone(),
-                tool: operation.to_owned(),
+                tool: what.name.to_owned(),
                 timeout,
             })),
-            () = cancelled => Err(Error::Cancelled { server: server.clone(), tool: operation.to_owned() }),
+            () = cancelled => Err(Error::Cancelled { server: server.clone(), tool: what.name.to_owned() }),
         }
     }
 
@@ -626,4 +611,15 @@ async fn supervise(pool: Weak<ServerPool>, signals: Arc<Signals>, stop: Cancella
         }
         pool.maintain().await;
     }
+}
+
+/// How a request is named in its errors: `name` (the tool, or the method) in
+/// timeouts, cancellations and lost connections, `label` in upstream errors;
+/// `keep_refusals` turns an error the server answered into [`Error::Refused`]
+/// with its JSON-RPC code (a tool call's stays [`Error::Upstream`]).
+#[derive(Clone, Copy)]
+struct Operation<'a> {
+    name: &'a str,
+    label: &'a str,
+    keep_refusals: bool,
 }
