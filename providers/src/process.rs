@@ -92,7 +92,6 @@ async fn run_piped(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    die_with_orch(&mut command);
     let mut child = command.spawn().map_err(RunError::Spawn)?;
     let pid = child.id().expect("a child not yet waited for has a pid") as i32;
     let mut group = GroupGuard { pgid: pid, armed: true, reap_on_drop: false };
@@ -121,30 +120,6 @@ async fn run_piped(
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
         exit,
     })
-}
-
-/// The kernel sends the CLI SIGTERM when Orch dies, even by SIGKILL. (pty
-/// children need nothing: the closing pty master hangs up their session.)
-/// The signal follows the spawning thread, so spawn from tokio's worker
-/// threads, not from `spawn_blocking` threads, which exit when idle.
-fn die_with_orch(command: &mut tokio::process::Command) {
-    #[cfg(target_os = "linux")]
-    {
-        let orch = std::process::id() as libc::pid_t;
-        // SAFETY: prctl, getppid and raise are async-signal-safe; nothing allocates.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Orch died before the prctl: no signal will come.
-                if libc::getppid() != orch {
-                    libc::raise(libc::SIGTERM);
-                }
-                Ok(())
-            });
-        }
-    }
 }
 
 async fn run_pty(
