@@ -22,6 +22,17 @@ use serde_json::{Value, json};
 use support::{Backend, Options, TestApp, make_key, spawn_app_with, test_server};
 use tokio::sync::mpsc;
 
+/// Orch's own tools on `/mcp`, sorted.
+const OWN_TOOLS: [&str; 8] = [
+    "batch_execute",
+    "chat",
+    "export_session_memory",
+    "get_job",
+    "get_session",
+    "list_providers",
+    "list_servers",
+    "submit_job",
+];
 /// The app (with a worker) and an mcp-config.json with the test server as `t`.
 async fn app(backend: Backend) -> (TestApp, tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -110,19 +121,7 @@ async fn aggregate_serves_namespaced_tools_and_orchs_own() {
     let (client, _) = http_client(&app, "/mcp", &key).await;
 
     let mut expected: Vec<String> = UPSTREAM.iter().map(|t| format!("t.{t}")).collect();
-    expected.extend(
-        [
-            "batch_execute",
-            "chat",
-            "export_session_memory",
-            "get_job",
-            "get_session",
-            "list_providers",
-            "list_servers",
-            "submit_job",
-        ]
-        .map(String::from),
-    );
+    expected.extend(OWN_TOOLS.map(String::from));
     expected.sort();
     assert_eq!(names(&client).await, expected);
 
@@ -251,19 +250,7 @@ async fn http_endpoints_need_a_key_with_tools_call() {
     let reply = app.call(Method::POST, "/mcp/t", Some(&limited.secret), Some(initialize.clone())).await;
     assert_eq!(reply.body["error"]["code"], "server_not_allowed", "{}", reply.body);
     let (client, _) = http_client(&app, "/mcp", &limited.secret).await;
-    assert_eq!(
-        names(&client).await,
-        [
-            "batch_execute",
-            "chat",
-            "export_session_memory",
-            "get_job",
-            "get_session",
-            "list_providers",
-            "list_servers",
-            "submit_job"
-        ]
-    );
+    assert_eq!(names(&client).await, OWN_TOOLS);
     client.cancel().await.unwrap();
 
     let reply = app.call(Method::POST, "/mcp/ghost", Some(&app.admin), Some(initialize)).await;

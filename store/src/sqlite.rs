@@ -334,6 +334,29 @@ fn parse_id(text: &str) -> Result<JobId> {
     JobId::parse_str(text).map_err(|e| StoreError::Corrupt(format!("job id {text:?}: {e}")))
 }
 
+/// Every row of `rows`, each made by `from_row`.
+fn collect_rows<T>(mut rows: rusqlite::Rows<'_>, mut from_row: impl FnMut(&Row) -> Result<T>) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(from_row(row)?);
+    }
+    Ok(out)
+}
+
+/// Job counts from rows of (status, count).
+fn counts_by_status(rows: rusqlite::Rows<'_>) -> Result<JobCounts> {
+    let mut counts = JobCounts::default();
+    let rows = collect_rows(rows, |row| {
+        let status: JobStatus =
+            row.get::<_, String>(0)?.parse().map_err(|e: UnknownVariant| StoreError::Corrupt(e.to_string()))?;
+        Ok((status, row.get(1)?))
+    })?;
+    for (status, n) in rows {
+        counts.set(status, n);
+    }
+    Ok(counts)
+}
+
 fn job_from_row(row: &Row) -> Result<Job> {
     let corrupt = |e: UnknownVariant| StoreError::Corrupt(e.to_string());
     Ok(Job {
@@ -499,12 +522,10 @@ fn claim_due(conn: &Connection, worker: &str, limit: usize, lease: Duration) -> 
          WHERE id IN ({DUE_JOBS})
          RETURNING {JOB_COLUMNS}, last_seq"
     ))?;
-    let mut rows = stmt.query(params![worker, lease_until(now, lease), now, sql_limit(limit)])?;
-    let mut claimed = Vec::new();
-    while let Some(row) = rows.next()? {
-        claimed.push((job_from_row(row)?, row.get::<_, i64>(17)?));
-    }
-    drop(rows);
+    let mut claimed =
+        collect_rows(stmt.query(params![worker, lease_until(now, lease), now, sql_limit(limit)])?, |row| {
+            Ok((job_from_row(row)?, row.get::<_, i64>(17)?))
+        })?;
     // RETURNING has no order of its own.
     claimed.sort_by_key(|(job, _)| (job.run_at, job.id));
     for (job, seq) in &claimed {
@@ -720,42 +741,23 @@ impl Store for SqliteStore {
         let (sql, args) = list_query(filter);
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(params_from_iter(&args))?;
-            let mut jobs = Vec::new();
-            while let Some(row) = rows.next()? {
-                jobs.push(job_from_row(row)?);
-            }
-            Ok(jobs)
+            collect_rows(stmt.query(params_from_iter(&args))?, job_from_row)
         })
         .await
     }
 
     async fn count_jobs(&self) -> Result<JobCounts> {
         self.read(|conn| {
-            let mut counts = JobCounts::default();
             let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let status: JobStatus =
-                    row.get::<_, String>(0)?.parse().map_err(|e: UnknownVariant| StoreError::Corrupt(e.to_string()))?;
-                counts.set(status, row.get(1)?);
-            }
-            Ok(counts)
+            counts_by_status(stmt.query([])?)
         })
         .await
     }
 
     async fn count_jobs_of_kind(&self, kind: JobKind) -> Result<JobCounts> {
         self.read(move |conn| {
-            let mut counts = JobCounts::default();
             let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM jobs WHERE kind = ?1 GROUP BY status")?;
-            let mut rows = stmt.query([kind.as_str()])?;
-            while let Some(row) = rows.next()? {
-                let status: JobStatus =
-                    row.get::<_, String>(0)?.parse().map_err(|e: UnknownVariant| StoreError::Corrupt(e.to_string()))?;
-                counts.set(status, row.get(1)?);
-            }
-            Ok(counts)
+            counts_by_status(stmt.query([kind.as_str()])?)
         })
         .await
     }
@@ -769,12 +771,7 @@ impl Store for SqliteStore {
                 "SELECT {JOB_COLUMNS} FROM jobs INDEXED BY jobs_parent WHERE parent = ?1 AND id < ?2
                  ORDER BY id DESC LIMIT ?3"
             ))?;
-            let mut rows = stmt.query(params![parent, before, sql_limit(limit)])?;
-            let mut jobs = Vec::new();
-            while let Some(row) = rows.next()? {
-                jobs.push(job_from_row(row)?);
-            }
-            Ok(jobs)
+            collect_rows(stmt.query(params![parent, before, sql_limit(limit)])?, job_from_row)
         })
         .await
     }
@@ -887,18 +884,15 @@ impl Store for SqliteStore {
                 "SELECT seq, kind, data, at FROM job_events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?;
             let after = i64::try_from(after).unwrap_or(i64::MAX);
-            let mut rows = stmt.query(params![id.to_string(), after, sql_limit(limit)])?;
-            let mut events = Vec::new();
-            while let Some(row) = rows.next()? {
-                events.push(JobEvent {
+            collect_rows(stmt.query(params![id.to_string(), after, sql_limit(limit)])?, |row| {
+                Ok(JobEvent {
                     seq: row.get(0)?,
                     job_id: id,
                     kind: row.get(1)?,
                     data: parse_json(&row.get::<_, String>(2)?, "event data")?,
                     at: from_millis(row.get(3)?),
-                });
-            }
-            Ok(events)
+                })
+            })
         })
         .await
     }
@@ -1000,12 +994,7 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let mut stmt =
                 conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, rowid"))?;
-            let mut rows = stmt.query([])?;
-            let mut keys = Vec::new();
-            while let Some(row) = rows.next()? {
-                keys.push(key_from_row(row)?);
-            }
-            Ok(keys)
+            collect_rows(stmt.query([])?, key_from_row)
         })
         .await
     }
@@ -1025,12 +1014,7 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let mut stmt =
                 conn.prepare_cached("SELECT name, config, created_at, updated_at FROM mcp_servers ORDER BY name")?;
-            let mut rows = stmt.query([])?;
-            let mut servers = Vec::new();
-            while let Some(row) = rows.next()? {
-                servers.push(server_from_row(row)?);
-            }
-            Ok(servers)
+            collect_rows(stmt.query([])?, server_from_row)
         })
         .await
     }
@@ -1087,17 +1071,14 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let mut stmt =
                 conn.prepare_cached("SELECT id, config, created_at, updated_at FROM webhooks ORDER BY created_at, id")?;
-            let mut rows = stmt.query([])?;
-            let mut hooks = Vec::new();
-            while let Some(row) = rows.next()? {
-                hooks.push(StoredWebhook {
+            collect_rows(stmt.query([])?, |row| {
+                Ok(StoredWebhook {
                     id: row.get(0)?,
                     config: parse_json(&row.get::<_, String>(1)?, "webhook config")?,
                     created_at: from_millis(row.get(2)?),
                     updated_at: from_millis(row.get(3)?),
-                });
-            }
-            Ok(hooks)
+                })
+            })
         })
         .await
     }
@@ -1184,12 +1165,10 @@ impl Store for SqliteStore {
                  ORDER BY updated_at DESC, id LIMIT ?3 OFFSET ?4"
             );
             let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(params![now_millis(), owner, sql_limit(limit), sql_limit(offset)])?;
-            let mut sessions = Vec::new();
-            while let Some(row) = rows.next()? {
-                sessions.push(session_from_row(row)?);
-            }
-            Ok(sessions)
+            collect_rows(
+                stmt.query(params![now_millis(), owner, sql_limit(limit), sql_limit(offset)])?,
+                session_from_row,
+            )
         })
         .await
     }
@@ -1249,11 +1228,10 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let mut stmt =
                 conn.prepare_cached("SELECT record FROM usage WHERE at >= ?1 AND at < ?2 ORDER BY at LIMIT ?3")?;
-            let mut rows = stmt.query(params![to_millis(from), to_millis(to), sql_limit(limit)])?;
-            let mut records = Vec::new();
-            while let Some(row) = rows.next()? {
-                records.push(parse_json(&row.get::<_, String>(0)?, "usage record")?);
-            }
+            let records =
+                collect_rows(stmt.query(params![to_millis(from), to_millis(to), sql_limit(limit)])?, |row| {
+                    parse_json(&row.get::<_, String>(0)?, "usage record")
+                })?;
             Ok(records)
         })
         .await
@@ -1299,11 +1277,7 @@ impl Store for SqliteStore {
     async fn provider_states(&self) -> Result<Vec<ProviderState>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached("SELECT state FROM provider_states ORDER BY name")?;
-            let mut rows = stmt.query([])?;
-            let mut states = Vec::new();
-            while let Some(row) = rows.next()? {
-                states.push(parse_json(&row.get::<_, String>(0)?, "provider state")?);
-            }
+            let states = collect_rows(stmt.query([])?, |row| parse_json(&row.get::<_, String>(0)?, "provider state"))?;
             Ok(states)
         })
         .await

@@ -236,6 +236,16 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
+    /// Job counts from `pipe`, which counts each of [`JobStatus::ALL`] in order.
+    async fn counts_by_status(&self, pipe: ::redis::Pipeline) -> Result<JobCounts> {
+        let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await.map_err(redis_error)?;
+        let mut out = JobCounts::default();
+        for (status, n) in JobStatus::ALL.into_iter().zip(counts) {
+            out.set(status, n);
+        }
+        Ok(out)
+    }
+
     /// Connects (reconnecting on its own later) and checks the server answers.
     pub async fn open(url: &str, prefix: &str) -> Result<RedisStore> {
         let unavailable = |e: ::redis::RedisError| {
@@ -672,12 +682,7 @@ impl Store for RedisStore {
             // Not ZCARD: a busy index keeps a '' sentinel (see claim.lua).
             pipe.zlexcount(self.key(&format!("status:{status}")), "(", "+");
         }
-        let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await.map_err(redis_error)?;
-        let mut out = JobCounts::default();
-        for (status, n) in JobStatus::ALL.into_iter().zip(counts) {
-            out.set(status, n);
-        }
-        Ok(out)
+        self.counts_by_status(pipe).await
     }
 
     async fn count_jobs_of_kind(&self, kind: JobKind) -> Result<JobCounts> {
@@ -690,12 +695,7 @@ impl Store for RedisStore {
                 .arg(self.key(&format!("kind:{kind}")))
                 .arg(self.key(&format!("status:{status}")));
         }
-        let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await.map_err(redis_error)?;
-        let mut out = JobCounts::default();
-        for (status, n) in JobStatus::ALL.into_iter().zip(counts) {
-            out.set(status, n);
-        }
-        Ok(out)
+        self.counts_by_status(pipe).await
     }
 
     async fn job_deliveries(&self, parent: JobId, before: Option<JobId>, limit: usize) -> Result<Vec<Job>> {
