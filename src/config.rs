@@ -108,6 +108,10 @@ pub struct ApiArgs {
     /// How long an unused chat session (X-Session-ID) is kept; each turn restarts it [default: 1h].
     #[arg(long, env = "ORCH_SESSION_TTL", value_name = "DURATION", value_parser = duration)]
     pub session_ttl: Option<Duration>,
+    /// How long an MCP session of /mcp or /mcp/{server} is kept with no request and no
+    /// open stream [default: 5m].
+    #[arg(long, env = "ORCH_MCP_SESSION_IDLE", value_name = "DURATION", value_parser = duration)]
+    pub mcp_session_idle: Option<Duration>,
 }
 
 /// Settings of a worker.
@@ -171,6 +175,7 @@ struct FileConfig {
     max_prompt_bytes: Option<usize>,
     chat_wait: Option<String>,
     session_ttl: Option<String>,
+    mcp_session_idle: Option<String>,
     /// `[providers.NAME]` tables; without any, the four built-ins with defaults.
     providers: Option<orch_providers::ProvidersConfig>,
     routing: Option<orch_providers::RoutingConfig>,
@@ -345,6 +350,13 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
     if session_ttl < Duration::from_secs(1) {
         bail!("ORCH_SESSION_TTL (--session-ttl): {session_ttl:?} is too short; allowed: 1s or more");
     }
+    let mcp_session_idle = match api.mcp_session_idle {
+        Some(d) => d,
+        None => file_duration("mcp_session_idle", file.mcp_session_idle.as_ref())?.unwrap_or(Duration::from_secs(300)),
+    };
+    if mcp_session_idle < Duration::from_secs(1) {
+        bail!("ORCH_MCP_SESSION_IDLE (--mcp-session-idle): {mcp_session_idle:?} is too short; allowed: 1s or more");
+    }
     let token_warn_days = global.token_warn_days.or(file.token_warn_days).unwrap_or(7);
     if token_warn_days > 365 {
         bail!("ORCH_TOKEN_WARN_DAYS (--token-warn-days): {token_warn_days} is out of range; allowed: 0 to 365");
@@ -440,6 +452,7 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
             chat_wait,
             session_ttl,
             token_warn_days,
+            mcp_session_idle,
         },
         worker: w,
         mcp: orch_api::servers::McpSettings { file: mcp_file, allow_api_stdio },

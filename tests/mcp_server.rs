@@ -35,12 +35,16 @@ const OWN_TOOLS: [&str; 8] = [
 ];
 /// The app (with a worker) and an mcp-config.json with the test server as `t`.
 async fn app(backend: Backend) -> (TestApp, tempfile::TempDir, PathBuf) {
+    app_with(backend, Options::default()).await
+}
+
+async fn app_with(backend: Backend, options: Options) -> (TestApp, tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mcp-config.json");
     let config = json!({"mcpServers": {"t": {"command": test_server(), "timeout": 30}}});
     std::fs::write(&file, config.to_string()).unwrap();
     let mcp = McpSettings { file: Some(file.clone()), allow_api_stdio: false };
-    (spawn_app_with(backend, Options { mcp, ..Default::default() }).await, dir, file)
+    (spawn_app_with(backend, Options { mcp, ..options }).await, dir, file)
 }
 
 /// A client that reports each `notifications/tools/list_changed`.
@@ -366,5 +370,154 @@ async fn a_cancelled_call_is_cancelled_upstream() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     client.cancel().await.unwrap();
+    app.stop().await;
+}
+
+/// A streamable-HTTP session spoken by hand, to see the answers' HTTP shape.
+struct RawSession {
+    http: reqwest::Client,
+    url: String,
+    key: String,
+    id: String,
+}
+
+impl RawSession {
+    async fn open(app: &TestApp, path: &str) -> RawSession {
+        let url = format!("{}{path}", app.base);
+        let mut session = RawSession { http: app.client.clone(), url, key: app.admin.clone(), id: String::new() };
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+        let response = session.post(&init).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        session.id = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        let ready = session.post(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+        assert_eq!(ready.status(), StatusCode::ACCEPTED);
+        session
+    }
+
+    async fn post(&self, body: &Value) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.key)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(body);
+        if !self.id.is_empty() {
+            request = request.header("mcp-session-id", &self.id);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// POSTs a request and returns the content type and the JSON-RPC answer
+    /// to it (the body, or the SSE `data` line with its id).
+    async fn request(&self, body: &Value) -> (String, Value) {
+        let response = self.post(body).await;
+        assert_eq!(response.status(), StatusCode::OK, "{body}");
+        let kind = response.headers()["content-type"].to_str().unwrap().to_owned();
+        let text = response.text().await.unwrap();
+        let answer = if kind.starts_with("application/json") {
+            serde_json::from_str(&text).unwrap()
+        } else {
+            text.lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .filter_map(|data| serde_json::from_str::<Value>(data.trim()).ok())
+                .find(|message| message["id"] == body["id"])
+                .unwrap_or_else(|| panic!("no answer to {body} in {text}"))
+        };
+        (kind, answer)
+    }
+
+    async fn echo(&self, id: u64, message: &str) -> reqwest::Response {
+        self.post(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"message": message}}}))
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_tool_call_is_answered_as_json_and_the_rest_as_a_stream() {
+    let (app, _dir, _) = app(Backend::Sqlite).await;
+    let session = RawSession::open(&app, "/mcp/t").await;
+
+    // A bare call, and one with the progress token rmcp's clients always send.
+    for (id, meta) in [(1, None), (2, Some(json!({"progressToken": 7})))] {
+        let mut params = json!({"name": "echo", "arguments": {"message": format!("call {id}")}});
+        if let Some(meta) = meta {
+            params["_meta"] = meta;
+        }
+        let (kind, answer) =
+            session.request(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params})).await;
+        assert_eq!(kind, "application/json");
+        assert_eq!(answer["result"]["content"][0]["text"], format!("call {id}"), "{answer}");
+        assert_eq!(answer["id"], id);
+    }
+    // Other `_meta` (a trace context) and other methods are rmcp's, as an SSE stream.
+    let traced = json!({"jsonrpc": "2.0", "id": "t-3", "method": "tools/call", "params": {
+        "name": "echo", "arguments": {"message": "traced"}, "_meta": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}});
+    let (kind, answer) = session.request(&traced).await;
+    assert_eq!(kind, "text/event-stream");
+    assert_eq!(answer["result"]["content"][0]["text"], "traced");
+    let (kind, answer) = session.request(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"})).await;
+    assert_eq!(kind, "text/event-stream");
+    assert!(answer["result"]["tools"].as_array().unwrap().iter().any(|t| t["name"] == "echo"));
+
+    // Errors keep their JSON-RPC shape: an unknown tool is invalid params.
+    let (_, answer) = session
+        .request(
+            &json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "nope", "arguments": {}}}),
+        )
+        .await;
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+    assert_eq!(answer["id"], 5);
+
+    // Only a session rmcp knows gets an answer; a made-up one is 404, as the spec says.
+    let stranger = RawSession { id: "not-a-session".into(), ..RawSession::open(&app, "/mcp/t").await };
+    assert_eq!(stranger.echo(6, "x").await.status(), StatusCode::NOT_FOUND);
+    // The key still counts: one without tools:call is refused before anything runs.
+    let reader = make_key(app.store.as_ref(), &["jobs:read"]).await;
+    let refused = RawSession { key: reader, ..RawSession::open(&app, "/mcp/t").await };
+    assert_eq!(refused.echo(7, "x").await.status(), StatusCode::FORBIDDEN);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_in_use_stay_and_idle_ones_are_closed() {
+    let idle = Duration::from_secs(1);
+    let (app, _dir, _) =
+        app_with(Backend::Sqlite, Options { mcp_session_idle: Some(idle), ..Default::default() }).await;
+    let busy = RawSession::open(&app, "/mcp/t").await;
+    let listening = RawSession::open(&app, "/mcp/t").await;
+    let quiet = RawSession::open(&app, "/mcp/t").await;
+    // `listening` holds its GET stream open (for list_changed) and sends nothing else.
+    let stream = app
+        .client
+        .get(&listening.url)
+        .bearer_auth(&listening.key)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &listening.id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+
+    // `busy` only makes tool calls, which rmcp's session never sees, for three idle periods.
+    let until = Instant::now() + idle * 3;
+    let mut id = 1;
+    while Instant::now() < until {
+        assert_eq!(busy.echo(id, "still here").await.status(), StatusCode::OK);
+        id += 1;
+        tokio::time::sleep(idle / 4).await;
+    }
+    assert_eq!(busy.echo(id, "still here").await.status(), StatusCode::OK, "a session in use was closed");
+    assert_eq!(listening.echo(1, "listening").await.status(), StatusCode::OK, "a listening session was closed");
+    assert_eq!(quiet.echo(1, "hello?").await.status(), StatusCode::NOT_FOUND, "an idle session was kept");
+
+    // Once its stream is gone, the listener goes idle too.
+    // (Each call would count as use, so one look after more than the idle time.)
+    drop(stream);
+    tokio::time::sleep(idle * 3).await;
+    let status = listening.echo(2, "listening").await.status();
+    assert_eq!(status, StatusCode::NOT_FOUND, "a session idle since its stream closed was kept");
     app.stop().await;
 }

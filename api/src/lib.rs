@@ -54,6 +54,9 @@ pub struct ApiConfig {
     pub session_ttl: std::time::Duration,
     /// A credential expiring within this many days is `expiring` in `/health/tokens`.
     pub token_warn_days: u32,
+    /// How long an MCP session of `/mcp` or `/mcp/{server}` is kept with no
+    /// request and no open stream.
+    pub mcp_session_idle: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +69,7 @@ impl Default for ApiConfig {
             chat_wait: std::time::Duration::from_secs(900),
             session_ttl: std::time::Duration::from_secs(3600),
             token_warn_days: 7,
+            mcp_session_idle: std::time::Duration::from_secs(300),
         }
     }
 }

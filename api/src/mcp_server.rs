@@ -6,6 +6,7 @@
 //! Orch's own tools also check `jobs:write` / `jobs:read`. Upstream calls go
 //! through the registry, so its timeouts, pooling and cancellation apply.
 
+mod direct;
 mod handler;
 mod sse;
 
@@ -13,11 +14,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Extension, Router};
 use rmcp::ServiceExt;
+use rmcp::transport::common::http_header::HEADER_SESSION_ID;
+use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 
@@ -28,18 +31,27 @@ use crate::error::{ApiError, ApiResult};
 
 type HttpService = StreamableHttpService<OrchMcp, LocalSessionManager>;
 
-/// Per-app state of the MCP endpoints: one streamable-HTTP service (with its
+/// One streamable-HTTP endpoint: rmcp's service, its sessions, and what Orch
+/// sees of them (see [`direct`]).
+#[derive(Clone)]
+struct HttpEndpoint {
+    service: HttpService,
+    sessions: Arc<LocalSessionManager>,
+    activity: Arc<direct::Activity>,
+}
+
+/// Per-app state of the MCP endpoints: one streamable-HTTP endpoint (with its
 /// sessions) per scope, made on first use, and the open SSE sessions.
 #[derive(Default)]
 struct Endpoints {
-    http: Mutex<HashMap<Scope, HttpService>>,
+    http: Mutex<HashMap<Scope, HttpEndpoint>>,
     sse: sse::Sessions,
 }
 
 impl Endpoints {
-    fn http(&self, state: &AppState, scope: Scope) -> HttpService {
-        let mut services = self.http.lock().unwrap_or_else(|p| p.into_inner());
-        services
+    fn http(&self, state: &AppState, scope: Scope) -> HttpEndpoint {
+        let mut endpoints = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        endpoints
             .entry(scope.clone())
             .or_insert_with(|| {
                 let config = StreamableHttpServerConfig::default()
@@ -50,12 +62,25 @@ impl Endpoints {
                     // which a rebinding page cannot send, and Orch runs behind real
                     // host names.
                     .disable_allowed_hosts();
-                let state = state.clone();
-                StreamableHttpService::new(
-                    move || Ok(OrchMcp::new(state.clone(), scope.clone())),
-                    Arc::new(LocalSessionManager::default()),
+                // rmcp's idle timer counts only what its session worker sees, which
+                // misses the calls `direct` answers; `direct::reap` closes idle sessions.
+                let mut sessions = LocalSessionManager::default();
+                sessions.session_config.keep_alive = None;
+                let sessions = Arc::new(sessions);
+                let activity = Arc::new(direct::Activity::default());
+                tokio::spawn(direct::reap(
+                    sessions.clone(),
+                    activity.clone(),
+                    state.config.mcp_session_idle,
+                    state.shutdown.child_token(),
+                ));
+                let handler_state = state.clone();
+                let service = StreamableHttpService::new(
+                    move || Ok(OrchMcp::new(handler_state.clone(), scope.clone())),
+                    sessions.clone(),
                     config,
-                )
+                );
+                HttpEndpoint { service, sessions, activity }
             })
             .clone()
     }
@@ -93,7 +118,7 @@ async fn aggregate(
     request: Request,
 ) -> ApiResult<Response> {
     authorize(&principal)?;
-    Ok(serve_http(endpoints.http(&state, Scope::Aggregate), principal, request).await)
+    serve_http(&state, &endpoints, Scope::Aggregate, principal, request).await
 }
 
 async fn one_server(
@@ -106,13 +131,60 @@ async fn one_server(
     authorize(&principal)?;
     principal.require_server(&server)?;
     known_server(&state, &server)?;
-    Ok(serve_http(endpoints.http(&state, Scope::Server(server)), principal, request).await)
+    serve_http(&state, &endpoints, Scope::Server(server), principal, request).await
 }
 
-async fn serve_http(service: HttpService, principal: Principal, mut request: Request) -> Response {
+/// Serves one request of a streamable-HTTP endpoint: a plain `tools/call` (or
+/// its cancellation) of a live session in [`direct`], everything else in rmcp.
+async fn serve_http(
+    state: &AppState,
+    endpoints: &Endpoints,
+    scope: Scope,
+    principal: Principal,
+    mut request: Request,
+) -> ApiResult<Response> {
+    let endpoint = endpoints.http(state, scope.clone());
+    let session = request.headers().get(HEADER_SESSION_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(session) = &session {
+        endpoint.activity.touch(session);
+        if request.method() == Method::POST {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, state.config.max_body).await.map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is larger than the server accepts (ORCH_MAX_BODY), or could not be read",
+                )
+            })?;
+            match direct::classify(&parts.headers, &body) {
+                direct::Message::Call { id, name, arguments }
+                    if endpoint.sessions.has_session(&session.as_str().into()).await.unwrap_or(false) =>
+                {
+                    let handler = OrchMcp::new(state.clone(), scope);
+                    return Ok(
+                        direct::call(handler, &endpoint.activity, session, id, &name, arguments, &principal).await
+                    );
+                }
+                direct::Message::Cancelled { id } if endpoint.activity.cancel(session, &id) => {
+                    return Ok(StatusCode::ACCEPTED.into_response());
+                }
+                _ => {}
+            }
+            request = Request::from_parts(parts, axum::body::Body::from(body));
+        }
+    }
+    let opens_stream = request.method() == Method::GET;
     // rmcp hands the request's parts to the handler, which reads the key's scopes from them.
     request.extensions_mut().insert(principal);
-    service.handle(request).await.map(axum::body::Body::new).into_response()
+    let mut response = endpoint.service.handle(request).await.map(axum::body::Body::new);
+    if let Some(created) = response.headers().get(HEADER_SESSION_ID).and_then(|v| v.to_str().ok()) {
+        endpoint.activity.touch(created);
+    }
+    if let (true, Some(session)) = (opens_stream && response.status().is_success(), &session) {
+        let open = endpoint.activity.stream_opened(session);
+        response = response.map(|body| direct::hold_while_open(body, open));
+    }
+    Ok(response.into_response())
 }
 
 /// Why `orch mcp` stopped.

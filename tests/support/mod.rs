@@ -59,6 +59,8 @@ pub struct Options {
     pub llm: Option<Arc<dyn orch_worker::llm::Llm>>,
     /// How long unused chat sessions are kept (default 1 h).
     pub session_ttl: Option<Duration>,
+    /// How long an unused MCP session is kept (default 5 min).
+    pub mcp_session_idle: Option<Duration>,
 }
 
 impl Default for Options {
@@ -73,6 +75,7 @@ impl Default for Options {
             router: None,
             llm: None,
             session_ttl: None,
+            mcp_session_idle: None,
         }
     }
 }
@@ -115,6 +118,9 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     orch_mcp::tls::install_crypto_provider();
     let store = handle.store.clone();
     let mut config = orch_api::ApiConfig { max_body: options.max_body, ..Default::default() };
+    if let Some(idle) = options.mcp_session_idle {
+        config.mcp_session_idle = idle;
+    }
     if let Some(ttl) = options.session_ttl {
         config.session_ttl = ttl;
     }

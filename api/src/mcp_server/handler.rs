@@ -73,13 +73,19 @@ impl OrchMcp {
             .collect()
     }
 
-    async fn call_upstream(
+    /// A `tools/call` on this endpoint: one of Orch's own tools on the
+    /// aggregate, else the upstream's. Cancelling `cancel` (the client's
+    /// `notifications/cancelled`) abandons the call and cancels it upstream.
+    pub(super) async fn call(
         &self,
         name: &str,
         arguments: Option<JsonObject>,
         principal: Option<&Principal>,
         cancel: CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
+        if self.scope == Scope::Aggregate && OWN_TOOLS.contains(&name) {
+            return Ok(self.call_own(name, arguments.unwrap_or_default(), principal).await);
+        }
         if self.scope == Scope::Aggregate
             && let Ok((server, _)) = self.state.registry.resolve(name)
             && let Err(err) = require_server(principal, server)
@@ -583,13 +589,8 @@ impl ServerHandler for OrchMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let name = request.name.as_ref();
         let principal = principal(&context.extensions);
-        if self.scope == Scope::Aggregate && OWN_TOOLS.contains(&name) {
-            let arguments = request.arguments.unwrap_or_default();
-            return Ok(self.call_own(name, arguments, principal.as_ref()).await.into());
-        }
-        Ok(self.call_upstream(name, request.arguments, principal.as_ref(), context.ct).await?.into())
+        Ok(self.call(&request.name, request.arguments, principal.as_ref(), context.ct).await?.into())
     }
 
     async fn list_resources(
