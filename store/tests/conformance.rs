@@ -577,6 +577,25 @@ async fn events_are_numbered_from_one_and_paged(store: Arc<dyn Store>) {
     assert!(store.events(job.id, 5, 10).await.unwrap().is_empty());
 }
 
+async fn long_event_histories_read_back_whole_in_pages(store: Arc<dyn Store>) {
+    let job = running(&store, "w1", 3, LEASE).await;
+    for step in 0..1_100 {
+        store.record_progress("w1", job.id, json!({"step": step})).await.unwrap();
+    }
+    // queued, running, then 1,100 progress events: seq 1 to 1,102.
+    let first = store.events(job.id, 0, 1_000).await.unwrap();
+    assert_eq!(first.len(), 1_000);
+    assert!(first.iter().zip(1..).all(|(e, seq)| e.seq == seq), "gaps or repeats in the first 1,000");
+    assert_eq!(first[999].data["step"], 997);
+    let rest = store.events(job.id, 1_000, 1_000).await.unwrap();
+    let seqs: Vec<u64> = rest.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1_001..=1_102).collect::<Vec<_>>());
+    assert_eq!(rest[101].data["step"], 1_099);
+    // A window in the middle, across the sizes a backend may read in.
+    let middle = store.events(job.id, 10, 50).await.unwrap();
+    assert_eq!(middle.iter().map(|e| e.seq).collect::<Vec<_>>(), (11..=60).collect::<Vec<_>>());
+}
+
 async fn event_appends_wake_waiters(store: Arc<dyn Store>) {
     insert(&store, new_job(JobKind::Chat)).await;
     let woken = store.notifier().events.notified();
@@ -1143,6 +1162,7 @@ on_each_backend!(
     expired_job_with_cancel_request_is_cancelled,
     recovery_respects_limit,
     events_are_numbered_from_one_and_paged,
+    long_event_histories_read_back_whole_in_pages,
     event_appends_wake_waiters,
     list_pages_newest_first,
     list_filters_by_status_and_kind,

@@ -187,8 +187,10 @@ const JOB_FIELDS: [&str; 13] = [
     "events",
 ];
 const JOB_WIDTH: usize = JOB_FIELDS.len() + 1;
-/// Events one `HMGET` reads.
+/// Most events one `HMGET` reads.
 const EVENT_PAGE: u64 = 1000;
+/// Fields of the first `events` page.
+const FIRST_EVENT_PAGE: u64 = 16;
 
 struct Scripts {
     insert: Script,
@@ -842,13 +844,17 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // Events are fields e1, e2, ... of the job's hash: read pages until a gap.
+        // Events are fields e1, e2, ... of the job's hash: read pages until a
+        // gap. Most jobs have a handful, so the first page is small and each
+        // next one twice as large, up to EVENT_PAGE.
         let key = self.key(&format!("job:{id}"));
         let mut events = Vec::new();
         let mut next = after + 1;
         let end = after.saturating_add(u64::try_from(limit).unwrap_or(u64::MAX));
+        let mut page = FIRST_EVENT_PAGE;
         while next <= end {
-            let last = end.min(next.saturating_add(EVENT_PAGE - 1));
+            let last = end.min(next.saturating_add(page - 1));
+            page = (page * 2).min(EVENT_PAGE);
             let mut cmd = ::redis::cmd("HMGET");
             cmd.arg(&key);
             for seq in next..=last {
