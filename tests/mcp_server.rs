@@ -521,3 +521,34 @@ async fn sessions_in_use_stay_and_idle_ones_are_closed() {
     assert_eq!(status, StatusCode::NOT_FOUND, "a session idle since its stream closed was kept");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_call_is_streamed_and_cancelled_when_the_client_goes_away() {
+    let (app, _dir, _) = app(Backend::Sqlite).await;
+    let session = RawSession::open(&app, "/mcp/t").await;
+    // Still running after a second: the answer comes as an SSE event instead.
+    let sleep = |id: u64, ms: u64| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "sleep", "arguments": {"ms": ms}}});
+    let started = Instant::now();
+    let (kind, answer) = session.request(&sleep(1, 1_500)).await;
+    assert_eq!(kind, "text/event-stream");
+    assert_eq!(answer["result"]["content"][0]["text"], "slept 1500 ms", "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(1_500));
+
+    // A client that hangs up on a streamed call cancels it upstream.
+    let response = session.post(&sleep(2, 20_000)).await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    drop(response);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, stats) = session
+            .request(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "stats", "arguments": {}}}))
+            .await;
+        let stats: Value = serde_json::from_str(stats["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+        if stats["cancelled"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the test server never saw the cancellation: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}

@@ -157,13 +157,12 @@ async fn serve_http(
                 )
             })?;
             match direct::classify(&parts.headers, &body) {
-                direct::Message::Call { id, name, arguments }
+                direct::Message::Call(call)
                     if endpoint.sessions.has_session(&session.as_str().into()).await.unwrap_or(false) =>
                 {
                     let handler = OrchMcp::new(state.clone(), scope);
-                    return Ok(
-                        direct::call(handler, &endpoint.activity, session, id, &name, arguments, &principal).await
-                    );
+                    let activity = endpoint.activity.clone();
+                    return Ok(direct::call(handler, activity, session.clone(), call, principal).await);
                 }
                 direct::Message::Cancelled { id } if endpoint.activity.cancel(session, &id) => {
                     return Ok(StatusCode::ACCEPTED.into_response());

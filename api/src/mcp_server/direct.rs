@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -40,11 +40,18 @@ use crate::auth::Principal;
 /// What a POST to a session carries, as far as this module cares.
 pub(super) enum Message {
     /// A `tools/call` this module answers.
-    Call { id: RequestId, name: String, arguments: Option<JsonObject> },
+    Call(Call),
     /// A client's `notifications/cancelled` for request `id`.
     Cancelled { id: RequestId },
     /// Anything else, for rmcp.
     Other,
+}
+
+/// A plain `tools/call` request.
+pub(super) struct Call {
+    id: RequestId,
+    name: String,
+    arguments: Option<JsonObject>,
 }
 
 /// Reads a POST body, given its headers. Only what rmcp would accept the same
@@ -69,7 +76,7 @@ pub(super) fn classify(headers: &HeaderMap, body: &[u8]) -> Message {
                     if !plain {
                         return Message::Other;
                     }
-                    Message::Call { id: request.id, name: params.name.into_owned(), arguments: params.arguments }
+                    Message::Call(Call { id: request.id, name: params.name.into_owned(), arguments: params.arguments })
                 }
                 _ => Message::Other,
             }
@@ -125,27 +132,59 @@ fn has_sessions(headers: &HeaderMap) -> bool {
     }
 }
 
-/// Runs a [`Message::Call`] of `session` and answers it. `notifications/cancelled`
-/// for its id, or the client going away, cancels it (upstream too).
+/// A call still running after this long is answered as an SSE stream instead,
+/// so that keep-alive comments can flow until the answer does.
+const STREAM_AFTER: Duration = Duration::from_secs(1);
+/// Between keep-alive comments of such a stream (rmcp's own interval).
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Runs a [`Message::Call`] of `session` and answers it: as one JSON body when
+/// it ends within [`STREAM_AFTER`], else as an SSE stream that carries
+/// keep-alive comments and then the answer, so that proxies and clients do
+/// not take a long call for a dead connection. `notifications/cancelled` for
+/// its id, or the client going away, cancels it (upstream too).
 pub(super) async fn call(
     handler: OrchMcp,
-    activity: &Activity,
-    session: &str,
-    id: RequestId,
-    name: &str,
-    arguments: Option<JsonObject>,
-    principal: &Principal,
+    activity: Arc<Activity>,
+    session: String,
+    call: Call,
+    principal: Principal,
 ) -> Response {
+    let Call { id, name, arguments } = call;
     let in_flight = activity.call_started(session, &id);
-    let outcome = handler.call(name, arguments, Some(principal), in_flight.cancel.clone()).await;
-    drop(in_flight);
-    let message = match outcome {
-        Ok(result) => ServerJsonRpcMessage::response(ServerResult::CallToolResult(result), id),
-        Err(error) => ServerJsonRpcMessage::error(error, Some(id)),
-    };
-    match serde_json::to_vec(&message) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the answer failed: {err}")).into_response(),
+    let cancel = in_flight.cancel.clone();
+    let mut answer = Box::pin(async move {
+        let outcome = handler.call(&name, arguments, Some(&principal), cancel).await;
+        drop(in_flight);
+        let message = match outcome {
+            Ok(result) => ServerJsonRpcMessage::response(ServerResult::CallToolResult(result), id),
+            Err(error) => ServerJsonRpcMessage::error(error, Some(id)),
+        };
+        serde_json::to_vec(&message).map_err(|err| format!("encoding the answer failed: {err}"))
+    });
+    tokio::select! {
+        encoded = &mut answer => match encoded {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err).into_response(),
+        },
+        () = tokio::time::sleep(STREAM_AFTER) => {
+            // Dropping the body (the client went away) drops the call with it.
+            let events = futures::stream::unfold(Some(answer), |answer| async move {
+                let mut answer = answer?;
+                tokio::select! {
+                    encoded = &mut answer => {
+                        let event = match encoded {
+                            Ok(json) => [b"event: message\ndata: ".as_slice(), &json, b"\n\n"].concat(),
+                            Err(err) => format!(": {err}\n\n").into_bytes(),
+                        };
+                        Some((Ok::<_, std::convert::Infallible>(Bytes::from(event)), None))
+                    }
+                    () = tokio::time::sleep(KEEP_ALIVE) => Some((Ok(Bytes::from_static(b": keep-alive\n\n")), Some(answer))),
+                }
+            });
+            let headers = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")];
+            (headers, Body::from_stream(events)).into_response()
+        }
     }
 }
 
@@ -187,10 +226,10 @@ impl Activity {
         Self::seen(&mut self.lock(), session);
     }
 
-    fn call_started<'a>(&'a self, session: &'a str, id: &RequestId) -> InFlight<'a> {
+    fn call_started(self: &Arc<Self>, session: String, id: &RequestId) -> InFlight {
         let cancel = CancellationToken::new();
-        Self::seen(&mut self.lock(), session).calls.insert(id.clone(), cancel.clone());
-        InFlight { activity: self, session, id: id.clone(), cancel }
+        Self::seen(&mut self.lock(), &session).calls.insert(id.clone(), cancel.clone());
+        InFlight { activity: self.clone(), session, id: id.clone(), cancel }
     }
 
     /// Cancels `session`'s call `id` if [`call`] is running it.
@@ -235,16 +274,16 @@ impl Activity {
 
 /// A call [`call`] is running; dropping it (the call ended, or the client went
 /// away and axum dropped the request's future) forgets it.
-struct InFlight<'a> {
-    activity: &'a Activity,
-    session: &'a str,
+struct InFlight {
+    activity: Arc<Activity>,
+    session: String,
     id: RequestId,
     cancel: CancellationToken,
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(seen) = self.activity.lock().get_mut(self.session) {
+        if let Some(seen) = self.activity.lock().get_mut(&self.session) {
             seen.calls.remove(&self.id);
             seen.last = Instant::now();
         }
