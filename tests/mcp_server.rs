@@ -374,6 +374,7 @@ async fn a_cancelled_call_is_cancelled_upstream() {
 }
 
 /// A streamable-HTTP session spoken by hand, to see the answers' HTTP shape.
+#[derive(Clone)]
 struct RawSession {
     http: reqwest::Client,
     url: String,
@@ -501,6 +502,13 @@ async fn sessions_in_use_stay_and_idle_ones_are_closed() {
         .unwrap();
     assert_eq!(stream.status(), StatusCode::OK);
 
+    // `slow` makes one call that rmcp serves (its `_meta` is more than a
+    // progress token), lasting three idle periods, and nothing else.
+    let slow = RawSession::open(&app, "/mcp/t").await;
+    let traced = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "sleep", "arguments": {"ms": 3_000}, "_meta": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}});
+    let slow_call = tokio::spawn(async move { slow.request(&traced).await });
+
     // `busy` only makes tool calls, which rmcp's session never sees, for three idle periods.
     let until = Instant::now() + idle * 3;
     let mut id = 1;
@@ -512,6 +520,9 @@ async fn sessions_in_use_stay_and_idle_ones_are_closed() {
     assert_eq!(busy.echo(id, "still here").await.status(), StatusCode::OK, "a session in use was closed");
     assert_eq!(listening.echo(1, "listening").await.status(), StatusCode::OK, "a listening session was closed");
     assert_eq!(quiet.echo(1, "hello?").await.status(), StatusCode::NOT_FOUND, "an idle session was kept");
+    let (kind, answer) = slow_call.await.unwrap();
+    assert_eq!(kind, "text/event-stream");
+    assert_eq!(answer["result"]["content"][0]["text"], "slept 3000 ms", "{answer}");
 
     // Once its stream is gone, the listener goes idle too.
     // (Each call would count as use, so one look after more than the idle time.)
@@ -522,33 +533,89 @@ async fn sessions_in_use_stay_and_idle_ones_are_closed() {
     app.stop().await;
 }
 
+fn sleep_call(id: impl Into<Value>, ms: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id.into(), "method": "tools/call", "params": {"name": "sleep", "arguments": {"ms": ms}}})
+}
+
+/// The test server's `stats` (calls in flight besides this one, cancellations seen).
+async fn upstream_stats(session: &RawSession) -> Value {
+    let (_, answer) = session
+        .request(&json!({"jsonrpc": "2.0", "id": "stats", "method": "tools/call", "params": {"name": "stats", "arguments": {}}}))
+        .await;
+    serde_json::from_str(answer["result"]["content"][0]["text"].as_str().unwrap()).unwrap()
+}
+
+/// Polls `stats` until `done` holds, for at most 10 s.
+async fn wait_stats(session: &RawSession, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = upstream_stats(session).await;
+        if done(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "{what}: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_call_is_streamed_and_cancelled_when_the_client_goes_away() {
+async fn a_long_call_is_streamed_and_outlives_a_client_that_hangs_up() {
     let (app, _dir, _) = app(Backend::Sqlite).await;
     let session = RawSession::open(&app, "/mcp/t").await;
     // Still running after a second: the answer comes as an SSE event instead.
-    let sleep = |id: u64, ms: u64| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "sleep", "arguments": {"ms": ms}}});
     let started = Instant::now();
-    let (kind, answer) = session.request(&sleep(1, 1_500)).await;
+    let (kind, answer) = session.request(&sleep_call(1, 1_500)).await;
     assert_eq!(kind, "text/event-stream");
     assert_eq!(answer["result"]["content"][0]["text"], "slept 1500 ms", "{answer}");
     assert!(started.elapsed() >= Duration::from_millis(1_500));
 
-    // A client that hangs up on a streamed call cancels it upstream.
-    let response = session.post(&sleep(2, 20_000)).await;
+    // A disconnect is no cancellation: the call goes on upstream and ends on its own.
+    let response = session.post(&sleep_call(2, 2_500)).await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     drop(response);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, stats) = session
-            .request(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "stats", "arguments": {}}}))
-            .await;
-        let stats: Value = serde_json::from_str(stats["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
-        if stats["cancelled"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the test server never saw the cancellation: {stats}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let stats = upstream_stats(&session).await;
+    assert_eq!((stats["active"].as_u64(), stats["cancelled"].as_u64()), (Some(1), Some(0)), "{stats}");
+    let stats = wait_stats(&session, "the abandoned call never ended", |s| s["active"] == 0).await;
+    assert_eq!(stats["cancelled"], 0, "the call was cancelled when its client hung up: {stats}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_call_or_closing_its_session_stops_it_upstream() {
+    let (app, _dir, _) = app(Backend::Sqlite).await;
+    let session = RawSession::open(&app, "/mcp/t").await;
+    let watcher = RawSession::open(&app, "/mcp/t").await;
+
+    // notifications/cancelled names the call by its (string) id; no answer follows.
+    let caller = session.clone();
+    let pending = tokio::spawn(async move {
+        let response = caller.post(&sleep_call("c-1", 20_000)).await;
+        let kind = response.headers()["content-type"].to_str().unwrap().to_owned();
+        (kind, response.text().await.unwrap())
+    });
+    wait_stats(&watcher, "the call never started", |s| s["active"] == 1).await;
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "c-1", "reason": "test"}});
+    assert_eq!(session.post(&cancel).await.status(), StatusCode::ACCEPTED);
+    let (kind, body) = tokio::time::timeout(Duration::from_secs(10), pending).await.unwrap().unwrap();
+    assert_eq!(kind, "text/event-stream");
+    assert!(!body.contains("c-1"), "a cancelled call was answered: {body}");
+    wait_stats(&watcher, "the cancellation never reached the server", |s| s["cancelled"] == 1).await;
+
+    // Closing the session (DELETE) stops its calls too.
+    let caller = session.clone();
+    let pending = tokio::spawn(async move { caller.post(&sleep_call(2, 20_000)).await.text().await });
+    wait_stats(&watcher, "the second call never started", |s| s["active"] == 1).await;
+    let closed = app
+        .client
+        .delete(&session.url)
+        .bearer_auth(&session.key)
+        .header("mcp-session-id", &session.id)
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status().is_success(), "DELETE answered {}", closed.status());
+    wait_stats(&watcher, "closing the session did not stop its call", |s| s["cancelled"] == 2).await;
+    tokio::time::timeout(Duration::from_secs(10), pending).await.unwrap().unwrap().unwrap();
+    assert_eq!(session.echo(3, "gone?").await.status(), StatusCode::NOT_FOUND);
     app.stop().await;
 }

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Request, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -172,16 +173,30 @@ async fn serve_http(
             request = Request::from_parts(parts, axum::body::Body::from(body));
         }
     }
-    let opens_stream = request.method() == Method::GET;
+    let deletes = request.method() == Method::DELETE;
     // rmcp hands the request's parts to the handler, which reads the key's scopes from them.
     request.extensions_mut().insert(principal);
     let mut response = endpoint.service.handle(request).await.map(axum::body::Body::new);
-    if let Some(created) = response.headers().get(HEADER_SESSION_ID).and_then(|v| v.to_str().ok()) {
-        endpoint.activity.touch(created);
+    let created = response.headers().get(HEADER_SESSION_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Some(session) = session.or(created) else { return Ok(response.into_response()) };
+    if !response.status().is_success() {
+        return Ok(response.into_response());
     }
-    if let (true, Some(session)) = (opens_stream && response.status().is_success(), &session) {
-        let open = endpoint.activity.stream_opened(session);
+    if deletes {
+        endpoint.activity.forget(&session);
+    }
+    // A GET stream, or a request's answer streamed while its handler runs,
+    // keeps the session in use until it ends.
+    let streams = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if streams {
+        let open = endpoint.activity.stream_opened(&session);
         response = response.map(|body| direct::hold_while_open(body, open));
+    } else {
+        endpoint.activity.touch(&session);
     }
     Ok(response.into_response())
 }

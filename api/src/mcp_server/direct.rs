@@ -11,14 +11,16 @@
 //! the transport allows for any request.
 //! Everything else (initialize, lists, resources, notifications, GET streams,
 //! DELETE) goes to rmcp. A `notifications/cancelled` naming a call in flight
-//! here is taken here too.
+//! here is taken here too, and so is the session's end (DELETE, or reaped),
+//! which cancels its calls.
 //!
 //! Because rmcp's session worker no longer sees every request, its own idle
 //! timer would close sessions that are in use; it is off, and [`Activity`]
 //! closes the sessions nothing touched for `ORCH_MCP_SESSION_IDLE` instead
-//! (an open GET stream counts as use).
+//! (an open stream or a call in flight counts as use).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -141,8 +143,12 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Runs a [`Message::Call`] of `session` and answers it: as one JSON body when
 /// it ends within [`STREAM_AFTER`], else as an SSE stream that carries
 /// keep-alive comments and then the answer, so that proxies and clients do
-/// not take a long call for a dead connection. `notifications/cancelled` for
-/// its id, or the client going away, cancels it (upstream too).
+/// not take a long call for a dead connection.
+///
+/// The call runs in a task of its own. A client that hangs up does not cancel
+/// it (the transport says a disconnect is no cancellation, as rmcp's sessions
+/// have it); `notifications/cancelled` for its id, or the session's end, does,
+/// and then no answer is sent, as JSON-RPC's cancellation asks.
 pub(super) async fn call(
     handler: OrchMcp,
     activity: Arc<Activity>,
@@ -152,53 +158,72 @@ pub(super) async fn call(
 ) -> Response {
     let Call { id, name, arguments } = call;
     let in_flight = activity.call_started(session, &id);
-    let cancel = in_flight.cancel.clone();
-    let mut answer = Box::pin(async move {
-        let outcome = handler.call(&name, arguments, Some(&principal), cancel).await;
+    let mut answer = tokio::spawn(async move {
+        let cancel = in_flight.cancel.clone();
+        let outcome = handler.call(&name, arguments, Some(&principal), cancel.clone()).await;
         drop(in_flight);
+        if cancel.is_cancelled() {
+            return None;
+        }
         let message = match outcome {
             Ok(result) => ServerJsonRpcMessage::response(ServerResult::CallToolResult(result), id),
             Err(error) => ServerJsonRpcMessage::error(error, Some(id)),
         };
-        serde_json::to_vec(&message).map_err(|err| format!("encoding the answer failed: {err}"))
+        Some(serde_json::to_vec(&message).map_err(|err| format!("encoding the answer failed: {err}")))
     });
+    let sse = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")];
     tokio::select! {
-        encoded = &mut answer => match encoded {
-            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err).into_response(),
+        joined = &mut answer => match joined {
+            Ok(Some(Ok(body))) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            // Cancelled: a stream that ends without an answer.
+            Ok(None) => (sse, Body::empty()).into_response(),
+            Ok(Some(Err(err))) => (StatusCode::INTERNAL_SERVER_ERROR, err).into_response(),
+            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("the tool call's task failed: {err}")).into_response(),
         },
         () = tokio::time::sleep(STREAM_AFTER) => {
-            // Dropping the body (the client went away) drops the call with it.
             let events = futures::stream::unfold(Some(answer), |answer| async move {
                 let mut answer = answer?;
-                tokio::select! {
-                    encoded = &mut answer => {
-                        let event = match encoded {
-                            Ok(json) => [b"event: message\ndata: ".as_slice(), &json, b"\n\n"].concat(),
-                            Err(err) => format!(": {err}\n\n").into_bytes(),
-                        };
-                        Some((Ok::<_, std::convert::Infallible>(Bytes::from(event)), None))
+                let event = tokio::select! {
+                    joined = &mut answer => match joined {
+                        Ok(Some(Ok(json))) => [b"event: message\ndata: ".as_slice(), &json, b"\n\n"].concat(),
+                        Ok(None) => return None,
+                        Ok(Some(Err(err))) => format!(": {err}\n\n").into_bytes(),
+                        Err(err) => format!(": the tool call's task failed: {err}\n\n").into_bytes(),
+                    },
+                    () = tokio::time::sleep(KEEP_ALIVE) => {
+                        return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), Some(answer)));
                     }
-                    () = tokio::time::sleep(KEEP_ALIVE) => Some((Ok(Bytes::from_static(b": keep-alive\n\n")), Some(answer))),
-                }
+                };
+                Some((Ok::<_, std::convert::Infallible>(Bytes::from(event)), None))
             });
-            let headers = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")];
-            (headers, Body::from_stream(events)).into_response()
+            (sse, Body::from_stream(events)).into_response()
         }
     }
 }
 
 /// What Orch saw of one endpoint's sessions: when each was last used, its open
-/// GET streams and the calls [`call`] is running for it.
+/// streams and the calls [`call`] is running for it.
 #[derive(Default)]
 pub(super) struct Activity {
     sessions: Mutex<HashMap<String, Seen>>,
+    /// Numbers the calls, so a call ending forgets only itself when a client
+    /// reused a request id.
+    serial: AtomicU64,
 }
 
 struct Seen {
     last: Instant,
     streams: usize,
-    calls: HashMap<RequestId, CancellationToken>,
+    calls: HashMap<RequestId, (u64, CancellationToken)>,
+}
+
+impl Drop for Seen {
+    /// A session that ended takes its calls with it.
+    fn drop(&mut self) {
+        for (_, cancel) in self.calls.values() {
+            cancel.cancel();
+        }
+    }
 }
 
 impl Seen {
@@ -228,15 +253,22 @@ impl Activity {
 
     fn call_started(self: &Arc<Self>, session: String, id: &RequestId) -> InFlight {
         let cancel = CancellationToken::new();
-        Self::seen(&mut self.lock(), &session).calls.insert(id.clone(), cancel.clone());
-        InFlight { activity: self.clone(), session, id: id.clone(), cancel }
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        Self::seen(&mut self.lock(), &session).calls.insert(id.clone(), (serial, cancel.clone()));
+        InFlight { activity: self.clone(), session, id: id.clone(), serial, cancel }
+    }
+
+    /// The session was closed (DELETE): its calls are cancelled.
+    pub(super) fn forget(&self, session: &str) {
+        let gone = self.lock().remove(session);
+        drop(gone);
     }
 
     /// Cancels `session`'s call `id` if [`call`] is running it.
     pub(super) fn cancel(&self, session: &str, id: &RequestId) -> bool {
         let mut sessions = self.lock();
         match Self::seen(&mut sessions, session).calls.get(id) {
-            Some(token) => {
+            Some((_, token)) => {
                 token.cancel();
                 true
             }
@@ -244,7 +276,8 @@ impl Activity {
         }
     }
 
-    /// Counts an open GET stream of `session` until the returned guard drops.
+    /// Counts an open stream of `session` (a GET stream, or the SSE answer
+    /// to a request rmcp serves) until the returned guard drops.
     pub(super) fn stream_opened(self: &Arc<Self>, session: &str) -> StreamOpen {
         Self::seen(&mut self.lock(), session).streams += 1;
         StreamOpen { activity: self.clone(), session: session.to_owned() }
@@ -254,6 +287,7 @@ impl Activity {
     /// counting ones not seen yet, and takes out those unused for `idle`.
     fn sweep(&self, live: &HashSet<String>, idle: Duration) -> Vec<String> {
         let mut sessions = self.lock();
+        // Dropping a session's entry cancels its calls (see `Seen`).
         sessions.retain(|id, _| live.contains(id));
         for id in live {
             if !sessions.contains_key(id) {
@@ -278,19 +312,22 @@ struct InFlight {
     activity: Arc<Activity>,
     session: String,
     id: RequestId,
+    serial: u64,
     cancel: CancellationToken,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(seen) = self.activity.lock().get_mut(&self.session) {
-            seen.calls.remove(&self.id);
+            if seen.calls.get(&self.id).is_some_and(|(serial, _)| *serial == self.serial) {
+                seen.calls.remove(&self.id);
+            }
             seen.last = Instant::now();
         }
     }
 }
 
-/// An open GET stream; see [`Activity::stream_opened`].
+/// An open stream; see [`Activity::stream_opened`].
 pub(super) struct StreamOpen {
     activity: Arc<Activity>,
     session: String,
