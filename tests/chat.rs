@@ -256,28 +256,36 @@ async fn a_completion_abandoned_by_its_caller_is_cancelled() {
     app.stop().await;
 }
 
-/// The official OpenAI Python client against Orch as its base URL, plain and
-/// streaming (tests/python/openai_client.py; `scripts/test` installs the
-/// client into target/pyenv).
-#[tokio::test]
-async fn the_openai_python_client_works_against_orch() {
+/// Runs tests/python/`script` with the pinned packages (`scripts/test`
+/// installs them into target/pyenv) against `app`, and returns its output lines
+/// once it exited successfully.
+async fn run_python(app: &support::TestApp, script: &str, env: &[(&str, &str)]) -> Vec<String> {
     let python = repo().join("target/pyenv/bin/python");
     assert!(
         python.exists(),
         "{} is missing: run `bash scripts/test` once, or python3 -m venv target/pyenv && target/pyenv/bin/pip install -r tests/python/requirements.txt",
         python.display()
     );
-    let app = app_with(&fake("claude", "claude", CLAUDE_OK), "").await;
     let out = tokio::process::Command::new(python)
-        .arg(repo().join("tests/python/openai_client.py"))
+        .arg(repo().join("tests/python").join(script))
         .env("ORCH_BASE_URL", format!("{}/v1", app.base))
         .env("ORCH_API_KEY", &app.admin)
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<&str> = stdout.lines().collect();
+    stdout.lines().map(str::to_owned).collect()
+}
+
+/// The official OpenAI Python client against Orch as its base URL, plain and
+/// streaming (tests/python/openai_client.py; `scripts/test` installs the
+/// client into target/pyenv).
+#[tokio::test]
+async fn the_openai_python_client_works_against_orch() {
+    let app = app_with(&fake("claude", "claude", CLAUDE_OK), "").await;
+    let lines = run_python(&app, "openai_client.py", &[]).await;
     assert_eq!(
         lines,
         [
@@ -447,20 +455,8 @@ async fn a_cooldown_one_worker_met_makes_another_skip_the_provider() {
 /// session), and the session records each question and answer once.
 #[tokio::test]
 async fn an_openai_client_resending_history_records_each_turn_once_in_its_session() {
-    let python = repo().join("target/pyenv/bin/python");
-    assert!(python.exists(), "{} is missing: run `bash scripts/test` once", python.display());
     let app = spawn_app_with(Backend::Sqlite, Options::default()).await;
-    let out = tokio::process::Command::new(python)
-        .arg(repo().join("tests/python/openai_session.py"))
-        .env("ORCH_BASE_URL", format!("{}/v1", app.base))
-        .env("ORCH_API_KEY", &app.admin)
-        .env("ORCH_SESSION", "n8n-flow-1")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<&str> = stdout.lines().collect();
+    let lines = run_python(&app, "openai_session.py", &[("ORCH_SESSION", "n8n-flow-1")]).await;
     assert_eq!(lines[0], "first: first question");
     // Echo answers with its prompt: the history appears once, as the client sent it.
     assert_eq!(lines[1].matches("User: first question").count(), 1, "{}", lines[1]);

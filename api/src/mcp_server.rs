@@ -146,32 +146,32 @@ async fn serve_http(
 ) -> ApiResult<Response> {
     let endpoint = endpoints.http(state, scope.clone());
     let session = request.headers().get(HEADER_SESSION_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if let Some(session) = &session {
-        endpoint.activity.touch(session);
-        if request.method() == Method::POST {
-            let (parts, body) = request.into_parts();
-            let body = axum::body::to_bytes(body, state.config.max_body).await.map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the request body is larger than the server accepts (ORCH_MAX_BODY), or could not be read",
-                )
-            })?;
-            match direct::classify(&parts.headers, &body) {
-                direct::Message::Call(call)
-                    if endpoint.sessions.has_session(&session.as_str().into()).await.unwrap_or(false) =>
-                {
-                    let handler = OrchMcp::new(state.clone(), scope);
-                    let activity = endpoint.activity.clone();
-                    return Ok(direct::call(handler, activity, session.clone(), call, principal).await);
-                }
-                direct::Message::Cancelled { id } if endpoint.activity.cancel(session, &id) => {
-                    return Ok(StatusCode::ACCEPTED.into_response());
-                }
-                _ => {}
+    // Use is counted once the request is served: below, or by `direct`.
+    if let Some(session) = &session
+        && request.method() == Method::POST
+    {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, state.config.max_body).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than the server accepts (ORCH_MAX_BODY), or could not be read",
+            )
+        })?;
+        match direct::classify(&parts.headers, &body) {
+            direct::Message::Call(call)
+                if endpoint.sessions.has_session(&session.as_str().into()).await.unwrap_or(false) =>
+            {
+                let handler = OrchMcp::new(state.clone(), scope);
+                let activity = endpoint.activity.clone();
+                return Ok(direct::call(handler, activity, session.clone(), call, principal).await);
             }
-            request = Request::from_parts(parts, axum::body::Body::from(body));
+            direct::Message::Cancelled { id } if endpoint.activity.cancel(session, &id) => {
+                return Ok(StatusCode::ACCEPTED.into_response());
+            }
+            _ => {}
         }
+        request = Request::from_parts(parts, axum::body::Body::from(body));
     }
     let deletes = request.method() == Method::DELETE;
     // rmcp hands the request's parts to the handler, which reads the key's scopes from them.

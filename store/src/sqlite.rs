@@ -135,6 +135,18 @@ impl SqliteStore {
     }
 }
 
+/// `provider`'s stored state, or the empty state of one never seen.
+fn stored_provider_state(conn: &Connection, provider: &str) -> Result<ProviderState> {
+    let stored: Option<String> = conn
+        .prepare_cached("SELECT state FROM provider_states WHERE name = ?1")?
+        .query_row([provider], |r| r.get(0))
+        .optional()?;
+    match stored {
+        Some(text) => parse_json(&text, "provider state"),
+        None => Ok(ProviderState { provider: provider.to_owned(), ..Default::default() }),
+    }
+}
+
 fn writer_stopped() -> StoreError {
     StoreError::Unavailable("the sqlite writer thread has stopped".into())
 }
@@ -1240,14 +1252,7 @@ impl Store for SqliteStore {
     async fn update_provider_state(&self, provider: &str, update: ProviderUpdate) -> Result<ProviderState> {
         let provider = provider.to_owned();
         self.write(move |conn| {
-            let stored: Option<String> = conn
-                .prepare_cached("SELECT state FROM provider_states WHERE name = ?1")?
-                .query_row([&provider], |r| r.get(0))
-                .optional()?;
-            let mut state = match stored {
-                Some(text) => parse_json(&text, "provider state")?,
-                None => ProviderState { provider: provider.clone(), ..Default::default() },
-            };
+            let mut state = stored_provider_state(conn, &provider)?;
             state.apply(update);
             conn.prepare_cached(
                 "INSERT INTO provider_states (name, state) VALUES (?1, ?2)
@@ -1261,17 +1266,7 @@ impl Store for SqliteStore {
 
     async fn provider_state(&self, provider: &str) -> Result<ProviderState> {
         let provider = provider.to_owned();
-        self.read(move |conn| {
-            let stored: Option<String> = conn
-                .prepare_cached("SELECT state FROM provider_states WHERE name = ?1")?
-                .query_row([&provider], |r| r.get(0))
-                .optional()?;
-            match stored {
-                Some(text) => parse_json(&text, "provider state"),
-                None => Ok(ProviderState { provider, ..Default::default() }),
-            }
-        })
-        .await
+        self.read(move |conn| stored_provider_state(conn, &provider)).await
     }
 
     async fn provider_states(&self) -> Result<Vec<ProviderState>> {

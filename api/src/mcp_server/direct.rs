@@ -267,13 +267,11 @@ impl Activity {
     /// Cancels `session`'s call `id` if [`call`] is running it.
     pub(super) fn cancel(&self, session: &str, id: &RequestId) -> bool {
         let mut sessions = self.lock();
-        match Self::seen(&mut sessions, session).calls.get(id) {
-            Some((_, token)) => {
-                token.cancel();
-                true
-            }
-            None => false,
-        }
+        let Some(seen) = sessions.get_mut(session) else { return false };
+        let Some((_, token)) = seen.calls.get(id) else { return false };
+        token.cancel();
+        seen.last = Instant::now();
+        true
     }
 
     /// Counts an open stream of `session` (a GET stream, or the SSE answer
