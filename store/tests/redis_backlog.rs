@@ -209,3 +209,57 @@ async fn concurrent_workers_never_share_a_job() {
     assert_unique(&claimed, N);
     assert_eq!(store.count_jobs().await.unwrap().succeeded, N as u64);
 }
+
+/// Purge reads the log of finished jobs from its head: a job finished on a clock
+/// that ran ahead holds back the ones behind it until it is old enough itself,
+/// and jobs in the sorted set that came before the log are still purged.
+#[tokio::test]
+async fn purge_follows_the_finished_log_and_drains_the_older_set() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = RedisServer::start();
+    let store = open(&server).await;
+    let mut raw = ::redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let jobs = new_jobs(3, None);
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    store.insert_jobs(jobs).await.unwrap();
+    assert_eq!(drain(&store, "w", usize::MAX, success).await.len(), 3);
+    let log: Vec<String> =
+        ::redis::cmd("LRANGE").arg("orch:finished:log").arg(0).arg(-1).query_async(&mut raw).await.unwrap();
+    assert_eq!(log, ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(), "the log is in finishing order");
+
+    // The first job's worker clock ran a minute ahead; the third job was finished
+    // by an Orch that kept a sorted set by finish time.
+    let now = Utc::now();
+    let ahead = (now + chrono::Duration::seconds(60)).timestamp_millis();
+    let _: () = ::redis::cmd("HSET")
+        .arg(format!("orch:job:{}", ids[0]))
+        .arg("finished_at")
+        .arg(ahead)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let third = ids[2].to_string();
+    let _: () = ::redis::cmd("LREM").arg("orch:finished:log").arg(1).arg(&third).query_async(&mut raw).await.unwrap();
+    let _: () = ::redis::cmd("ZADD")
+        .arg("orch:finished")
+        .arg(now.timestamp_millis())
+        .arg(&third)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let soon = now + chrono::Duration::seconds(1);
+    assert_eq!(store.purge(soon, 100).await.unwrap(), 1, "only the job in the older set is old enough to reach");
+    assert!(store.get_job(ids[2]).await.unwrap().is_none());
+    assert!(store.get_job(ids[1]).await.unwrap().is_some(), "the job behind the one finished ahead was purged early");
+    let old: usize = ::redis::cmd("ZCARD").arg("orch:finished").query_async(&mut raw).await.unwrap();
+    assert_eq!(old, 0, "the older set was not drained");
+
+    assert_eq!(store.purge(now + chrono::Duration::seconds(61), 100).await.unwrap(), 2);
+    for id in &ids {
+        assert!(store.get_job(*id).await.unwrap().is_none(), "job {id} outlived the purge");
+    }
+    let left: usize = ::redis::cmd("LLEN").arg("orch:finished:log").query_async(&mut raw).await.unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(store.count_jobs().await.unwrap().succeeded, 0);
+}

@@ -18,7 +18,8 @@ local K_READY = P .. ':ready'           -- LIST of due queued ids, sorted by (ru
 local K_TAIL = P .. ':ready:tail'       -- HASH run_at, id of the ready list's last entry
 local K_DELAYED = P .. ':delayed'       -- ZSET queued ids that could not join the ready list, by run_at
 local K_LEASES = P .. ':leases'         -- ZSET running ids by lease_expires_at (+ sentinel)
-local K_FINISHED = P .. ':finished'     -- ZSET terminal ids by finished_at
+local K_FINISHED = P .. ':finished:log' -- LIST terminal ids in the order they finished
+local K_FINISHED_OLD = P .. ':finished' -- ZSET by finished_at, written before the log; purge drains it
 local K_JOBS = P .. ':jobs'             -- ZSET (score 0) every id, for lexical newest-first listing
 
 -- Field order of a job as scripts return it: the id, then these (JOB_FIELDS in
@@ -96,7 +97,7 @@ end
 
 local function finish(id, from, to)
   move_status(id, from, to)
-  defer('ZADD', K_FINISHED, NOW, id)
+  defer('RPUSH', K_FINISHED, id)
   defer('ZREM', K_LEASES, id)
 end
 

@@ -14,7 +14,10 @@
 //!   ready list (not yet due, or due but older than its tail). Claim merges its due
 //!   head with the ready head, reading at most `limit` from each; there is no
 //!   promotion step that could grow with the number of due jobs.
-//! - `leases` ZSET by lease expiry (running jobs); `finished` ZSET by finish time.
+//! - `leases` ZSET by lease expiry (running jobs); `finished:log` LIST of terminal
+//!   ids in the order they finished, which purge reads from its head (O(1) per job
+//!   where a sorted set cost O(log n) and fell out of the CPU caches as it grew);
+//!   `finished`, the ZSET by finish time that came before it, is drained by purge.
 //! - `jobs`, `status:{status}`, `kind:{kind}` ZSETs with score 0, read
 //!   newest-first with `ZRANGE ... BYLEX REV` (UUIDv7 ids sort by time) and
 //!   counted with `ZLEXCOUNT`, both from `(` up: `status:running` and `leases`
