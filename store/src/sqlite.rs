@@ -48,7 +48,7 @@ const READERS: usize = 3;
 // Without statistics the planner prefers `jobs_status` and sorts every queued
 // job per claim (the cost growing with the backlog), so the hot queries name
 // their index; a plan test below guards the rest.
-const DUE_JOBS: &str = "SELECT id FROM jobs INDEXED BY jobs_due WHERE status = 'queued' AND run_at <= ?3
+const DUE_JOBS: &str = "SELECT rowid FROM jobs INDEXED BY jobs_due WHERE status = 'queued' AND run_at <= ?3
      ORDER BY run_at, id LIMIT ?4";
 const EXPIRED_JOBS: &str = "SELECT id, cancel_requested, attempts, max_attempts, worker FROM jobs INDEXED BY jobs_lease
      WHERE status = 'running' AND lease_expires_at < ?1 ORDER BY lease_expires_at LIMIT ?2";
@@ -531,7 +531,7 @@ fn claim_due(conn: &Connection, worker: &str, limit: usize, lease: Duration) -> 
     let mut stmt = conn.prepare_cached(&format!(
         "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = ?1, lease_expires_at = ?2,
              started_at = ?3, updated_at = ?3, last_seq = last_seq + 1
-         WHERE id IN ({DUE_JOBS})
+         WHERE rowid IN ({DUE_JOBS})
          RETURNING {JOB_COLUMNS}, last_seq"
     ))?;
     let mut claimed =
