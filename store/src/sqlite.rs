@@ -1490,6 +1490,11 @@ mod tests {
         // The failed insert's idempotency record was undone with it.
         let retry = NewJob { idempotency, ..new_job() };
         assert!(matches!(store.insert_job(retry).await.unwrap(), Inserted::Created(_)));
+        // Statements say OR FAIL, so the batch's first job is written before the
+        // duplicate fails; the command's savepoint takes it back.
+        let batch = vec![new_job(), NewJob { idempotency: None, ..failing }, new_job()];
+        assert!(store.insert_jobs(batch).await.is_err());
+        assert_eq!(store.count_jobs().await.unwrap().queued, 101);
     }
 
     #[test]
