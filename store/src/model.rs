@@ -208,6 +208,15 @@ pub struct Job {
     pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
+impl Job {
+    /// Whether an earlier attempt ran (`attempts` counts claims, the running
+    /// one included), so the job's events may hold work to resume; a first
+    /// attempt need not read them back.
+    pub fn ran_before(&self) -> bool {
+        self.attempts > 1
+    }
+}
+
 /// One entry of a job's event log. `seq` starts at 1 and increases by one per
 /// job; SSE uses it as the event id so clients resume with `Last-Event-ID`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

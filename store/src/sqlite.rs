@@ -73,6 +73,9 @@ type CatchUp = Arc<std::sync::atomic::AtomicBool>;
 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// Copies what it can of the WAL without waiting for the writer or readers; its
+/// row is (busy, frames in the WAL, frames copied).
+const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 
 /// A write command for the writer thread. It runs inside the batch transaction,
 /// or is given `None` when the transaction could not begin; the reply it returns
@@ -228,8 +231,7 @@ fn start_checkpointer(path: &Path) -> Result<(std::sync::mpsc::Sender<()>, Catch
         .name("orch-sqlite-checkpoint".into())
         .spawn(move || {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-                // (busy, frames in the WAL, frames in the database)
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2)) {
+                match conn.query_row(CHECKPOINT, [], |r| r.get::<_, i64>(2)) {
                     Ok(copied) if copied > 0 => flag.store(true, std::sync::atomic::Ordering::Release),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed; retrying"),
@@ -287,7 +289,7 @@ fn migrate(conn: &Connection) -> Result<()> {
 fn run_writer(conn: Connection, mut rx: mpsc::Receiver<WriteOp>, catch_up: CatchUp) {
     while let Some(first) = rx.blocking_recv() {
         if catch_up.swap(false, std::sync::atomic::Ordering::Acquire)
-            && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            && let Err(e) = conn.query_row(CHECKPOINT, [], |_| Ok(()))
         {
             tracing::warn!(error = %e, "sqlite checkpoint in the writer failed");
         }

@@ -92,9 +92,7 @@ impl Executor for PlanRunner {
         if let Some(first) = issues.first() {
             return Err(bad_input(format!("stored plan is invalid: {}: {}", first.field, first.message)));
         }
-        // Only a job claimed before (attempts counts claims) has earlier nodes
-        // to resume; a first attempt skips reading its events back.
-        let done = if job.attempts > 1 { checkpoints(ctx).await? } else { HashMap::new() };
+        let done = if job.ran_before() { checkpoints(ctx).await? } else { HashMap::new() };
         let mut result = run_plan(self, Arc::new(plan), job.attempts, ctx, done).await?;
         if let (Some(info), Some(map)) = (planning, result.as_object_mut()) {
             map.insert("planning".into(), info);

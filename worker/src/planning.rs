@@ -121,8 +121,7 @@ pub async fn plan_job(runner: &PlanRunner, job: &Job, ctx: &JobContext) -> Resul
     let input: PlanningInput = serde_json::from_value(job.input.clone())
         .map_err(|e| JobError::new("invalid_input", format!("stored planning input does not parse: {e}"), false))?;
     let dry_run = input.planner.dry_run;
-    // Only a job claimed before can have an earlier attempt's plan.
-    let earlier = if job.attempts > 1 { checkpoint(ctx).await? } else { None };
+    let earlier = if job.ran_before() { checkpoint(ctx).await? } else { None };
     if let Some((plan, mut info)) = earlier {
         info["resumed"] = json!(true);
         return Ok(Planned { plan, info, dry_run });
