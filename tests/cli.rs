@@ -489,3 +489,129 @@ fn mcp_children_die_with_orch_even_on_sigkill() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The job's events as (kind, data), read over SSE.
+fn job_events(base: &str, id: &str, key: &str) -> Vec<(String, Value)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    orch_mcp::tls::install_crypto_provider();
+    let text = rt.block_on(async {
+        let resp =
+            reqwest::Client::new().get(format!("{base}/v1/jobs/{id}/events")).bearer_auth(key).send().await.unwrap();
+        resp.text().await.unwrap()
+    });
+    support::parse_sse(&text).into_iter().map(|(_, k, d)| (k, d)).collect()
+}
+
+/// How many times node `node` started, as its events say.
+fn starts(events: &[(String, Value)], node: &str) -> usize {
+    events
+        .iter()
+        .filter(|(_, d)| {
+            d.to_string().contains(&format!("\"node\":\"{node}\"")) && d.to_string().contains("\"status\":\"started\"")
+        })
+        .count()
+}
+
+fn wait_status(base: &str, id: &str, key: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let job = get(base, &format!("/v1/jobs/{id}"), key);
+        if done(&job) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} not there after {timeout:?}: {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_worker(procs: &mut Procs, dir: &std::path::Path, store: &str, env: &[(&str, &str)]) -> u32 {
+    let mut cmd = orch(dir, store);
+    cmd.arg("worker").env("ORCH_POLL_INTERVAL", "50ms").stdout(Stdio::null()).stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    procs.0.push(child);
+    pid
+}
+
+/// A node that finishes while the store is down (Redis stopped and started
+/// again on the same port) keeps its checkpoint: when the worker is then
+/// killed, the next attempt does not run that node again.
+#[test]
+fn node_events_of_a_store_outage_are_kept_so_a_retry_does_not_rerun_finished_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = orch_testkit::RedisServer::start();
+    let store = redis.url();
+    let mut procs = Procs::default();
+    let (base, key, _) = start_first(&mut procs, dir.path(), &store, "api");
+    let worker = spawn_worker(&mut procs, dir.path(), &store, &[("ORCH_LEASE", "6s")]);
+    let plan = json!({"plan": {"nodes": [
+        {"id": "a", "sleep": {"ms": 1500}},
+        {"id": "b", "sleep": {"ms": 5000}, "depends_on": ["a"]},
+    ]}});
+    let (status, accepted) = http::call(reqwest::Method::POST, &format!("{base}/v1/jobs/batch"), &key, Some(plan));
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    wait_status(&base, &id, &key, Duration::from_secs(20), |j| j["status"] == "running");
+    std::thread::sleep(Duration::from_millis(300));
+    // `a` finishes during the outage.
+    redis.stop();
+    std::thread::sleep(Duration::from_millis(2500));
+    redis.restart();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(Command::new("kill").args(["-KILL", &worker.to_string()]).status().unwrap().success());
+    spawn_worker(&mut procs, dir.path(), &store, &[("ORCH_LEASE", "6s")]);
+    let job = wait_status(&base, &id, &key, Duration::from_secs(40), |j| {
+        ["succeeded", "failed", "cancelled"].contains(&j["status"].as_str().unwrap_or(""))
+    });
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    let events = job_events(&base, &id, &key);
+    assert_eq!(starts(&events, "a"), 1, "node a ran again: {events:?}");
+}
+
+/// Rolling restart: a worker told to stop (SIGTERM) stops its job at
+/// ORCH_SHUTDOWN_GRACE and exits at once, handing the job back without a
+/// lease wait; the other worker runs it, never while the first still does.
+#[test]
+fn a_rolling_restart_stops_the_job_at_the_grace_and_never_runs_a_node_twice_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = orch_testkit::RedisServer::start();
+    let store = redis.url();
+    let mut procs = Procs::default();
+    let (base, key, _) = start_first(&mut procs, dir.path(), &store, "api");
+    let env = [("ORCH_LEASE", "20s"), ("ORCH_SHUTDOWN_GRACE", "1s")];
+    let old = spawn_worker(&mut procs, dir.path(), &store, &env);
+    let old_index = procs.0.len() - 1;
+    let plan = json!({"plan": {"nodes": [{"id": "slow", "sleep": {"ms": 6000}}, {"id": "after", "echo": "done", "depends_on": ["slow"]}]}});
+    let (status, accepted) = http::call(reqwest::Method::POST, &format!("{base}/v1/jobs/batch"), &key, Some(plan));
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    wait_status(&base, &id, &key, Duration::from_secs(20), |j| j["status"] == "running");
+    spawn_worker(&mut procs, dir.path(), &store, &env);
+    std::thread::sleep(Duration::from_millis(500));
+    let term = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &old.to_string()]).status().unwrap().success());
+    let exited = loop {
+        if procs.0[old_index].try_wait().unwrap().is_some() {
+            break term.elapsed();
+        }
+        assert!(term.elapsed() < Duration::from_secs(15), "the worker did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exited < Duration::from_millis(3500), "exited {exited:?} after SIGTERM with a 1 s grace");
+    // Handed back at once: the other worker has it long before the 20 s lease.
+    let job = wait_status(&base, &id, &key, Duration::from_secs(15), |j| j["status"] == "succeeded");
+    assert_eq!(job["attempts"], 2, "{job}");
+    let events = job_events(&base, &id, &key);
+    let succeeded = events
+        .iter()
+        .filter(|(_, d)| {
+            d.to_string().contains("\"node\":\"slow\"") && d.to_string().contains("\"status\":\"succeeded\"")
+        })
+        .count();
+    assert_eq!(succeeded, 1, "{events:?}");
+    drop(redis);
+}

@@ -403,3 +403,49 @@ on_both_backends!(
     backlog_of_50000_drains_after_worker_starts,
     health_reports_store_and_queue,
 );
+
+/// While the store refuses writes (Redis over its `maxmemory` with
+/// `noeviction`; reads still work) `/health` answers 503, and a worker that
+/// cannot renew its lease stops the attempt before the lease expires, so the
+/// job is never run by two attempts at once (a lock the CLI holds shows it).
+#[tokio::test]
+async fn health_is_503_and_no_job_runs_twice_while_store_writes_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lock, log) = (dir.path().join("run.lock"), dir.path().join("runs.log"));
+    let script = format!(
+        "exec 9>{l}; flock -n 9 || echo overlap >> {g}; echo start >> {g}; sleep 5; echo end >> {g}; echo ok",
+        l = lock.display(),
+        g = log.display()
+    );
+    let providers = format!(
+        "[slow]\nkind = 'cli'\ncommand = '/bin/sh'\nargs = ['-c', {script:?}]\noutput = {{ format = 'text' }}\n"
+    );
+    let router = support::router(&providers, "default_model = 'slow'\n");
+    let app = spawn_app_with(Backend::Redis, Options { router: Some(router), ..Default::default() }).await;
+    let redis = app.handle.redis.as_ref().unwrap();
+    assert_eq!(app.get("/health").await.status, StatusCode::OK);
+    let r = app.post("/v1/jobs/chat", json!({"prompt": "hi"})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("start") {
+        assert!(std::time::Instant::now() < deadline, "the CLI never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(redis.command("CONFIG SET maxmemory-policy noeviction"), "+OK");
+    assert_eq!(redis.command("CONFIG SET maxmemory 1"), "+OK");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let health = app.get("/health").await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE, "{}", health.body);
+    assert_eq!(health.body["store"]["writable"], false, "{}", health.body);
+    // Longer than the lease (2 s): the job's lease expires meanwhile.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(redis.command("CONFIG SET maxmemory 0"), "+OK");
+    let job = app.wait_finished(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert!(!runs.contains("overlap"), "two attempts ran at once: {runs}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(app.get("/health").await.status, StatusCode::OK);
+    app.stop().await;
+}

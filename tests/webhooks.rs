@@ -481,9 +481,10 @@ async fn a_job_lost_with_its_worker_is_delivered_as_failed(backend: Backend) {
 }
 
 /// A delivery queued for an outcome that was never recorded (the worker died
-/// between queueing and writing it) is dropped as superseded; the job's real
-/// outcome, in its next attempt, is delivered once.
-async fn a_delivery_of_an_unrecorded_outcome_is_superseded(backend: Backend) {
+/// between queueing and writing it) ends `superseded`, not `failed` (no false
+/// alert under `?status=failed`); the job's real outcome, in its next attempt,
+/// is delivered once.
+async fn a_superseded_delivery_is_not_listed_as_failed(backend: Backend) {
     let receiver = Receiver::start(&[]).await;
     let mut hooks = hooks();
     hooks.settle_wait = Duration::from_millis(200);
@@ -498,8 +499,14 @@ async fn a_delivery_of_an_unrecorded_outcome_is_superseded(backend: Backend) {
     let app = spawn_app_on(handle, admin, Options { webhooks: hooks, ..Default::default() }).await;
     let list = wait_deliveries(&app, &job, Duration::from_secs(15), |l| l.len() == 2 && finished(l)).await;
     let by_status = |s: &str| list.iter().filter(|d| d["status"] == s).count();
-    assert_eq!((by_status("succeeded"), by_status("failed")), (1, 1), "{list:?}");
-    assert!(list.iter().any(|d| d["error"]["code"] == "superseded"), "{list:?}");
+    assert_eq!((by_status("succeeded"), by_status("superseded"), by_status("failed")), (1, 1, 0), "{list:?}");
+    assert!(list.iter().any(|d| d["skipped"] == "superseded" && d["error"].is_null()), "{list:?}");
+    let failed = app.get("/v1/deliveries?status=failed").await;
+    assert_eq!(failed.body["deliveries"], json!([]), "{}", failed.body);
+    let superseded = app.get("/v1/deliveries?status=superseded").await;
+    assert_eq!(superseded.body["deliveries"].as_array().map(Vec::len), Some(1), "{}", superseded.body);
+    let succeeded = app.get("/v1/deliveries?status=succeeded").await;
+    assert_eq!(succeeded.body["deliveries"].as_array().map(Vec::len), Some(1), "{}", succeeded.body);
     let got = receiver.wait_for(1, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 1, "sent once");
@@ -868,7 +875,7 @@ async fn progress_of_a_finished_job_is_not_delivered(backend: Backend) {
     let after =
         wait_deliveries(&app, &job, Duration::from_secs(10), |l| l.len() == list.len() + 1 && finished(l)).await;
     let late = after.iter().find(|d| d["webhook_id"] == "msg_late").unwrap();
-    assert_eq!((late["status"].as_str(), late["skipped"].as_str()), (Some("succeeded"), Some("superseded")), "{late}");
+    assert_eq!((late["status"].as_str(), late["skipped"].as_str()), (Some("superseded"), Some("superseded")), "{late}");
     assert!(late["response_status"].is_null() && late["error"].is_null(), "{late}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let types = types(&receiver.received());
@@ -956,7 +963,7 @@ on_both_backends!(
     a_delivery_survives_a_restart_while_the_receiver_is_down,
     cancelling_a_queued_job_is_delivered,
     a_job_lost_with_its_worker_is_delivered_as_failed,
-    a_delivery_of_an_unrecorded_outcome_is_superseded,
+    a_superseded_delivery_is_not_listed_as_failed,
 );
 
 /// A `[providers.NAME]` table whose CLI is the fake replaying `capture`, plus `extra` settings.

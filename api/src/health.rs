@@ -1,5 +1,5 @@
-//! `GET /health`: whether the store and queue answer and how the MCP servers
-//! are, for load balancers and people.
+//! `GET /health`: whether the store and queue answer, whether the store
+//! takes writes, and how the MCP servers are, for load balancers and people.
 
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,11 @@ use utoipa::ToSchema;
 use crate::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"status": "degraded", "version": "0.1.0", "store": {"backend": "sqlite", "ok": true, "latency_ms": 0.4, "error": null}, "queue": {"queued": 3, "running": 1, "succeeded": 120, "failed": 2, "cancelled": 0}, "deliveries": {"queued": 1, "running": 0, "succeeded": 240, "failed": 1, "cancelled": 0}, "workers": 1, "servers": [{"name": "everything", "state": "up"}, {"name": "github", "state": "down"}]}))]
+#[schema(example = json!({"status": "degraded", "version": "0.1.0", "store": {"backend": "sqlite", "ok": true, "latency_ms": 0.4, "writable": true, "error": null}, "queue": {"queued": 3, "running": 1, "succeeded": 120, "failed": 2, "cancelled": 0}, "deliveries": {"queued": 1, "running": 0, "succeeded": 240, "failed": 1, "cancelled": 0}, "workers": 1, "servers": [{"name": "everything", "state": "up"}, {"name": "github", "state": "down"}]}))]
 pub struct Health {
     /// `ok`; `degraded` when an MCP server is down or degraded; `unavailable`
-    /// when the store does not answer (only this answers 503).
+    /// when the store does not answer or does not take writes (only this
+    /// answers 503).
     pub status: String,
     pub version: String,
     pub store: StoreHealth,
@@ -46,9 +47,42 @@ pub struct ServerHealth {
 pub struct StoreHealth {
     /// `sqlite` or `redis`.
     pub backend: String,
+    /// The store answers and takes writes.
     pub ok: bool,
     pub latency_ms: f64,
+    /// Whether the last write probe (a tiny write, at most one a second)
+    /// succeeded; false when the disk is full or Redis refuses writes.
+    pub writable: bool,
     pub error: Option<String>,
+}
+
+/// How long a write probe's answer is reused.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The last write probe: when, and its error.
+#[derive(Debug, Default)]
+pub struct WriteProbe(tokio::sync::Mutex<Option<(Instant, Option<String>)>>);
+
+impl WriteProbe {
+    /// The error of a tiny write to the store (None: it was written), probed
+    /// at most once per [`PROBE_EVERY`]; concurrent callers share one probe.
+    async fn check(&self, store: &dyn orch_store::Store) -> Option<String> {
+        let mut last = self.0.lock().await;
+        if let Some((at, error)) = &*last
+            && at.elapsed() < PROBE_EVERY
+        {
+            return error.clone();
+        }
+        let value = Utc::now().to_rfc3339();
+        let write = store.cache_put("health:write-probe", &value, Duration::from_secs(60));
+        let error = match tokio::time::timeout(Duration::from_secs(2), write).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("writes fail: {e}")),
+            Err(_) => Some("a write got no answer within 2 s".to_owned()),
+        };
+        *last = Some((Instant::now(), error.clone()));
+        error
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -62,11 +96,12 @@ pub struct QueueHealth {
 
 /// Service health.
 ///
-/// 200 when the store answers, 503 when it does not; an MCP server that is
+/// 200 when the store answers and takes writes, 503 when it does not (a
+/// tiny write probes it, at most once a second); an MCP server that is
 /// down makes the status `degraded` but still answers 200. Needs no key.
 #[utoipa::path(
     get, path = "/health", tag = "health",
-    responses((status = 200, description = "The store answers", body = Health), (status = 503, description = "Store unreachable", body = Health))
+    responses((status = 200, description = "The store answers and takes writes", body = Health), (status = 503, description = "Store unreachable, or its writes fail", body = Health))
 )]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let started = Instant::now();
@@ -77,8 +112,12 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         Ok(Err(e)) => Some(e.to_string()),
         Err(_) => Some("no answer within 2 s".to_owned()),
     };
+    let answers = error.is_none();
+    let write_error = if answers { state.write_probe.check(state.store.as_ref()).await } else { None };
+    let writable = answers && write_error.is_none();
+    let error = error.or(write_error);
     let ok = error.is_none();
-    let (queue, deliveries, workers) = if ok {
+    let (queue, deliveries, workers) = if answers {
         let all = state.store.count_jobs().await.ok();
         let deliveries = state.store.count_jobs_of_kind(JobKind::Delivery).await.ok();
         let since = Utc::now() - chrono::Duration::seconds(60);
@@ -114,7 +153,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         }
         .into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        store: StoreHealth { backend: state.store.backend().into(), ok, latency_ms, error },
+        store: StoreHealth { backend: state.store.backend().into(), ok, latency_ms, writable, error },
         queue,
         deliveries,
         workers,

@@ -92,6 +92,8 @@ pub struct AppState {
     pub router: Arc<orch_providers::Router>,
     /// Queues deliveries (cancel) and checks and test-sends webhook URLs.
     pub webhooks: Arc<orch_webhooks::Webhooks>,
+    /// The last write probe of `/health` (at most one a second).
+    pub write_probe: Arc<health::WriteProbe>,
 }
 
 impl AppState {
@@ -108,6 +110,7 @@ impl AppState {
             registry,
             mcp: Arc::default(),
             router: Arc::new(default_router()),
+            write_probe: Arc::default(),
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::responses::{BadRequest, Forbidden, Invalid, NotFound, NotJson, Unauthorized, Unavailable};
 use crate::error::{ApiError, ApiResult};
-use crate::jobs::{JobErrorView, JobStatusSchema};
+use crate::jobs::JobErrorView;
 use crate::json::ApiJson;
 
 /// Where to POST when the job ends (an n8n Wait node's `{{$execution.resumeUrl}}`, or any URL).
@@ -419,23 +419,69 @@ pub struct DeliveryView {
     pub target: String,
     /// The `webhook-id` header: the same on every attempt.
     pub webhook_id: String,
-    /// `queued` (waiting for its next attempt), `running`, `succeeded`, `failed`.
-    #[schema(value_type = JobStatusSchema)]
-    pub status: JobStatus,
+    /// `queued` (waiting for its next attempt), `running`, `succeeded`,
+    /// `failed` (gave up), `cancelled`, or `superseded`: not sent because the
+    /// job ended otherwise or moved to another attempt (a worker died or was
+    /// stopped after queueing it); the actual outcome has its own delivery.
+    pub status: DeliveryStatus,
     pub attempts: u32,
     pub max_attempts: u32,
     /// The receiver's status code in the last attempt that got an answer.
     pub response_status: Option<u16>,
     /// Why the last attempt failed (`http_409`, `timeout`, `connect`, `superseded`, …).
     pub error: Option<JobErrorView>,
-    /// Why a `job.progress` delivery ended without sending (status `succeeded`,
-    /// nothing sent): `superseded` (the job had ended or moved to another
-    /// attempt; its ending has its own delivery) or `job_gone`.
+    /// Why a delivery ended without sending (nothing went wrong): `superseded`
+    /// (status `superseded`) or `job_gone` (status `succeeded`).
     pub skipped: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub redelivery_of: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Where a delivery is: a job's status, and `superseded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Superseded,
+}
+
+impl DeliveryStatus {
+    const NAMES: &str = "queued, running, succeeded, failed, cancelled or superseded";
+
+    fn parse(text: &str) -> Option<DeliveryStatus> {
+        Some(match text {
+            "superseded" => DeliveryStatus::Superseded,
+            other => DeliveryStatus::of(other.parse().ok()?, false),
+        })
+    }
+
+    fn of(status: JobStatus, superseded: bool) -> DeliveryStatus {
+        match status {
+            JobStatus::Succeeded if superseded => DeliveryStatus::Superseded,
+            JobStatus::Queued => DeliveryStatus::Queued,
+            JobStatus::Running => DeliveryStatus::Running,
+            JobStatus::Succeeded => DeliveryStatus::Succeeded,
+            JobStatus::Failed => DeliveryStatus::Failed,
+            JobStatus::Cancelled => DeliveryStatus::Cancelled,
+        }
+    }
+
+    /// The stored status of deliveries with this one.
+    fn stored(self) -> JobStatus {
+        match self {
+            DeliveryStatus::Queued => JobStatus::Queued,
+            DeliveryStatus::Running => JobStatus::Running,
+            DeliveryStatus::Succeeded | DeliveryStatus::Superseded => JobStatus::Succeeded,
+            DeliveryStatus::Failed => JobStatus::Failed,
+            DeliveryStatus::Cancelled => JobStatus::Cancelled,
+        }
+    }
 }
 
 fn delivery_view(job: Job, result: Option<Value>) -> Option<DeliveryView> {
@@ -449,7 +495,7 @@ fn delivery_view(job: Job, result: Option<Value>) -> Option<DeliveryView> {
         event: input.event,
         target: input.target.key(),
         webhook_id: input.webhook_id,
-        status: job.status,
+        status: DeliveryStatus::of(job.status, skipped.as_deref() == Some(orch_webhooks::deliver::SUPERSEDED)),
         attempts: job.attempts,
         max_attempts: job.max_attempts,
         response_status,
@@ -483,7 +529,7 @@ pub struct DeliveryPage {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeliveryParams {
-    /// queued, running, succeeded, failed or cancelled.
+    /// queued, running, succeeded, failed, cancelled or superseded.
     pub status: Option<String>,
     /// Page size, 1–200 (default 50).
     pub limit: Option<String>,
@@ -493,7 +539,10 @@ pub struct DeliveryParams {
 
 /// List deliveries.
 ///
-/// `status=failed` lists the ones that gave up; `status=queued` the ones waiting to retry.
+/// `status=failed` lists the ones that gave up; `status=queued` the ones
+/// waiting to retry; `status=superseded` the ones not sent because their job
+/// ended otherwise (not failures). A filtered page may hold fewer than
+/// `limit` deliveries and still have a `next_cursor`.
 #[utoipa::path(
     get, path = "/v1/deliveries", tag = "webhooks",
     params(DeliveryParams),
@@ -510,12 +559,50 @@ pub async fn list_deliveries(
     Query(params): Query<DeliveryParams>,
 ) -> ApiResult<Json<DeliveryPage>> {
     principal.require("jobs:read")?;
-    let status = crate::jobs::status_param(params.status.as_deref())?;
+    let status = params
+        .status
+        .as_deref()
+        .map(|s| {
+            DeliveryStatus::parse(s).ok_or_else(|| {
+                ApiError::invalid_field("status", format!("unknown status {s:?}; allowed: {}", DeliveryStatus::NAMES))
+            })
+        })
+        .transpose()?;
     let limit = crate::jobs::page_limit(params.limit.as_deref())?;
-    let before = crate::jobs::job_cursor(params.cursor.as_deref())?;
-    let jobs = state.store.list_jobs(&JobFilter { status, kind: Some(JobKind::Delivery), before, limit }).await?;
-    let next_cursor = (jobs.len() == limit).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
-    Ok(Json(DeliveryPage { deliveries: delivery_views(&state, jobs).await?, next_cursor }))
+    let mut before = crate::jobs::job_cursor(params.cursor.as_deref())?;
+    let filter =
+        |before| JobFilter { status: status.map(DeliveryStatus::stored), kind: Some(JobKind::Delivery), before, limit };
+    // `succeeded` and `superseded` share a stored status: read pages until
+    // `limit` match, the deliveries end, or SCAN_PAGES were read.
+    const SCAN_PAGES: usize = 20;
+    let mut deliveries = Vec::new();
+    for _ in 0..SCAN_PAGES {
+        let jobs = state.store.list_jobs(&filter(before)).await?;
+        let exhausted = jobs.len() < limit;
+        let last = jobs.last().map(|j| j.id);
+        for view in delivery_views(&state, jobs).await? {
+            if status.is_none_or(|s| s == view.status) {
+                deliveries.push(view);
+                if deliveries.len() == limit {
+                    break;
+                }
+            }
+        }
+        before = match deliveries.last() {
+            Some(view) if deliveries.len() == limit => Some(view.id),
+            _ => last.or(before),
+        };
+        if exhausted && deliveries.len() < limit {
+            before = None;
+            break;
+        }
+        if deliveries.len() == limit || !matches!(status, Some(DeliveryStatus::Succeeded | DeliveryStatus::Superseded))
+        {
+            break;
+        }
+    }
+    let next_cursor = before.map(|id| id.to_string());
+    Ok(Json(DeliveryPage { deliveries, next_cursor }))
 }
 
 /// Page of `GET /v1/jobs/{id}/deliveries`.

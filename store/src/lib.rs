@@ -92,6 +92,14 @@ pub trait Store: Send + Sync + 'static {
     /// was requested, or the lease is no longer the worker's.
     async fn heartbeat(&self, worker: &WorkerInfo, jobs: &[JobId], lease: Duration) -> Result<Vec<JobId>>;
 
+    /// Ends now the leases `worker` holds on `jobs` (of running jobs), so that
+    /// [`Store::recover_expired`] moves them at once, as it moves the jobs of a
+    /// worker that died: the attempt counts. For a worker that stopped those
+    /// attempts itself (shutdown grace over).
+    async fn release(&self, worker: &WorkerInfo, jobs: &[JobId]) -> Result<()> {
+        self.heartbeat(worker, jobs, Duration::ZERO).await.map(|_| ())
+    }
+
     /// Records how attempts ended. Applied only where `worker` still holds the
     /// lease of a running job; returns, per completion, whether it applied.
     /// A `retrying` event's `retry_at` is the time as chrono serializes it at

@@ -37,6 +37,46 @@ impl RedisServer {
         panic!("redis-server did not start on a free port after 5 tries");
     }
 
+    /// Stops the server as an operator would (`SHUTDOWN SAVE`: its data is
+    /// kept on disk); the port refuses connections until [`RedisServer::restart`].
+    pub fn stop(&mut self) {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+            let _ = s.write_all(b"SHUTDOWN SAVE\r\n");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped server again on the same port, with its saved data.
+    pub fn restart(&mut self) {
+        self.child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self._dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server restarts");
+        assert!(self.wait_ready(Duration::from_secs(10)), "redis-server restarts on port {}", self.port);
+    }
+
+    /// Sends one command (inline form) and returns the first line of the answer.
+    pub fn command(&self, line: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("redis-server answers");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        s.write_all(format!("{line}\r\n").as_bytes()).expect("command sent");
+        let mut answer = String::new();
+        let _ = BufReader::new(&s).read_line(&mut answer);
+        answer.trim_end().to_owned()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -199,8 +199,12 @@ fn dropped(code: &str, message: String) -> JobError {
     JobError::new(code, message, false)
 }
 
-/// A progress delivery that ends without sending, as intended: its result
-/// says why (`skipped`), and it is not a failure.
+/// Why a delivery ended without sending because its job ended otherwise or
+/// moved to another attempt; the API lists it with status `superseded`.
+pub const SUPERSEDED: &str = "superseded";
+
+/// A delivery that ends without sending, as intended: its result says why
+/// (`skipped`), and it is not a failure.
 fn skipped(code: &str, message: String) -> Value {
     json!({"skipped": code, "message": message})
 }
@@ -223,7 +227,7 @@ impl DeliveryExecutor {
             let event_status = format!("job.{}", job.status);
             if job.attempts > input.attempt || (job.status.is_terminal() && event_status != input.event) {
                 return Err(dropped(
-                    "superseded",
+                    SUPERSEDED,
                     format!(
                         "job {} did not end with {} in attempt {} (now {}, attempt {}); its actual outcome has its own delivery",
                         job.id, input.event, input.attempt, job.status, job.attempts
@@ -259,7 +263,7 @@ impl DeliveryExecutor {
         };
         if job.status != JobStatus::Running || job.attempts != input.attempt {
             return Ok(skipped(
-                "superseded",
+                SUPERSEDED,
                 format!(
                     "job {} is {} (attempt {}) since this progress of attempt {}; its ending has its own delivery",
                     job.id, job.status, job.attempts, input.attempt
@@ -350,7 +354,12 @@ impl Executor for DeliveryExecutor {
         if input.event == PROGRESS_EVENT {
             return self.send_progress(delivery, job_id, &input).await;
         }
-        let job = self.settled_job(job_id, &input, ctx).await?;
+        let job = match self.settled_job(job_id, &input, ctx).await {
+            Ok(job) => job,
+            // Nothing went wrong: the job's actual outcome has its own delivery.
+            Err(e) if e.code == SUPERSEDED => return Ok(skipped(SUPERSEDED, e.message)),
+            Err(e) => return Err(e),
+        };
         let endpoint = self.endpoint(&input, Some(&job)).await?;
         self.drain_progress(&job, &input, ctx).await?;
         let result = match job.status {

@@ -30,16 +30,36 @@ pub struct JobContext {
 impl JobContext {
     /// Records progress; a failure to record is logged, not fatal.
     pub async fn progress(&self, progress: Value) {
-        match &self.followups {
-            None => {
-                if let Err(err) = self.store.record_progress(&self.worker, self.job_id, progress).await {
-                    tracing::warn!(job = %self.job_id, error = %err, "recording progress failed");
-                }
-            }
-            Some((followups, job)) => {
-                match self.store.record_progress(&self.worker, self.job_id, progress.clone()).await {
-                    Ok(()) => followups.after_progress(job, &progress).await,
-                    Err(err) => tracing::warn!(job = %self.job_id, error = %err, "recording progress failed"),
+        if let Err(err) = self.try_progress(&progress).await {
+            tracing::warn!(job = %self.job_id, error = %err, "recording progress failed");
+        }
+    }
+
+    /// Records progress once and tells the follow-ups.
+    pub async fn try_progress(&self, progress: &Value) -> Result<(), orch_store::StoreError> {
+        self.store.record_progress(&self.worker, self.job_id, progress.clone()).await?;
+        if let Some((followups, job)) = &self.followups {
+            followups.after_progress(job, progress).await;
+        }
+        Ok(())
+    }
+
+    /// Records progress, retrying store errors until it is written or the
+    /// attempt is stopped (cancelled, lease lost or about to be); returns
+    /// whether it was written. A plan's node events are its checkpoints, so
+    /// they are not dropped while the store is down.
+    pub async fn checkpoint(&self, progress: Value) -> bool {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.try_progress(&progress).await {
+                Ok(()) => return true,
+                Err(err) => {
+                    tracing::warn!(job = %self.job_id, error = %err, "recording progress failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.cancel.cancelled() => return false,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }

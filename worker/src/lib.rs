@@ -25,7 +25,7 @@ pub mod provider_state;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use orch_store::{Completion, Job, JobError, JobId, JobKind, JobStatus, Outcome, Store, WorkerInfo};
@@ -119,10 +119,22 @@ pub fn outcome_of(config: &WorkerConfig, job: &Job, result: Result<serde_json::V
     }
 }
 
+/// One running attempt.
+struct Attempt {
+    /// Stops the attempt.
+    cancel: CancellationToken,
+    /// When the last lease renewal that succeeded was sent (the claim at
+    /// first): the store's lease runs at least `lease` from then.
+    renewed: Instant,
+    /// Stopped without an outcome (lease about to expire, or shutdown grace
+    /// over): the store hands the job to another attempt.
+    abandoned: bool,
+}
+
 /// Jobs this process is running, with the token that stops each.
 #[derive(Default)]
 struct Running {
-    jobs: Mutex<HashMap<JobId, CancellationToken>>,
+    jobs: Mutex<HashMap<JobId, Attempt>>,
     /// Fires when a job finishes (room for another).
     freed: Notify,
 }
@@ -135,11 +147,38 @@ impl Running {
     fn ids(&self) -> Vec<JobId> {
         self.jobs.lock().unwrap().keys().copied().collect()
     }
+
+    /// Stops an attempt without recording an outcome for it.
+    fn abandon(&self, id: JobId) {
+        if let Some(attempt) = self.jobs.lock().unwrap().get_mut(&id) {
+            attempt.abandoned = true;
+            attempt.cancel.cancel();
+        }
+    }
+
+    fn is_abandoned(&self, id: JobId) -> bool {
+        self.jobs.lock().unwrap().get(&id).is_some_and(|a| a.abandoned)
+    }
+
+    /// Forgets a finished attempt and makes room for another.
+    fn remove(&self, id: JobId) {
+        self.jobs.lock().unwrap().remove(&id);
+        self.freed.notify_waiters();
+    }
+}
+
+/// How long before its lease expires (as this process counts it from the
+/// last renewal that succeeded) an attempt whose lease could not be renewed
+/// is stopped: a quarter of the lease, so that it is gone before another
+/// worker may take the job.
+fn lease_margin(lease: Duration) -> Duration {
+    lease / 4
 }
 
 /// Runs the worker until `shutdown` fires, then lets running jobs finish for
-/// up to `shutdown_grace`. Jobs still running after that are left to lease
-/// expiry, so another worker runs them again.
+/// up to `shutdown_grace`. Jobs still running after that are stopped (their
+/// CLIs killed, their tool calls dropped) and handed back to the queue at
+/// once, without waiting for their lease to expire; then it returns.
 pub async fn run(store: Arc<dyn Store>, executors: Arc<Executors>, config: WorkerConfig, shutdown: CancellationToken) {
     let config = Arc::new(config);
     let running = Arc::new(Running::default());
@@ -155,6 +194,7 @@ pub async fn run(store: Arc<dyn Store>, executors: Arc<Executors>, config: Worke
         started_at,
         stop_background.clone(),
     ));
+    let watchdog = tokio::spawn(lease_watchdog(config.clone(), running.clone(), stop_background.clone()));
     let maintenance = tokio::spawn(maintenance_loop(
         store.clone(),
         config.clone(),
@@ -176,15 +216,33 @@ pub async fn run(store: Arc<dyn Store>, executors: Arc<Executors>, config: Worke
         }
         let _ = tokio::time::timeout_at(deadline, freed).await;
     }
-    let left = running.len();
-    if left > 0 {
-        tracing::warn!(worker = %config.id, left, "shutdown grace over; these jobs go back to the queue when their lease expires");
+    let left = running.ids();
+    if !left.is_empty() {
+        tracing::warn!(worker = %config.id, left = left.len(), "shutdown grace over; stopping these jobs and handing them back to the queue");
+        for id in &left {
+            running.abandon(*id);
+        }
+        // Each attempt gets ABANDON_GRACE to wind down, then is dropped.
+        let deadline = tokio::time::Instant::now() + ABANDON_GRACE + Duration::from_millis(500);
+        loop {
+            let freed = running.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if running.len() == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let _ = tokio::time::timeout_at(deadline, freed).await;
+        }
     }
     drop(done_tx);
     stop_background.cancel();
     let _ = flusher.await;
     let _ = heartbeat.await;
+    let _ = watchdog.await;
     let _ = maintenance.await;
+    if !left.is_empty() {
+        hand_back(store.as_ref(), &config, executors.followups.as_deref(), &left, started_at).await;
+    }
     tracing::info!(worker = %config.id, "worker stopped");
 }
 
@@ -244,6 +302,62 @@ async fn claim_loop(
 /// How long a cancelled attempt may take to wind down before it is dropped.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
+/// How long an abandoned attempt may take to wind down before it is dropped
+/// (which kills its CLIs and drops its tool calls).
+const ABANDON_GRACE: Duration = Duration::from_millis(200);
+
+/// Hands jobs this worker stopped back to the queue now: their leases end at
+/// once and they are recovered like the jobs of a worker that died (the
+/// attempt counts). Retries store errors for a while; what is left then goes
+/// back when its lease expires.
+async fn hand_back(
+    store: &dyn Store,
+    config: &WorkerConfig,
+    followups: Option<&dyn Followups>,
+    ids: &[JobId],
+    started_at: chrono::DateTime<Utc>,
+) {
+    let info = WorkerInfo {
+        id: config.id.clone(),
+        hostname: hostname(),
+        pid: std::process::id(),
+        started_at,
+        last_seen: Utc::now(),
+        concurrency: config.concurrency as u32,
+        running: 0,
+    };
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = async {
+            store.release(&info, ids).await.map_err(|e| e.to_string())?;
+            // A millisecond later the released leases are expired.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let now = Utc::now();
+            if let Some(followups) = followups {
+                before_recovery(store, followups, now, ids.len().max(1000)).await?;
+            }
+            store.recover_expired(now, ids.len().max(1000)).await.map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(_) => {
+                tracing::info!(worker = %config.id, jobs = ids.len(), "handed the stopped jobs back to the queue");
+                return;
+            }
+            Err(err) if tokio::time::Instant::now() >= give_up => {
+                tracing::warn!(worker = %config.id, error = %err, "handing the stopped jobs back failed; they go back when their lease expires");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(worker = %config.id, error = %err, "handing the stopped jobs back failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 fn start_job(
     store: &Arc<dyn Store>,
     executors: &Arc<Executors>,
@@ -253,7 +367,9 @@ fn start_job(
     job: Job,
 ) {
     let cancel = CancellationToken::new();
-    running.jobs.lock().unwrap().insert(job.id, cancel.clone());
+    // The lease runs from the claim, which was sent before now.
+    let attempt = Attempt { cancel: cancel.clone(), renewed: Instant::now(), abandoned: false };
+    running.jobs.lock().unwrap().insert(job.id, attempt);
     let followups = match (&executors.followups, job.kind) {
         (Some(followups), JobKind::Chat | JobKind::Batch) => Some((followups.clone(), Arc::new(job.clone()))),
         _ => None,
@@ -268,12 +384,20 @@ fn start_job(
     let executors = executors.clone();
     let config = config.clone();
     let done_tx = done_tx.clone();
+    let running = running.clone();
     tokio::spawn(async move {
         let attempt = tokio::time::timeout(config.job_timeout, executors.run(&job, &ctx));
         tokio::pin!(attempt);
         let outcome = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
+                if running.is_abandoned(job.id) {
+                    // No outcome: the store gives the job to another attempt.
+                    // Dropping the attempt kills its CLIs and drops its tool calls.
+                    let _ = tokio::time::timeout(ABANDON_GRACE, attempt).await;
+                    running.remove(job.id);
+                    return;
+                }
                 // The executor sees the token too: a moment to stop its steps and record so.
                 let _ = tokio::time::timeout(CANCEL_GRACE, attempt).await;
                 Outcome::Cancelled
@@ -287,6 +411,10 @@ fn start_job(
                 ))),
             },
         };
+        if running.is_abandoned(job.id) {
+            running.remove(job.id);
+            return;
+        }
         if let (Some(followups), Some(status)) = (&executors.followups, terminal_status(&job, &outcome)) {
             before_terminal(followups.as_ref(), &job, status).await;
         }
@@ -382,6 +510,7 @@ async fn heartbeat_loop(
             _ = stop.cancelled() => return,
         }
         let ids = running.ids();
+        let sent = Instant::now();
         let info = WorkerInfo {
             id: config.id.clone(),
             hostname: hostname(),
@@ -393,15 +522,44 @@ async fn heartbeat_loop(
         };
         match store.heartbeat(&info, &ids, config.lease).await {
             Ok(stop_ids) => {
-                let jobs = running.jobs.lock().unwrap();
+                let mut jobs = running.jobs.lock().unwrap();
+                for id in &ids {
+                    if let Some(attempt) = jobs.get_mut(id)
+                        && !stop_ids.contains(id)
+                    {
+                        attempt.renewed = attempt.renewed.max(sent);
+                    }
+                }
                 for id in stop_ids {
-                    if let Some(token) = jobs.get(&id) {
+                    if let Some(attempt) = jobs.get(&id) {
                         tracing::info!(job = %id, "stopping job: cancelled, or its lease moved to another worker");
-                        token.cancel();
+                        attempt.cancel.cancel();
                     }
                 }
             }
             Err(err) => tracing::warn!(worker = %config.id, error = %err, "heartbeat failed"),
+        }
+    }
+}
+
+/// Stops the attempts whose lease this process could not renew before the
+/// store may give their job to another worker (see [`lease_margin`]).
+async fn lease_watchdog(config: Arc<WorkerConfig>, running: Arc<Running>, stop: CancellationToken) {
+    let keep = config.lease.saturating_sub(lease_margin(config.lease));
+    let mut tick = tokio::time::interval((config.lease / 20).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let mut jobs = running.jobs.lock().unwrap();
+        for (id, attempt) in jobs.iter_mut() {
+            if !attempt.abandoned && attempt.renewed.elapsed() >= keep {
+                tracing::warn!(job = %id, worker = %config.id, "stopping job: its lease could not be renewed and is about to expire; another attempt will run it");
+                attempt.abandoned = true;
+                attempt.cancel.cancel();
+            }
         }
     }
 }

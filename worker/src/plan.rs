@@ -30,7 +30,7 @@ use orch_store::{Job, JobError, JobId, Store};
 use rand::Rng;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -224,17 +224,24 @@ struct Shared {
     attempt: u32,
     input: Value,
     permits: Semaphore,
-    events: mpsc::UnboundedSender<Value>,
+    /// The events sent so far, and where to; one lock so the count is each
+    /// event's place in the writer's order.
+    events: std::sync::Mutex<(usize, mpsc::UnboundedSender<Value>)>,
     started: Instant,
 }
 
 impl Shared {
-    fn event(&self, node: &str, status: &str, extra: Value) {
+    /// Queues an event for the writer; returns how many events are queued
+    /// with it (the writer's `durable` count once it is written).
+    fn event(&self, node: &str, status: &str, extra: Value) -> usize {
         let mut event = json!({"node": node, "status": status});
         if let (Some(map), Value::Object(extra)) = (event.as_object_mut(), extra) {
             map.extend(extra);
         }
-        let _ = self.events.send(event);
+        let mut events = self.events.lock().unwrap();
+        events.0 += 1;
+        let _ = events.1.send(event);
+        events.0
     }
 
     fn elapsed_ms(&self) -> f64 {
@@ -286,7 +293,12 @@ async fn run_plan(
     let mut done = records.len();
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_events(ctx.clone(), events_rx));
+    let (durable_tx, mut durable) = watch::channel(0usize);
+    let writer = tokio::spawn(write_events(ctx.clone(), events_rx, durable_tx));
+    // Finished nodes whose event is not written yet, with its place: a node
+    // counts as finished (its dependents start) only once its checkpoint is
+    // durable, so a later attempt never runs it again.
+    let mut unwritten: Vec<(usize, usize)> = Vec::new();
     let shared = Arc::new(Shared {
         plan: plan.clone(),
         runner: runner.clone(),
@@ -294,7 +306,7 @@ async fn run_plan(
         attempt,
         input: plan.input_value(),
         permits: Semaphore::new(plan.max_parallel().max(1)),
-        events: events_tx,
+        events: std::sync::Mutex::new((0, events_tx)),
         started: Instant::now(),
     });
     if done > 0 {
@@ -306,6 +318,20 @@ async fn run_plan(
     let mut tasks: JoinSet<NodeResult> = JoinSet::new();
 
     while done < total {
+        // Nodes whose checkpoint is now durable release their dependents.
+        let written = *durable.borrow_and_update();
+        unwritten.retain(|&(place, i)| {
+            if place > written {
+                return true;
+            }
+            for &next in &dependents[i] {
+                waiting[next] -= 1;
+                if waiting[next] == 0 {
+                    ready.push(next);
+                }
+            }
+            false
+        });
         if failure.is_none() {
             for i in ready.drain(..).rev() {
                 let needed: HashMap<String, Arc<Value>> = deps[i]
@@ -323,8 +349,20 @@ async fn run_plan(
                 });
             }
         }
+        if tasks.is_empty() && unwritten.is_empty() {
+            break;
+        }
         let joined = tokio::select! {
-            joined = tasks.join_next() => joined,
+            changed = durable.changed(), if !unwritten.is_empty() => {
+                if changed.is_err() {
+                    // The writer stopped: the attempt was stopped with it.
+                    failure.get_or_insert_with(stopped);
+                    stop.cancel();
+                    unwritten.clear();
+                }
+                continue;
+            }
+            joined = tasks.join_next(), if !tasks.is_empty() => joined,
             () = ctx.cancel.cancelled(), if failure.is_none() => {
                 failure = Some(JobError::new("cancelled", "the job was cancelled", false));
                 stop.cancel();
@@ -379,15 +417,10 @@ async fn run_plan(
         let mut event = record.to_json();
         event["completed"] = json!(done);
         event["total"] = json!(total);
-        shared.event(&node.id, record.status, event);
+        let place = shared.event(&node.id, record.status, event);
         if let Some(output) = &record.output {
             outputs.insert(node.id.clone(), output.clone());
-            for &next in &dependents[i] {
-                waiting[next] -= 1;
-                if waiting[next] == 0 {
-                    ready.push(next);
-                }
-            }
+            unwritten.push((place, i));
         }
         records.insert(node.id.clone(), record);
     }
@@ -399,9 +432,13 @@ async fn run_plan(
     }
     let elapsed = shared.elapsed_ms();
     drop(shared);
-    let _ = writer.await;
+    let written = writer.await.unwrap_or(false);
     if let Some(failure) = failure {
         return Err(failure);
+    }
+    if !written {
+        // Not every checkpoint is durable: never report success as if it were.
+        return Err(JobError::new("store_unavailable", "the plan's node events could not be recorded", true));
     }
 
     let scope = Values { outputs: &outputs, input: &plan.input_value(), item: None };
@@ -469,15 +506,24 @@ async fn stored_output(
 
 /// Writes progress events in order; whatever queued up meanwhile goes in one
 /// burst (the store groups it into one commit).
-async fn write_events(ctx: JobContext, mut rx: mpsc::UnboundedReceiver<Value>) {
+/// A write that fails is retried (in order, after the rest of its burst)
+/// until it is written or the attempt is stopped; `durable` counts the events
+/// written so far. Returns whether every event was written.
+async fn write_events(ctx: JobContext, mut rx: mpsc::UnboundedReceiver<Value>, durable: watch::Sender<usize>) -> bool {
     let mut batch = Vec::new();
+    let mut written = 0;
     while rx.recv_many(&mut batch, 256).await > 0 {
-        futures::future::join_all(batch.drain(..).map(|event| {
-            let ctx = &ctx;
-            async move { ctx.progress(event).await }
-        }))
-        .await;
+        let n = batch.len();
+        let results = futures::future::join_all(batch.iter().map(|event| ctx.try_progress(event))).await;
+        for (event, result) in batch.drain(..).zip(results) {
+            if result.is_err() && !ctx.checkpoint(event).await {
+                return false;
+            }
+        }
+        written += n;
+        durable.send_replace(written);
     }
+    true
 }
 
 /// Runs one node to its end: `Ok((output, attempts))` or `Err((error, attempts))`.
