@@ -515,8 +515,9 @@ fn starts(events: &[(String, Value)], node: &str) -> usize {
 fn wait_status(base: &str, id: &str, key: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let job = get(base, &format!("/v1/jobs/{id}"), key);
-        if done(&job) {
+        // The API answers 503 for a moment after the store comes back.
+        let (status, job) = http::call(reqwest::Method::GET, &format!("{base}/v1/jobs/{id}"), key, None);
+        if status == 200 && done(&job) {
             return job;
         }
         assert!(Instant::now() < deadline, "job {id} not there after {timeout:?}: {job}");
