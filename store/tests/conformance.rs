@@ -311,6 +311,20 @@ async fn heartbeat_extends_the_lease(store: Arc<dyn Store>) {
     assert!(lease > Utc::now() + TimeDelta::minutes(59), "lease not extended: {lease}");
 }
 
+/// A worker stopping at its shutdown grace hands its jobs back at once: no
+/// lease wait; the attempt counts; another worker's job is left alone.
+async fn released_jobs_are_recovered_at_once(store: Arc<dyn Store>) {
+    let mine = running(&store, "w1", 3, Duration::from_secs(3600)).await;
+    let foreign = running(&store, "w2", 3, Duration::from_secs(3600)).await;
+    store.release(&worker_info("w1", 0), &[mine.id, foreign.id]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.recover_expired(Utc::now(), 100).await.unwrap(), 1);
+    let queued = get(&store, mine.id).await;
+    assert_eq!((queued.status, queued.attempts, queued.worker), (JobStatus::Queued, 1, None));
+    let still = get(&store, foreign.id).await;
+    assert_eq!((still.status, still.lease_expires_at), (JobStatus::Running, foreign.lease_expires_at));
+}
+
 async fn heartbeat_reports_cancel_requests(store: Arc<dyn Store>) {
     let job = running(&store, "w1", 3, LEASE).await;
     let other = running(&store, "w1", 3, LEASE).await;
@@ -1140,6 +1154,7 @@ on_each_backend!(
     claim_respects_limit,
     concurrent_claimers_never_share_a_job,
     heartbeat_extends_the_lease,
+    released_jobs_are_recovered_at_once,
     heartbeat_reports_cancel_requests,
     heartbeat_reports_jobs_the_worker_does_not_hold,
     workers_lists_those_seen_since,
