@@ -152,7 +152,10 @@ pub async fn plan_job(runner: &PlanRunner, job: &Job, ctx: &JobContext) -> Resul
     };
     let mut info = info;
     info["duration_ms"] = json!(started.elapsed().as_secs_f64() * 1000.0);
-    ctx.progress(json!({"type": "planned", "plan": plan, "planning": info})).await;
+    // The checkpoint a retry resumes from: durable before any node runs.
+    if !ctx.checkpoint(json!({"type": "planned", "plan": plan, "planning": info})).await {
+        return Err(JobError::new("store_unavailable", "the planned plan could not be recorded", true));
+    }
     Ok(Planned { plan, info, dry_run })
 }
 
