@@ -1,13 +1,14 @@
 //! Orch's worker: claims due jobs from a [`Store`], runs them under a
 //! concurrency limit, and records how each attempt ended.
 //!
-//! One worker process runs four loops:
+//! One worker process runs these loops:
 //! - the claim loop takes up to `claim_batch` due jobs whenever there is room,
 //!   and sleeps on the in-process notifier (or `poll_interval`) when idle;
 //! - the completion flusher writes finished attempts in batches, so a busy
 //!   worker costs the store one round trip per batch rather than per job;
 //! - the heartbeat extends the leases of running jobs and stops the ones whose
-//!   cancellation was requested or whose lease was lost;
+//!   cancellation was requested or whose lease was lost; a watchdog stops,
+//!   without an outcome, the ones whose lease could not be renewed in time;
 //! - maintenance requeues jobs whose worker died (expired lease) and purges
 //!   finished jobs past the retention.
 //!
