@@ -513,7 +513,9 @@ pub async fn list_deliveries(
     let status = crate::jobs::status_param(params.status.as_deref())?;
     let limit = crate::jobs::page_limit(params.limit.as_deref())?;
     let before = crate::jobs::job_cursor(params.cursor.as_deref())?;
-    let jobs = state.store.list_jobs(&JobFilter { status, kind: Some(JobKind::Delivery), before, limit }).await?;
+    let owner = crate::jobs::owner_filter(Some(&principal));
+    let filter = JobFilter { owner, status, kind: Some(JobKind::Delivery), before, limit };
+    let jobs = state.store.list_jobs(&filter).await?;
     let next_cursor = (jobs.len() == limit).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
     Ok(Json(DeliveryPage { deliveries: delivery_views(&state, jobs).await?, next_cursor }))
 }
@@ -551,7 +553,7 @@ pub async fn job_deliveries(
     principal.require("jobs:read")?;
     let limit = crate::jobs::page_limit(params.limit.as_deref())?;
     let before = crate::jobs::job_cursor(params.cursor.as_deref())?;
-    let job = crate::jobs::load(&state, &id).await?;
+    let job = crate::jobs::load(&state, Some(&principal), &id).await?;
     let found = state.store.job_deliveries(job.id, before, limit).await?;
     let next_cursor = (found.len() == limit).then(|| found.last().map(|j| j.id.to_string())).flatten();
     Ok(Json(DeliveryPage { deliveries: delivery_views(&state, found).await?, next_cursor }))
@@ -579,10 +581,15 @@ pub async fn redeliver(
     principal.require("jobs:write")?;
     let not_found = || ApiError::not_found("delivery", &id);
     let job_id = JobId::parse_str(&id).map_err(|_| not_found())?;
-    let original = state.store.get_job(job_id).await?.filter(|j| j.kind == JobKind::Delivery).ok_or_else(not_found)?;
+    let original = state
+        .store
+        .get_job(job_id)
+        .await?
+        .filter(|j| j.kind == JobKind::Delivery && principal.may_change(j.owner.as_deref()))
+        .ok_or_else(not_found)?;
     let mut input: DeliveryInput = serde_json::from_value(original.input).map_err(ApiError::internal)?;
     input.redelivery_of = Some(original.id);
-    let job = match state.store.insert_job(orch_webhooks::delivery_job(&input, None)).await? {
+    let job = match state.store.insert_job(orch_webhooks::delivery_job(&input, None, original.owner)).await? {
         orch_store::Inserted::Created(job) => job,
         other => {
             return Err(ApiError::internal(format!("a delivery without idempotency key was not created: {other:?}")));
@@ -739,6 +746,7 @@ pub fn sample_job(event: &str) -> (Job, Option<Value>) {
         cancel_requested: false,
         worker: None,
         lease_expires_at: None,
+        owner: None,
     };
     let result = (status == JobStatus::Succeeded).then(|| {
         json!({"text": "Three issues closed, two opened.", "model": "echo", "usage": {"input_tokens": 4, "output_tokens": 6}})
