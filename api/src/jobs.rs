@@ -582,7 +582,7 @@ pub fn batch_input(state: &AppState, principal: Option<&Principal>, req: &BatchJ
     request_body = ChatJobRequest,
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h"),
-        ("X-Session-ID" = Option<String>, Header, description = "Continue (or start) this conversation; 1–128 of A-Z a-z 0-9 . _ : -"),
+        ("X-Session-ID" = Option<String>, Header, description = "Continue (or start) this conversation; 1–128 of A-Z a-z 0-9 . _ : -, starting with a letter or digit"),
     ),
     responses(
         (status = 202, description = "Stored and queued", body = JobAccepted,
@@ -764,6 +764,10 @@ pub async fn get_result(
 }
 
 /// List jobs, newest first.
+///
+/// A key lists the jobs it submitted; `admin` and `jobs:read_all` keys list
+/// every key's. Every route of a job answers 404 to any other key, as for an
+/// unknown id.
 #[utoipa::path(
     get, path = "/v1/jobs", tag = "jobs",
     params(ListParams),

@@ -494,6 +494,8 @@ pub struct DeliveryParams {
 /// List deliveries.
 ///
 /// `status=failed` lists the ones that gave up; `status=queued` the ones waiting to retry.
+/// A key lists the deliveries about its own jobs; `admin` and `jobs:read_all`
+/// keys list all (events about no job, such as `server.down`, only they see).
 #[utoipa::path(
     get, path = "/v1/deliveries", tag = "webhooks",
     params(DeliveryParams),
