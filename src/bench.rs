@@ -271,6 +271,7 @@ fn noop_job() -> NewJob {
         created_at: now,
         run_at: now,
         idempotency: None,
+        owner: None,
     }
 }
 

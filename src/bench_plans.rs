@@ -205,6 +205,7 @@ async fn run(store: &Arc<dyn Store>, runner: &PlanRunner, plan: &Plan) -> Result
         created_at: now,
         run_at: now,
         idempotency: None,
+        owner: None,
     };
     store.insert_job(new).await?;
     let job = store.claim("bench", 1, Duration::from_secs(600)).await?.pop().context("the job was not claimed")?;

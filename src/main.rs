@@ -81,7 +81,7 @@ enum KeysCommand {
         /// A name to recognise the key by.
         #[arg(long)]
         name: String,
-        /// Comma-separated scopes: jobs:read, jobs:write, tools:call, admin.
+        /// Comma-separated scopes: jobs:read, jobs:write, jobs:read_all, tools:call, admin.
         #[arg(long, value_delimiter = ',', default_value = "jobs:read,jobs:write")]
         scopes: Vec<String>,
         /// Comma-separated MCP servers the key may see and call [default: every server].

@@ -242,7 +242,10 @@ fn keys_commands_create_list_and_revoke() {
     assert!(String::from_utf8(list.stdout).unwrap().contains("(revoked)"));
     let bad = orch(dir.path(), store).args(["keys", "create", "--name", "x", "--scopes", "root"]).output().unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("allowed: jobs:read, jobs:write, tools:call, admin"));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("allowed: jobs:read, jobs:write, jobs:read_all, tools:call, admin")
+    );
     let limited = ["keys", "create", "--name", "gh", "--scopes", "tools:call", "--servers", "github,a.b"];
     let bad = orch(dir.path(), store).args(limited).output().unwrap();
     assert!(!bad.status.success());

@@ -344,6 +344,7 @@ async fn backlog_of_50000_drains_after_worker_starts(backend: Backend) {
                 created_at: now,
                 run_at: now,
                 idempotency: None,
+                owner: None,
             })
             .collect();
         app.store.insert_jobs(jobs).await.unwrap();

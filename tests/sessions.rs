@@ -52,13 +52,10 @@ async fn a_session_carries_the_conversation(backend: Backend) {
     assert_eq!(session.body["message_count"], 4);
     assert_eq!(session.body["last_routed_to"], "echo");
 
-    // Another key neither reads nor continues it; an admin reads it.
+    // Another key neither reads (it is not found, as an unknown one) nor continues it; an admin reads it.
     let other = make_key(app.store.as_ref(), &["jobs:read", "jobs:write"]).await;
     let denied = app.call(Method::GET, "/v1/sessions/weekly-42", Some(&other), None).await;
-    assert_eq!(
-        (denied.status, denied.body["error"]["code"].as_str()),
-        (StatusCode::FORBIDDEN, Some("session_forbidden"))
-    );
+    assert_eq!((denied.status, denied.body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
     let hijack = app
         .call(Method::POST, "/v1/jobs/chat", Some(&other), Some(json!({"prompt": "x", "session_id": "weekly-42"})))
         .await;

@@ -872,7 +872,7 @@ async fn progress_of_a_finished_job_is_not_delivered(backend: Backend) {
         redelivery_of: None,
         payload: None,
     };
-    app.store.insert_job(orch_webhooks::delivery_job(&input, None)).await.unwrap();
+    app.store.insert_job(orch_webhooks::delivery_job(&input, None, None)).await.unwrap();
     let after =
         wait_deliveries(&app, &job, Duration::from_secs(10), |l| l.len() == list.len() + 1 && finished(l)).await;
     let late = after.iter().find(|d| d["webhook_id"] == "msg_late").unwrap();
@@ -905,7 +905,7 @@ async fn a_jobs_deliveries_are_listed_exactly_among_thousands(backend: Backend) 
             payload: None,
         };
         // Not due for a day: they stay queued.
-        orch_store::NewJob { run_at: later, ..orch_webhooks::delivery_job(&input, None) }
+        orch_store::NewJob { run_at: later, ..orch_webhooks::delivery_job(&input, None, None) }
     };
     let other = orch_store::new_job_id();
     app.store.insert_jobs((0..2_100).map(|_| delivery(Some(other))).collect()).await.unwrap();

@@ -21,7 +21,11 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// Every scope a key can carry. `admin` implies all others.
-pub const SCOPES: &[&str] = &["jobs:read", "jobs:write", "tools:call", "admin"];
+pub const SCOPES: &[&str] = &["jobs:read", "jobs:write", "jobs:read_all", "tools:call", "admin"];
+
+/// Read every key's jobs, sessions, deliveries and usage (not change them);
+/// without it a key sees only what it submitted.
+pub const JOBS_READ_ALL: &str = "jobs:read_all";
 
 /// List MCP servers and tools, and call tools (REST and the MCP endpoints).
 pub const TOOLS_CALL: &str = "tools:call";
@@ -149,6 +153,25 @@ impl Principal {
         }
     }
 
+    /// Whether the key reads every key's jobs, sessions, deliveries and usage
+    /// (`admin` or [`JOBS_READ_ALL`]).
+    pub fn reads_all(&self) -> bool {
+        self.key.scopes.iter().any(|s| s == ADMIN || s == JOBS_READ_ALL)
+    }
+
+    /// Whether the key may read a job (or session) whose owner is `owner`: its
+    /// own, or any with [`Principal::reads_all`]. Ownerless jobs (stored before
+    /// owners were kept) only with [`Principal::reads_all`].
+    pub fn may_read(&self, owner: Option<&str>) -> bool {
+        self.reads_all() || owner == Some(self.key.id.as_str())
+    }
+
+    /// Whether the key may change (cancel, redeliver) what `owner` owns: its
+    /// own, or any as `admin`.
+    pub fn may_change(&self, owner: Option<&str>) -> bool {
+        self.key.scopes.iter().any(|s| s == ADMIN) || owner == Some(self.key.id.as_str())
+    }
+
     /// Whether the key may see and call the MCP server `name` (keys without
     /// a server list may use every server).
     pub fn may_use_server(&self, name: &str) -> bool {
@@ -213,7 +236,10 @@ mod tests {
     #[test]
     fn scopes_are_checked() {
         let err = new_key("x", &["jobs:read".into(), "root".into()]).unwrap_err();
-        assert_eq!(err.message, "scopes[1]: unknown scope \"root\"; allowed: jobs:read, jobs:write, tools:call, admin");
+        assert_eq!(
+            err.message,
+            "scopes[1]: unknown scope \"root\"; allowed: jobs:read, jobs:write, jobs:read_all, tools:call, admin"
+        );
         assert!(new_key("x", &[]).is_err());
         assert!(new_key(" ", &["admin".into()]).is_err());
     }

@@ -168,7 +168,18 @@ impl BatchJobRequest {
 pub struct JobOptions<'a> {
     pub metadata: &'a Option<Map<String, Value>>,
     pub max_attempts: Option<u32>,
+    /// The key submitting the job (its id; `local` over stdio MCP): only it
+    /// (and keys that read all) may see the job.
+    pub owner: &'a str,
 }
+
+/// The owner a caller's jobs get: its key id, or `local` over stdio MCP.
+pub fn owner_of(principal: Option<&Principal>) -> &str {
+    principal.map_or(LOCAL_OWNER, |p| p.key.id.as_str())
+}
+
+/// Owner of the jobs submitted over stdio MCP (`orch mcp`), which has no key.
+pub const LOCAL_OWNER: &str = "local";
 
 /// Answer to a submission: where to follow the job.
 #[derive(Debug, Serialize, ToSchema)]
@@ -471,6 +482,7 @@ pub async fn submit_job(
         created_at: now,
         run_at: now,
         idempotency: idempotency()?,
+        owner: Some(options.owner.to_owned()),
     };
     let (job, replayed) = match state.store.insert_job(job).await? {
         Inserted::Created(job) => (job, false),
@@ -570,7 +582,7 @@ pub fn batch_input(state: &AppState, principal: Option<&Principal>, req: &BatchJ
     request_body = ChatJobRequest,
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h"),
-        ("X-Session-ID" = Option<String>, Header, description = "Continue (or start) this conversation; 1–128 of A-Z a-z 0-9 . _ : -"),
+        ("X-Session-ID" = Option<String>, Header, description = "Continue (or start) this conversation; 1–128 of A-Z a-z 0-9 . _ : -, starting with a letter or digit"),
     ),
     responses(
         (status = 202, description = "Stored and queued", body = JobAccepted,
@@ -601,7 +613,7 @@ pub async fn submit_chat(
     }
     let key_secret = crate::webhooks::key_signing_secret(&headers);
     let input = crate::webhooks::attach(&state, input, req.webhook_fields(key_secret)).await?;
-    let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
+    let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts, owner: &principal.key.id };
     submit(&state, &principal, &headers, JobKind::Chat, &body.raw, input, options).await
 }
 
@@ -660,12 +672,13 @@ pub async fn submit_batch(
     let key_secret = crate::webhooks::key_signing_secret(&headers);
     let input = batch_input(&state, Some(&principal), &body.value)?;
     if body.value.dry_run == Some(true) {
-        let planned = planning::plan_now(&state, input, &body.value.metadata).await?;
+        let planned = planning::plan_now(&state, Some(&principal), input, &body.value.metadata).await?;
         return Ok(Json(crate::plans::preview(&state, planned.plan, Some(planned.planning), Some(planned.job_id)))
             .into_response());
     }
     let input = crate::webhooks::attach(&state, input, body.value.webhook_fields(key_secret)).await?;
-    let options = JobOptions { metadata: &body.value.metadata, max_attempts: body.value.max_attempts };
+    let options =
+        JobOptions { metadata: &body.value.metadata, max_attempts: body.value.max_attempts, owner: &principal.key.id };
     submit(&state, &principal, &headers, JobKind::Batch, &body.raw, input, options).await
 }
 
@@ -673,10 +686,23 @@ fn parse_id(id: &str) -> ApiResult<JobId> {
     JobId::parse_str(id).map_err(|_| ApiError::not_found("job", id))
 }
 
-/// The job with this id (404 for ids that are not job ids, too).
-pub async fn load(state: &AppState, id: &str) -> ApiResult<Job> {
+/// The job with this id if `principal` may read it (`None`: the local
+/// principal of stdio MCP, which reads every job); 404 as for an unknown id
+/// otherwise, and for ids that are not job ids, so a key learns nothing about
+/// another key's jobs.
+pub async fn load(state: &AppState, principal: Option<&Principal>, id: &str) -> ApiResult<Job> {
     let job_id = parse_id(id)?;
-    state.store.get_job(job_id).await?.ok_or_else(|| ApiError::not_found("job", id))
+    state
+        .store
+        .get_job(job_id)
+        .await?
+        .filter(|job| principal.is_none_or(|p| p.may_read(job.owner.as_deref())))
+        .ok_or_else(|| ApiError::not_found("job", id))
+}
+
+/// The owner `list_jobs` filters by: none for keys that read all.
+pub fn owner_filter(principal: Option<&Principal>) -> Option<String> {
+    principal.filter(|p| !p.reads_all()).map(|p| p.key.id.clone())
 }
 
 /// Get a job's status.
@@ -696,7 +722,7 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
     principal.require("jobs:read")?;
-    Ok(Json(load(&state, &id).await?.into()))
+    Ok(Json(load(&state, Some(&principal), &id).await?.into()))
 }
 
 /// Get a finished job's result.
@@ -721,7 +747,7 @@ pub async fn get_result(
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobResult>> {
     principal.require("jobs:read")?;
-    let job = load(&state, &id).await?;
+    let job = load(&state, Some(&principal), &id).await?;
     if !job.status.is_terminal() {
         let mut err = ApiError::new(
             StatusCode::CONFLICT,
@@ -738,6 +764,10 @@ pub async fn get_result(
 }
 
 /// List jobs, newest first.
+///
+/// A key lists the jobs it submitted; `admin` and `jobs:read_all` keys list
+/// every key's. Every route of a job answers 404 to any other key, as for an
+/// unknown id.
 #[utoipa::path(
     get, path = "/v1/jobs", tag = "jobs",
     params(ListParams),
@@ -762,7 +792,8 @@ pub async fn list_jobs(
         .transpose()?;
     let limit = page_limit(params.limit.as_deref())?;
     let before = job_cursor(params.cursor.as_deref())?;
-    let jobs = state.store.list_jobs(&JobFilter { status, kind, before, limit }).await?;
+    let owner = owner_filter(Some(&principal));
+    let jobs = state.store.list_jobs(&JobFilter { owner, status, kind, before, limit }).await?;
     let next_cursor = (jobs.len() == limit).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
     Ok(Json(JobPage { jobs: jobs.into_iter().map(JobView::from).collect(), next_cursor }))
 }
@@ -791,7 +822,12 @@ pub async fn cancel_job(
 ) -> ApiResult<Json<JobView>> {
     principal.require("jobs:write")?;
     let job_id = parse_id(&id)?;
-    let before = state.store.get_job(job_id).await?.ok_or_else(|| ApiError::not_found("job", &id))?;
+    let before = state
+        .store
+        .get_job(job_id)
+        .await?
+        .filter(|job| principal.may_change(job.owner.as_deref()))
+        .ok_or_else(|| ApiError::not_found("job", &id))?;
     if before.status.is_terminal() {
         return Err(ApiError::new(StatusCode::CONFLICT, "job_finished", format!("job {id} already {}", before.status))
             .with_details(json!({"status": before.status})));
@@ -831,7 +867,7 @@ pub async fn job_events(
     Query(query): Query<EventsQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     principal.require("jobs:read")?;
-    let job = load(&state, &id).await?;
+    let job = load(&state, Some(&principal), &id).await?;
     let from_header = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let after = match from_header.or(query.last_event_id) {
         None => 0,

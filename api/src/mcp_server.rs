@@ -146,6 +146,15 @@ async fn serve_http(
 ) -> ApiResult<Response> {
     let endpoint = endpoints.http(state, scope.clone());
     let session = request.headers().get(HEADER_SESSION_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // A session belongs to the key that opened it: to any other key it does
+    // not exist. A DELETE of an unknown session answers the same.
+    if let Some(session) = &session {
+        let unknown = request.method() == Method::DELETE
+            && !endpoint.sessions.has_session(&session.as_str().into()).await.unwrap_or(false);
+        if unknown || endpoint.activity.owned_by_other(session, &principal.key.id) {
+            return Ok(session_not_found());
+        }
+    }
     // Use is counted once the request is served: below, or by `direct`.
     if let Some(session) = &session
         && request.method() == Method::POST
@@ -174,10 +183,14 @@ async fn serve_http(
         request = Request::from_parts(parts, axum::body::Body::from(body));
     }
     let deletes = request.method() == Method::DELETE;
+    let key_id = principal.key.id.clone();
     // rmcp hands the request's parts to the handler, which reads the key's scopes from them.
     request.extensions_mut().insert(principal);
     let mut response = endpoint.service.handle(request).await.map(axum::body::Body::new);
     let created = response.headers().get(HEADER_SESSION_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let (None, Some(created), true) = (&session, &created, response.status().is_success()) {
+        endpoint.activity.opened_by(created, &key_id);
+    }
     let Some(session) = session.or(created) else { return Ok(response.into_response()) };
     if !response.status().is_success() {
         return Ok(response.into_response());
@@ -199,6 +212,15 @@ async fn serve_http(
         endpoint.activity.touch(&session);
     }
     Ok(response.into_response())
+}
+
+/// What the transport answers for a session it does not know (rmcp's own
+/// answer, so another key's session reads exactly like an unknown one).
+fn session_not_found() -> Response {
+    Response::builder()
+        .status(StatusCode::NOT_FOUND)
+        .body(axum::body::Body::from("Not Found: Session not found"))
+        .expect("a valid response")
 }
 
 /// Why `orch mcp` stopped.

@@ -180,7 +180,7 @@ pub async fn chat_completions(
         }
     }
     let metadata = Some(Map::from_iter([("source".to_owned(), json!("openai"))]));
-    let options = JobOptions { metadata: &metadata, max_attempts: None };
+    let options = JobOptions { metadata: &metadata, max_attempts: None, owner: &principal.key.id };
     let chat = WaitedChat::start(&state, input, options).await?;
     let id = chat.id;
     let mut response = if req.stream {
@@ -371,9 +371,10 @@ async fn wait_terminal(state: &AppState, id: JobId) -> ApiResult<()> {
 
 /// Runs a chat job with `input` and waits for it (cancelling it if the wait is
 /// abandoned); its answer text and result, or its failure as an HTTP error.
-pub async fn run_chat(state: &AppState, input: Value, source: &str) -> ApiResult<(JobId, String, Value)> {
+pub async fn run_chat(state: &AppState, input: Value, source: &str, owner: &str) -> ApiResult<(JobId, String, Value)> {
     let metadata = Some(Map::from_iter([("source".to_owned(), json!(source))]));
-    let mut chat = WaitedChat::start(state, input, JobOptions { metadata: &metadata, max_attempts: None }).await?;
+    let options = JobOptions { metadata: &metadata, max_attempts: None, owner };
+    let mut chat = WaitedChat::start(state, input, options).await?;
     chat.wait().await?;
     let (text, result) = finished(state, chat.id).await?;
     Ok((chat.id, text, result))

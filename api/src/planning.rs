@@ -108,11 +108,16 @@ pub struct Planned {
 /// Plans now: stores a dry-run batch job for `input` (from [`planning_input`]
 /// with `dry_run`), waits for it, and answers its plan. 422 `planning_failed`
 /// with the last answer's problems when no attempt gave a valid plan.
-pub async fn plan_now(state: &AppState, input: Value, metadata: &Option<Map<String, Value>>) -> ApiResult<Planned> {
+pub async fn plan_now(
+    state: &AppState,
+    principal: Option<&Principal>,
+    input: Value,
+    metadata: &Option<Map<String, Value>>,
+) -> ApiResult<Planned> {
     let metadata = Some(
         metadata.clone().unwrap_or_else(|| json!({"source": "plan_preview"}).as_object().cloned().unwrap_or_default()),
     );
-    let options = JobOptions { metadata: &metadata, max_attempts: None };
+    let options = JobOptions { metadata: &metadata, max_attempts: None, owner: jobs::owner_of(principal) };
     let (accepted, _) = jobs::submit_job(state, JobKind::Batch, input, options, || Ok(None)).await?;
     let id = accepted.id;
     let waited = tokio::time::timeout(state.config.chat_wait, async {
@@ -137,7 +142,7 @@ pub async fn plan_now(state: &AppState, input: Value, metadata: &Option<Map<Stri
             format!("no plan within {} s; job {id} is cancelled", state.config.chat_wait.as_secs()),
         ));
     };
-    let job = jobs::load(state, &id.to_string()).await?;
+    let job = jobs::load(state, principal, &id.to_string()).await?;
     if job.status != JobStatus::Succeeded {
         let error = job
             .error

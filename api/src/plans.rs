@@ -171,7 +171,7 @@ pub async fn preview_plan(
                 dry_run: true,
             };
             let input = planning::planning_input(&state, Some(&principal), &ask)?;
-            let planned = planning::plan_now(&state, input, &None).await?;
+            let planned = planning::plan_now(&state, Some(&principal), input, &None).await?;
             (planned.plan, Some((planned.planning, planned.job_id)))
         }
     };
@@ -236,7 +236,7 @@ pub async fn job_graph(
     Query(query): Query<FormatQuery>,
 ) -> ApiResult<Response> {
     principal.require("jobs:read")?;
-    let job = jobs::load(&state, &id).await?;
+    let job = jobs::load(&state, Some(&principal), &id).await?;
     if job.kind != JobKind::Batch {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -311,7 +311,7 @@ pub async fn node_output(
     Path((id, node)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     principal.require("jobs:read")?;
-    let job = jobs::load(&state, &id).await?;
+    let job = jobs::load(&state, Some(&principal), &id).await?;
     let no_output =
         || ApiError::new(StatusCode::NOT_FOUND, "no_output", format!("node {node:?} of job {id} has no output (yet)"));
     if job.kind != JobKind::Batch {

@@ -348,7 +348,8 @@ fn view(state: &AppState, name: &str) -> Option<ServerView> {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "remote", "config": {"transportType": "streamable-http", "url": "https://mcp.example.com/mcp", "headers": {"Authorization": "Bearer ${REMOTE_TOKEN}"}, "timeout": 30}}))]
 pub struct CreateServer {
-    /// 1–64 letters, digits, `_` or `-`; unique across mcp-config.json and the API.
+    /// 1–64 letters, digits, `_` or `-`, starting with a letter or digit; unique
+    /// across mcp-config.json and the API.
     pub name: String,
     /// The entry in the mcp-config.json format (`url`, `transportType`, `headers`, `timeout`,
     /// `autoApprove`, `disabled`, `pool`; `command`, `args`, `env`, `cwd` only when
@@ -711,7 +712,7 @@ mod tests {
             json!({"url": "http://x"}),
             false,
             422,
-            "server `a.b`, field `name`: invalid server name `a.b`: use 1 to 64 letters, digits, `_` or `-`",
+            "server `a.b`, field `name`: invalid server name `a.b`: use 1 to 64 letters, digits, `_` or `-`, starting with a letter or digit",
         );
         check(
             "remote",

@@ -13,52 +13,72 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::auth::{ADMIN, Principal};
+use crate::auth::Principal;
 use crate::error::responses::{Forbidden, Invalid, NotFound, Unauthorized};
 use crate::error::{ApiError, ApiResult};
 
 /// Owner of sessions started over stdio MCP (`orch mcp`), which has no key.
-const LOCAL_OWNER: &str = "local";
+const LOCAL_OWNER: &str = crate::jobs::LOCAL_OWNER;
 
-/// Checks a session id: 1–128 of `A-Z a-z 0-9 . _ : -`.
+/// Checks a session id: 1–128 of `A-Z a-z 0-9 . _ : -`, starting with a letter
+/// or digit (so `..` or `-rf` is never a session id).
 pub fn check_id(field: &str, id: &str) -> ApiResult<()> {
-    let ok = (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
-    if ok { Ok(()) } else { Err(ApiError::invalid_field(field, "use 1–128 characters of A-Z a-z 0-9 . _ : -")) }
-}
-
-/// 403 unless `principal` owns the session (admins see every session).
-fn check_owner(principal: Option<&Principal>, session: &Session) -> ApiResult<()> {
-    let owner = principal.map_or(LOCAL_OWNER, |p| p.key.id.as_str());
-    let admin = principal.is_none_or(|p| p.key.scopes.iter().any(|s| s == ADMIN));
-    if session.owner == owner || admin {
+    let ok = (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        && id.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "session_forbidden",
-            format!("session {} belongs to another API key", session.id),
+        Err(ApiError::invalid_field(
+            field,
+            format!(
+                "{id:?} is not a session id; use 1–128 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit"
+            ),
         ))
     }
 }
 
+/// Whether `principal` may continue or forget the session: its owner, or admin
+/// (`None`, stdio MCP, may).
+fn may_change(principal: Option<&Principal>, session: &Session) -> bool {
+    principal.is_none_or(|p| p.may_change(Some(&session.owner)))
+}
+
 /// Adds the session to a chat job's input: the worker gives the provider its
-/// history and appends this turn. A session of another key is refused.
+/// history and appends this turn. A session of another key is refused (ids are
+/// chosen by callers, so that refusal cannot be avoided: choose unguessable ids).
 pub async fn attach(state: &AppState, principal: Option<&Principal>, input: &mut Value, id: &str) -> ApiResult<()> {
     check_id("session_id", id)?;
-    if let Some(session) = state.store.get_session(id).await? {
-        check_owner(principal, &session)?;
+    if let Some(session) = state.store.get_session(id).await?
+        && !may_change(principal, &session)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "session_forbidden",
+            format!("session {id} belongs to another API key; use another session id"),
+        ));
     }
     let owner = principal.map_or(LOCAL_OWNER, |p| p.key.id.as_str());
     input["session"] = json!({"id": id, "owner": owner, "ttl_secs": state.config.session_ttl.as_secs().max(1)});
     Ok(())
 }
 
-/// A session the caller may read (`None`: over stdio, no key).
+/// A session the caller may read (`None`: over stdio, no key, reads all); 404
+/// as for an unknown one when it belongs to another key.
 pub async fn load(state: &AppState, principal: Option<&Principal>, id: &str) -> ApiResult<Session> {
     check_id("id", id)?;
-    let session = state.store.get_session(id).await?.ok_or_else(|| ApiError::not_found("session", id))?;
-    check_owner(principal, &session)?;
-    Ok(session)
+    state
+        .store
+        .get_session(id)
+        .await?
+        .filter(|session| principal.is_none_or(|p| p.may_read(Some(&session.owner))))
+        .ok_or_else(|| ApiError::not_found("session", id))
+}
+
+/// A session the caller may forget: its own (any, for admin); 404 otherwise.
+async fn load_to_change(state: &AppState, principal: &Principal, id: &str) -> ApiResult<Session> {
+    let session = load(state, Some(principal), id).await?;
+    if may_change(Some(principal), &session) { Ok(session) } else { Err(ApiError::not_found("session", id)) }
 }
 
 /// Where the session view of a session goes, with its messages.
@@ -93,7 +113,8 @@ pub async fn memory(
         if let Some(model) = provider {
             input["model"] = json!(model);
         }
-        let (_, text, _) = crate::openai::run_chat(state, input, "session-memory").await?;
+        let (_, text, _) =
+            crate::openai::run_chat(state, input, "session-memory", crate::jobs::owner_of(principal)).await?;
         Some(text)
     } else {
         None
@@ -159,8 +180,9 @@ pub struct SessionListParams {
 
 /// List sessions.
 ///
-/// Unexpired sessions of the calling key (every key's for an admin), most
-/// recently used first.
+/// Unexpired sessions of the calling key (every key's for `admin` and
+/// `jobs:read_all`), most recently used first. Another key's session answers
+/// 404 on every route, as an unknown one does.
 #[utoipa::path(
     get, path = "/v1/sessions", tag = "sessions",
     params(SessionListParams),
@@ -184,8 +206,7 @@ pub async fn list_sessions(
             text.parse::<usize>().map_err(|_| ApiError::invalid_field("cursor", "not a cursor from next_cursor"))?
         }
     };
-    let admin = principal.key.scopes.iter().any(|s| s == ADMIN);
-    let owner = (!admin).then_some(principal.key.id.as_str());
+    let owner = (!principal.reads_all()).then_some(principal.key.id.as_str());
     let sessions = state.store.list_sessions(owner, offset, limit).await?;
     let next_cursor = (sessions.len() == limit).then(|| (offset + limit).to_string());
     Ok(Json(SessionPage { sessions: sessions.into_iter().map(|s| SessionView::of(s, false)).collect(), next_cursor }))
@@ -228,7 +249,7 @@ pub async fn delete_session(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     principal.require("jobs:write")?;
-    load(&state, Some(&principal), &id).await?;
+    load_to_change(&state, &principal, &id).await?;
     state.store.delete_session(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
-use crate::auth::{ADMIN, Principal};
+use crate::auth::Principal;
 use crate::error::responses::{Forbidden, Invalid, Unauthorized};
 use crate::error::{ApiError, ApiResult};
 
@@ -71,8 +71,8 @@ fn parse_time(field: &str, text: &str) -> ApiResult<DateTime<Utc>> {
 /// Chat usage.
 ///
 /// Turns, tokens, cost as the CLIs reported it, and latency percentiles in
-/// `[from, to)`, grouped by `provider`, `model` or `key`. An admin sees every
-/// key's turns; another key sees its own.
+/// `[from, to)`, grouped by `provider`, `model` or `key`. `admin` and
+/// `jobs:read_all` keys see every key's turns; another key sees its own.
 #[utoipa::path(
     get, path = "/v1/usage", tag = "chat",
     params(UsageParams),
@@ -111,7 +111,7 @@ pub async fn usage(
     };
     let records = state.store.usage(from, to, MAX_RECORDS).await?;
     let truncated = records.len() == MAX_RECORDS;
-    let admin = principal.key.scopes.iter().any(|s| s == ADMIN);
+    let admin = principal.reads_all();
     let mut groups: BTreeMap<String, Vec<&UsageRecord>> = BTreeMap::new();
     for record in records.iter().filter(|r| admin || r.key_id == principal.key.id) {
         groups.entry(group_of(record)).or_default().push(record);

@@ -543,6 +543,8 @@ pub struct DeliveryParams {
 /// waiting to retry; `status=superseded` the ones not sent because their job
 /// ended otherwise (not failures). A filtered page may hold fewer than
 /// `limit` deliveries and still have a `next_cursor`.
+/// A key lists the deliveries about its own jobs; `admin` and `jobs:read_all`
+/// keys list all (events about no job, such as `server.down`, only they see).
 #[utoipa::path(
     get, path = "/v1/deliveries", tag = "webhooks",
     params(DeliveryParams),
@@ -570,8 +572,14 @@ pub async fn list_deliveries(
         .transpose()?;
     let limit = crate::jobs::page_limit(params.limit.as_deref())?;
     let mut before = crate::jobs::job_cursor(params.cursor.as_deref())?;
-    let filter =
-        |before| JobFilter { status: status.map(DeliveryStatus::stored), kind: Some(JobKind::Delivery), before, limit };
+    let owner = crate::jobs::owner_filter(Some(&principal));
+    let filter = |before| JobFilter {
+        owner: owner.clone(),
+        status: status.map(DeliveryStatus::stored),
+        kind: Some(JobKind::Delivery),
+        before,
+        limit,
+    };
     // `succeeded` and `superseded` share a stored status: read pages until
     // `limit` match, the deliveries end, or SCAN_PAGES were read.
     const SCAN_PAGES: usize = 20;
@@ -638,7 +646,7 @@ pub async fn job_deliveries(
     principal.require("jobs:read")?;
     let limit = crate::jobs::page_limit(params.limit.as_deref())?;
     let before = crate::jobs::job_cursor(params.cursor.as_deref())?;
-    let job = crate::jobs::load(&state, &id).await?;
+    let job = crate::jobs::load(&state, Some(&principal), &id).await?;
     let found = state.store.job_deliveries(job.id, before, limit).await?;
     let next_cursor = (found.len() == limit).then(|| found.last().map(|j| j.id.to_string())).flatten();
     Ok(Json(DeliveryPage { deliveries: delivery_views(&state, found).await?, next_cursor }))
@@ -666,10 +674,15 @@ pub async fn redeliver(
     principal.require("jobs:write")?;
     let not_found = || ApiError::not_found("delivery", &id);
     let job_id = JobId::parse_str(&id).map_err(|_| not_found())?;
-    let original = state.store.get_job(job_id).await?.filter(|j| j.kind == JobKind::Delivery).ok_or_else(not_found)?;
+    let original = state
+        .store
+        .get_job(job_id)
+        .await?
+        .filter(|j| j.kind == JobKind::Delivery && principal.may_change(j.owner.as_deref()))
+        .ok_or_else(not_found)?;
     let mut input: DeliveryInput = serde_json::from_value(original.input).map_err(ApiError::internal)?;
     input.redelivery_of = Some(original.id);
-    let job = match state.store.insert_job(orch_webhooks::delivery_job(&input, None)).await? {
+    let job = match state.store.insert_job(orch_webhooks::delivery_job(&input, None, original.owner)).await? {
         orch_store::Inserted::Created(job) => job,
         other => {
             return Err(ApiError::internal(format!("a delivery without idempotency key was not created: {other:?}")));
@@ -826,6 +839,7 @@ pub fn sample_job(event: &str) -> (Job, Option<Value>) {
         cancel_requested: false,
         worker: None,
         lease_expires_at: None,
+        owner: None,
     };
     let result = (status == JobStatus::Succeeded).then(|| {
         json!({"text": "Three issues closed, two opened.", "model": "echo", "usage": {"input_tokens": 4, "output_tokens": 6}})

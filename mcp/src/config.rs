@@ -194,13 +194,20 @@ impl FileError {
     }
 }
 
-/// Server names become the prefix of tool names (`server.tool`) and URL path
-/// segments (`/mcp/{server}`), so they are kept to a safe alphabet.
+/// Server names become the prefix of tool names (`server.tool`), URL path
+/// segments (`/mcp/{server}`) and command-line words, so they are kept to a
+/// safe alphabet and start with a letter or digit (never `-rf`).
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
+    let ok = name.len() <= 64
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok { Ok(()) } else { Err(format!("invalid server name `{name}`: use 1 to 64 letters, digits, `_` or `-`")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid server name `{name}`: use 1 to 64 letters, digits, `_` or `-`, starting with a letter or digit"
+        ))
+    }
 }
 
 #[derive(Deserialize)]

@@ -153,7 +153,7 @@ fn invalid_entries_are_reported_by_server_and_field_and_do_not_stop_others() {
         error bad-header.headers.X: the value is not a valid HTTP header value
         error bad-type.transportType: unknown transport `websocket`; use "stdio", "sse" or "streamable-http"
         error bad-url.url: `ftp://h/x` must start with http:// or https://
-        error bad.name.name: invalid server name `bad.name`: use 1 to 64 letters, digits, `_` or `-`
+        error bad.name.name: invalid server name `bad.name`: use 1 to 64 letters, digits, `_` or `-`, starting with a letter or digit
         error no-transport.command: missing: give `command` (stdio) or `url` (HTTP)
         error no-url.url: missing: a sse server needs `url`
         error pool-field.pool.size: unknown field `size`, expected one of `min`, `max`, `concurrency`

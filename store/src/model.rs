@@ -150,6 +150,9 @@ pub struct NewJob {
     /// When the job becomes due (normally `created_at`).
     pub run_at: DateTime<Utc>,
     pub idempotency: Option<Idempotency>,
+    /// The API key that submitted it (`local` over stdio MCP); deliveries get
+    /// their job's. Only this key (and admin) may see the job.
+    pub owner: Option<String>,
 }
 
 impl NewJob {
@@ -206,6 +209,9 @@ pub struct Job {
     /// Worker holding the lease while running.
     pub worker: Option<String>,
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// See [`NewJob::owner`]; `None` for jobs stored before owners were kept.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 impl Job {
@@ -261,6 +267,8 @@ pub struct Completion {
 /// Filter and page of `list_jobs`: newest first, strictly older than `before`.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
+    /// Only the jobs of this owner (see [`NewJob::owner`]); `None` for everyone's.
+    pub owner: Option<String>,
     pub status: Option<JobStatus>,
     pub kind: Option<JobKind>,
     pub before: Option<JobId>,

@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0008_job_outputs.sql"),
     include_str!("../../migrations/sqlite/0009_cache.sql"),
     include_str!("../../migrations/sqlite/0010_delivery_parent.sql"),
+    include_str!("../../migrations/sqlite/0010_job_owner.sql"),
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,7 +57,7 @@ const PURGEABLE_JOBS: &str = "SELECT id FROM jobs INDEXED BY jobs_finished
      WHERE finished_at < ?1 AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?2";
 
 const JOB_COLUMNS: &str = "id, kind, status, input, metadata, attempts, max_attempts, progress, error, \
-     created_at, updated_at, run_at, started_at, finished_at, cancel_requested, worker, lease_expires_at";
+     created_at, updated_at, run_at, started_at, finished_at, cancel_requested, worker, lease_expires_at, owner";
 
 /// The SQLite store. Dropping it stops the writer thread once queued writes are done.
 pub struct SqliteStore {
@@ -427,6 +428,7 @@ fn job_from_row(row: &Row) -> Result<Job> {
         cancel_requested: row.get(14)?,
         worker: row.get(15)?,
         lease_expires_at: row.get::<_, Option<i64>>(16)?.map(from_millis),
+        owner: row.get(17)?,
     })
 }
 
@@ -448,8 +450,8 @@ fn insert_queued(conn: &Connection, job: &NewJob) -> Result<Job> {
     let created = to_millis(job.created_at);
     let run_at = to_millis(job.run_at);
     conn.prepare_cached(
-        "INSERT OR FAIL INTO jobs (id, kind, status, input, metadata, attempts, max_attempts, created_at, updated_at, run_at, last_seq, parent)
-         VALUES (?1, ?2, 'queued', ?3, ?4, 0, ?5, ?6, ?6, ?7, 1, ?8)",
+        "INSERT OR FAIL INTO jobs (id, kind, status, input, metadata, attempts, max_attempts, created_at, updated_at, run_at, last_seq, parent, owner)
+         VALUES (?1, ?2, 'queued', ?3, ?4, 0, ?5, ?6, ?6, ?7, 1, ?8, ?9)",
     )?
     .execute(params![
         id,
@@ -459,7 +461,8 @@ fn insert_queued(conn: &Connection, job: &NewJob) -> Result<Job> {
         job.max_attempts,
         created,
         run_at,
-        job.parent().map(|p| p.to_string())
+        job.parent().map(|p| p.to_string()),
+        job.owner
     ])?;
     append_event(conn, &id, 1, "queued", &json!({"status": "queued"}), created)?;
     Ok(Job {
@@ -480,6 +483,7 @@ fn insert_queued(conn: &Connection, job: &NewJob) -> Result<Job> {
         cancel_requested: false,
         worker: None,
         lease_expires_at: None,
+        owner: job.owner.clone(),
     })
 }
 
@@ -574,7 +578,7 @@ fn claim_due(conn: &Connection, worker: &str, limit: usize, lease: Duration) -> 
     ))?;
     let mut claimed =
         collect_rows(stmt.query(params![worker, lease_until(now, lease), now, sql_limit(limit)])?, |row| {
-            Ok((job_from_row(row)?, row.get::<_, i64>(17)?))
+            Ok((job_from_row(row)?, row.get::<_, i64>(18)?))
         })?;
     // RETURNING has no order of its own.
     claimed.sort_by_key(|(job, _)| (job.run_at, job.id));
@@ -681,6 +685,7 @@ fn list_query(filter: &JobFilter) -> (String, Vec<String>) {
     let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
     let mut args = Vec::new();
     for (condition, value) in [
+        ("owner =", filter.owner.clone()),
         ("status =", filter.status.map(|s| s.as_str().to_owned())),
         ("kind =", filter.kind.map(|k| k.as_str().to_owned())),
         ("id <", filter.before.map(|id| id.to_string())),
@@ -1415,14 +1420,19 @@ mod tests {
     #[test]
     fn every_list_filter_reads_an_index_in_order() {
         let before = Some(new_job_id());
-        for (status, kind, index) in [
-            (None, None, "sqlite_autoindex_jobs_1"),
-            (Some(JobStatus::Queued), None, "jobs_status"),
-            (None, Some(JobKind::Chat), "jobs_kind"),
-            (Some(JobStatus::Queued), Some(JobKind::Chat), "jobs_"),
+        for (owner, status, kind, index) in [
+            (None, None, None, "sqlite_autoindex_jobs_1"),
+            (None, Some(JobStatus::Queued), None, "jobs_status"),
+            (None, None, Some(JobKind::Chat), "jobs_kind"),
+            (None, Some(JobStatus::Queued), Some(JobKind::Chat), "jobs_"),
+            (Some("key_a"), None, None, "jobs_owner"),
+            (Some("key_a"), None, Some(JobKind::Chat), "jobs_"),
+            (Some("key_a"), Some(JobStatus::Queued), None, "jobs_"),
+            (Some("key_a"), Some(JobStatus::Queued), Some(JobKind::Chat), "jobs_"),
         ] {
             for before in [None, before] {
-                let (sql, _) = list_query(&JobFilter { status, kind, before, limit: 10 });
+                let owner = owner.map(str::to_owned);
+                let (sql, _) = list_query(&JobFilter { owner, status, kind, before, limit: 10 });
                 check_plan(&sql, index);
             }
         }
@@ -1456,6 +1466,7 @@ mod tests {
             created_at: now,
             run_at: now,
             idempotency: None,
+            owner: None,
         }
     }
 

@@ -30,6 +30,7 @@ fn new_job(i: usize) -> NewJob {
         created_at: now,
         run_at: now,
         idempotency: None,
+        owner: None,
     }
 }
 

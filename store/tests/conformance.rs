@@ -28,6 +28,7 @@ fn new_job(kind: JobKind) -> NewJob {
         created_at: now,
         run_at: now,
         idempotency: None,
+        owner: None,
     }
 }
 
@@ -145,6 +146,7 @@ async fn inserted_job_is_queued_and_readable(store: Arc<dyn Store>) {
         cancel_requested: false,
         worker: None,
         lease_expires_at: None,
+        owner: None,
     };
     assert_eq!(job, expected);
     assert_eq!(get(&store, new.id).await, expected);
@@ -652,7 +654,7 @@ async fn list_filters_by_status_and_kind(store: Arc<dyn Store>) {
     let list = |status, kind, limit| {
         let store = store.clone();
         async move {
-            let jobs = store.list_jobs(&JobFilter { status, kind, before: None, limit }).await.unwrap();
+            let jobs = store.list_jobs(&JobFilter { status, kind, before: None, limit, owner: None }).await.unwrap();
             jobs.into_iter().map(|j| j.id).collect::<Vec<_>>()
         }
     };
@@ -666,6 +668,75 @@ async fn list_filters_by_status_and_kind(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(page.into_iter().map(|j| j.id).collect::<Vec<_>>(), [chat[1], chat[0]]);
+}
+
+fn owned_by(owner: &str, kind: JobKind) -> NewJob {
+    NewJob { owner: Some(owner.into()), ..new_job(kind) }
+}
+
+/// Each key lists only its own jobs, in pages, with the other filters, on both
+/// backends; purge takes a purged job out of its owner's listing.
+async fn jobs_are_listed_per_owner_in_pages(store: Arc<dyn Store>) {
+    let mut mine = Vec::new();
+    for i in 0..23 {
+        // Another key's and an ownerless job between each of mine.
+        insert(&store, owned_by("key_b", JobKind::Chat)).await;
+        insert(&store, new_job(JobKind::Chat)).await;
+        let kind = if i % 3 == 0 { JobKind::Batch } else { JobKind::Chat };
+        mine.push(insert(&store, owned_by("key_a", kind)).await);
+    }
+    store.insert_jobs(vec![owned_by("key_a", JobKind::Chat), owned_by("key_b", JobKind::Chat)]).await.unwrap();
+    let bulk = store
+        .list_jobs(&JobFilter { owner: Some("key_a".into()), limit: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(bulk.owner.as_deref(), Some("key_a"), "bulk inserts keep the owner");
+    mine.push(bulk);
+    let delivery = insert(&store, NewJob { owner: Some("key_a".into()), ..delivery_of(mine[0].id) }).await;
+    assert_eq!(get(&store, mine[0].id).await.owner.as_deref(), Some("key_a"));
+    assert_eq!(get(&store, delivery.id).await.owner.as_deref(), Some("key_a"));
+
+    let page_all = |filter: JobFilter| {
+        let store = store.clone();
+        async move {
+            let (mut seen, mut pages, mut before) = (Vec::new(), Vec::new(), None);
+            loop {
+                let page = store.list_jobs(&JobFilter { before, limit: 10, ..filter.clone() }).await.unwrap();
+                pages.push(page.len());
+                let Some(last) = page.last() else { break };
+                before = Some(last.id);
+                seen.extend(page);
+            }
+            (seen, pages)
+        }
+    };
+    let a = || JobFilter { owner: Some("key_a".into()), ..Default::default() };
+    let (seen, pages) = page_all(a()).await;
+    assert_eq!(pages, [10, 10, 4, 0]);
+    let newest_first: Vec<JobId> = sorted(mine.iter().map(|j| j.id).collect()).into_iter().rev().collect();
+    assert_eq!(seen.iter().map(|j| j.id).collect::<Vec<_>>(), newest_first);
+    assert!(seen.iter().all(|j| j.owner.as_deref() == Some("key_a")));
+
+    let (batches, _) = page_all(JobFilter { kind: Some(JobKind::Batch), ..a() }).await;
+    assert_eq!(batches.len(), 8);
+    assert!(batches.iter().all(|j| j.kind == JobKind::Batch && j.owner.as_deref() == Some("key_a")));
+    let (deliveries, _) = page_all(JobFilter { kind: Some(JobKind::Delivery), ..a() }).await;
+    assert_eq!(deliveries.iter().map(|j| j.id).collect::<Vec<_>>(), [delivery.id]);
+
+    store.cancel_job(mine[1].id).await.unwrap();
+    let (cancelled, _) = page_all(JobFilter { status: Some(JobStatus::Cancelled), ..a() }).await;
+    assert_eq!(cancelled.iter().map(|j| j.id).collect::<Vec<_>>(), [mine[1].id]);
+    let (of_b, _) = page_all(JobFilter { owner: Some("key_b".into()), ..Default::default() }).await;
+    assert_eq!(of_b.len(), 24);
+    assert!(page_all(JobFilter { owner: Some("key_c".into()), ..Default::default() }).await.0.is_empty());
+    // Everyone's listing still has every non-delivery job, ownerless ones included.
+    assert_eq!(page_all(JobFilter::default()).await.0.len(), 24 + 24 + 23);
+
+    assert_eq!(store.purge(Utc::now() + TimeDelta::seconds(1), 100).await.unwrap(), 1);
+    let (after_purge, _) = page_all(a()).await;
+    assert_eq!(after_purge.len(), 23);
+    assert!(after_purge.iter().all(|j| j.id != mine[1].id));
 }
 
 async fn counts_follow_each_status(store: Arc<dyn Store>) {
@@ -1181,6 +1252,7 @@ on_each_backend!(
     event_appends_wake_waiters,
     list_pages_newest_first,
     list_filters_by_status_and_kind,
+    jobs_are_listed_per_owner_in_pages,
     counts_follow_each_status,
     purge_removes_only_old_finished_jobs,
     purge_respects_limit,

@@ -37,6 +37,7 @@ fn new_jobs(n: usize, run_at: Option<DateTime<Utc>>) -> Vec<NewJob> {
                 created_at: now,
                 run_at: run_at.unwrap_or(now),
                 idempotency: None,
+                owner: None,
             }
         })
         .collect()

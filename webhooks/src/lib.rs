@@ -247,7 +247,7 @@ impl Webhooks {
                 redelivery_of: None,
                 payload: None,
             };
-            self.store.insert_job(delivery_job(&input, Some(key))).await?;
+            self.store.insert_job(delivery_job(&input, Some(key), job.owner.clone())).await?;
         }
         Ok(targets.len())
     }
@@ -295,7 +295,7 @@ impl Webhooks {
                 redelivery_of: None,
                 payload: None,
             };
-            let new = NewJob { run_at: due, ..delivery_job(&input, Some(key)) };
+            let new = NewJob { run_at: due, ..delivery_job(&input, Some(key), job.owner.clone()) };
             if let Err(err) = self.store.insert_job(new).await {
                 // The next event in this interval tries again.
                 self.progress_queued.lock().unwrap().remove(&job.id);
@@ -325,15 +325,17 @@ impl Webhooks {
                 redelivery_of: None,
                 payload: Some(payload.clone()),
             };
-            self.store.insert_job(delivery_job(&input, Some(key))).await?;
+            self.store.insert_job(delivery_job(&input, Some(key), None)).await?;
             queued += 1;
         }
         Ok(queued)
     }
 }
 
-/// The queued job of a delivery; `key` makes queueing it idempotent.
-pub fn delivery_job(input: &DeliveryInput, key: Option<String>) -> NewJob {
+/// The queued job of a delivery; `key` makes queueing it idempotent. `owner`
+/// is the owner of the job it is about (`None` for events about no job: only
+/// admin sees those).
+pub fn delivery_job(input: &DeliveryInput, key: Option<String>, owner: Option<String>) -> NewJob {
     let now = Utc::now();
     NewJob {
         id: orch_store::new_job_id(),
@@ -349,6 +351,7 @@ pub fn delivery_job(input: &DeliveryInput, key: Option<String>) -> NewJob {
             body_hash: "delivery".into(),
             expires_at: now + chrono::Duration::days(30),
         }),
+        owner,
     }
 }
 

@@ -253,6 +253,7 @@ mod tests {
             cancel_requested: false,
             worker: None,
             lease_expires_at: None,
+            owner: None,
         };
         (job, json!({"text": result_text, "model": "echo"}))
     }

@@ -668,6 +668,7 @@ mod tests {
             cancel_requested: false,
             worker: Some("w".into()),
             lease_expires_at: None,
+            owner: None,
         };
         let error = JobError::new("http_503", "busy", true).retry_in(Duration::from_secs(3600));
         let Outcome::Failed { retry_at: Some(at), .. } = outcome_of(&config, &job, Err(error)) else {

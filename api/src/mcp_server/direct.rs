@@ -215,6 +215,8 @@ struct Seen {
     last: Instant,
     streams: usize,
     calls: HashMap<RequestId, (u64, CancellationToken)>,
+    /// Id of the API key that opened the session; no other key may use it.
+    owner: Option<String>,
 }
 
 impl Drop for Seen {
@@ -228,7 +230,7 @@ impl Drop for Seen {
 
 impl Seen {
     fn new() -> Seen {
-        Seen { last: Instant::now(), streams: 0, calls: HashMap::new() }
+        Seen { last: Instant::now(), streams: 0, calls: HashMap::new(), owner: None }
     }
 }
 
@@ -244,6 +246,17 @@ impl Activity {
         let seen = sessions.get_mut(session).expect("inserted above");
         seen.last = Instant::now();
         seen
+    }
+
+    /// The session was opened by the key `owner` (its id), the only key that
+    /// may use it from now on.
+    pub(super) fn opened_by(&self, session: &str, owner: &str) {
+        Self::seen(&mut self.lock(), session).owner = Some(owner.to_owned());
+    }
+
+    /// Whether another key than `key` opened the session.
+    pub(super) fn owned_by_other(&self, session: &str, key: &str) -> bool {
+        self.lock().get(session).and_then(|seen| seen.owner.as_deref()).is_some_and(|owner| owner != key)
     }
 
     /// The session was used now.

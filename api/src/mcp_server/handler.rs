@@ -159,12 +159,9 @@ impl OrchMcp {
         let (input, metadata, max_attempts) = match kind {
             JobKind::Chat => {
                 let req: ChatJobRequest = crate::json::parse(&raw)?;
-                let input = crate::webhooks::attach(
-                    &self.state,
-                    jobs::chat_input(&self.state, &req)?,
-                    req.webhook_fields(None),
-                )
-                .await?;
+                let mut input = jobs::chat_input(&self.state, &req)?;
+                input["key_id"] = json!(jobs::owner_of(principal));
+                let input = crate::webhooks::attach(&self.state, input, req.webhook_fields(None)).await?;
                 (input, req.metadata, req.max_attempts)
             }
             JobKind::Batch | JobKind::Delivery => {
@@ -174,7 +171,7 @@ impl OrchMcp {
                 (input, req.metadata, req.max_attempts)
             }
         };
-        let options = JobOptions { metadata: &metadata, max_attempts };
+        let options = JobOptions { metadata: &metadata, max_attempts, owner: jobs::owner_of(principal) };
         // MCP has no Idempotency-Key header; a retried tool call makes a new job.
         let (accepted, _) = jobs::submit_job(&self.state, kind, input, options, || Ok(None)).await?;
         Ok(json!(accepted))
@@ -186,15 +183,16 @@ impl OrchMcp {
         let raw = serde_json::to_vec(&arguments).map_err(ApiError::internal)?;
         let req: ChatJobRequest = crate::json::parse(&raw)?;
         let mut input = jobs::chat_input(&self.state, &req)?;
-        input["key_id"] = json!(principal.map_or("local", |p| p.key.id.as_str()));
+        input["key_id"] = json!(jobs::owner_of(principal));
         if let Some(session) = &req.session_id {
             crate::sessions::attach(&self.state, principal, &mut input, session).await?;
         }
-        let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
+        let options =
+            JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts, owner: jobs::owner_of(principal) };
         let mut chat = crate::openai::WaitedChat::start(&self.state, input, options).await?;
         chat.wait().await?;
         let id = chat.id;
-        let job = jobs::load(&self.state, &id.to_string()).await?;
+        let job = jobs::load(&self.state, principal, &id.to_string()).await?;
         if job.status != JobStatus::Succeeded {
             let error = job
                 .error
@@ -226,7 +224,7 @@ impl OrchMcp {
         let req: BatchJobRequest = crate::json::parse(&raw)?;
         let input = jobs::batch_input(&self.state, principal, &req)?;
         if req.dry_run == Some(true) {
-            let planned = crate::planning::plan_now(&self.state, input, &req.metadata).await?;
+            let planned = crate::planning::plan_now(&self.state, principal, input, &req.metadata).await?;
             return Ok(json!(crate::plans::preview(
                 &self.state,
                 planned.plan,
@@ -234,7 +232,8 @@ impl OrchMcp {
                 Some(planned.job_id)
             )));
         }
-        let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts };
+        let options =
+            JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts, owner: jobs::owner_of(principal) };
         let (accepted, _) = jobs::submit_job(&self.state, JobKind::Batch, input, options, || Ok(None)).await?;
         if !wait {
             return Ok(json!(accepted));
@@ -250,7 +249,7 @@ impl OrchMcp {
             }
         })
         .await;
-        job_json(&self.state, &id.to_string()).await
+        job_json(&self.state, principal, &id.to_string()).await
     }
 
     async fn get_job(&self, arguments: JsonObject, principal: Option<&Principal>) -> Result<Value, ApiError> {
@@ -259,7 +258,7 @@ impl OrchMcp {
             .get("id")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::invalid_field("id", "give the job id that submit_job returned"))?;
-        job_json(&self.state, id).await
+        job_json(&self.state, principal, id).await
     }
 
     /// Sends the client `notifications/tools/list_changed` when the tools of
@@ -475,8 +474,8 @@ fn error_text(err: &ApiError) -> String {
     json!({ "error": error }).to_string()
 }
 
-async fn job_json(state: &AppState, id: &str) -> Result<Value, ApiError> {
-    let job = jobs::load(state, id).await?;
+async fn job_json(state: &AppState, principal: Option<&Principal>, id: &str) -> Result<Value, ApiError> {
+    let job = jobs::load(state, principal, id).await?;
     let result = if job.status == JobStatus::Succeeded { state.store.get_result(job.id).await? } else { None };
     let mut value = json!(JobView::from(job));
     if let Some(result) = result {
@@ -517,7 +516,7 @@ const OWN_URIS: [&str; 3] = [JOB_URI, PROVIDER_URI, SESSION_URI];
 async fn own_resource(state: &AppState, uri: &str, principal: Option<&Principal>) -> Result<Value, ApiError> {
     require(principal, "jobs:read")?;
     if let Some(id) = uri.strip_prefix(JOB_URI) {
-        return job_json(state, id).await;
+        return job_json(state, principal, id).await;
     }
     if let Some(name) = uri.strip_prefix(PROVIDER_URI) {
         let views = crate::providers::provider_views(state).await;

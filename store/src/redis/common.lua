@@ -141,14 +141,16 @@ end
 -- A new queued job with its `queued` event (at its creation time).
 -- The fields the hot paths touch come first: a small hash is a list scanned in order.
 -- `parent` is the job a delivery is about ('' for none): indexed in parent:<id>.
-local function create_job(id, kind, spec, max_attempts, created_at, run_at, idem, parent)
+-- `owner` is the key that submitted it ('' for none): indexed in owner:<key id>.
+local function create_job(id, kind, spec, max_attempts, created_at, run_at, idem, parent, owner)
   redis.call('HSET', jkey(id), 'status', 'queued', 'attempts', '0', 'events', '1',
     'updated_at', created_at, 'run_at', run_at, 'cancel_requested', '0', 'spec', spec,
-    'kind', kind, 'max_attempts', max_attempts, 'idem', idem, 'parent', parent,
+    'kind', kind, 'max_attempts', max_attempts, 'idem', idem, 'parent', parent, 'owner', owner,
     'e1', created_at .. '|queued|{"status":"queued"}')
   defer('ZADD', K_JOBS, '0', id)
   defer('ZADD', skey('queued'), '0', id)
   defer('ZADD', P .. ':kind:' .. kind, '0', id)
   if parent ~= '' then defer('ZADD', P .. ':parent:' .. parent, '0', id) end
+  if owner ~= '' then defer('ZADD', P .. ':owner:' .. owner, '0', id) end
   enqueue(id, run_at)
 end

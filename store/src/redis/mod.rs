@@ -45,6 +45,10 @@
 //!   shares (the LLM planner's plans).
 //! - `parent:{id}` ZSET (score 0) of the deliveries about job `id`, read like
 //!   `jobs`; a delivery's hash names it in `parent`, so purge removes it.
+//! - `owner:{key id}` ZSET (score 0) of the jobs a key submitted (deliveries
+//!   included), read like `jobs`, so one key's listing never walks everyone's
+//!   jobs; the job's hash names it in `owner` (and `spec` holds it), so purge
+//!   removes it.
 //!
 //! Scripts build key names from the prefix rather than declaring them in `KEYS`,
 //! so this backend does not support Redis Cluster; Cluster hash tags are out of
@@ -389,6 +393,9 @@ struct Spec<V = Value> {
     created_at: i64,
     input: V,
     metadata: V,
+    /// Absent for jobs stored before owners were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 fn spec_text(job: &NewJob) -> String {
@@ -398,6 +405,7 @@ fn spec_text(job: &NewJob) -> String {
         created_at: to_millis(job.created_at),
         input: &job.input,
         metadata: &job.metadata,
+        owner: job.owner.clone(),
     };
     serde_json::to_string(&spec).expect("job specs serialize")
 }
@@ -430,6 +438,7 @@ fn parse_job(v: &Reply) -> Result<Job> {
         // Stale once the job stopped running (scripts do not clear them).
         worker: if running { f.opt(11)?.map(str::to_owned) } else { None },
         lease_expires_at: if running { f.opt_time(12)? } else { None },
+        owner: spec.owner,
     })
 }
 
@@ -456,6 +465,7 @@ fn parse_claimed(row: &[Reply], worker: &str, now: i64, lease_until: i64) -> Res
         cancel_requested: f.opt(6)? == Some("1"),
         worker: Some(worker.to_owned()),
         lease_expires_at: Some(from_millis(lease_until)),
+        owner: spec.owner,
     })
 }
 
@@ -545,6 +555,7 @@ impl Store for RedisStore {
                     None => s.arg("").arg("").arg(0),
                 };
                 s.arg(job.parent().map(|p| p.to_string()).unwrap_or_default());
+                s.arg(job.owner.as_deref().unwrap_or_default());
             })
             .await?;
         let items = array(&reply)?;
@@ -578,6 +589,7 @@ impl Store for RedisStore {
             cancel_requested: false,
             worker: None,
             lease_expires_at: None,
+            owner: job.owner,
         }))
     }
 
@@ -594,7 +606,8 @@ impl Store for RedisStore {
                         .arg(job.max_attempts)
                         .arg(to_millis(job.created_at))
                         .arg(to_millis(job.run_at))
-                        .arg(job.parent().map(|p| p.to_string()).unwrap_or_default());
+                        .arg(job.parent().map(|p| p.to_string()).unwrap_or_default())
+                        .arg(job.owner.as_deref().unwrap_or_default());
                 }
             })
             .await?;
@@ -631,37 +644,49 @@ impl Store for RedisStore {
         if filter.limit == 0 {
             return Ok(Vec::new());
         }
-        let status_index = filter.status.map(|s| format!("status:{s}"));
-        let kind_index = filter.kind.map(|k| format!("kind:{k}"));
-        // Walk the smaller index and check the other field on each job.
         // Deliveries only when asked for by kind.
-        let not_delivery = format!("!{}", JobKind::Delivery);
-        let (index, field, value) = match (&status_index, &kind_index) {
-            (None, None) => ("jobs".to_owned(), "kind", not_delivery),
-            (Some(s), None) => (s.clone(), "kind", not_delivery),
-            (None, Some(k)) => (k.clone(), "", String::new()),
-            (Some(s), Some(k)) => {
-                let (ns, nk): (u64, u64) = ::redis::pipe()
-                    .zlexcount(self.key(s), "(", "+")
-                    .zlexcount(self.key(k), "(", "+")
-                    .query_async(&mut self.conn.clone())
-                    .await
-                    .map_err(redis_error)?;
-                if ns <= nk {
-                    (s.clone(), "kind", filter.kind.map(|k| k.to_string()).unwrap_or_default())
-                } else {
-                    (k.clone(), "status", filter.status.map(|s| s.to_string()).unwrap_or_default())
+        let kind_check = match filter.kind {
+            Some(kind) => ("kind", kind.to_string()),
+            None => ("kind", format!("!{}", JobKind::Delivery)),
+        };
+        let status_check = filter.status.map(|s| ("status", s.to_string()));
+        let (index, checks): (String, Vec<(&str, String)>) = if let Some(owner) = &filter.owner {
+            // One key's jobs: walk its own index, checking the rest on each job.
+            (format!("owner:{owner}"), status_check.into_iter().chain([kind_check]).collect())
+        } else {
+            let status_index = filter.status.map(|s| format!("status:{s}"));
+            let kind_index = filter.kind.map(|k| format!("kind:{k}"));
+            // Walk the smaller index and check the other field on each job.
+            match (&status_index, &kind_index) {
+                (None, None) => ("jobs".to_owned(), vec![kind_check]),
+                (Some(s), None) => (s.clone(), vec![kind_check]),
+                (None, Some(k)) => (k.clone(), vec![]),
+                (Some(s), Some(k)) => {
+                    let (ns, nk): (u64, u64) = ::redis::pipe()
+                        .zlexcount(self.key(s), "(", "+")
+                        .zlexcount(self.key(k), "(", "+")
+                        .query_async(&mut self.conn.clone())
+                        .await
+                        .map_err(redis_error)?;
+                    if ns <= nk {
+                        (s.clone(), vec![kind_check])
+                    } else {
+                        (k.clone(), status_check.into_iter().collect())
+                    }
                 }
             }
         };
-        let scan = if field.is_empty() { filter.limit } else { LIST_SCAN.max(filter.limit) };
+        let scan = if checks.is_empty() { filter.limit } else { LIST_SCAN.max(filter.limit) };
         let mut before = filter.before.map(|id| id.to_string()).unwrap_or_default();
         let mut jobs = Vec::new();
         loop {
             let want = filter.limit - jobs.len();
             let reply = self
                 .run(&self.scripts.list, now_millis(), |s| {
-                    s.arg(&index).arg(field).arg(&value).arg(&before).arg(scan).arg(want);
+                    s.arg(&index).arg(&before).arg(scan).arg(want);
+                    for (field, value) in &checks {
+                        s.arg(*field).arg(value);
+                    }
                 })
                 .await?;
             let [last, exhausted, page] = array(&reply)? else {
@@ -711,7 +736,7 @@ impl Store for RedisStore {
         let before = before.map(|id| id.to_string()).unwrap_or_default();
         let reply = self
             .run(&self.scripts.list, now_millis(), |s| {
-                s.arg(&index).arg("").arg("").arg(&before).arg(limit).arg(limit);
+                s.arg(&index).arg(&before).arg(limit).arg(limit);
             })
             .await?;
         let [_, _, page] = array(&reply)? else {

@@ -1,6 +1,6 @@
 -- purge. ARGV[3..]: finished before (ms, exclusive), limit.
 -- Touches: finished:log, finished, job:<id>, job:<id>:outputs, idem:<key>, jobs,
--- status:<s>, kind:<k>, parent:<p>.
+-- status:<s>, kind:<k>, parent:<p>, owner:<o>.
 -- Returns how many jobs were deleted.
 --
 -- The log holds terminal ids in the order they finished, stamped by the clocks of
@@ -25,7 +25,7 @@ end
 
 local deleted = 0
 for _, id in ipairs(ids) do
-  local s = redis.call('HMGET', jkey(id), 'status', 'kind', 'idem', 'parent')
+  local s = redis.call('HMGET', jkey(id), 'status', 'kind', 'idem', 'parent', 'owner')
   if s[1] then
     deleted = deleted + 1
     if s[3] and s[3] ~= '' then
@@ -36,6 +36,7 @@ for _, id in ipairs(ids) do
     defer('ZREM', skey(s[1]), id)
     if s[2] then defer('ZREM', P .. ':kind:' .. s[2], id) end
     if s[4] and s[4] ~= '' then defer('ZREM', P .. ':parent:' .. s[4], id) end
+    if s[5] and s[5] ~= '' then defer('ZREM', P .. ':owner:' .. s[5], id) end
     defer('ZREM', K_JOBS, id)
   end
 end
