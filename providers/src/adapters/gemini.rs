@@ -1,4 +1,4 @@
-//! Gemini CLI (`gemini -p PROMPT -o stream-json|json`).
+//! Gemini CLI (`gemini --output-format=stream-json|json`, the prompt on stdin).
 //!
 //! In json mode errors go to stderr (a stack, then a JSON document) and the
 //! exit status is the HTTP status cut to 8 bits (401 -> 145, 429 -> 173); exit
@@ -22,9 +22,17 @@ pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation
         OutputFormat::Json => "json",
         _ => "stream-json",
     };
-    let mut args = vec!["-p".to_owned(), with_system(request), "-o".into(), format.into()];
+    // The prompt goes on stdin, which headless Gemini reads as the whole prompt
+    // when no `-p` is given; a pty's stdin is the terminal, so there it is the
+    // value of `--prompt=` (yargs never reads a value after `=` as an option).
+    let prompt = with_system(request);
+    let mut args = Vec::new();
+    if setup.config.pty {
+        args.push(super::yargs_value("--prompt", &prompt));
+    }
+    args.push(format!("--output-format={format}"));
     if let Some(model) = setup.model {
-        args.extend(["-m".into(), model.to_owned()]);
+        args.push(format!("--model={model}"));
     }
     args.extend(setup.config.args.iter().cloned());
     let mut env = vec![
@@ -35,8 +43,7 @@ pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation
     if let Some(home) = &setup.config.home {
         env.push(("GEMINI_CLI_HOME".into(), home.display().to_string()));
     }
-    // Headless Gemini reads a piped stdin as more prompt: it gets /dev/null.
-    Invocation { args, stdin: None, env, env_remove: Vec::new() }
+    Invocation { args, stdin: (!setup.config.pty).then_some(prompt), env, env_remove: Vec::new() }
 }
 
 pub(super) fn progress(line: &str) -> Option<ProgressEvent> {
