@@ -307,8 +307,24 @@ impl Provider {
                 )
             })?;
         }
-        let setup =
-            Setup { kind: self.kind, config: &self.config, model: model.as_deref(), slot_dir: slot_dir.as_deref() };
+        let home = match self.kind {
+            ProviderKind::Gemini => {
+                adapters::gemini::prepare_home(&self.config, &self.dir.join("home")).map_err(|e| {
+                    TurnError::new(
+                        ErrorKind::Crashed { exit: None, signal: None, stderr_tail: String::new() },
+                        format!("{}: preparing the CLI's home: {e}", self.name),
+                    )
+                })?
+            }
+            _ => None,
+        };
+        let setup = Setup {
+            kind: self.kind,
+            config: &self.config,
+            model: model.as_deref(),
+            slot_dir: slot_dir.as_deref(),
+            home: home.as_deref(),
+        };
         let invocation = adapters::invocation(&setup, request)
             .map_err(|err| TurnError { message: format!("{}: {}", self.name, err.message), ..err })?;
         let secrets = secrets(&invocation.env);

@@ -286,3 +286,42 @@ async fn a_model_that_looks_like_a_flag_is_refused_before_the_cli_starts() {
         orch_providers::check_model_name(good).unwrap();
     }
 }
+
+#[tokio::test]
+async fn gemini_with_an_api_key_gets_a_home_whose_settings_select_api_key_auth() {
+    // No home configured: Orch's own, under the provider's data dir, never the user's.
+    let f = fixture(
+        "gemini",
+        "env = { GEMINI_API_KEY = 'gm-key-123456' }",
+        &[RECORD, ("FAKE_CAPTURE", "gemini-cli-0.61.0/ok.stream.jsonl")],
+    );
+    f.run("hello").await.unwrap();
+    let home = f.dir.path().join("data/gemini/home");
+    assert_eq!(f.record().env["GEMINI_CLI_HOME"], home.display().to_string());
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join(".gemini/settings.json")).unwrap()).unwrap();
+    assert_eq!(settings["security"]["auth"]["selectedType"], "gemini-api-key");
+
+    // A configured home: its settings are merged, not replaced; a chosen type is kept.
+    let configured = tempfile::tempdir().unwrap();
+    std::fs::create_dir(configured.path().join(".gemini")).unwrap();
+    let file = configured.path().join(".gemini/settings.json");
+    std::fs::write(&file, r#"{"ui": {"theme": "Dracula"}, "security": {"folderTrust": {"enabled": false}}}"#).unwrap();
+    let toml = format!("home = '{}'\nenv = {{ GEMINI_API_KEY = 'gm-key-123456' }}", configured.path().display());
+    let f = fixture("gemini", &toml, &[RECORD, ("FAKE_CAPTURE", "gemini-cli-0.61.0/ok.stream.jsonl")]);
+    f.run("hello").await.unwrap();
+    let settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(settings["ui"]["theme"], "Dracula");
+    assert_eq!(settings["security"]["folderTrust"]["enabled"], false);
+    assert_eq!(settings["security"]["auth"]["selectedType"], "gemini-api-key");
+
+    // Exit 41 is an auth/config failure whose fix names the setting.
+    let f = fixture(
+        "gemini",
+        "env = { GEMINI_API_KEY = 'gm-key-123456' }",
+        &[("FAKE_MODE", "file"), ("FAKE_STDOUT_FILE", "/dev/null"), ("FAKE_EXIT", "41")],
+    );
+    let err = f.run("hello").await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Auth { expired: false });
+    assert!(err.message.contains("security.auth.selectedType"), "{}", err.message);
+}

@@ -4,7 +4,7 @@
 mod claude;
 mod cli;
 mod codex;
-mod gemini;
+pub(crate) mod gemini;
 
 use std::path::Path;
 
@@ -32,6 +32,8 @@ pub(crate) struct Setup<'a> {
     pub model: Option<&'a str>,
     /// Claude's per-slot `CLAUDE_CONFIG_DIR`.
     pub slot_dir: Option<&'a Path>,
+    /// Gemini's `GEMINI_CLI_HOME` (see [`gemini::prepare_home`]).
+    pub home: Option<&'a Path>,
 }
 
 /// The command line for one turn; refused (InvalidRequest) when caller text
@@ -183,7 +185,7 @@ mod tests {
         for prompt in ["--yolo", "-y --help", "\"quoted\"", "-m x"] {
             let request = TurnRequest { prompt: prompt.into(), ..Default::default() };
             for kind in [ProviderKind::Claude, ProviderKind::Codex, ProviderKind::Gemini, ProviderKind::Qwen] {
-                let setup = Setup { kind, config: &config, model: Some("m1"), slot_dir: None };
+                let setup = Setup { kind, config: &config, model: Some("m1"), slot_dir: None, home: None };
                 let inv = invocation(&setup, &request).unwrap();
                 assert_eq!(inv.stdin, None, "{kind}: a pty's stdin is the terminal");
                 let args = &inv.args;
