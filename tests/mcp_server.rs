@@ -619,3 +619,122 @@ async fn cancelling_a_call_or_closing_its_session_stops_it_upstream() {
     assert_eq!(session.echo(3, "gone?").await.status(), StatusCode::NOT_FOUND);
     app.stop().await;
 }
+
+/// Every chat front (REST, OpenAI-compatible, MCP `chat` and `submit_job`)
+/// against every provider kind, whose CLI is the fake recording its argv and
+/// stdin: caller text never stands where a CLI reads an option, and the
+/// prompt reaches the CLI intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_that_looks_like_a_flag_stays_a_prompt_on_every_front() {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let fake = repo.join("providers/tests/fake-cli/fake");
+    let captures = repo.join("providers/tests/fixtures/cli-captures");
+    let records = tempfile::tempdir().unwrap();
+    let table = |name: &str, kind: &str, capture: &str, extra: &str| {
+        format!(
+            "[{name}]\nkind = '{kind}'\ncommand = '{}'\n{extra}env = {{ FAKE_MODE = 'record', FAKE_CAPTURE = '{capture}', \
+             FAKE_CAPTURES = '{}', FAKE_RECORD_DIR = '{}' }}\n",
+            fake.display(),
+            captures.display(),
+            records.path().display()
+        )
+    };
+    let claude = "claude-code-2.1.197/ok.stream.jsonl";
+    let providers = [
+        table("claude", "claude", claude, ""),
+        table("gemini", "gemini", "gemini-cli-0.61.0/ok.stream.jsonl", ""),
+        table("codex", "codex", claude, ""),
+        table("qwen", "qwen", claude, ""),
+        table(
+            "mine",
+            "cli",
+            claude,
+            "args = ['ask', '--model={model}', '--', '{prompt}']\noutput = { format = 'text' }\n",
+        ),
+    ]
+    .concat();
+    let router = support::router(&providers, "");
+    let (app, _dir, _) = app_with(Backend::Sqlite, Options { router: Some(router), ..Default::default() }).await;
+    let key = make_key(app.store.as_ref(), &["tools:call", "jobs:read", "jobs:write"]).await;
+    let (client, _) = http_client(&app, "/mcp", &key).await;
+
+    let read_records = || -> Vec<(Vec<String>, String)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(records.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "argv") {
+                let argv = std::fs::read_to_string(&path).unwrap();
+                let stdin = std::fs::read_to_string(path.with_extension("stdin")).unwrap_or_default();
+                out.push((argv.split_terminator('\0').map(str::to_owned).collect(), stdin));
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+        out
+    };
+    let prompts = ["--yolo", "-y --help", "-m x", "-p", "--help\nsecond line -y"];
+    for kind in ["claude", "gemini", "codex", "qwen", "mine"] {
+        // Orch's own arguments for this kind, with a prompt no argument contains.
+        let r = app.post("/v1/jobs/chat", json!({"prompt": "neutral words", "model": kind})).await;
+        app.wait_finished(r.body["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+        let own: Vec<String> = read_records().remove(0).0.into_iter().filter(|a| !a.contains("neutral")).collect();
+        for prompt in prompts {
+            // REST, then OpenAI, then MCP `chat` and `submit_job`; each runs the CLI once.
+            let r = app.post("/v1/jobs/chat", json!({"prompt": prompt, "model": kind})).await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+            app.wait_finished(r.body["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+            let body = json!({"model": kind, "messages": [{"role": "user", "content": prompt}]});
+            let _ = app.post("/v1/chat/completions", body).await;
+            let _ = call(&client, "chat", json!({"prompt": prompt, "model": kind})).await;
+            let accepted = call(&client, "submit_job", json!({"kind": "chat", "prompt": prompt, "model": kind})).await;
+            let id = structured(&accepted)["id"].as_str().unwrap().to_owned();
+            app.wait_finished(&id, Duration::from_secs(30)).await;
+            let seen = read_records();
+            assert!(seen.len() >= 4, "{kind} {prompt:?}: each front ran the CLI ({})", seen.len());
+            for (argv, stdin) in seen {
+                let mut after_double_dash = false;
+                let mut in_argv = false;
+                for arg in &argv {
+                    if after_double_dash {
+                        in_argv |= arg.contains(prompt);
+                        continue;
+                    }
+                    after_double_dash = arg == "--";
+                    if own.contains(arg) {
+                        continue;
+                    }
+                    if arg.contains(prompt) {
+                        let name = arg.split_once('=').map(|(n, _)| n);
+                        assert!(
+                            matches!(name, Some("--prompt" | "--system-prompt")),
+                            "{kind}: caller text {prompt:?} where an option is read: {argv:?}"
+                        );
+                        in_argv = true;
+                    }
+                }
+                assert!(
+                    in_argv || stdin.contains(prompt),
+                    "{kind}: the prompt {prompt:?} reaches the CLI intact (argv {argv:?}, stdin {stdin:?})"
+                );
+            }
+        }
+        for model in ["--yolo", "-y", "--help", "-m x", "-p"] {
+            let named = format!("{kind}/{model}");
+            let r = app.post("/v1/jobs/chat", json!({"prompt": "hi", "model": named})).await;
+            assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{named}: {:?}", r.body);
+            assert_eq!(r.body["error"]["details"]["field"], "model", "{:?}", r.body);
+            let body = json!({"model": named, "messages": [{"role": "user", "content": "hi"}]});
+            let r = app.post("/v1/chat/completions", body).await;
+            assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{named}: {:?}", r.body);
+            assert_eq!(r.body["error"]["details"]["field"], "model", "{:?}", r.body);
+            for (tool, args) in [
+                ("chat", json!({"prompt": "hi", "model": named})),
+                ("submit_job", json!({"kind": "chat", "prompt": "hi", "model": named})),
+            ] {
+                let result = call(&client, tool, args).await;
+                assert_eq!(result.is_error, Some(true), "{tool} {named}");
+                assert!(text(&result).contains("model:"), "{tool}: {}", text(&result));
+            }
+            assert!(read_records().is_empty(), "{named}: no CLI ran");
+        }
+    }
+}

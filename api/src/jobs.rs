@@ -361,13 +361,23 @@ pub fn unknown_model(router: &orch_providers::Router, field: &str, model: &str) 
     .with_details(json!({"field": field, "configured": configured}))
 }
 
+/// 422 for a model text that could never name a model (a leading `-`, spaces,
+/// control characters): such text must never reach a CLI's command line.
+pub fn check_model_shape(field: &str, text: &str) -> ApiResult<()> {
+    // A bare provider name is looked up, never passed on; the model after `/` is.
+    match text.split_once('/') {
+        Some((_, model)) => orch_providers::check_model_name(model).map_err(|m| ApiError::invalid_field(field, m)),
+        None => Ok(()),
+    }
+}
+
 /// Checks `model` (None = the default) and `task_type` against the routing.
 pub fn check_model(router: &orch_providers::Router, model: Option<&str>, task_type: Option<&str>) -> ApiResult<()> {
-    if let Some(model) = model
-        && model != "auto"
-        && router.target(model).is_err()
-    {
-        return Err(unknown_model(router, "model", model));
+    if let Some(model) = model {
+        check_model_shape("model", model)?;
+        if model != "auto" && router.target(model).is_err() {
+            return Err(unknown_model(router, "model", model));
+        }
     }
     if let Some(task) = task_type
         && orch_providers::TaskType::parse(task).is_none()

@@ -100,6 +100,9 @@ pub async fn memory(
         if let Some(p) = principal {
             p.require("jobs:write")?;
         }
+        if let Some(model) = provider {
+            crate::jobs::check_model_shape("provider", model)?;
+        }
         if let Some(model) = provider
             && model != "auto"
             && state.router.target(model).is_err()

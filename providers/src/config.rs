@@ -197,6 +197,26 @@ pub struct ConfigError {
 
 pub(crate) const PLACEHOLDERS: [&str; 3] = ["{prompt}", "{model}", "{system}"];
 
+/// The longest model name accepted.
+pub const MODEL_NAME_MAX: usize = 128;
+
+/// Checks a model name before it may reach a command line: 1 to 128 ASCII
+/// characters, a letter or digit first (never `-`, so a CLI cannot read it as
+/// an option), then letters, digits and `. _ - : / @ + [ ]` (enough for
+/// `claude-sonnet-4-5@20250929`, `models/gemini-2.5-pro`, `sonnet[1m]`,
+/// `llama3:8b`). The message says what is allowed.
+pub fn check_model_name(model: &str) -> Result<(), String> {
+    let allowed =
+        "a model name is 1 to 128 characters: a letter or digit first, then letters, digits and . _ - : / @ + [ ]";
+    let first_ok = model.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    let rest_ok = model.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:/@+[]".contains(&b));
+    if model.len() > MODEL_NAME_MAX || !first_ok || !rest_ok {
+        let shown: String = model.chars().take(MODEL_NAME_MAX).collect();
+        return Err(format!("{shown:?} is not a model name; {allowed}"));
+    }
+    Ok(())
+}
+
 impl ProvidersConfig {
     /// Checks every provider; the first mistake is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -379,6 +399,11 @@ impl ProviderConfig {
         for key in self.env.0.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return err("env", format!("{key:?} is not a valid variable name"));
+            }
+        }
+        for model in self.models.iter().chain(&self.default_model) {
+            if let Err(message) = check_model_name(model) {
+                return err(if self.models.contains(model) { "models" } else { "default_model" }, message);
             }
         }
         if let Some(default) = &self.default_model

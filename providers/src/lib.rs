@@ -27,7 +27,8 @@ mod router;
 mod turn;
 
 pub use config::{
-    ConfigError, EnvMap, Limits, OutputConfig, OutputFormat, ProviderConfig, ProviderKind, ProvidersConfig,
+    ConfigError, EnvMap, Limits, MODEL_NAME_MAX, OutputConfig, OutputFormat, ProviderConfig, ProviderKind,
+    ProvidersConfig, check_model_name,
 };
 pub use doctor::{CliStatus, Credentials, Diagnosis, Expiry, check, expiry};
 pub use error::{ErrorKind, TurnError};

@@ -307,9 +307,26 @@ impl Provider {
                 )
             })?;
         }
-        let setup =
-            Setup { kind: self.kind, config: &self.config, model: model.as_deref(), slot_dir: slot_dir.as_deref() };
-        let invocation = adapters::invocation(&setup, request);
+        let home = match self.kind {
+            ProviderKind::Gemini => {
+                adapters::gemini::prepare_home(&self.config, &self.dir.join("home")).map_err(|e| {
+                    TurnError::new(
+                        ErrorKind::Crashed { exit: None, signal: None, stderr_tail: String::new() },
+                        format!("{}: preparing the CLI's home: {e}", self.name),
+                    )
+                })?
+            }
+            _ => None,
+        };
+        let setup = Setup {
+            kind: self.kind,
+            config: &self.config,
+            model: model.as_deref(),
+            slot_dir: slot_dir.as_deref(),
+            home: home.as_deref(),
+        };
+        let invocation = adapters::invocation(&setup, request)
+            .map_err(|err| TurnError { message: format!("{}: {}", self.name, err.message), ..err })?;
         let secrets = secrets(&invocation.env);
         let limits = &self.config.limits;
         let timeout = Duration::from_secs(limits.timeout_secs);
@@ -372,6 +389,15 @@ impl Provider {
 
     fn model(&self, request: &TurnRequest) -> Result<Option<String>, TurnError> {
         let model = request.model.clone().or_else(|| self.config.default_model.clone());
+        // Defence in depth: the API checks too, but no caller text reaches a command line unchecked.
+        if let Some(m) = &model
+            && let Err(message) = crate::config::check_model_name(m)
+        {
+            return Err(TurnError::new(
+                ErrorKind::InvalidRequest { field: "model".into() },
+                format!("{}: {message}", self.name),
+            ));
+        }
         if let Some(m) = &model
             && !self.config.models.is_empty()
             && !self.config.models.contains(m)

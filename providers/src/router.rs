@@ -311,6 +311,9 @@ impl Router {
         };
         let provider = self.providers.get(name).ok_or_else(unknown)?;
         if let Some(model) = model {
+            if let Err(message) = crate::config::check_model_name(model) {
+                return Err(RouteError { field: "model", message });
+            }
             let models = &provider.config().models;
             if model.is_empty() || (!models.is_empty() && !models.iter().any(|m| m == model)) {
                 return Err(unknown());

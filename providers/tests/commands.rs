@@ -34,18 +34,14 @@ async fn claude_prompt_on_stdin_tools_off_own_config_dir() {
         rec.argv,
         [
             "-p",
-            "--output-format",
-            "stream-json",
+            "--output-format=stream-json",
             "--verbose",
-            "--model",
-            "claude-sonnet-5",
-            "--system-prompt",
-            "be brief",
-            "--max-turns",
-            "3",
-            "--tools",
-            "",
-            "--strict-mcp-config"
+            "--model=claude-sonnet-5",
+            "--system-prompt=be brief",
+            "--max-turns=3",
+            "--tools=",
+            "--strict-mcp-config",
+            "--no-session-persistence"
         ]
     );
     assert_eq!(rec.stdin, "hello\nworld");
@@ -75,15 +71,12 @@ async fn claude_allowed_tools_mcp_config_and_extra_args() {
         f.record().argv,
         [
             "-p",
-            "--output-format",
-            "json",
-            "--tools",
-            "Read,Grep",
-            "--allowedTools",
-            "Read,Grep",
+            "--output-format=json",
+            "--tools=Read,Grep",
+            "--allowedTools=Read,Grep",
             "--strict-mcp-config",
-            "--mcp-config",
-            "/etc/orch/mcp.json",
+            "--mcp-config=/etc/orch/mcp.json",
+            "--no-session-persistence",
             "--fallback-model",
             "haiku"
         ]
@@ -103,7 +96,7 @@ async fn concurrent_claude_turns_get_different_config_dirs() {
 }
 
 #[tokio::test]
-async fn gemini_prompt_as_argument_stdin_closed_no_browser() {
+async fn gemini_prompt_on_stdin_no_browser() {
     let f = fixture(
         "gemini",
         "home = '/srv/gemini-home'\ndefault_model = 'gemini-2.5-pro'",
@@ -113,9 +106,9 @@ async fn gemini_prompt_as_argument_stdin_closed_no_browser() {
     let out = f.run_request(&req).await.unwrap();
     assert_eq!(out.text, "FAKE-GEMINI: hello from loopback");
     let rec = f.record();
-    assert_eq!(rec.argv, ["-p", "be brief\n\nhello", "-o", "stream-json", "-m", "gemini-2.5-pro"]);
-    assert_eq!(rec.stdin_source, "/dev/null");
-    assert_eq!(rec.stdin, "");
+    assert_eq!(rec.argv, ["--output-format=stream-json", "--model=gemini-2.5-pro"]);
+    assert!(rec.stdin_source.starts_with("pipe:"), "{}", rec.stdin_source);
+    assert_eq!(rec.stdin, "be brief\n\nhello");
     assert_eq!(rec.env["NO_BROWSER"], "true");
     assert_eq!(rec.env["GEMINI_CLI_TRUST_WORKSPACE"], "true");
     assert_eq!(rec.env["GEMINI_CLI_HOME"], "/srv/gemini-home");
@@ -126,13 +119,13 @@ async fn codex_qwen_and_generic_command_lines() {
     let f = fixture("codex", "", &[RECORD, OK_CLAUDE]);
     let _ = f.run_request(&TurnRequest { model: Some("gpt-5-codex".into()), ..request("fix it") }).await;
     let rec = f.record();
-    assert_eq!(rec.argv, ["exec", "--json", "--skip-git-repo-check", "-m", "gpt-5-codex", "-"]);
+    assert_eq!(rec.argv, ["exec", "--json", "--skip-git-repo-check", "--model=gpt-5-codex", "-"]);
     assert_eq!(rec.stdin, "fix it");
 
     let f = fixture("qwen", "", &[RECORD, OK_CLAUDE]);
     f.run_request(&TurnRequest { model: Some("qwen3-coder-plus".into()), ..request("hi") }).await.unwrap();
     let rec = f.record();
-    assert_eq!(rec.argv, ["-p", "hi", "-o", "json", "-m", "qwen3-coder-plus"]);
+    assert_eq!(rec.argv, ["--prompt=hi", "--output-format=json", "--model=qwen3-coder-plus", "--chat-recording=false"]);
     assert_eq!(rec.stdin_source, "/dev/null");
 
     let toml = "kind = 'cli'\nargs = ['ask', '--model={model}', '--system={system}', '{prompt}']\n\
@@ -178,4 +171,157 @@ async fn missing_cli_says_how_to_install_it() {
         err.message,
         "claude: command \"/nonexistent/bin/claude\" not found; npm i -g @anthropic-ai/claude-code"
     );
+}
+
+/// Prompts and models that a CLI's argument parser (yargs for gemini and qwen,
+/// commander for claude, clap for codex) would read as options if they stood
+/// where it reads one.
+const FLAG_SHAPED: [&str; 9] = ["--yolo", "-y", "--help", "-m x", "-p", "-y --help", "--prompt=x", "-", "--"];
+
+/// Where caller text may be in an argv: the value after `=` of an option Orch
+/// wrote, or after a `--` argument. Anywhere else a parser could read it as an
+/// option. `baseline` is the argv for the sentinel prompt and system prompt:
+/// `argv` must be the same but where a sentinel was.
+fn assert_no_caller_text_in_option_position(argv: &[String], baseline: &[String]) {
+    assert_eq!(argv.len(), baseline.len(), "{argv:?} has the shape of {baseline:?}");
+    let mut after_double_dash = false;
+    for (arg, base) in argv.iter().zip(baseline) {
+        let carries_text = base.contains(SENTINEL) || base.contains(SYSTEM_SENTINEL);
+        if !carries_text {
+            assert_eq!(arg, base, "only caller text differs: {argv:?} vs {baseline:?}");
+        } else if !after_double_dash {
+            let (option, value) =
+                base.split_once('=').unwrap_or_else(|| panic!("caller text is an argument: {base:?}"));
+            assert!(option.starts_with("--") && !option.contains(SENTINEL), "caller text in an option name: {base:?}");
+            assert!(arg.starts_with(&format!("{option}=")), "{arg:?} is {option}=…");
+            let _ = value;
+        }
+        after_double_dash |= base == "--";
+    }
+}
+
+const SENTINEL: &str = "PROMPTSENTINEL";
+const SYSTEM_SENTINEL: &str = "SYSTEMSENTINEL";
+
+/// The prompt as the CLI gets it: on stdin, as yargs reads `--prompt=`
+/// (one pair of matching quotes stripped), or the argument after `--`.
+fn prompt_seen(rec: &common::Record, yargs: bool) -> String {
+    let mut options = rec.argv.iter().take_while(|a| *a != "--");
+    if let Some(value) = options.find_map(|a| a.strip_prefix("--prompt=")) {
+        let b = value.as_bytes();
+        let quoted = yargs && !b.is_empty() && matches!(b[0], b'"' | b'\'') && b[b.len() - 1] == b[0];
+        return if quoted { value[1..value.len() - 1].to_owned() } else { value.to_owned() };
+    }
+    if let Some(at) = rec.argv.iter().position(|a| a == "--") {
+        return rec.argv[at + 1].clone();
+    }
+    rec.stdin.clone()
+}
+
+#[tokio::test]
+async fn a_prompt_that_looks_like_a_flag_stays_a_prompt() {
+    let mut prompts: Vec<String> = FLAG_SHAPED.iter().map(|s| s.to_string()).collect();
+    prompts.extend(
+        ["line one\n--yolo\n-p x", "-5 degrees is cold", "\"quoted\"", "'", "mcp", "--model=evil"].map(String::from),
+    );
+    let providers = [
+        ("claude", ""),
+        ("gemini", ""),
+        ("codex", ""),
+        ("qwen", ""),
+        ("mine", "kind = 'cli'\nargs = ['ask', '--model={model}', '--prompt={prompt}']\noutput = { format = 'text' }"),
+        ("mine", "kind = 'cli'\nargs = ['ask', '--', '{prompt}']\noutput = { format = 'text' }"),
+        ("mine", "kind = 'cli'\nargs = ['ask']\noutput = { format = 'text' }"),
+    ];
+    for (name, toml) in providers {
+        let f = fixture(name, toml, &[RECORD, OK_CLAUDE]);
+        let sentinel =
+            TurnRequest { model: Some("m1".into()), system: Some(SYSTEM_SENTINEL.into()), ..request(SENTINEL) };
+        let _ = f.run_request(&sentinel).await;
+        let baseline = f.record().argv;
+        for prompt in &prompts {
+            let f = fixture(name, toml, &[RECORD, OK_CLAUDE]);
+            let req = TurnRequest { model: Some("m1".into()), system: Some("-y".into()), ..request(prompt) };
+            let _ = f.run_request(&req).await;
+            let rec = f.record();
+            assert_no_caller_text_in_option_position(&rec.argv, &baseline);
+            let seen = prompt_seen(&rec, name == "gemini" || name == "qwen");
+            let system_first = name == "gemini" || name == "codex";
+            let expected = if system_first { format!("-y\n\n{prompt}") } else { prompt.clone() };
+            assert_eq!(seen, expected, "{name} {toml:?}: the prompt reaches the CLI intact ({:?})", rec.argv);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cli_template_refuses_a_flag_shaped_value_where_an_option_would_be_read() {
+    let toml = "kind = 'cli'\nargs = ['ask', '{prompt}', '{model}']\noutput = { format = 'text' }";
+    for text in FLAG_SHAPED.iter().filter(|t| t.starts_with('-')) {
+        let f = fixture("mine", toml, &[RECORD, OK_CLAUDE]);
+        let err = f.run(text).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidRequest { field: "prompt".into() }, "{text:?}");
+        assert!(err.message.contains("put `--` before it"), "{}", err.message);
+        assert!(f.records().is_empty(), "the CLI was not started for {text:?}");
+    }
+    let f = fixture("mine", toml, &[RECORD, OK_CLAUDE]);
+    f.run("hello -y").await.unwrap();
+    assert_eq!(f.record().argv, ["ask", "hello -y"], "a prompt not starting with '-' passes");
+}
+
+#[tokio::test]
+async fn a_model_that_looks_like_a_flag_is_refused_before_the_cli_starts() {
+    let bad = ["--yolo", "-y", "--help", "-m x", "-p", "", "a b", "x\n--yolo", &"m".repeat(129)];
+    for kind in ["claude", "gemini", "codex", "qwen", "mine"] {
+        let toml =
+            if kind == "mine" { "kind = 'cli'\nargs = ['--model={model}']\noutput = { format = 'text' }" } else { "" };
+        for model in bad {
+            let f = fixture(kind, toml, &[RECORD, OK_CLAUDE]);
+            let err = f.run_request(&TurnRequest { model: Some(model.into()), ..request("hi") }).await.unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidRequest { field: "model".into() }, "{kind} {model:?}");
+            assert!(err.message.contains("is not a model name"), "{}", err.message);
+            assert!(f.records().is_empty(), "{kind}: the CLI was not started for {model:?}");
+        }
+    }
+    for good in ["claude-sonnet-4-5@20250929", "models/gemini-2.5-pro", "sonnet[1m]", "llama3:8b", "gpt-5.1-codex"] {
+        orch_providers::check_model_name(good).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn gemini_with_an_api_key_gets_a_home_whose_settings_select_api_key_auth() {
+    // No home configured: Orch's own, under the provider's data dir, never the user's.
+    let f = fixture(
+        "gemini",
+        "env = { GEMINI_API_KEY = 'gm-key-123456' }",
+        &[RECORD, ("FAKE_CAPTURE", "gemini-cli-0.61.0/ok.stream.jsonl")],
+    );
+    f.run("hello").await.unwrap();
+    let home = f.dir.path().join("data/gemini/home");
+    assert_eq!(f.record().env["GEMINI_CLI_HOME"], home.display().to_string());
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join(".gemini/settings.json")).unwrap()).unwrap();
+    assert_eq!(settings["security"]["auth"]["selectedType"], "gemini-api-key");
+
+    // A configured home: its settings are merged, not replaced; a chosen type is kept.
+    let configured = tempfile::tempdir().unwrap();
+    std::fs::create_dir(configured.path().join(".gemini")).unwrap();
+    let file = configured.path().join(".gemini/settings.json");
+    std::fs::write(&file, r#"{"ui": {"theme": "Dracula"}, "security": {"folderTrust": {"enabled": false}}}"#).unwrap();
+    let toml = format!("home = '{}'\nenv = {{ GEMINI_API_KEY = 'gm-key-123456' }}", configured.path().display());
+    let f = fixture("gemini", &toml, &[RECORD, ("FAKE_CAPTURE", "gemini-cli-0.61.0/ok.stream.jsonl")]);
+    f.run("hello").await.unwrap();
+    let settings: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(settings["ui"]["theme"], "Dracula");
+    assert_eq!(settings["security"]["folderTrust"]["enabled"], false);
+    assert_eq!(settings["security"]["auth"]["selectedType"], "gemini-api-key");
+
+    // Exit 41 is an auth/config failure whose fix names the setting.
+    let f = fixture(
+        "gemini",
+        "env = { GEMINI_API_KEY = 'gm-key-123456' }",
+        &[("FAKE_MODE", "file"), ("FAKE_STDOUT_FILE", "/dev/null"), ("FAKE_EXIT", "41")],
+    );
+    let err = f.run("hello").await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Auth { expired: false });
+    assert!(err.message.contains("security.auth.selectedType"), "{}", err.message);
 }

@@ -16,37 +16,43 @@ use crate::turn::{ProgressEvent, TurnOutput, TurnRequest, Usage};
 
 pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation {
     let pty = setup.config.pty;
+    // Caller text (model, system prompt, tools) only ever as the value of an
+    // `--option=value` argument, and the prompt on stdin: nothing a caller
+    // sends can stand where the CLI reads an option.
     let mut args = vec!["-p".to_owned()];
-    if pty {
-        // A pty's stdin is the terminal, and its line discipline would mangle a long prompt.
-        args.push(request.prompt.clone());
-    }
     match output_format(setup.config, OutputFormat::StreamJson) {
-        OutputFormat::Json => args.extend(["--output-format".into(), "json".into()]),
-        _ => args.extend(["--output-format".into(), "stream-json".into(), "--verbose".into()]),
+        OutputFormat::Json => args.push("--output-format=json".into()),
+        _ => args.extend(["--output-format=stream-json".into(), "--verbose".into()]),
     }
     if let Some(model) = setup.model {
-        args.extend(["--model".into(), model.to_owned()]);
+        args.push(format!("--model={model}"));
     }
     if let Some(system) = &request.system {
-        args.extend(["--system-prompt".into(), system.clone()]);
+        args.push(format!("--system-prompt={system}"));
     }
     if let Some(max_turns) = request.max_turns {
-        args.extend(["--max-turns".into(), max_turns.to_string()]);
+        args.push(format!("--max-turns={max_turns}"));
     }
     // `--tools` picks the built-in tools that exist at all ("" = none);
     // `--allowedTools` lets the allowed ones run without a permission prompt.
     let tools = request.allowed_tools.join(",");
-    args.extend(["--tools".into(), tools.clone()]);
+    args.push(format!("--tools={tools}"));
     if !tools.is_empty() {
-        args.extend(["--allowedTools".into(), tools]);
+        args.push(format!("--allowedTools={tools}"));
     }
     // Only the MCP servers Orch passes, never the user's own.
     args.push("--strict-mcp-config".into());
     if let Some(path) = &request.mcp_config {
-        args.extend(["--mcp-config".into(), path.display().to_string()]);
+        args.push(format!("--mcp-config={}", path.display()));
     }
+    // Each turn stands alone: no transcript of the prompt is kept under the config dir.
+    args.push("--no-session-persistence".into());
     args.extend(setup.config.args.iter().cloned());
+    if pty {
+        // A pty's stdin is the terminal, and its line discipline would mangle a
+        // long prompt: the prompt is the last argument, after `--`.
+        args.extend(["--".into(), request.prompt.clone()]);
+    }
     let mut env = Vec::new();
     if let Some(dir) = setup.slot_dir {
         env.push(("CLAUDE_CONFIG_DIR".into(), dir.display().to_string()));
@@ -61,13 +67,18 @@ pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation
 }
 
 pub(super) fn qwen_invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation {
-    let mut args = vec!["-p".to_owned(), request.prompt.clone(), "-o".into(), "json".into()];
+    // Qwen prepends a piped stdin to the prompt with a blank line, so the
+    // prompt is the value of `--prompt=`: yargs never reads a value given
+    // after `=` as an option.
+    let mut args = vec![super::yargs_value("--prompt", &request.prompt), "--output-format=json".into()];
     if let Some(model) = setup.model {
-        args.extend(["-m".into(), model.to_owned()]);
+        args.push(format!("--model={model}"));
     }
     if let Some(system) = &request.system {
-        args.extend(["--system-prompt".into(), system.clone()]);
+        args.push(super::yargs_value("--system-prompt", system));
     }
+    // No chat recording: nothing of the prompt stays under the CLI's home.
+    args.push("--chat-recording=false".into());
     args.extend(setup.config.args.iter().cloned());
     // Qwen reads a piped stdin as extra context; give it none.
     Invocation { args, stdin: None, env: Vec::new(), env_remove: Vec::new() }

@@ -5,35 +5,49 @@ use serde_json::Value;
 
 use super::{Invocation, Setup, classify_text, crashed, empty_output, json_events};
 use crate::config::{OutputFormat, ProviderConfig};
-use crate::error::TurnError;
+use crate::error::{ErrorKind, TurnError};
 use crate::process::{Exit, RawOutput};
 use crate::turn::{TurnOutput, TurnRequest};
 
 /// Fills `{prompt}`, `{model}` and `{system}`. An argument whose placeholder has
 /// no value is left out, so write a flag and its value as one (`--model={model}`).
-pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation {
+///
+/// An argument that starts with a placeholder would let a value starting with
+/// `-` (`--yolo`) stand where the CLI reads an option: such a value is refused,
+/// unless the template has a `--` argument before it.
+pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Result<Invocation, TurnError> {
     let values = [
-        ("{prompt}", Some(request.prompt.as_str())),
-        ("{model}", setup.model),
-        ("{system}", request.system.as_deref()),
+        ("{prompt}", "prompt", Some(request.prompt.as_str())),
+        ("{model}", "model", setup.model),
+        ("{system}", "system", request.system.as_deref()),
     ];
     let mut prompt_in_args = false;
-    let args = setup
-        .config
-        .args
-        .iter()
-        .filter_map(|arg| {
-            let mut filled = arg.clone();
-            for (placeholder, value) in values {
-                if filled.contains(placeholder) {
-                    prompt_in_args |= placeholder == "{prompt}";
-                    filled = filled.replace(placeholder, value?);
-                }
+    let mut after_double_dash = false;
+    let mut args = Vec::new();
+    'args: for arg in &setup.config.args {
+        let mut filled = arg.clone();
+        for (placeholder, field, value) in values {
+            if !arg.contains(placeholder) {
+                continue;
             }
-            Some(filled)
-        })
-        .collect();
-    Invocation { args, stdin: (!prompt_in_args).then(|| request.prompt.clone()), ..Default::default() }
+            prompt_in_args |= placeholder == "{prompt}";
+            let Some(value) = value else { continue 'args };
+            if arg.starts_with(placeholder) && value.starts_with('-') && !after_double_dash {
+                return Err(TurnError::new(
+                    ErrorKind::InvalidRequest { field: field.into() },
+                    format!(
+                        "the {field} starts with '-', and this provider's argument template has {placeholder} at \
+                         the start of an argument, where the CLI would read it as an option; put `--` before it in \
+                         `args` if the CLI supports that, or write it as `--option={placeholder}`"
+                    ),
+                ));
+            }
+            filled = filled.replace(placeholder, value);
+        }
+        after_double_dash |= arg == "--";
+        args.push(filled);
+    }
+    Ok(Invocation { args, stdin: (!prompt_in_args).then(|| request.prompt.clone()), ..Default::default() })
 }
 
 pub(super) fn parse(config: &ProviderConfig, raw: &RawOutput) -> Result<TurnOutput, TurnError> {

@@ -11,13 +11,14 @@ use crate::turn::{ProgressEvent, TurnOutput, TurnRequest, Usage};
 pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation {
     let mut args = vec!["exec".to_owned(), "--json".into(), "--skip-git-repo-check".into()];
     if let Some(model) = setup.model {
-        args.extend(["-m".into(), model.to_owned()]);
+        args.push(format!("--model={model}"));
     }
     args.extend(setup.config.args.iter().cloned());
-    // `-` reads the prompt from stdin; a pty's stdin is the terminal, so there it is an argument.
+    // `-` reads the prompt from stdin; a pty's stdin is the terminal, so there
+    // it is an argument, after `--` so that clap never reads it as an option.
     let prompt = with_system(request);
     if setup.config.pty {
-        args.push(prompt);
+        args.extend(["--".into(), prompt]);
         Invocation { args, ..Default::default() }
     } else {
         args.push("-".into());

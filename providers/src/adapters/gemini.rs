@@ -1,14 +1,16 @@
-//! Gemini CLI (`gemini -p PROMPT -o stream-json|json`).
+//! Gemini CLI (`gemini --output-format=stream-json|json`, the prompt on stdin).
 //!
 //! In json mode errors go to stderr (a stack, then a JSON document) and the
 //! exit status is the HTTP status cut to 8 bits (401 -> 145, 429 -> 173); exit
 //! 41 means no usable auth method. In stream-json mode the error arrives as a
 //! `result` event with `status: "error"`.
 
+use std::path::{Path, PathBuf};
+
 use serde_json::Value;
 
 use super::{Invocation, Setup, crashed, empty_output, json_events, output_format, str_at, u64_at, with_system};
-use crate::config::OutputFormat;
+use crate::config::{OutputFormat, ProviderConfig};
 use crate::error::{ErrorKind, TurnError};
 use crate::process::{Exit, RawOutput};
 use crate::turn::{ProgressEvent, TurnOutput, TurnRequest, Usage};
@@ -22,9 +24,17 @@ pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation
         OutputFormat::Json => "json",
         _ => "stream-json",
     };
-    let mut args = vec!["-p".to_owned(), with_system(request), "-o".into(), format.into()];
+    // The prompt goes on stdin, which headless Gemini reads as the whole prompt
+    // when no `-p` is given; a pty's stdin is the terminal, so there it is the
+    // value of `--prompt=` (yargs never reads a value after `=` as an option).
+    let prompt = with_system(request);
+    let mut args = Vec::new();
+    if setup.config.pty {
+        args.push(super::yargs_value("--prompt", &prompt));
+    }
+    args.push(format!("--output-format={format}"));
     if let Some(model) = setup.model {
-        args.extend(["-m".into(), model.to_owned()]);
+        args.push(format!("--model={model}"));
     }
     args.extend(setup.config.args.iter().cloned());
     let mut env = vec![
@@ -32,11 +42,76 @@ pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation
         ("NO_BROWSER".to_owned(), "true".to_owned()),
         ("GEMINI_CLI_TRUST_WORKSPACE".to_owned(), "true".to_owned()),
     ];
-    if let Some(home) = &setup.config.home {
+    if let Some(home) = setup.home {
         env.push(("GEMINI_CLI_HOME".into(), home.display().to_string()));
     }
-    // Headless Gemini reads a piped stdin as more prompt: it gets /dev/null.
-    Invocation { args, stdin: None, env, env_remove: Vec::new() }
+    Invocation { args, stdin: (!setup.config.pty).then_some(prompt), env, env_remove: Vec::new() }
+}
+
+/// The `security.auth.selectedType` the CLI needs for the credential in its
+/// environment: headless Gemini exits 41 ("Invalid auth method selected.")
+/// without one in `$GEMINI_CLI_HOME/.gemini/settings.json`.
+fn auth_type(config: &ProviderConfig) -> Option<&'static str> {
+    let var = |k: &str| config.env.0.get(k).cloned().or_else(|| std::env::var(k).ok()).filter(|v| !v.is_empty());
+    if var("GOOGLE_GENAI_USE_GCA").as_deref() == Some("true") {
+        Some("oauth-personal")
+    } else if var("GOOGLE_GENAI_USE_VERTEXAI").as_deref() == Some("true") {
+        Some("vertex-ai")
+    } else if var("GEMINI_API_KEY").is_some() {
+        Some("gemini-api-key")
+    } else if var("GEMINI_CLI_USE_COMPUTE_ADC").as_deref() == Some("true") {
+        Some("compute-default-credentials")
+    } else {
+        None
+    }
+}
+
+/// Makes the provider's home carry what the CLI needs for its credential, and
+/// returns it (the CLI's `GEMINI_CLI_HOME`): the configured `home`, or, for a
+/// credential given in the environment (API key, Vertex AI, ADC), Orch's own
+/// `own_home` under its data dir (never the user's real home). Its
+/// `.gemini/settings.json` gets `security.auth.selectedType` when it has
+/// none; everything else in the file is kept.
+pub(crate) fn prepare_home(config: &ProviderConfig, own_home: &Path) -> Result<Option<PathBuf>, String> {
+    let auth = auth_type(config);
+    let home = match (&config.home, auth) {
+        (Some(home), _) => home.clone(),
+        (None, Some(auth)) if auth != "oauth-personal" => own_home.to_owned(),
+        _ => return Ok(None),
+    };
+    let Some(auth) = auth else { return Ok(Some(home)) };
+    let dir = home.join(".gemini");
+    let file = dir.join("settings.json");
+    let mut settings = match std::fs::read_to_string(&file) {
+        Ok(text) => serde_json::from_str::<Value>(&text).map_err(|e| {
+            format!("{} is not JSON ({e}); fix it or set security.auth.selectedType yourself", file.display())
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Object(Default::default()),
+        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
+    };
+    if settings.pointer("/security/auth/selectedType").is_some() {
+        return Ok(Some(home));
+    }
+    let Some(root) = settings.as_object_mut() else {
+        return Err(format!("{} is not a JSON object", file.display()));
+    };
+    let security = root.entry("security").or_insert_with(|| Value::Object(Default::default()));
+    let Some(security) = security.as_object_mut() else {
+        return Err(format!("{}: `security` is not an object", file.display()));
+    };
+    let auth_obj = security.entry("auth").or_insert_with(|| Value::Object(Default::default()));
+    let Some(auth_obj) = auth_obj.as_object_mut() else {
+        return Err(format!("{}: `security.auth` is not an object", file.display()));
+    };
+    auth_obj.insert("selectedType".into(), Value::from(auth));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let text = serde_json::to_string_pretty(&settings).expect("a JSON value serialises");
+    // Written aside and renamed: a concurrent turn never reads half a file.
+    let tmp = dir.join(format!("settings.json.orch-{}", std::process::id()));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &file))
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok(Some(home))
 }
 
 pub(super) fn progress(line: &str) -> Option<ProgressEvent> {
@@ -90,7 +165,11 @@ pub(super) fn parse(raw: &RawOutput) -> Result<TurnOutput, TurnError> {
         Exit::Code(41) => TurnError::new(
             ErrorKind::Auth { expired: false },
             format!(
-                "no usable auth method: set GEMINI_API_KEY in the provider's env, or log in under its home; {INELIGIBLE}"
+                "no usable auth method (exit 41{}): give the provider a credential in its env (GEMINI_API_KEY, or \
+                 GOOGLE_GENAI_USE_VERTEXAI=true with GOOGLE_CLOUD_PROJECT and GOOGLE_CLOUD_LOCATION), and check \
+                 security.auth.selectedType in the home's .gemini/settings.json matches it (gemini-api-key, \
+                 vertex-ai, oauth-personal); {INELIGIBLE}",
+                stderr_line(&raw.stderr).map(|l| format!(": {l}")).unwrap_or_default()
             ),
         ),
         Exit::Code(0) => TurnError::malformed("no answer in the output"),
@@ -99,6 +178,11 @@ pub(super) fn parse(raw: &RawOutput) -> Result<TurnOutput, TurnError> {
             None => crashed(raw),
         },
     })
+}
+
+/// The last non-empty stderr line (the CLI's own reason), shortened.
+fn stderr_line(stderr: &str) -> Option<String> {
+    stderr.lines().map(str::trim).rfind(|l| !l.is_empty()).map(|l| super::tail(l, 200))
 }
 
 fn from_document(doc: &Value) -> TurnOutput {

@@ -4,7 +4,7 @@
 mod claude;
 mod cli;
 mod codex;
-mod gemini;
+pub(crate) mod gemini;
 
 use std::path::Path;
 
@@ -32,22 +32,26 @@ pub(crate) struct Setup<'a> {
     pub model: Option<&'a str>,
     /// Claude's per-slot `CLAUDE_CONFIG_DIR`.
     pub slot_dir: Option<&'a Path>,
+    /// Gemini's `GEMINI_CLI_HOME` (see [`gemini::prepare_home`]).
+    pub home: Option<&'a Path>,
 }
 
-pub(crate) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation {
+/// The command line for one turn; refused (InvalidRequest) when caller text
+/// could only be placed where the CLI reads an option.
+pub(crate) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Result<Invocation, TurnError> {
     let mut inv = match setup.kind {
         ProviderKind::Claude => claude::invocation(setup, request),
         ProviderKind::Gemini => gemini::invocation(setup, request),
         ProviderKind::Codex => codex::invocation(setup, request),
         ProviderKind::Qwen => claude::qwen_invocation(setup, request),
-        ProviderKind::Cli => cli::invocation(setup, request),
+        ProviderKind::Cli => cli::invocation(setup, request)?,
     };
     // Configured env first, so the adapter's own settings (slots, NO_BROWSER) win.
     let removed = inv.env_remove.clone();
     let configured =
         setup.config.env.0.iter().filter(|(k, _)| !removed.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone()));
     inv.env = configured.chain(std::mem::take(&mut inv.env)).collect();
-    inv
+    Ok(inv)
 }
 
 pub(crate) fn progress(kind: ProviderKind, line: &str) -> Option<ProgressEvent> {
@@ -71,6 +75,21 @@ pub(crate) fn parse(kind: ProviderKind, config: &ProviderConfig, raw: &RawOutput
 
 pub(crate) fn output_format(config: &ProviderConfig, default: OutputFormat) -> OutputFormat {
     config.output.as_ref().map_or(default, |o| o.format)
+}
+
+/// `--option=value` for a CLI parsing with yargs (gemini, qwen). yargs reads a
+/// value after `=` as a value whatever it starts with, but strips one pair of
+/// matching quotes around it; a value wrapped in quotes gets one more pair.
+fn yargs_value(option: &str, value: &str) -> String {
+    let quoted = !value.is_empty()
+        && matches!(value.as_bytes()[0], b'"' | b'\'')
+        && value.as_bytes()[value.len() - 1] == value.as_bytes()[0];
+    if quoted {
+        let q = value.as_bytes()[0] as char;
+        format!("{option}={q}{value}{q}")
+    } else {
+        format!("{option}={value}")
+    }
 }
 
 /// A CLI without a system prompt flag gets it ahead of the prompt.
@@ -151,5 +170,37 @@ fn empty_output() -> TurnOutput {
         model: None,
         session_id: None,
         num_turns: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In a pty the prompt is an argument: after `--` (claude, codex) or as the
+    /// value of `--prompt=` (gemini, qwen's yargs), with yargs' quote stripping undone.
+    #[test]
+    fn a_flag_shaped_prompt_in_a_pty_stays_a_prompt() {
+        let config = ProviderConfig { pty: true, ..Default::default() };
+        for prompt in ["--yolo", "-y --help", "\"quoted\"", "-m x"] {
+            let request = TurnRequest { prompt: prompt.into(), ..Default::default() };
+            for kind in [ProviderKind::Claude, ProviderKind::Codex, ProviderKind::Gemini, ProviderKind::Qwen] {
+                let setup = Setup { kind, config: &config, model: Some("m1"), slot_dir: None, home: None };
+                let inv = invocation(&setup, &request).unwrap();
+                assert_eq!(inv.stdin, None, "{kind}: a pty's stdin is the terminal");
+                let args = &inv.args;
+                match kind {
+                    ProviderKind::Claude | ProviderKind::Codex => {
+                        assert_eq!(&args[args.len() - 2..], ["--", prompt], "{kind}: {args:?}");
+                        assert!(!args[..args.len() - 2].iter().any(|a| a.contains(prompt)), "{kind}: {args:?}");
+                    }
+                    _ => {
+                        let wrapped = if prompt.starts_with('"') { format!("\"{prompt}\"") } else { prompt.to_owned() };
+                        assert_eq!(args[0], format!("--prompt={wrapped}"), "{kind}: {args:?}");
+                        assert!(!args[1..].iter().any(|a| a.contains(prompt)), "{kind}: {args:?}");
+                    }
+                }
+            }
+        }
     }
 }
