@@ -502,10 +502,8 @@ fn webhook_settings(
         config.fail_statuses = codes;
     }
     if let Some(path) = global.webhook_obsidian_path.clone().or(file_obsidian) {
-        if path.is_empty() || path.starts_with('/') || path.split('/').any(|p| p == "..") {
-            bail!(
-                "ORCH_WEBHOOK_OBSIDIAN_PATH (--webhook-obsidian-path): {path:?} is not a relative vault path; e.g. Inbox/{{date}}-{{slug}}.md"
-            );
+        if let Err(e) = orch_webhooks::payload::check_obsidian_path(&path) {
+            bail!("ORCH_WEBHOOK_OBSIDIAN_PATH (--webhook-obsidian-path): {e}");
         }
         config.obsidian_path = path;
     }

@@ -199,6 +199,29 @@ async fn aggregate_serves_namespaced_tools_and_orchs_own() {
     app.stop().await;
 }
 
+/// Issue 13 defect 7 over MCP: `submit_job` refuses the same vault paths and
+/// callback headers as the REST API, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obsidian_paths_and_callback_headers_with_dangerous_values_are_refused_by_submit_job() {
+    let (app, _dir, _) = app(Backend::Sqlite).await;
+    let (client, _) = http_client(&app, "/mcp", &app.admin).await;
+    for (arguments, field) in [
+        (json!({"kind": "chat", "prompt": "hi", "obsidian_path": "..\\..\\win.ini"}), "obsidian_path"),
+        (json!({"kind": "chat", "prompt": "hi", "obsidian_path": "%2e%2e/%2e%2e/x.md"}), "obsidian_path"),
+        (
+            json!({"kind": "chat", "prompt": "hi", "callback": {"url": "https://8.8.8.8/x", "headers": {"Transfer-Encoding": "chunked"}}}),
+            "callback.headers.Transfer-Encoding",
+        ),
+    ] {
+        let bad = call(&client, "submit_job", arguments.clone()).await;
+        assert_eq!(bad.is_error, Some(true), "{arguments}");
+        let error: Value = serde_json::from_str(&text(&bad)).unwrap();
+        assert_eq!(error["error"]["details"]["field"], field, "{error}");
+    }
+    client.cancel().await.unwrap();
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_server_endpoint_serves_its_tools_unprefixed() {
     let (app, _dir, _) = app(Backend::Sqlite).await;

@@ -382,6 +382,88 @@ async fn internal_addresses_are_refused_with_the_field_named() {
     app.stop().await;
 }
 
+/// Issue 13 defect 7: vault paths that climb out of the vault or carry
+/// control characters, and headers that frame the request or that Orch sets,
+/// are refused with the field named wherever they enter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obsidian_paths_and_callback_headers_with_dangerous_values_are_refused() {
+    let app = spawn_app_with(Backend::Sqlite, options()).await;
+    let hook = "https://8.8.8.8/hook";
+    for path in [
+        "Inbox/a\u{0}.md",
+        "Inbox/a\r\nX-Evil: 1.md",
+        "..\\..\\win.ini",
+        "%2e%2e/%2e%2e/x.md",
+        "%252e%252e/x.md",
+        "C:/Windows/x.md",
+        "/etc/x.md",
+        "\\\\server\\share\\x.md",
+        "Inbox/.. /x.md",
+        &"a".repeat(400),
+    ] {
+        for (route, body) in [
+            ("/v1/jobs/chat", json!({"prompt": "hi", "obsidian_path": path})),
+            ("/v1/jobs/batch", json!({"plan": {"nodes": [{"id": "a", "echo": "hi"}]}, "obsidian_path": path})),
+        ] {
+            let r = app.post(route, body).await;
+            assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{route} {path:?}: {}", r.body);
+            assert_eq!(r.body["error"]["details"]["field"], "obsidian_path", "{route} {path:?}: {}", r.body);
+        }
+    }
+    let created = app.post("/v1/webhooks", json!({"url": hook, "events": ["job.succeeded"]})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    for name in [
+        "Transfer-Encoding",
+        "Connection",
+        "Upgrade",
+        "Expect",
+        "TE",
+        "Trailer",
+        "Host",
+        "Content-Length",
+        "Content-Type",
+        "webhook-signature",
+    ] {
+        let headers = json!({name: "x"});
+        for (route, body, field) in [
+            (
+                "/v1/jobs/chat",
+                json!({"prompt": "hi", "callback": {"url": hook, "headers": headers}}),
+                "callback.headers",
+            ),
+            (
+                "/v1/jobs/batch",
+                json!({"plan": {"nodes": [{"id": "a", "echo": "hi"}]}, "callback": {"url": hook, "headers": headers}}),
+                "callback.headers",
+            ),
+            ("/v1/webhooks", json!({"url": hook, "events": ["job.succeeded"], "headers": headers}), "headers"),
+        ] {
+            let r = app.post(route, body).await;
+            assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{route} {name}: {}", r.body);
+            assert_eq!(r.body["error"]["details"]["field"], format!("{field}.{name}"), "{}", r.body);
+        }
+        let body = json!({"url": hook, "events": ["job.succeeded"], "headers": headers});
+        let r = app.call(reqwest::Method::PUT, &format!("/v1/webhooks/{id}"), Some(&app.admin), Some(body)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "PUT {name}: {}", r.body);
+        assert_eq!(r.body["error"]["details"]["field"], format!("headers.{name}"), "{}", r.body);
+    }
+    // Ordinary values still pass, and a path without .md gets it.
+    let receiver = Receiver::start(&[]).await;
+    let callback = json!({"url": receiver.url("/cb"), "headers": {"Authorization": "Bearer x", "X-Flow": "weekly"}});
+    let r = app
+        .post(
+            "/v1/jobs/chat",
+            json!({"prompt": "hi", "obsidian_path": "Notes/{kind}/100% {slug}", "callback": callback}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].json()["obsidian"]["path"], "Notes/chat/100% hi.md");
+    assert_eq!(got[0].header("x-flow"), "weekly");
+    app.stop().await;
+}
+
 async fn callback_secrets_and_headers_are_never_returned(backend: Backend) {
     let receiver = Receiver::start(&[]).await;
     let app = spawn_app_with(backend, options()).await;

@@ -104,15 +104,7 @@ pub async fn attach(state: &AppState, mut input: Value, fields: WebhookFields<'_
 }
 
 fn check_obsidian_path(path: &str) -> ApiResult<()> {
-    if path.is_empty() || path.len() > 300 || path.starts_with('/') || path.split('/').any(|p| p == "..") {
-        return Err(ApiError::invalid_field(
-            "obsidian_path",
-            format!(
-                "{path:?} is not a vault path; use a relative path like Inbox/{{date}}-{{slug}}.md (placeholders: {{date}}, {{slug}}, {{id}}, {{kind}})"
-            ),
-        ));
-    }
-    Ok(())
+    orch_webhooks::payload::check_obsidian_path(path).map_err(|e| ApiError::invalid_field("obsidian_path", e))
 }
 
 /// A subscription's events: job events, `server.down` and the provider events.
@@ -178,17 +170,7 @@ async fn check_url(state: &AppState, url: &str, field: &str) -> ApiResult<()> {
 
 fn check_headers(headers: &BTreeMap<String, String>, field: &str) -> ApiResult<()> {
     for (name, value) in headers {
-        let reserved = name.to_ascii_lowercase().starts_with("webhook-")
-            || ["content-type", "content-length", "host"].contains(&name.to_ascii_lowercase().as_str());
-        if reserved
-            || axum::http::HeaderName::try_from(name.as_str()).is_err()
-            || axum::http::HeaderValue::try_from(value.as_str()).is_err()
-        {
-            return Err(ApiError::invalid_field(
-                &format!("{field}.{name}"),
-                "not a header Orch can send (reserved or invalid name or value)",
-            ));
-        }
+        orch_webhooks::check_header(name, value).map_err(|e| ApiError::invalid_field(&format!("{field}.{name}"), e))?;
     }
     Ok(())
 }

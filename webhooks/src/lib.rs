@@ -374,3 +374,43 @@ impl orch_worker::Followups for Webhooks {
         }
     }
 }
+
+/// Headers a caller may not set on a delivery: the ones that frame the
+/// request (a second value could smuggle a request or change how the body is
+/// read) and the ones Orch sets itself (`Content-Type`, the `webhook-*`
+/// signature headers), which a caller's value would replace or duplicate.
+pub const RESERVED_HEADERS: [&str; 12] = [
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "expect",
+    "te",
+    "trailer",
+];
+
+/// Why `name: value` cannot be an extra delivery header, or `Ok`.
+pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with("webhook-") {
+        return Err(format!("{name:?} is set by Orch (the webhook-* signature headers); choose another name"));
+    }
+    if RESERVED_HEADERS.contains(&lower.as_str()) {
+        return Err(format!(
+            "{name:?} frames the request or is set by Orch; these may not be set: {}, webhook-*",
+            RESERVED_HEADERS.join(", ")
+        ));
+    }
+    if reqwest::header::HeaderName::try_from(name).is_err() {
+        return Err(format!("{name:?} is not a header name; use letters, digits and - (a token as RFC 9110 defines)"));
+    }
+    if reqwest::header::HeaderValue::try_from(value).is_err() {
+        return Err("the value is not a header value; control characters (CR, LF, NUL) are not allowed".to_owned());
+    }
+    Ok(())
+}

@@ -60,7 +60,9 @@ fn render(job: &Job, event: &str, result: Option<&Value>, options: &PayloadOptio
     ]);
     let frontmatter: Map<String, Value> = fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     let note = format!("{}\n# {title}\n\n{markdown}\n", yaml(&fields));
-    let path_template = input["obsidian_path"].as_str().unwrap_or(&options.obsidian_path);
+    // Checked at submission; a job stored before that check got the default.
+    let path_template =
+        input["obsidian_path"].as_str().filter(|p| check_obsidian_path(p).is_ok()).unwrap_or(&options.obsidian_path);
     let base = format!("{}/v1/jobs/{}", options.public_url.trim_end_matches('/'), job.id);
     let mut payload = json!({
         "type": event,
@@ -222,11 +224,68 @@ pub fn slug(title: &str) -> String {
 }
 
 fn obsidian_path(template: &str, job: &Job, title: &str, finished: DateTime<Utc>) -> String {
-    template
+    let mut path = template
         .replace("{date}", &finished.format("%Y-%m-%d").to_string())
         .replace("{slug}", &slug(title))
         .replace("{id}", &job.id.to_string())
-        .replace("{kind}", job.kind.as_str())
+        .replace("{kind}", job.kind.as_str());
+    if !path.to_ascii_lowercase().ends_with(".md") {
+        path.push_str(".md");
+    }
+    path
+}
+
+/// Longest `obsidian_path` template, in bytes.
+pub const OBSIDIAN_PATH_MAX: usize = 300;
+
+/// Why `template` cannot be an `obsidian.path` template, or `Ok`. A vault
+/// path is relative and stays inside the vault however the receiving flow
+/// reads it: no `..` segment (also percent-decoded and with `\` as a
+/// separator), no leading `/` or `\`, no drive letter or other `:`, no
+/// control characters. A path not ending in `.md` gets it.
+pub fn check_obsidian_path(template: &str) -> Result<(), String> {
+    let example = "use a relative path like Inbox/{date}-{slug}.md (placeholders: {date}, {slug}, {id}, {kind})";
+    let problem = if template.trim().is_empty() {
+        Some("is empty".to_owned())
+    } else if template.len() > OBSIDIAN_PATH_MAX {
+        Some(format!("is longer than {OBSIDIAN_PATH_MAX} bytes"))
+    } else {
+        // Every layer of percent-encoding a reader might undo, up to a few.
+        let mut forms = vec![template.to_owned()];
+        while forms.len() < 4 {
+            let last = &forms[forms.len() - 1];
+            let decoded = percent_encoding::percent_decode_str(last).decode_utf8_lossy().into_owned();
+            if &decoded == last {
+                break;
+            }
+            forms.push(decoded);
+        }
+        forms.iter().find_map(|form| path_problem(form))
+    };
+    match problem {
+        Some(problem) => Err(format!("{template:?} {problem}; {example}")),
+        None => Ok(()),
+    }
+}
+
+fn path_problem(path: &str) -> Option<String> {
+    if path.chars().any(char::is_control) {
+        return Some("contains a control character".to_owned());
+    }
+    if path.starts_with(['/', '\\']) {
+        return Some("is absolute (starts with / or \\)".to_owned());
+    }
+    if path.contains(':') {
+        return Some("contains ':' (a drive letter or stream name)".to_owned());
+    }
+    // Windows drops trailing dots and spaces, so `.. ` and `...` climb too.
+    if path
+        .split(['/', '\\'])
+        .any(|segment| segment.starts_with("..") && segment.trim_end_matches(['.', ' ']).is_empty())
+    {
+        return Some("has a .. segment (perhaps percent-encoded), which leaves the vault".to_owned());
+    }
+    None
 }
 
 #[cfg(test)]
@@ -334,6 +393,35 @@ mod tests {
         ] {
             assert_eq!(slug(title), expected, "{title}");
         }
+    }
+
+    #[test]
+    fn vault_paths_stay_inside_the_vault() {
+        for (path, ok) in [
+            ("Inbox/{date}-{slug}.md", true),
+            ("Notes/{kind}/{id}", true),
+            ("100% done.md", true),
+            ("a..b/c.md", true),
+            ("", false),
+            ("Inbox/a\0.md", false),
+            ("Inbox/a\r\nb.md", false),
+            ("../x.md", false),
+            ("a/../../x.md", false),
+            ("..\\..\\win.ini", false),
+            ("%2e%2e/%2e%2e/x.md", false),
+            ("%252e%252e/x.md", false),
+            ("a%2f..%2fb.md", false),
+            ("C:/Windows/x.md", false),
+            ("c:x.md", false),
+            ("/etc/x.md", false),
+            ("\\x.md", false),
+            ("%2fetc/x.md", false),
+            ("a/.. /x.md", false),
+            ("a/.../x.md", false),
+        ] {
+            assert_eq!(check_obsidian_path(path).is_ok(), ok, "{path:?}: {:?}", check_obsidian_path(path));
+        }
+        assert!(check_obsidian_path(&"a".repeat(OBSIDIAN_PATH_MAX + 1)).is_err());
     }
 
     #[test]
