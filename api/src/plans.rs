@@ -30,7 +30,7 @@ pub fn catalogue(state: &AppState, principal: Option<&Principal>) -> Catalogue {
         .registry
         .tools()
         .into_iter()
-        .filter(|t| principal.is_none_or(|p| p.may_use_server(&t.server)))
+        .filter(|t| principal.is_none_or(|p| p.may_use_tool(&t.server, &t.tool.name)))
         .map(|t| (t.name, Value::Object((*t.tool.input_schema).clone())))
         .collect();
     Catalogue { tools }

@@ -12,6 +12,7 @@
 //! `tests/conformance.rs`. Neither uses apalis' storage: see ARCHITECTURE.md for
 //! the measured defects that decided this.
 
+pub mod audit;
 pub mod model;
 pub mod redis;
 pub mod sqlite;
@@ -24,6 +25,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::Notify;
 
+pub use audit::AuditLog;
 pub use model::*;
 
 /// Errors from a store. Messages never contain secrets.

@@ -63,6 +63,7 @@ impl OrchMcp {
             .tools()
             .into_iter()
             .filter(|entry| self.shows(&entry.server, principal))
+            .filter(|entry| principal.is_none_or(|p| p.may_use_tool(&entry.server, &entry.tool.name)))
             .map(|entry| {
                 let mut tool = entry.tool;
                 if self.scope == Scope::Aggregate {
@@ -83,13 +84,34 @@ impl OrchMcp {
         principal: Option<&Principal>,
         cancel: CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
+        let audit = |tool: &str, outcome: &str| {
+            let call = crate::audit::ToolCall {
+                key: principal.map(|p| (p.key.id.as_str(), p.key.name.as_str())),
+                method: "MCP",
+                route: match &self.scope {
+                    Scope::Aggregate => "/mcp",
+                    Scope::Server(_) => "/mcp/{server}",
+                },
+                tool,
+                job_id: None,
+                outcome,
+            };
+            self.state.audit.record(call.entry());
+        };
         if self.scope == Scope::Aggregate && OWN_TOOLS.contains(&name) {
-            return Ok(self.call_own(name, arguments.unwrap_or_default(), principal).await);
+            let result = self.call_own(name, arguments.unwrap_or_default(), principal).await;
+            audit(&format!("orch.{name}"), if result.is_error == Some(true) { "error" } else { "ok" });
+            return Ok(result);
         }
-        if self.scope == Scope::Aggregate
-            && let Ok((server, _)) = self.state.registry.resolve(name)
-            && let Err(err) = require_server(principal, server)
+        let target = match &self.scope {
+            Scope::Aggregate => self.state.registry.resolve(name).ok().map(|(s, t)| (s.to_owned(), t.to_owned())),
+            Scope::Server(server) => Some((server.clone(), name.to_owned())),
+        };
+        let shown = target.as_ref().map_or_else(|| name.to_owned(), |(s, t)| format!("{s}.{t}"));
+        if let (Some((server, tool)), Some(principal)) = (&target, principal)
+            && let Err(err) = principal.require_tool(server, tool)
         {
+            audit(&shown, "denied");
             return Err(ErrorData::invalid_params(err.message, err.details));
         }
         // The client's `notifications/cancelled` cancels `cancel`; the registry
@@ -99,6 +121,7 @@ impl OrchMcp {
             Scope::Aggregate => self.state.registry.call(name, arguments, options).await,
             Scope::Server(server) => self.state.registry.call_tool(server, name, arguments, options).await,
         };
+        audit(&shown, if matches!(&result, Ok(r) if r.is_error != Some(true)) { "ok" } else { "error" });
         match result {
             Ok(result) => Ok(result),
             // A name the client should not have sent is a protocol error ...
@@ -159,12 +182,9 @@ impl OrchMcp {
         let (input, metadata, max_attempts) = match kind {
             JobKind::Chat => {
                 let req: ChatJobRequest = crate::json::parse(&raw)?;
-                let input = crate::webhooks::attach(
-                    &self.state,
-                    jobs::chat_input(&self.state, &req)?,
-                    req.webhook_fields(None),
-                )
-                .await?;
+                let mut input = jobs::chat_input(&self.state, &req)?;
+                jobs::limit_providers(&self.state, principal, &mut input)?;
+                let input = crate::webhooks::attach(&self.state, input, req.webhook_fields(None)).await?;
                 (input, req.metadata, req.max_attempts)
             }
             JobKind::Batch | JobKind::Delivery => {
@@ -187,6 +207,7 @@ impl OrchMcp {
         let req: ChatJobRequest = crate::json::parse(&raw)?;
         let mut input = jobs::chat_input(&self.state, &req)?;
         input["key_id"] = json!(principal.map_or("local", |p| p.key.id.as_str()));
+        jobs::limit_providers(&self.state, principal, &mut input)?;
         if let Some(session) = &req.session_id {
             crate::sessions::attach(&self.state, principal, &mut input, session).await?;
         }
