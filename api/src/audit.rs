@@ -7,8 +7,8 @@
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
-use axum::extract::{Query, Request, State};
 use axum::extract::{MatchedPath, RawPathParams};
+use axum::extract::{Query, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -115,8 +115,7 @@ pub async fn middleware(
     let caller = Caller::default();
     request.extensions_mut().insert(caller.clone());
     let response = next.run(request).await;
-    let values: Vec<String> =
-        params.map(|p| p.iter().map(|(_, v)| v.to_owned()).collect()).unwrap_or_default();
+    let values: Vec<String> = params.map(|p| p.iter().map(|(_, v)| v.to_owned()).collect()).unwrap_or_default();
     let tool_call = route == "/v1/tools/{server}/{tool}";
     let mut target = if values.is_empty() { None } else { Some(values.join(if tool_call { "." } else { "/" })) };
     // A created resource's id, from its Location (a job's status URL).
@@ -177,17 +176,16 @@ pub struct AuditPage {
 }
 
 fn parse_time(field: &str, text: &str) -> ApiResult<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| ApiError::invalid_field(field, format!("{text:?} is not an RFC 3339 time like 2026-11-21T09:00:00Z")))
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|_| {
+        ApiError::invalid_field(field, format!("{text:?} is not an RFC 3339 time like 2026-11-21T09:00:00Z"))
+    })
 }
 
 fn one_of(field: &str, value: Option<String>, allowed: &[&str]) -> ApiResult<Option<String>> {
     match value {
-        Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::invalid_field(
-            field,
-            format!("{v:?} is not allowed; allowed: {}", allowed.join(", ")),
-        )),
+        Some(v) if !allowed.contains(&v.as_str()) => {
+            Err(ApiError::invalid_field(field, format!("{v:?} is not allowed; allowed: {}", allowed.join(", "))))
+        }
         v => Ok(v),
     }
 }
@@ -216,11 +214,9 @@ pub async fn list_audit(
     principal.require(ADMIN)?;
     let limit = match params.limit.as_deref() {
         None => 100,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| ApiError::invalid_field("limit", format!("{text:?} is not a whole number from 1 to 1000")))?,
+        Some(text) => text.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| {
+            ApiError::invalid_field("limit", format!("{text:?} is not a whole number from 1 to 1000"))
+        })?,
     };
     let before = match params.cursor.as_deref() {
         None | Some("") => None,

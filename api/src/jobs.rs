@@ -375,8 +375,7 @@ pub fn check_model(router: &orch_providers::Router, model: Option<&str>, task_ty
 /// through them (`auto` walks only allowed providers, fallbacks too).
 pub fn limit_providers(state: &AppState, principal: Option<&Principal>, input: &mut Value) -> ApiResult<()> {
     let Some(allowed) = principal.and_then(|p| p.key.providers.as_ref()) else { return Ok(()) };
-    let model =
-        input["model"].as_str().map_or_else(|| state.router.config().default_model.clone(), str::to_owned);
+    let model = input["model"].as_str().map_or_else(|| state.router.config().default_model.clone(), str::to_owned);
     if model != "auto"
         && let Ok(target) = state.router.target(&model)
         && let Some(principal) = principal

@@ -74,8 +74,7 @@ pub fn planning_input(state: &AppState, principal: Option<&Principal>, ask: &Pla
     {
         return Err(jobs::unknown_model(&state.router, "planner_model", model));
     }
-    let usable: Vec<orch_mcp::ToolEntry> =
-        state
+    let usable: Vec<orch_mcp::ToolEntry> = state
         .registry
         .tools()
         .into_iter()
