@@ -40,11 +40,24 @@ pub struct OrchMcp {
     state: AppState,
     scope: Scope,
     forwarder: Mutex<Option<DropGuard>>,
+    /// The key of a session whose messages carry no request parts (`/sse`):
+    /// the key that opened it (its messages must come with the same key).
+    session_key: Option<Principal>,
 }
 
 impl OrchMcp {
     pub fn new(state: AppState, scope: Scope) -> OrchMcp {
-        OrchMcp { state, scope, forwarder: Mutex::default() }
+        OrchMcp { state, scope, forwarder: Mutex::default(), session_key: None }
+    }
+
+    /// A handler for a session opened with `principal` (SSE).
+    pub fn for_key(state: AppState, scope: Scope, principal: Principal) -> OrchMcp {
+        OrchMcp { session_key: Some(principal), ..OrchMcp::new(state, scope) }
+    }
+
+    /// The caller: from the request's parts, else the session's key.
+    fn principal(&self, extensions: &rmcp::model::Extensions) -> Option<Principal> {
+        principal(extensions).or_else(|| self.session_key.clone())
     }
 
     /// Whether this endpoint shows `server`'s tools, resources and prompts to this key.
@@ -588,7 +601,7 @@ impl ServerHandler for OrchMcp {
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // The key that initialised the session decides what it hears of.
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         self.start_forwarding(context.peer, principal);
     }
 
@@ -597,7 +610,7 @@ impl ServerHandler for OrchMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         let mut tools = self.upstream_tools(principal.as_ref());
         if self.scope == Scope::Aggregate {
             tools.extend(own_tools());
@@ -610,7 +623,7 @@ impl ServerHandler for OrchMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         Ok(self.call(&request.name, request.arguments, principal.as_ref(), context.ct).await?.into())
     }
 
@@ -619,7 +632,7 @@ impl ServerHandler for OrchMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         let resources = self
             .state
             .registry
@@ -642,7 +655,7 @@ impl ServerHandler for OrchMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         let mut templates = match self.scope {
             Scope::Aggregate => own_resource_templates(),
             Scope::Server(_) => Vec::new(),
@@ -663,7 +676,7 @@ impl ServerHandler for OrchMcp {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         let uri = request.uri.as_str();
         let (server, upstream_uri) = match &self.scope {
             Scope::Server(server) => (server.as_str(), uri),
@@ -710,7 +723,7 @@ impl ServerHandler for OrchMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         let prompts = self
             .state
             .registry
@@ -733,7 +746,7 @@ impl ServerHandler for OrchMcp {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         let (server, prompt) = match &self.scope {
             Scope::Server(server) => (server.as_str(), request.name.as_str()),
             Scope::Aggregate => self.state.registry.resolve(&request.name).map_err(|_| {
