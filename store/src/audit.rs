@@ -18,12 +18,15 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
+/// The writer's input and store, until the writer starts.
+type Pending = Arc<Mutex<Option<(mpsc::UnboundedReceiver<Msg>, Arc<dyn Store>)>>>;
+
 /// Cheap to clone; every clone feeds the same writer.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::UnboundedSender<Msg>,
     /// Taken by the first use inside a Tokio runtime, which starts the writer.
-    pending: Arc<Mutex<Option<(mpsc::UnboundedReceiver<Msg>, Arc<dyn Store>)>>>,
+    pending: Pending,
 }
 
 impl std::fmt::Debug for AuditLog {

@@ -129,9 +129,9 @@ fn audit_entry(i: u64, at: DateTime<Utc>, key: &str, action: &str) -> AuditEntry
         route: "/v1/tools/{server}/{tool}".into(),
         target_kind: Some("tool".into()),
         target: Some(format!("github.tool_{i}")),
-        job_id: (i % 2 == 0).then(new_job_id),
-        outcome: if i % 3 == 0 { "error".into() } else { "ok".into() },
-        status: Some(if i % 3 == 0 { 502 } else { 200 }),
+        job_id: (i.is_multiple_of(2)).then(new_job_id),
+        outcome: if i.is_multiple_of(3) { "error".into() } else { "ok".into() },
+        status: Some(if i.is_multiple_of(3) { 502 } else { 200 }),
     }
 }
 
