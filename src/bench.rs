@@ -734,6 +734,37 @@ impl Store for Observed {
     async fn revoke_key(&self, id: &str) -> orch_store::Result<bool> {
         self.inner.revoke_key(id).await
     }
+    async fn key_by_previous_hash(&self, secret_hash: &str) -> orch_store::Result<Option<ApiKey>> {
+        self.inner.key_by_previous_hash(secret_hash).await
+    }
+    async fn rotate_key(
+        &self,
+        id: &str,
+        prefix: &str,
+        secret_hash: &str,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> orch_store::Result<bool> {
+        self.inner.rotate_key(id, prefix, secret_hash, until).await
+    }
+    async fn update_key(&self, key: &ApiKey) -> orch_store::Result<bool> {
+        self.inner.update_key(key).await
+    }
+    async fn touch_key(&self, id: &str, at: chrono::DateTime<chrono::Utc>) -> orch_store::Result<()> {
+        self.inner.touch_key(id, at).await
+    }
+    async fn append_audit(&self, entries: &[orch_store::AuditEntry]) -> orch_store::Result<()> {
+        self.inner.append_audit(entries).await
+    }
+    async fn list_audit(
+        &self,
+        filter: &orch_store::AuditFilter,
+        limit: usize,
+    ) -> orch_store::Result<Vec<orch_store::AuditEntry>> {
+        self.inner.list_audit(filter, limit).await
+    }
+    async fn purge_audit(&self, before: chrono::DateTime<chrono::Utc>) -> orch_store::Result<u64> {
+        self.inner.purge_audit(before).await
+    }
     async fn list_servers(&self) -> orch_store::Result<Vec<orch_store::StoredServer>> {
         self.inner.list_servers().await
     }

@@ -138,6 +138,9 @@ pub struct WorkerArgs {
     /// How long finished jobs and their results are kept [default: 7d].
     #[arg(long, env = "ORCH_RETENTION", value_name = "DURATION", value_parser = duration)]
     pub retention: Option<Duration>,
+    /// How long audit records (`GET /v1/audit`) are kept [default: 30d].
+    #[arg(long, env = "ORCH_AUDIT_RETENTION", value_name = "DURATION", value_parser = duration)]
+    pub audit_retention: Option<Duration>,
     /// On shutdown, how long running jobs may take to finish [default: 30s].
     #[arg(long, env = "ORCH_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = duration)]
     pub shutdown_grace: Option<Duration>,
@@ -186,6 +189,7 @@ struct FileConfig {
     retry_max: Option<String>,
     job_timeout: Option<String>,
     retention: Option<String>,
+    audit_retention: Option<String>,
     shutdown_grace: Option<String>,
     webhook_allow: Option<Vec<String>>,
     webhook_fail_statuses: Option<Vec<u16>>,
@@ -383,6 +387,11 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
     w.retry_max = pick(worker.retry_max, "retry_max", file.retry_max.as_ref(), w.retry_max)?;
     w.job_timeout = pick(worker.job_timeout, "job_timeout", file.job_timeout.as_ref(), w.job_timeout)?;
     w.retention = pick(worker.retention, "retention", file.retention.as_ref(), w.retention)?;
+    w.audit_retention =
+        pick(worker.audit_retention, "audit_retention", file.audit_retention.as_ref(), w.audit_retention)?;
+    if w.audit_retention < Duration::from_secs(60) {
+        bail!("ORCH_AUDIT_RETENTION (--audit-retention): {:?} is too short; allowed: 1m or more", w.audit_retention);
+    }
     w.shutdown_grace = pick(worker.shutdown_grace, "shutdown_grace", file.shutdown_grace.as_ref(), w.shutdown_grace)?;
     let mut planner = orch_worker::PlannerSettings::default();
     planner.max_attempts = worker.planner_attempts.or(file.planner_attempts).unwrap_or(planner.max_attempts);

@@ -87,11 +87,90 @@ enum KeysCommand {
         /// Comma-separated MCP servers the key may see and call [default: every server].
         #[arg(long, value_delimiter = ',')]
         servers: Option<Vec<String>>,
+        #[command(flatten)]
+        access: KeyAccessArgs,
     },
     /// List keys (never their secrets).
     List,
     /// Revoke a key by id.
     Revoke { id: String },
+    /// Give a key a new secret (printed once); the old one keeps working for --overlap.
+    Rotate {
+        id: String,
+        /// How long the old secret keeps working, up to 30d.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
+        overlap: std::time::Duration,
+    },
+    /// Change a key's expiry or allow-lists (what is not given stays).
+    Update {
+        id: String,
+        /// Comma-separated MCP servers the key may see and call.
+        #[arg(long, value_delimiter = ',', conflicts_with = "all_servers")]
+        servers: Option<Vec<String>>,
+        /// Remove the server limit.
+        #[arg(long)]
+        all_servers: bool,
+        /// Remove the tool limit.
+        #[arg(long, conflicts_with = "tools")]
+        all_tools: bool,
+        /// Remove the provider limit.
+        #[arg(long, conflicts_with = "providers")]
+        all_providers: bool,
+        /// Remove the expiry.
+        #[arg(long, conflicts_with_all = ["expires_at", "expires_in"])]
+        no_expiry: bool,
+        #[command(flatten)]
+        access: KeyAccessArgs,
+    },
+}
+
+/// Expiry and tool and provider limits of `orch keys create` and `update`.
+#[derive(Debug, clap::Args)]
+struct KeyAccessArgs {
+    /// Comma-separated tool globs over `server.tool` the key may use, e.g. `github.*,*.read_*` [default: every tool].
+    #[arg(long, value_delimiter = ',')]
+    tools: Option<Vec<String>>,
+    /// Comma-separated chat providers the key may use [default: every provider].
+    #[arg(long, value_delimiter = ',')]
+    providers: Option<Vec<String>>,
+    /// When the key stops working (RFC 3339, e.g. 2027-01-31T00:00:00Z).
+    #[arg(long, value_name = "TIME", conflicts_with = "expires_in")]
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Or: how long from now the key works (e.g. 90d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    expires_in: Option<std::time::Duration>,
+}
+
+impl KeyAccessArgs {
+    /// Checks the limits into `key` (the API's rules; providers only for not being empty).
+    fn apply(&self, key: &mut orch_store::ApiKey) -> Result<()> {
+        if let Some(tools) = &self.tools {
+            orch_api::auth::check_tools(tools).map_err(|e| anyhow::anyhow!("--{}", e.message))?;
+            key.tools = Some(tools.clone());
+        }
+        if let Some(providers) = &self.providers {
+            if let Some(i) = providers.iter().position(|p| p.trim().is_empty()) {
+                anyhow::bail!("--providers[{i}]: empty provider name");
+            }
+            key.providers = Some(providers.clone());
+        }
+        let expires_at = match (self.expires_at, self.expires_in) {
+            (Some(at), _) => Some(at),
+            (None, Some(d)) => Some(chrono::Utc::now() + chrono::Duration::from_std(d).context("--expires-in")?),
+            (None, None) => None,
+        };
+        if let Some(at) = expires_at {
+            if at <= chrono::Utc::now() {
+                anyhow::bail!("--expires-at: {} is not in the future", at.to_rfc3339());
+            }
+            key.expires_at = Some(at);
+        }
+        Ok(())
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; use a duration like 30s, 10m, 24h, 90d"))
 }
 
 fn main() -> ExitCode {
@@ -405,12 +484,13 @@ fn shutdown_signal() -> CancellationToken {
 
 async fn keys(store: &dyn Store, command: KeysCommand) -> Result<()> {
     match command {
-        KeysCommand::Create { name, scopes, servers } => {
+        KeysCommand::Create { name, scopes, servers, access } => {
             let mut new = orch_api::auth::new_key(&name, &scopes).map_err(|e| anyhow::anyhow!(e.message))?;
             if let Some(servers) = &servers {
                 orch_api::auth::check_servers(servers).map_err(|e| anyhow::anyhow!("--{}", e.message))?;
             }
             new.key.servers = servers;
+            access.apply(&mut new.key)?;
             store.create_key(&new.key, &new.hash).await?;
             println!("{}", new.secret);
             eprintln!(
@@ -425,7 +505,14 @@ async fn keys(store: &dyn Store, command: KeysCommand) -> Result<()> {
         KeysCommand::List => {
             println!("{:<18} {:<14} {:<28} {:<25} NAME", "ID", "PREFIX", "SCOPES", "CREATED");
             for k in store.list_keys().await? {
-                let state = if k.revoked_at.is_some() { " (revoked)" } else { "" };
+                let state = if k.revoked_at.is_some() {
+                    " (revoked)".to_owned()
+                } else if let Some(at) = k.expires_at {
+                    let word = if at <= chrono::Utc::now() { "expired" } else { "expires" };
+                    format!(" ({word} {})", at.format("%Y-%m-%d %H:%M:%S UTC"))
+                } else {
+                    String::new()
+                };
                 println!(
                     "{:<18} {:<14} {:<28} {:<25} {}{state}",
                     k.id,
@@ -441,6 +528,50 @@ async fn keys(store: &dyn Store, command: KeysCommand) -> Result<()> {
                 anyhow::bail!("no unrevoked key has the id {id:?}; `orch keys list` shows the ids");
             }
             println!("Revoked {id}. API processes stop accepting it within 5 seconds.");
+        }
+        KeysCommand::Rotate { id, overlap } => {
+            if overlap > std::time::Duration::from_secs(orch_api::keys::MAX_OVERLAP) {
+                anyhow::bail!("--overlap: {} is too long; at most 30d", humantime::format_duration(overlap));
+            }
+            let until = chrono::Utc::now() + chrono::Duration::from_std(overlap).context("--overlap")?;
+            let (prefix, hash, secret) = orch_api::auth::new_secret();
+            if !store.rotate_key(&id, &prefix, &hash, until).await? {
+                anyhow::bail!("no unrevoked key has the id {id:?}; `orch keys list` shows the ids");
+            }
+            println!("{secret}");
+            eprintln!(
+                "Rotated {id}. The secret above is shown only once; the old secret works until {}.\n\
+                 Webhooks of jobs it submits are now signed with {}",
+                until.format("%Y-%m-%d %H:%M:%S UTC"),
+                orch_webhooks::Secret::for_api_key(&secret)
+            );
+        }
+        KeysCommand::Update { id, servers, all_servers, all_tools, all_providers, no_expiry, access } => {
+            let Some(mut key) = store.list_keys().await?.into_iter().find(|k| k.id == id && k.revoked_at.is_none())
+            else {
+                anyhow::bail!("no unrevoked key has the id {id:?}; `orch keys list` shows the ids");
+            };
+            if let Some(servers) = &servers {
+                orch_api::auth::check_servers(servers).map_err(|e| anyhow::anyhow!("--{}", e.message))?;
+                key.servers = Some(servers.clone());
+            }
+            if all_servers {
+                key.servers = None;
+            }
+            if all_tools {
+                key.tools = None;
+            }
+            if all_providers {
+                key.providers = None;
+            }
+            if no_expiry {
+                key.expires_at = None;
+            }
+            access.apply(&mut key)?;
+            if !store.update_key(&key).await? {
+                anyhow::bail!("no unrevoked key has the id {id:?}; `orch keys list` shows the ids");
+            }
+            println!("Updated {id}. API processes apply it within 5 seconds.");
         }
     }
     Ok(())

@@ -151,6 +151,30 @@ async fn a_request_is_planned_then_run(backend: Backend) {
     app.app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_planner_is_shown_only_the_tools_the_key_may_use() {
+    const ECHO_ONLY: &str = r#"{"nodes": [{"id": "hello", "tool": "test.echo", "args": {"message": "hello"}}]}"#;
+    let app = app(Backend::Sqlite, &[ECHO_ONLY]).await;
+    let body = json!({"name": "echo only", "scopes": ["jobs:read", "jobs:write"], "tools": ["test.echo"]});
+    let created = app.post("/v1/keys", body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let key = created.body["secret"].as_str().unwrap();
+    let submit = |body: Value| app.call(reqwest::Method::POST, "/v1/jobs/batch", Some(key), Some(body));
+    // Naming a tool beyond the key's is refused, naming the entry.
+    let r = submit(json!({"request": REQUEST, "tools": ["test.sleep"]})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.body["error"]["details"]["field"], "tools[0]");
+    let r = submit(json!({"request": REQUEST})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let job = app.wait_finished(r.body["id"].as_str().unwrap(), WAIT).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    // test.sleep is autoApproved, but this key may not use it: not offered.
+    let prompt = app.prompt(1);
+    assert!(prompt.contains("- test.echo: "), "{prompt}");
+    assert!(!prompt.contains("test.sleep"), "test.sleep was offered:\n{prompt}");
+    app.app.stop().await;
+}
+
 /// Runs `answers` through the planner; the job must succeed with the good
 /// output after `attempts` calls. Returns the app to look at the prompts.
 async fn repaired(answers: &[&str], attempts: u32) -> App {

@@ -78,8 +78,72 @@ pub fn new_key(name: &str, scopes: &[String]) -> Result<NewKey, ApiError> {
         servers: None,
         created_at: Utc::now(),
         revoked_at: None,
+        expires_at: None,
+        tools: None,
+        providers: None,
+        last_used_at: None,
+        rotated_until: None,
     };
     Ok(NewKey { hash: hash_secret(&secret), key, secret })
+}
+
+/// A new secret (and its prefix and hash) for rotating a key.
+pub fn new_secret() -> (String, String, String) {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = format!("orch_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    (secret[..12].to_owned(), hash_secret(&secret), secret)
+}
+
+/// Most entries in a key's `tools` or `providers` list.
+pub const MAX_ALLOW_LIST: usize = 200;
+
+/// Checks the tool globs a key is limited to (`tools`): `server.tool` names
+/// where `*` stands for any characters, e.g. `github.*` or `*.read_*`.
+pub fn check_tools(tools: &[String]) -> Result<(), ApiError> {
+    if tools.len() > MAX_ALLOW_LIST {
+        return Err(ApiError::invalid_field("tools", format!("has {} entries; at most {MAX_ALLOW_LIST}", tools.len())));
+    }
+    for (i, glob) in tools.iter().enumerate() {
+        let ok = !glob.is_empty()
+            && glob.len() <= 200
+            && glob.contains('.')
+            && glob.chars().all(|c| c.is_ascii_alphanumeric() || "._-*".contains(c));
+        if !ok {
+            return Err(ApiError::invalid_field(
+                &format!("tools[{i}]"),
+                format!(
+                    "{glob:?} is not a tool pattern; give `server.tool` (1–200 of A-Z a-z 0-9 . _ - where `*` matches \
+                     any characters), e.g. `github.*` or `*.read_*`"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the providers a key is limited to (`providers`) against the configured ones.
+pub fn check_providers(providers: &[String], known: &[String]) -> Result<(), ApiError> {
+    if providers.len() > MAX_ALLOW_LIST {
+        return Err(ApiError::invalid_field(
+            "providers",
+            format!("has {} entries; at most {MAX_ALLOW_LIST}", providers.len()),
+        ));
+    }
+    for (i, name) in providers.iter().enumerate() {
+        if !known.contains(name) {
+            return Err(ApiError::invalid_field(
+                &format!("providers[{i}]"),
+                format!("unknown provider {name:?}; the providers are {}", known.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` (`server.tool`) matches one of `globs`.
+pub fn tool_allowed(globs: &[String], name: &str) -> bool {
+    globs.iter().any(|g| wildmatch::WildMatch::new(g).matches(name))
 }
 
 /// Checks the server names a key is limited to (`servers` of a new key).
@@ -100,10 +164,65 @@ pub fn hash_secret(secret: &str) -> String {
 #[derive(Default)]
 pub struct KeyCache {
     entries: Mutex<HashMap<String, (ApiKey, Instant)>>,
+    /// Keys found by their previous secret (after a rotation).
+    previous: Mutex<HashMap<String, (ApiKey, Instant)>>,
+    /// When each key's `last_used_at` was last written.
+    touched: Mutex<HashMap<String, Instant>>,
+}
+
+/// What a secret is.
+pub enum Found {
+    Current(ApiKey),
+    /// The secret a key had before its last rotation.
+    Previous(ApiKey),
+    Unknown,
 }
 
 impl KeyCache {
     pub const TTL: Duration = Duration::from_secs(5);
+
+    /// How often a key's `last_used_at` is written at most.
+    pub const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+    /// The key of a secret's hash: current, by its previous secret, or none.
+    pub async fn find(&self, store: &dyn Store, hash: &str) -> Result<Found, ApiError> {
+        if let Some(key) = self.lookup(store, hash).await? {
+            return Ok(Found::Current(key));
+        }
+        if let Some((key, at)) = self.previous.lock().unwrap().get(hash)
+            && at.elapsed() < Self::TTL
+        {
+            return Ok(Found::Previous(key.clone()));
+        }
+        let found = store.key_by_previous_hash(hash).await?;
+        let mut previous = self.previous.lock().unwrap();
+        match found {
+            Some(key) => {
+                if previous.len() > 10_000 {
+                    previous.clear();
+                }
+                previous.insert(hash.to_owned(), (key.clone(), Instant::now()));
+                Ok(Found::Previous(key))
+            }
+            None => {
+                previous.remove(hash);
+                Ok(Found::Unknown)
+            }
+        }
+    }
+
+    /// Whether `last_used_at` of key `id` is due to be written (and notes that it is).
+    pub fn touch_due(&self, id: &str) -> bool {
+        let mut touched = self.touched.lock().unwrap();
+        if touched.get(id).is_some_and(|at| at.elapsed() < Self::TOUCH_EVERY) {
+            return false;
+        }
+        if touched.len() > 10_000 {
+            touched.clear();
+        }
+        touched.insert(id.to_owned(), Instant::now());
+        true
+    }
 
     pub async fn lookup(&self, store: &dyn Store, hash: &str) -> Result<Option<ApiKey>, ApiError> {
         if let Some((key, at)) = self.entries.lock().unwrap().get(hash)
@@ -129,6 +248,7 @@ impl KeyCache {
 
     pub fn clear(&self) {
         self.entries.lock().unwrap().clear();
+        self.previous.lock().unwrap().clear();
     }
 }
 
@@ -178,6 +298,50 @@ impl Principal {
         self.key.servers.as_ref().is_none_or(|allowed| allowed.iter().any(|s| s == name))
     }
 
+    /// Whether the key may see and call tool `tool` of `server`: its server
+    /// is allowed and `server.tool` matches one of the key's tool globs
+    /// (keys without a tool list may use every tool of their servers).
+    pub fn may_use_tool(&self, server: &str, tool: &str) -> bool {
+        self.may_use_server(server)
+            && self.key.tools.as_ref().is_none_or(|globs| tool_allowed(globs, &format!("{server}.{tool}")))
+    }
+
+    /// 403 unless [`Principal::may_use_tool`].
+    pub fn require_tool(&self, server: &str, tool: &str) -> Result<(), ApiError> {
+        self.require_server(server)?;
+        if self.may_use_tool(server, tool) {
+            return Ok(());
+        }
+        let allowed = self.key.tools.clone().unwrap_or_default();
+        let name = format!("{server}.{tool}");
+        Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "tool_not_allowed",
+            format!("this key may use only the tools matching {allowed:?}, not {name:?}"),
+        )
+        .with_details(serde_json::json!({"tool": name, "allowed_tools": allowed})))
+    }
+
+    /// Whether the key may use chat provider `name` (keys without a provider
+    /// list may use every provider).
+    pub fn may_use_provider(&self, name: &str) -> bool {
+        self.key.providers.as_ref().is_none_or(|allowed| allowed.iter().any(|p| p == name))
+    }
+
+    /// 403 naming `field` unless [`Principal::may_use_provider`].
+    pub fn require_provider(&self, field: &str, name: &str) -> Result<(), ApiError> {
+        if self.may_use_provider(name) {
+            return Ok(());
+        }
+        let allowed = self.key.providers.clone().unwrap_or_default();
+        Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "provider_not_allowed",
+            format!("{field}: this key may use only the providers {allowed:?}, not {name:?}"),
+        )
+        .with_details(serde_json::json!({"field": field, "provider": name, "allowed_providers": allowed})))
+    }
+
     /// 403 unless [`Principal::may_use_server`].
     pub fn require_server(&self, name: &str) -> Result<(), ApiError> {
         if self.may_use_server(name) {
@@ -209,11 +373,46 @@ impl FromRequestParts<AppState> for Principal {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <key>`"))?;
-        let key = state
-            .keys
-            .lookup(state.store.as_ref(), &hash_secret(secret))
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
+        let now = Utc::now();
+        let key = match state.keys.find(state.store.as_ref(), &hash_secret(secret)).await? {
+            Found::Current(key) => key,
+            Found::Previous(key) if key.rotated_until.is_some_and(|until| now < until) => key,
+            Found::Previous(key) => {
+                let until = key.rotated_until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                return Err(ApiError::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    "key_rotated",
+                    format!(
+                        "this API key was rotated; its old secret stopped working at {}; use the new secret",
+                        until.as_deref().unwrap_or("the end of the overlap")
+                    ),
+                )
+                .with_details(serde_json::json!({"key_id": key.id, "rotated_until": until})));
+            }
+            Found::Unknown => return Err(ApiError::unauthorized("unknown or revoked API key")),
+        };
+        if let Some(expires_at) = key.expires_at
+            && expires_at <= now
+        {
+            let at = expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "key_expired",
+                format!("this API key expired at {at}; ask an admin for a new key or a later expiry"),
+            )
+            .with_details(serde_json::json!({"key_id": key.id, "expired_at": at})));
+        }
+        if state.keys.touch_due(&key.id) {
+            let (store, id) = (state.store.clone(), key.id.clone());
+            tokio::spawn(async move {
+                if let Err(err) = store.touch_key(&id, now).await {
+                    tracing::warn!(key = %id, error = %err, "recording a key's last use failed");
+                }
+            });
+        }
+        if let Some(slot) = parts.extensions.get::<crate::audit::Caller>() {
+            slot.set(&key);
+        }
         Ok(Principal { key })
     }
 }

@@ -390,6 +390,23 @@ pub fn check_model(router: &orch_providers::Router, model: Option<&str>, task_ty
     Ok(())
 }
 
+/// Applies the key's provider allow-list to a chat job's `input`: a named
+/// model of another provider is 403 naming `model`; otherwise the allowed
+/// providers go into the input (`providers`) and the worker routes only
+/// through them (`auto` walks only allowed providers, fallbacks too).
+pub fn limit_providers(state: &AppState, principal: Option<&Principal>, input: &mut Value) -> ApiResult<()> {
+    let Some(allowed) = principal.and_then(|p| p.key.providers.as_ref()) else { return Ok(()) };
+    let model = input["model"].as_str().map_or_else(|| state.router.config().default_model.clone(), str::to_owned);
+    if model != "auto"
+        && let Ok(target) = state.router.target(&model)
+        && let Some(principal) = principal
+    {
+        principal.require_provider("model", &target.provider)?;
+    }
+    input["providers"] = json!(allowed);
+    Ok(())
+}
+
 /// 413 when the messages together exceed the configured prompt size.
 pub fn check_prompt_size(config: &ApiConfig, bytes: usize) -> ApiResult<()> {
     if bytes > config.max_prompt_bytes {
@@ -559,6 +576,15 @@ pub fn chat_input(state: &AppState, req: &ChatJobRequest) -> ApiResult<Value> {
     Ok(input)
 }
 
+/// The submitting key's id and name in a batch job's input (`key`), so the
+/// worker's audit records of the plan's tool calls name it.
+fn with_key(mut input: Value, principal: Option<&Principal>) -> Value {
+    if let Some(p) = principal {
+        input["key"] = json!({"id": p.key.id, "name": p.key.name});
+    }
+    input
+}
+
 /// The input of a batch job: the plan, validated against the tools the
 /// caller may use, or the request to plan with its planner options.
 pub fn batch_input(state: &AppState, principal: Option<&Principal>, req: &BatchJobRequest) -> ApiResult<Value> {
@@ -568,7 +594,7 @@ pub fn batch_input(state: &AppState, principal: Option<&Principal>, req: &BatchJ
             planning::only_with_request("planner_model", req.planner_model.is_some())?;
             planning::only_with_request("dry_run", req.dry_run.is_some())?;
             crate::plans::check_plan(state, principal, plan)?;
-            Ok(json!({"plan": plan}))
+            Ok(with_key(json!({"plan": plan}), principal))
         }
         Err(request) => {
             let ask = planning::PlanningAsk {
@@ -577,7 +603,7 @@ pub fn batch_input(state: &AppState, principal: Option<&Principal>, req: &BatchJ
                 planner_model: req.planner_model.as_deref(),
                 dry_run: req.dry_run == Some(true),
             };
-            planning::planning_input(state, principal, &ask)
+            planning::planning_input(state, principal, &ask).map(|input| with_key(input, principal))
         }
     }
 }
@@ -618,6 +644,7 @@ pub async fn submit_chat(
     let req = &body.value;
     let mut input = chat_input(&state, req)?;
     input["key_id"] = json!(principal.key.id);
+    limit_providers(&state, Some(&principal), &mut input)?;
     if let Some(id) = session_of(&headers, req.session_id.as_ref())? {
         crate::sessions::attach(&state, Some(&principal), &mut input, &id).await?;
     }

@@ -16,7 +16,7 @@ use crate::json::ApiJson;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"name": "n8n production", "scopes": ["jobs:read", "jobs:write", "tools:call"], "servers": ["github"]}))]
+#[schema(example = json!({"name": "n8n production", "scopes": ["jobs:read", "jobs:write", "tools:call"], "servers": ["github"], "tools": ["github.*"], "providers": ["claude"], "expires_at": "2027-06-01T00:00:00Z"}))]
 pub struct CreateKey {
     /// A name to recognise the key by (1–100 characters).
     pub name: String,
@@ -25,7 +25,57 @@ pub struct CreateKey {
     /// The MCP servers the key may see and call; absent for every server.
     #[serde(default)]
     pub servers: Option<Vec<String>>,
+    /// The tools the key may see and call, as globs over `server.tool`
+    /// (`github.*`, `*.read_*`); absent for every tool.
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    /// The chat providers the key may use; absent for every provider.
+    #[serde(default)]
+    pub providers: Option<Vec<String>>,
+    /// When the key stops working (RFC 3339); absent for never.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
 }
+
+/// Changes to a key: a field left out stays as it is; `null` removes the
+/// limit (or the expiry).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"tools": ["github.*", "*.read_*"], "expires_at": null}))]
+pub struct UpdateKey {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub servers: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub tools: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub providers: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// A field that is present (even as `null`) is `Some`.
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// How long the old secret keeps working after a rotation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"overlap_seconds": 3600}))]
+pub struct RotateKey {
+    /// Seconds the old secret keeps working, 0–2592000 (30 days); default 86400 (24 h).
+    #[serde(default)]
+    pub overlap_seconds: Option<u64>,
+}
+
+/// Default overlap of a rotation: 24 h.
+pub const DEFAULT_OVERLAP: u64 = 24 * 3600;
+/// Longest overlap of a rotation: 30 days.
+pub const MAX_OVERLAP: u64 = 30 * 24 * 3600;
 
 /// A key as listed: never the secret.
 #[derive(Debug, Serialize, ToSchema)]
@@ -37,8 +87,18 @@ pub struct KeyView {
     pub scopes: Vec<String>,
     /// The MCP servers the key may use; `null` for every server.
     pub servers: Option<Vec<String>>,
+    /// Globs over `server.tool` the key may use; `null` for every tool.
+    pub tools: Option<Vec<String>>,
+    /// The chat providers the key may use; `null` for every provider.
+    pub providers: Option<Vec<String>>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When the key stops working; `null` for never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When the key was last used (updated at most once a minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// After a rotation: until when the previous secret works.
+    pub rotated_until: Option<DateTime<Utc>>,
 }
 
 impl From<ApiKey> for KeyView {
@@ -49,15 +109,35 @@ impl From<ApiKey> for KeyView {
             prefix: k.prefix,
             scopes: k.scopes,
             servers: k.servers,
+            tools: k.tools,
+            providers: k.providers,
             created_at: k.created_at,
             revoked_at: k.revoked_at,
+            expires_at: k.expires_at,
+            last_used_at: k.last_used_at,
+            rotated_until: k.rotated_until,
         }
     }
 }
 
+/// The configured chat providers' names.
+fn provider_names(state: &AppState) -> Vec<String> {
+    let mut names: Vec<String> = state.router.providers().iter().map(|p| p.name().to_owned()).collect();
+    names.sort();
+    names
+}
+
+/// 422 unless `at` is in the future.
+fn check_expiry(at: DateTime<Utc>) -> ApiResult<()> {
+    if at <= Utc::now() {
+        return Err(ApiError::invalid_field("expires_at", format!("{} is not in the future", at.to_rfc3339())));
+    }
+    Ok(())
+}
+
 /// A new key with its secret, shown this once.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"id": "key_3f2a9c01b7de", "name": "n8n production", "prefix": "orch_Xk3v9QaL", "scopes": ["jobs:read", "jobs:write"], "servers": null, "created_at": "2026-11-21T09:00:00Z", "revoked_at": null, "secret": "orch_Xk3v9QaLr2T0m7N4pWcE1yH6uJ8bZsVdG5fK0qAoi3s", "webhook_secret": "whsec_p0TzNwJ3kq3m5oU1o9bX2yq6Vh0Ffk8cS4yW1dJqv7E="}))]
+#[schema(example = json!({"id": "key_3f2a9c01b7de", "name": "n8n production", "prefix": "orch_Xk3v9QaL", "scopes": ["jobs:read", "jobs:write"], "servers": null, "tools": null, "providers": null, "created_at": "2026-11-21T09:00:00Z", "revoked_at": null, "expires_at": null, "last_used_at": null, "rotated_until": null, "secret": "orch_Xk3v9QaLr2T0m7N4pWcE1yH6uJ8bZsVdG5fK0qAoi3s", "webhook_secret": "whsec_p0TzNwJ3kq3m5oU1o9bX2yq6Vh0Ffk8cS4yW1dJqv7E="}))]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: KeyView,
@@ -94,7 +174,19 @@ pub async fn create_key(
     if let Some(servers) = &body.value.servers {
         auth::check_servers(servers)?;
     }
+    if let Some(tools) = &body.value.tools {
+        auth::check_tools(tools)?;
+    }
+    if let Some(providers) = &body.value.providers {
+        auth::check_providers(providers, &provider_names(&state))?;
+    }
+    if let Some(at) = body.value.expires_at {
+        check_expiry(at)?;
+    }
     new.key.servers = body.value.servers;
+    new.key.tools = body.value.tools;
+    new.key.providers = body.value.providers;
+    new.key.expires_at = body.value.expires_at;
     state.store.create_key(&new.key, &new.hash).await?;
     tracing::info!(key = %new.key.id, by = %principal.key.id, "API key created");
     let webhook_secret = orch_webhooks::Secret::for_api_key(&new.secret);
@@ -136,4 +228,133 @@ pub async fn revoke_key(
     state.keys.clear();
     tracing::info!(key = %id, by = %principal.key.id, "API key revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Change a key's expiry or allow-lists.
+///
+/// Fields left out stay as they are; `null` removes a limit or the expiry.
+/// Takes effect within 5 s in every process (at once in this one).
+#[utoipa::path(
+    patch, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "Key id, e.g. key_3f2a9c01b7de")),
+    request_body = UpdateKey,
+    responses(
+        (status = 200, description = "The key as changed", body = KeyView),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, response = NotFound), (status = 422, response = Invalid),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn update_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: ApiJson<UpdateKey>,
+) -> ApiResult<Json<KeyView>> {
+    principal.require(auth::ADMIN)?;
+    let mut key = find_unrevoked(&state, &id).await?;
+    let change = body.value;
+    if let Some(servers) = change.servers {
+        if let Some(list) = &servers {
+            auth::check_servers(list)?;
+        }
+        key.servers = servers;
+    }
+    if let Some(tools) = change.tools {
+        if let Some(list) = &tools {
+            auth::check_tools(list)?;
+        }
+        key.tools = tools;
+    }
+    if let Some(providers) = change.providers {
+        if let Some(list) = &providers {
+            auth::check_providers(list, &provider_names(&state))?;
+        }
+        key.providers = providers;
+    }
+    if let Some(expires_at) = change.expires_at {
+        if let Some(at) = expires_at {
+            check_expiry(at)?;
+        }
+        key.expires_at = expires_at;
+    }
+    if !state.store.update_key(&key).await? {
+        return Err(ApiError::not_found("unrevoked key", &id));
+    }
+    state.keys.clear();
+    tracing::info!(key = %id, by = %principal.key.id, "API key changed");
+    Ok(Json(key.into()))
+}
+
+async fn find_unrevoked(state: &AppState, id: &str) -> ApiResult<ApiKey> {
+    state
+        .store
+        .list_keys()
+        .await?
+        .into_iter()
+        .find(|k| k.id == id && k.revoked_at.is_none())
+        .ok_or_else(|| ApiError::not_found("unrevoked key", id))
+}
+
+/// The new secret of a rotated key, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedKey {
+    #[serde(flatten)]
+    pub key: KeyView,
+    /// The new secret. The old one keeps working until `rotated_until`, then answers 401 `key_rotated`.
+    pub secret: String,
+    /// The webhook signing secret derived from the new secret.
+    pub webhook_secret: String,
+}
+
+/// Rotate a key's secret.
+///
+/// Answers a new secret (shown only now). The old secret keeps working for
+/// `overlap_seconds` (default 24 h), then answers 401 `key_rotated`. The
+/// body may be empty.
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/rotate", tag = "keys",
+    params(("id" = String, Path, description = "Key id, e.g. key_3f2a9c01b7de")),
+    request_body(content = Option<RotateKey>),
+    responses(
+        (status = 200, description = "Rotated; the new secret is shown only now", body = RotatedKey),
+        (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
+        (status = 404, response = NotFound), (status = 422, response = Invalid),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<RotatedKey>> {
+    principal.require(auth::ADMIN)?;
+    let ask: RotateKey = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateKey::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid_field(
+                "overlap_seconds",
+                format!("the body must be {{\"overlap_seconds\": 0–{MAX_OVERLAP}}} or empty: {e}"),
+            )
+        })?
+    };
+    let overlap = ask.overlap_seconds.unwrap_or(DEFAULT_OVERLAP);
+    if overlap > MAX_OVERLAP {
+        return Err(ApiError::invalid_field(
+            "overlap_seconds",
+            format!("{overlap} is too long; at most {MAX_OVERLAP} (30 days)"),
+        ));
+    }
+    let until = Utc::now() + chrono::Duration::seconds(overlap as i64);
+    let (prefix, hash, secret) = auth::new_secret();
+    if !state.store.rotate_key(&id, &prefix, &hash, until).await? {
+        return Err(ApiError::not_found("unrevoked key", &id));
+    }
+    state.keys.clear();
+    let key = find_unrevoked(&state, &id).await?;
+    tracing::info!(key = %id, by = %principal.key.id, overlap_s = overlap, "API key rotated");
+    let webhook_secret = orch_webhooks::Secret::for_api_key(&secret);
+    Ok(Json(RotatedKey { key: key.into(), secret, webhook_secret }))
 }

@@ -5,6 +5,7 @@
 //! [`app`] builds the whole router from an [`AppState`], so tests drive it
 //! with `tower::ServiceExt::oneshot` or serve it on port 0.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod health;
@@ -94,6 +95,8 @@ pub struct AppState {
     pub webhooks: Arc<orch_webhooks::Webhooks>,
     /// The last write probe of `/health` (at most one a second).
     pub write_probe: Arc<health::WriteProbe>,
+    /// Where audit records go (written in batches).
+    pub audit: orch_store::AuditLog,
 }
 
 impl AppState {
@@ -103,6 +106,7 @@ impl AppState {
             .expect("the default registry options are valid");
         AppState {
             webhooks: orch_webhooks::Webhooks::new(store.clone(), Default::default()),
+            audit: orch_store::AuditLog::new(store.clone()),
             store,
             config: Arc::new(config),
             keys: Arc::default(),
@@ -159,7 +163,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}/outputs/{node}", get(plans::node_output))
         .route("/v1/plans", post(plans::preview_plan))
         .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
-        .route("/v1/keys/{id}", delete(keys::revoke_key))
+        .route("/v1/keys/{id}", delete(keys::revoke_key).patch(keys::update_key))
+        .route("/v1/keys/{id}/rotate", post(keys::rotate_key))
+        .route("/v1/audit", get(audit::list_audit))
         .route("/v1/tools", get(tools::list_tools))
         .route("/v1/tools/{server}/{tool}", get(tools::get_tool).post(tools::call_tool))
         .route("/v1/servers", get(servers::list_servers).post(servers::create_server))
@@ -170,6 +176,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/servers/{name}/test", post(servers::test_server))
         .merge(mcp_server::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::middleware))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -205,7 +212,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         jobs::job_events, jobs::cancel_job, plans::job_graph, plans::node_output, plans::preview_plan,
         openai::chat_completions, openai::list_models, providers::list_providers, providers::token_health, usage::usage,
         sessions::list_sessions, sessions::get_session, sessions::delete_session, sessions::export_memory,
-        keys::create_key, keys::list_keys, keys::revoke_key,
+        keys::create_key, keys::list_keys, keys::revoke_key, keys::update_key, keys::rotate_key, audit::list_audit,
         tools::list_tools, tools::get_tool, tools::call_tool,
         servers::list_servers, servers::create_server, servers::get_server, servers::replace_server,
         servers::delete_server, servers::test_server, servers::reload_servers,

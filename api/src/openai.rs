@@ -172,6 +172,7 @@ pub async fn chat_completions(
     let req = body.value;
     let mut input = completion_input(&state, &req)?;
     input["key_id"] = json!(principal.key.id);
+    jobs::limit_providers(&state, Some(&principal), &mut input)?;
     if let Some(id) = jobs::session_of(&headers, req.session_id.as_ref())? {
         crate::sessions::attach(&state, Some(&principal), &mut input, &id).await?;
         // The client resends the conversation: it is the history, not the session's copy.

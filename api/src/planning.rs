@@ -74,8 +74,12 @@ pub fn planning_input(state: &AppState, principal: Option<&Principal>, ask: &Pla
     {
         return Err(jobs::unknown_model(&state.router, "planner_model", model));
     }
-    let usable: Vec<orch_mcp::ToolEntry> =
-        state.registry.tools().into_iter().filter(|t| principal.is_none_or(|p| p.may_use_server(&t.server))).collect();
+    let usable: Vec<orch_mcp::ToolEntry> = state
+        .registry
+        .tools()
+        .into_iter()
+        .filter(|t| principal.is_none_or(|p| p.may_use_tool(&t.server, &t.tool.name)))
+        .collect();
     let mut allowed: BTreeSet<String> = usable.iter().filter(|t| t.auto_approved).map(|t| t.name.clone()).collect();
     for (i, name) in ask.tools.unwrap_or_default().iter().enumerate() {
         if !usable.iter().any(|t| t.name == *name) {

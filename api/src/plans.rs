@@ -30,14 +30,35 @@ pub fn catalogue(state: &AppState, principal: Option<&Principal>) -> Catalogue {
         .registry
         .tools()
         .into_iter()
-        .filter(|t| principal.is_none_or(|p| p.may_use_server(&t.server)))
+        .filter(|t| principal.is_none_or(|p| p.may_use_tool(&t.server, &t.tool.name)))
         .map(|t| (t.name, Value::Object((*t.tool.input_schema).clone())))
         .collect();
     Catalogue { tools }
 }
 
-/// Validates a plan against the caller's tools; 422 lists every problem.
+/// Validates a plan against the caller's tools; 422 lists every problem. A
+/// tool node (or map template) naming a tool that exists but the key may not
+/// use answers 403 `tool_not_allowed` naming `plan.nodes[i].tool`.
 pub fn check_plan(state: &AppState, principal: Option<&Principal>, plan: &Plan) -> ApiResult<()> {
+    if let Some(principal) = principal {
+        for (i, node) in plan.nodes.iter().enumerate() {
+            let named = [
+                (format!("plan.nodes[{i}].tool"), node.tool.as_deref()),
+                (format!("plan.nodes[{i}].map.node.tool"), node.map.as_ref().and_then(|m| m.node.tool.as_deref())),
+            ];
+            for (field, name) in named {
+                let Some(name) = name else { continue };
+                let Ok((server, tool)) = state.registry.resolve(name) else { continue };
+                if let Err(mut err) = principal.require_tool(server, tool) {
+                    err.message = format!("{field}: {}", err.message);
+                    if let Some(details) = err.details.as_mut() {
+                        details["field"] = serde_json::json!(field);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
     let issues = orch_planner::validate(plan, Some(&catalogue(state, principal)));
     if issues.is_empty() { Ok(()) } else { Err(jobs::plan_error(issues)) }
 }

@@ -202,7 +202,7 @@ pub async fn list_tools(
         .registry
         .tools()
         .iter()
-        .filter(|t| principal.may_use_server(&t.server))
+        .filter(|t| principal.may_use_tool(&t.server, &t.tool.name))
         .filter(|t| query.server.as_ref().is_none_or(|s| *s == t.server))
         .filter(|t| query.q.as_deref().is_none_or(|q| matches(t, q)))
         .map(summary)
@@ -223,7 +223,7 @@ pub async fn get_tool(
     Path((server, tool)): Path<(String, String)>,
 ) -> ApiResult<Json<ToolDetail>> {
     principal.require(auth::TOOLS_CALL)?;
-    principal.require_server(&server)?;
+    principal.require_tool(&server, &tool)?;
     let entry = find_tool(&state, &server, &tool)?;
     Ok(Json(ToolDetail {
         summary: summary(&entry),
@@ -265,7 +265,7 @@ pub async fn call_tool(
     body: ApiJson<CallRequest>,
 ) -> ApiResult<Json<CallResponse>> {
     principal.require(auth::TOOLS_CALL)?;
-    principal.require_server(&server)?;
+    principal.require_tool(&server, &tool)?;
     let arguments = body.value.arguments;
     match find_tool(&state, &server, &tool) {
         Ok(entry) => {

@@ -12,6 +12,7 @@
 //! `tests/conformance.rs`. Neither uses apalis' storage: see ARCHITECTURE.md for
 //! the measured defects that decided this.
 
+pub mod audit;
 pub mod model;
 pub mod redis;
 pub mod sqlite;
@@ -24,6 +25,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::Notify;
 
+pub use audit::AuditLog;
 pub use model::*;
 
 /// Errors from a store. Messages never contain secrets.
@@ -139,6 +141,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Revokes a key; returns false when no unrevoked key has that id.
     async fn revoke_key(&self, id: &str) -> Result<bool>;
+
+    /// An unrevoked key whose *previous* secret (before its last rotation)
+    /// has this hash; the caller checks `rotated_until`.
+    async fn key_by_previous_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>>;
+
+    /// Gives an unrevoked key a new secret (and prefix); the old secret is
+    /// kept as the previous one, working until `until`. False when no
+    /// unrevoked key has that id.
+    async fn rotate_key(&self, id: &str, prefix: &str, secret_hash: &str, until: DateTime<Utc>) -> Result<bool>;
+
+    /// Replaces an unrevoked key's `expires_at`, `servers`, `tools` and
+    /// `providers` with those of `key`; false when no unrevoked key has its id.
+    async fn update_key(&self, key: &ApiKey) -> Result<bool>;
+
+    /// Sets a key's `last_used_at`.
+    async fn touch_key(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+
+    /// Appends audit records (their `id`s are assigned, increasing).
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<()>;
+
+    /// Audit records passing `filter`, newest first, at most `limit`.
+    async fn list_audit(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditEntry>>;
+
+    /// Deletes audit records older than `before`; returns how many.
+    async fn purge_audit(&self, before: DateTime<Utc>) -> Result<u64>;
 
     /// MCP servers registered through the API, by name.
     async fn list_servers(&self) -> Result<Vec<StoredServer>>;

@@ -332,6 +332,77 @@ pub struct ApiKey {
     pub servers: Option<Vec<String>>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When the key stops working; `None` for never.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The tools (globs over `server.tool`, e.g. `github.*`, `*.read_*`) this
+    /// key may see and call; `None` for all of them.
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    /// The chat providers this key may use; `None` for all of them.
+    #[serde(default)]
+    pub providers: Option<Vec<String>>,
+    /// When the key was last used (kept at most about once a minute).
+    #[serde(default)]
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// After a rotation: until when the previous secret keeps working.
+    #[serde(default)]
+    pub rotated_until: Option<DateTime<Utc>>,
+}
+
+/// One audit record: a state-changing request or a tool call. Never holds a
+/// secret or an argument value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Increasing; 0 before the store assigns it. Pages go by it.
+    #[serde(default)]
+    pub id: u64,
+    pub at: DateTime<Utc>,
+    /// The key that made the request (`None` when none was given or it was refused).
+    pub key_id: Option<String>,
+    pub key_name: Option<String>,
+    /// `request` or `tool_call`.
+    pub action: String,
+    /// The HTTP method (`POST`, …), or `MCP` for an MCP tool call, or `PLAN` for a plan's tool node.
+    pub method: String,
+    /// The route template (`/v1/jobs/{id}`), or the MCP endpoint.
+    pub route: String,
+    /// What was acted on: `job`, `tool`, `server`, `key`, … with its name or id.
+    pub target_kind: Option<String>,
+    pub target: Option<String>,
+    /// The job the action belongs to (a plan's tool node).
+    pub job_id: Option<JobId>,
+    /// `ok`, `error` or `denied`.
+    pub outcome: String,
+    /// The HTTP status answered, when there is one.
+    pub status: Option<u16>,
+}
+
+/// Which audit records to list: newest first, ids below `before`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditFilter {
+    pub key_id: Option<String>,
+    pub action: Option<String>,
+    pub target_kind: Option<String>,
+    pub target: Option<String>,
+    pub outcome: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub before: Option<u64>,
+}
+
+impl AuditFilter {
+    /// Whether `entry` passes every filter but the cursor.
+    pub fn matches(&self, entry: &AuditEntry) -> bool {
+        let eq = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
+        eq(&self.key_id, entry.key_id.as_deref())
+            && eq(&self.action, Some(&entry.action))
+            && eq(&self.target_kind, entry.target_kind.as_deref())
+            && eq(&self.target, entry.target.as_deref())
+            && eq(&self.outcome, Some(&entry.outcome))
+            && self.since.is_none_or(|t| entry.at >= t)
+            && self.until.is_none_or(|t| entry.at < t)
+    }
 }
 
 /// An MCP server registered through the admin API (servers of mcp-config.json

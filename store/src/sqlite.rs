@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0009_cache.sql"),
     include_str!("../../migrations/sqlite/0010_delivery_parent.sql"),
     include_str!("../../migrations/sqlite/0010_job_owner.sql"),
+    include_str!("../../migrations/sqlite/0011_key_lifecycle_audit.sql"),
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -710,10 +711,38 @@ fn key_from_row(row: &Row) -> Result<ApiKey> {
         created_at: from_millis(row.get(4)?),
         revoked_at: row.get::<_, Option<i64>>(5)?.map(from_millis),
         servers: row.get::<_, Option<String>>(6)?.map(|s| parse_json(&s, "key servers")).transpose()?,
+        expires_at: row.get::<_, Option<i64>>(7)?.map(from_millis),
+        tools: row.get::<_, Option<String>>(8)?.map(|s| parse_json(&s, "key tools")).transpose()?,
+        providers: row.get::<_, Option<String>>(9)?.map(|s| parse_json(&s, "key providers")).transpose()?,
+        last_used_at: row.get::<_, Option<i64>>(10)?.map(from_millis),
+        rotated_until: row.get::<_, Option<i64>>(11)?.map(from_millis),
     })
 }
 
-const KEY_COLUMNS: &str = "id, name, prefix, scopes, created_at, revoked_at, servers";
+const KEY_COLUMNS: &str = "id, name, prefix, scopes, created_at, revoked_at, servers, expires_at, tools, providers, last_used_at, rotated_until";
+
+const AUDIT_COLUMNS: &str =
+    "id, at, key_id, key_name, action, method, route, target_kind, target, job_id, outcome, status";
+
+fn audit_from_row(row: &Row) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: row.get::<_, i64>(0)? as u64,
+        at: from_millis(row.get(1)?),
+        key_id: row.get(2)?,
+        key_name: row.get(3)?,
+        action: row.get(4)?,
+        method: row.get(5)?,
+        route: row.get(6)?,
+        target_kind: row.get(7)?,
+        target: row.get(8)?,
+        job_id: row
+            .get::<_, Option<String>>(9)?
+            .map(|s| s.parse().map_err(|_| StoreError::Corrupt(format!("bad audit job id {s:?}"))))
+            .transpose()?,
+        outcome: row.get(10)?,
+        status: row.get::<_, Option<i64>>(11)?.and_then(|s| u16::try_from(s).ok()),
+    })
+}
 
 const SESSION_COLUMNS: &str = "id, owner, messages, created_at, updated_at, expires_at";
 
@@ -994,8 +1023,9 @@ impl Store for SqliteStore {
         let (key, hash) = (key.clone(), secret_hash.to_owned());
         self.write(move |conn| {
             conn.prepare_cached(
-                "INSERT INTO api_keys (id, name, prefix, scopes, secret_hash, created_at, revoked_at, servers)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO api_keys (id, name, prefix, scopes, secret_hash, created_at, revoked_at, servers,
+                                       expires_at, tools, providers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 key.id,
@@ -1005,7 +1035,10 @@ impl Store for SqliteStore {
                 hash,
                 to_millis(key.created_at),
                 key.revoked_at.map(to_millis),
-                key.servers.as_ref().map(to_text)
+                key.servers.as_ref().map(to_text),
+                key.expires_at.map(to_millis),
+                key.tools.as_ref().map(to_text),
+                key.providers.as_ref().map(to_text)
             ])?;
             Ok(())
         })
@@ -1017,8 +1050,9 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let stored = conn
                 .prepare_cached(
-                    "INSERT INTO api_keys (id, name, prefix, scopes, secret_hash, created_at, revoked_at, servers)
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+                    "INSERT INTO api_keys (id, name, prefix, scopes, secret_hash, created_at, revoked_at, servers,
+                                           expires_at, tools, providers)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
                      WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)",
                 )?
                 .execute(params![
@@ -1029,7 +1063,10 @@ impl Store for SqliteStore {
                     hash,
                     to_millis(key.created_at),
                     key.revoked_at.map(to_millis),
-                    key.servers.as_ref().map(to_text)
+                    key.servers.as_ref().map(to_text),
+                    key.expires_at.map(to_millis),
+                    key.tools.as_ref().map(to_text),
+                    key.providers.as_ref().map(to_text)
                 ])?;
             Ok(stored == 1)
         })
@@ -1064,6 +1101,135 @@ impl Store for SqliteStore {
                 .prepare_cached("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")?
                 .execute(params![id, now_millis()])?;
             Ok(revoked == 1)
+        })
+        .await
+    }
+
+    async fn key_by_previous_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>> {
+        let hash = secret_hash.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE previous_hash = ?1 AND revoked_at IS NULL"
+            ))?;
+            let mut rows = stmt.query([hash])?;
+            rows.next()?.map(key_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn rotate_key(&self, id: &str, prefix: &str, secret_hash: &str, until: DateTime<Utc>) -> Result<bool> {
+        let (id, prefix, hash) = (id.to_owned(), prefix.to_owned(), secret_hash.to_owned());
+        self.write(move |conn| {
+            let rotated = conn
+                .prepare_cached(
+                    "UPDATE api_keys SET previous_hash = secret_hash, secret_hash = ?2, prefix = ?3, rotated_until = ?4
+                     WHERE id = ?1 AND revoked_at IS NULL",
+                )?
+                .execute(params![id, hash, prefix, to_millis(until)])?;
+            Ok(rotated == 1)
+        })
+        .await
+    }
+
+    async fn update_key(&self, key: &ApiKey) -> Result<bool> {
+        let key = key.clone();
+        self.write(move |conn| {
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE api_keys SET expires_at = ?2, servers = ?3, tools = ?4, providers = ?5
+                     WHERE id = ?1 AND revoked_at IS NULL",
+                )?
+                .execute(params![
+                    key.id,
+                    key.expires_at.map(to_millis),
+                    key.servers.as_ref().map(to_text),
+                    key.tools.as_ref().map(to_text),
+                    key.providers.as_ref().map(to_text)
+                ])?;
+            Ok(updated == 1)
+        })
+        .await
+    }
+
+    async fn touch_key(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1")?
+                .execute(params![id, to_millis(at)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let entries = entries.to_vec();
+        self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO audit_log (at, key_id, key_name, action, method, route, target_kind, target, job_id, outcome, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for e in entries {
+                stmt.execute(params![
+                    to_millis(e.at),
+                    e.key_id,
+                    e.key_name,
+                    e.action,
+                    e.method,
+                    e.route,
+                    e.target_kind,
+                    e.target,
+                    e.job_id.map(|id| id.to_string()),
+                    e.outcome,
+                    e.status
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditEntry>> {
+        let filter = filter.clone();
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE 1 = 1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            for (condition, value) in [
+                ("key_id =", filter.key_id.clone()),
+                ("action =", filter.action.clone()),
+                ("target_kind =", filter.target_kind.clone()),
+                ("target =", filter.target.clone()),
+                ("outcome =", filter.outcome.clone()),
+            ] {
+                if let Some(v) = value {
+                    args.push(v.into());
+                    sql.push_str(&format!(" AND {condition} ?{}", args.len()));
+                }
+            }
+            for (condition, value) in [
+                ("at >=", filter.since.map(to_millis)),
+                ("at <", filter.until.map(to_millis)),
+                ("id <", filter.before.map(|b| i64::try_from(b).unwrap_or(i64::MAX))),
+            ] {
+                if let Some(v) = value {
+                    args.push(v.into());
+                    sql.push_str(&format!(" AND {condition} ?{}", args.len()));
+                }
+            }
+            args.push(sql_limit(limit).into());
+            sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            collect_rows(stmt.query(rusqlite::params_from_iter(args))?, audit_from_row)
+        })
+        .await
+    }
+
+    async fn purge_audit(&self, before: DateTime<Utc>) -> Result<u64> {
+        self.write(move |conn| {
+            let n = conn.prepare_cached("DELETE FROM audit_log WHERE at < ?1")?.execute([to_millis(before)])?;
+            Ok(n as u64)
         })
         .await
     }

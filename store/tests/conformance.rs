@@ -111,6 +111,28 @@ fn api_key(id: &str, created_at: DateTime<Utc>) -> ApiKey {
         servers: None,
         created_at,
         revoked_at: None,
+        expires_at: None,
+        tools: None,
+        providers: None,
+        last_used_at: None,
+        rotated_until: None,
+    }
+}
+
+fn audit_entry(i: u64, at: DateTime<Utc>, key: &str, action: &str) -> AuditEntry {
+    AuditEntry {
+        id: 0,
+        at,
+        key_id: Some(key.into()),
+        key_name: Some(format!("{key} key")),
+        action: action.into(),
+        method: "POST".into(),
+        route: "/v1/tools/{server}/{tool}".into(),
+        target_kind: Some("tool".into()),
+        target: Some(format!("github.tool_{i}")),
+        job_id: (i.is_multiple_of(2)).then(new_job_id),
+        outcome: if i.is_multiple_of(3) { "error".into() } else { "ok".into() },
+        status: Some(if i.is_multiple_of(3) { 502 } else { 200 }),
     }
 }
 
@@ -906,6 +928,95 @@ async fn keys_keep_their_server_limits(store: Arc<dyn Store>) {
     assert_eq!(listed[1], first, "an empty limit (no server) is not the same as no limit");
 }
 
+async fn keys_keep_expiry_and_allow_lists_and_can_be_updated(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let key = ApiKey {
+        expires_at: Some(now + TimeDelta::days(1)),
+        tools: Some(vec!["github.*".into(), "*.read_*".into()]),
+        providers: Some(vec!["claude".into()]),
+        ..api_key("k1", now)
+    };
+    store.create_key(&key, "hash-1").await.unwrap();
+    assert_eq!(store.key_by_hash("hash-1").await.unwrap(), Some(key.clone()));
+    let changed =
+        ApiKey { expires_at: None, tools: Some(vec![]), providers: None, servers: Some(vec!["a".into()]), ..key };
+    assert!(store.update_key(&changed).await.unwrap());
+    assert_eq!(store.key_by_hash("hash-1").await.unwrap(), Some(changed.clone()));
+    store.touch_key("k1", now).await.unwrap();
+    assert_eq!(store.list_keys().await.unwrap()[0].last_used_at, Some(now));
+    store.revoke_key("k1").await.unwrap();
+    assert!(!store.update_key(&changed).await.unwrap(), "a revoked key cannot be changed");
+    assert!(!store.update_key(&api_key("nope", now)).await.unwrap());
+}
+
+async fn rotated_keys_answer_to_the_new_secret_and_the_previous_one(store: Arc<dyn Store>) {
+    let now = now_ms();
+    store.create_key(&api_key("k1", now), "hash-1").await.unwrap();
+    assert!(store.key_by_previous_hash("hash-1").await.unwrap().is_none());
+    let until = now + TimeDelta::hours(24);
+    assert!(store.rotate_key("k1", "orch_new", "hash-2", until).await.unwrap());
+    assert!(!store.rotate_key("nope", "orch_x", "hash-x", until).await.unwrap());
+    let current = store.key_by_hash("hash-2").await.unwrap().expect("the new secret works");
+    assert_eq!((current.prefix.as_str(), current.rotated_until), ("orch_new", Some(until)));
+    assert_eq!(store.key_by_hash("hash-1").await.unwrap(), None, "the old secret is not the current one");
+    let previous = store.key_by_previous_hash("hash-1").await.unwrap().expect("the old secret is the previous one");
+    assert_eq!(previous.id, "k1");
+    // A second rotation forgets the first secret.
+    assert!(store.rotate_key("k1", "orch_3rd", "hash-3", until).await.unwrap());
+    assert!(store.key_by_previous_hash("hash-1").await.unwrap().is_none());
+    assert_eq!(store.key_by_previous_hash("hash-2").await.unwrap().map(|k| k.id).as_deref(), Some("k1"));
+    store.revoke_key("k1").await.unwrap();
+    assert!(store.key_by_previous_hash("hash-2").await.unwrap().is_none(), "revoking ends the old secret too");
+    assert!(store.key_by_hash("hash-3").await.unwrap().is_none());
+}
+
+// --- the audit log ---
+
+async fn audit_pages_newest_first_with_filters_and_purges(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let entries: Vec<AuditEntry> = (0..25u64)
+        .map(|i| {
+            audit_entry(i, now - TimeDelta::minutes(30 - i as i64), if i % 2 == 0 { "a" } else { "b" }, "tool_call")
+        })
+        .collect();
+    store.append_audit(&entries[..10]).await.unwrap();
+    store.append_audit(&entries[10..]).await.unwrap();
+    store.append_audit(&[]).await.unwrap();
+    // Pages of 10, newest first, by cursor.
+    let mut seen = Vec::new();
+    let mut filter = AuditFilter::default();
+    loop {
+        let page = store.list_audit(&filter, 10).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        filter.before = Some(page.last().unwrap().id);
+        seen.extend(page);
+    }
+    assert_eq!(seen.len(), 25);
+    let targets: Vec<_> = seen.iter().map(|e| e.target.clone().unwrap()).collect();
+    let expected: Vec<_> = (0..25).rev().map(|i| format!("github.tool_{i}")).collect();
+    assert_eq!(targets, expected);
+    assert!(seen.windows(2).all(|w| w[0].id > w[1].id), "ids increase with appends");
+    assert_eq!(AuditEntry { id: 0, ..seen[24].clone() }, entries[0], "read back as written");
+    // Filters, with a cursor.
+    let by_a = AuditFilter { key_id: Some("a".into()), outcome: Some("ok".into()), ..Default::default() };
+    let page = store.list_audit(&by_a, 3).await.unwrap();
+    let names: Vec<_> = page.iter().map(|e| e.target.clone().unwrap()).collect();
+    assert_eq!(names, ["github.tool_22", "github.tool_20", "github.tool_16"]);
+    let next = store.list_audit(&AuditFilter { before: Some(page[2].id), ..by_a.clone() }, 100).await.unwrap();
+    assert_eq!(next.len(), 8 - 3);
+    let recent = AuditFilter { since: Some(now - TimeDelta::minutes(10)), ..Default::default() };
+    assert_eq!(store.list_audit(&recent, 100).await.unwrap().len(), 5);
+    let one = AuditFilter { target: Some("github.tool_7".into()), ..Default::default() };
+    assert_eq!(store.list_audit(&one, 100).await.unwrap().len(), 1);
+    // Retention.
+    assert_eq!(store.purge_audit(now - TimeDelta::minutes(15)).await.unwrap(), 15);
+    let left = store.list_audit(&AuditFilter::default(), 100).await.unwrap();
+    assert_eq!(left.len(), 10);
+    assert_eq!(left.last().unwrap().target.as_deref(), Some("github.tool_15"));
+}
+
 // --- MCP servers registered through the API ---
 
 async fn servers_are_stored_listed_by_name_and_deleted(store: Arc<dyn Store>) {
@@ -1265,6 +1376,9 @@ on_each_backend!(
     keys_are_found_by_hash_until_revoked,
     keys_are_listed_oldest_first,
     keys_keep_their_server_limits,
+    keys_keep_expiry_and_allow_lists_and_can_be_updated,
+    rotated_keys_answer_to_the_new_secret_and_the_previous_one,
+    audit_pages_newest_first_with_filters_and_purges,
     servers_are_stored_listed_by_name_and_deleted,
     replacing_a_server_keeps_its_creation_time,
     expired_jobs_are_read_without_moving_them,

@@ -27,6 +27,9 @@ pub struct ChatInput {
     pub session: Option<SessionRef>,
     /// The API key that asked, for `/v1/usage`.
     pub key_id: Option<String>,
+    /// The providers that key may use (absent: every provider).
+    #[serde(default)]
+    pub providers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,8 +169,27 @@ impl Executor for ProviderChat {
             None => None,
         };
         let last_user = input.messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
-        let route =
+        let mut route =
             self.router.route(input.model.as_deref(), task_type, last_user).map_err(|e| bad_input(e.message))?;
+        if let Some(allowed) = &input.providers {
+            route.chain.retain(|t| allowed.contains(&t.provider));
+            if route.chain.is_empty() && input.model.as_deref().is_none_or(|m| m == "auto") {
+                // `auto` chose none of the key's providers: use those, in the order given.
+                route.chain = allowed
+                    .iter()
+                    .filter(|p| self.router.providers().get(p).is_some())
+                    .map(|p| orch_providers::Target { provider: p.clone(), model: None })
+                    .collect();
+            }
+            if route.chain.is_empty() {
+                return Err(JobError::new(
+                    "provider_not_allowed",
+                    format!("no provider of the route is one this key may use ({})", allowed.join(", ")),
+                    false,
+                ));
+            }
+            route.reason.push_str(&format!("; limited to the key's providers {}", allowed.join(", ")));
+        }
         ctx.progress(json!({
             "type": "routing",
             "chain": route.chain.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -59,6 +59,8 @@ pub struct WorkerConfig {
     pub job_timeout: Duration,
     /// Finished jobs older than this are deleted.
     pub retention: Duration,
+    /// Audit records older than this are deleted (`ORCH_AUDIT_RETENTION`).
+    pub audit_retention: Duration,
     /// How often finished jobs past the retention are looked for.
     pub purge_interval: Duration,
     /// On shutdown, how long running jobs may take to finish.
@@ -77,6 +79,7 @@ impl WorkerConfig {
             retry_max: Duration::from_secs(600),
             job_timeout: Duration::from_secs(3600),
             retention: Duration::from_secs(7 * 24 * 3600),
+            audit_retention: Duration::from_secs(30 * 24 * 3600),
             purge_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
         }
@@ -639,6 +642,12 @@ async fn purge_old(store: &dyn Store, config: &WorkerConfig, chunk: usize) {
     }
     if total > 0 {
         tracing::info!(jobs = total, "purged finished jobs past the retention");
+    }
+    let before = Utc::now() - chrono::Duration::from_std(config.audit_retention).unwrap_or_default();
+    match store.purge_audit(before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(records = n, "purged audit records past the retention"),
+        Err(err) => tracing::warn!(error = %err, "purging old audit records failed"),
     }
 }
 

@@ -93,7 +93,11 @@ impl Executor for PlanRunner {
             return Err(bad_input(format!("stored plan is invalid: {}: {}", first.field, first.message)));
         }
         let done = if job.ran_before() { checkpoints(ctx).await? } else { HashMap::new() };
-        let mut result = run_plan(self, Arc::new(plan), job.attempts, ctx, done).await?;
+        let key = job.input.get("key").map(|k| {
+            let text = |f: &str| k[f].as_str().unwrap_or_default().to_owned();
+            (text("id"), text("name"))
+        });
+        let mut result = run_plan(self, Arc::new(plan), job.attempts, ctx, done, key).await?;
         if let (Some(info), Some(map)) = (planning, result.as_object_mut()) {
             map.insert("planning".into(), info);
         }
@@ -228,6 +232,9 @@ struct Shared {
     /// event's place in the writer's order.
     events: std::sync::Mutex<(usize, mpsc::UnboundedSender<Value>)>,
     started: Instant,
+    /// Where the audit records of the plan's tool calls go, and the key that submitted the job.
+    store: Arc<dyn orch_store::Store>,
+    key: Option<(String, String)>,
 }
 
 impl Shared {
@@ -242,6 +249,31 @@ impl Shared {
         events.0 += 1;
         let _ = events.1.send(event);
         events.0
+    }
+
+    /// Records a tool call of the plan in the audit log (without its
+    /// arguments), in the background.
+    fn audit_tool_call(&self, tool: &str, outcome: &str) {
+        let entry = orch_store::AuditEntry {
+            id: 0,
+            at: chrono::Utc::now(),
+            key_id: self.key.as_ref().map(|k| k.0.clone()),
+            key_name: self.key.as_ref().map(|k| k.1.clone()),
+            action: "tool_call".into(),
+            method: "PLAN".into(),
+            route: "plan".into(),
+            target_kind: Some("tool".into()),
+            target: Some(tool.to_owned()),
+            job_id: Some(self.job_id),
+            outcome: outcome.into(),
+            status: None,
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.append_audit(&[entry]).await {
+                tracing::warn!(error = %err, "recording a plan's tool call in the audit log failed");
+            }
+        });
     }
 
     fn elapsed_ms(&self) -> f64 {
@@ -275,6 +307,7 @@ async fn run_plan(
     attempt: u32,
     ctx: &JobContext,
     mut records: HashMap<String, NodeRecord>,
+    key: Option<(String, String)>,
 ) -> Result<Value, JobError> {
     let total = plan.nodes.len();
     let deps = orch_planner::dependencies(&plan);
@@ -308,6 +341,8 @@ async fn run_plan(
         permits: Semaphore::new(plan.max_parallel().max(1)),
         events: std::sync::Mutex::new((0, events_tx)),
         started: Instant::now(),
+        store: ctx.store.clone(),
+        key,
     });
     if done > 0 {
         shared.event("", "resumed", json!({"completed": done, "total": total, "resumed": done}));
@@ -700,7 +735,10 @@ async fn run_simple(
             meta.insert(IDEMPOTENCY_META_KEY.into(), Value::String(key));
             let options =
                 CallOptions { timeout: timeout.map(Duration::from_secs_f64), cancel: Some(cancel), meta: Some(meta) };
-            let result = registry.call(name, Some(args), options).await.map_err(tool_error)?;
+            let result = registry.call(name, Some(args), options).await;
+            let ok = matches!(&result, Ok(r) if r.is_error != Some(true));
+            shared.audit_tool_call(name, if ok { "ok" } else { "error" });
+            let result = result.map_err(tool_error)?;
             let text = result.content.iter().find_map(|c| c.as_text().map(|t| t.text.clone()));
             if result.is_error == Some(true) {
                 return Err(JobError::new(

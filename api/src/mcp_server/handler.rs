@@ -40,11 +40,24 @@ pub struct OrchMcp {
     state: AppState,
     scope: Scope,
     forwarder: Mutex<Option<DropGuard>>,
+    /// The key of a session whose messages carry no request parts (`/sse`):
+    /// the key that opened it (its messages must come with the same key).
+    session_key: Option<Principal>,
 }
 
 impl OrchMcp {
     pub fn new(state: AppState, scope: Scope) -> OrchMcp {
-        OrchMcp { state, scope, forwarder: Mutex::default() }
+        OrchMcp { state, scope, forwarder: Mutex::default(), session_key: None }
+    }
+
+    /// A handler for a session opened with `principal` (SSE).
+    pub fn for_key(state: AppState, scope: Scope, principal: Principal) -> OrchMcp {
+        OrchMcp { session_key: Some(principal), ..OrchMcp::new(state, scope) }
+    }
+
+    /// The caller: from the request's parts, else the session's key.
+    fn principal(&self, extensions: &rmcp::model::Extensions) -> Option<Principal> {
+        principal(extensions).or_else(|| self.session_key.clone())
     }
 
     /// Whether this endpoint shows `server`'s tools, resources and prompts to this key.
@@ -63,6 +76,7 @@ impl OrchMcp {
             .tools()
             .into_iter()
             .filter(|entry| self.shows(&entry.server, principal))
+            .filter(|entry| principal.is_none_or(|p| p.may_use_tool(&entry.server, &entry.tool.name)))
             .map(|entry| {
                 let mut tool = entry.tool;
                 if self.scope == Scope::Aggregate {
@@ -83,13 +97,34 @@ impl OrchMcp {
         principal: Option<&Principal>,
         cancel: CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
+        let audit = |tool: &str, outcome: &str| {
+            let call = crate::audit::ToolCall {
+                key: principal.map(|p| (p.key.id.as_str(), p.key.name.as_str())),
+                method: "MCP",
+                route: match &self.scope {
+                    Scope::Aggregate => "/mcp",
+                    Scope::Server(_) => "/mcp/{server}",
+                },
+                tool,
+                job_id: None,
+                outcome,
+            };
+            self.state.audit.record(call.entry());
+        };
         if self.scope == Scope::Aggregate && OWN_TOOLS.contains(&name) {
-            return Ok(self.call_own(name, arguments.unwrap_or_default(), principal).await);
+            let result = self.call_own(name, arguments.unwrap_or_default(), principal).await;
+            audit(&format!("orch.{name}"), if result.is_error == Some(true) { "error" } else { "ok" });
+            return Ok(result);
         }
-        if self.scope == Scope::Aggregate
-            && let Ok((server, _)) = self.state.registry.resolve(name)
-            && let Err(err) = require_server(principal, server)
+        let target = match &self.scope {
+            Scope::Aggregate => self.state.registry.resolve(name).ok().map(|(s, t)| (s.to_owned(), t.to_owned())),
+            Scope::Server(server) => Some((server.clone(), name.to_owned())),
+        };
+        let shown = target.as_ref().map_or_else(|| name.to_owned(), |(s, t)| format!("{s}.{t}"));
+        if let (Some((server, tool)), Some(principal)) = (&target, principal)
+            && let Err(err) = principal.require_tool(server, tool)
         {
+            audit(&shown, "denied");
             return Err(ErrorData::invalid_params(err.message, err.details));
         }
         // The client's `notifications/cancelled` cancels `cancel`; the registry
@@ -99,6 +134,7 @@ impl OrchMcp {
             Scope::Aggregate => self.state.registry.call(name, arguments, options).await,
             Scope::Server(server) => self.state.registry.call_tool(server, name, arguments, options).await,
         };
+        audit(&shown, if matches!(&result, Ok(r) if r.is_error != Some(true)) { "ok" } else { "error" });
         match result {
             Ok(result) => Ok(result),
             // A name the client should not have sent is a protocol error ...
@@ -161,6 +197,7 @@ impl OrchMcp {
                 let req: ChatJobRequest = crate::json::parse(&raw)?;
                 let mut input = jobs::chat_input(&self.state, &req)?;
                 input["key_id"] = json!(jobs::owner_of(principal));
+                jobs::limit_providers(&self.state, principal, &mut input)?;
                 let input = crate::webhooks::attach(&self.state, input, req.webhook_fields(None)).await?;
                 (input, req.metadata, req.max_attempts)
             }
@@ -184,6 +221,7 @@ impl OrchMcp {
         let req: ChatJobRequest = crate::json::parse(&raw)?;
         let mut input = jobs::chat_input(&self.state, &req)?;
         input["key_id"] = json!(jobs::owner_of(principal));
+        jobs::limit_providers(&self.state, principal, &mut input)?;
         if let Some(session) = &req.session_id {
             crate::sessions::attach(&self.state, principal, &mut input, session).await?;
         }
@@ -566,7 +604,7 @@ impl ServerHandler for OrchMcp {
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // The key that initialised the session decides what it hears of.
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         self.start_forwarding(context.peer, principal);
     }
 
@@ -575,7 +613,7 @@ impl ServerHandler for OrchMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         let mut tools = self.upstream_tools(principal.as_ref());
         if self.scope == Scope::Aggregate {
             tools.extend(own_tools());
@@ -588,7 +626,7 @@ impl ServerHandler for OrchMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         Ok(self.call(&request.name, request.arguments, principal.as_ref(), context.ct).await?.into())
     }
 
@@ -597,7 +635,7 @@ impl ServerHandler for OrchMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         let resources = self
             .state
             .registry
@@ -620,7 +658,7 @@ impl ServerHandler for OrchMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         let mut templates = match self.scope {
             Scope::Aggregate => own_resource_templates(),
             Scope::Server(_) => Vec::new(),
@@ -641,7 +679,7 @@ impl ServerHandler for OrchMcp {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         let uri = request.uri.as_str();
         let (server, upstream_uri) = match &self.scope {
             Scope::Server(server) => (server.as_str(), uri),
@@ -688,7 +726,7 @@ impl ServerHandler for OrchMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         let prompts = self
             .state
             .registry
@@ -711,7 +749,7 @@ impl ServerHandler for OrchMcp {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let principal = principal(&context.extensions);
+        let principal = self.principal(&context.extensions);
         let (server, prompt) = match &self.scope {
             Scope::Server(server) => (server.as_str(), request.name.as_str()),
             Scope::Aggregate => self.state.registry.resolve(&request.name).map_err(|_| {

@@ -76,7 +76,7 @@ pub(super) async fn open(
     let (outgoing_tx, outgoing_rx) = futures::channel::mpsc::channel(64);
     let transport = SinkStreamTransport::new(outgoing_tx, tokio_stream::wrappers::ReceiverStream::new(incoming_rx));
     let stop = state.shutdown.child_token();
-    let handler = OrchMcp::new(state.clone(), Scope::Server(server.clone()));
+    let handler = OrchMcp::for_key(state.clone(), Scope::Server(server.clone()), principal.clone());
     spawn_session(handler, transport, stop.clone(), server.clone());
     endpoints
         .sse

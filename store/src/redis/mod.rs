@@ -64,9 +64,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    ApiKey, AuthFailure, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter, JobId, JobKind,
-    JobStatus, NewJob, Notifier, Outcome, ProviderState, ProviderUpdate, Result, Session, SessionMessage, Store,
-    StoreError, StoredServer, StoredWebhook, UsageRecord, WorkerInfo, from_millis, redact_url, to_millis,
+    ApiKey, AuditEntry, AuditFilter, AuthFailure, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter,
+    JobId, JobKind, JobStatus, NewJob, Notifier, Outcome, ProviderState, ProviderUpdate, Result, Session,
+    SessionMessage, Store, StoreError, StoredServer, StoredWebhook, UsageRecord, WorkerInfo, from_millis, redact_url,
+    to_millis,
 };
 
 /// Takes or renews a slot: ARGV now, holder, limit, expiry (ms).
@@ -501,7 +502,21 @@ struct StoredWorker {
 
 fn parse_key(v: &Reply) -> Result<ApiKey> {
     let items = array(v)?;
-    let [id, name, prefix, scopes, created_at, revoked_at, servers] = items else {
+    let [
+        id,
+        name,
+        prefix,
+        scopes,
+        created_at,
+        revoked_at,
+        servers,
+        expires_at,
+        tools,
+        providers,
+        last_used_at,
+        rotated_until,
+    ] = items
+    else {
         return Err(corrupt("an API key record has the wrong shape"));
     };
     let opt = |r: &Reply| -> Result<Option<String>> { Ok(text(r)?.filter(|s| !s.is_empty()).map(str::to_owned)) };
@@ -514,6 +529,11 @@ fn parse_key(v: &Reply) -> Result<ApiKey> {
         created_at: time(opt(created_at)?.ok_or_else(|| corrupt("API key without created_at"))?)?,
         revoked_at: opt(revoked_at)?.map(time).transpose()?,
         servers: opt(servers)?.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
+        expires_at: opt(expires_at)?.map(time).transpose()?,
+        tools: opt(tools)?.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
+        providers: opt(providers)?.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
+        last_used_at: opt(last_used_at)?.map(time).transpose()?,
+        rotated_until: opt(rotated_until)?.map(time).transpose()?,
     })
 }
 
@@ -999,6 +1019,126 @@ impl Store for RedisStore {
         Ok(int(&reply)? == 1)
     }
 
+    async fn key_by_previous_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>> {
+        let reply = self
+            .run(&self.scripts.keys, now_millis(), |s| {
+                s.arg("by_previous").arg(secret_hash);
+            })
+            .await?;
+        match reply {
+            Reply::Nil => Ok(None),
+            reply => parse_key(&reply).map(Some),
+        }
+    }
+
+    async fn rotate_key(&self, id: &str, prefix: &str, secret_hash: &str, until: DateTime<Utc>) -> Result<bool> {
+        let reply = self
+            .run(&self.scripts.keys, now_millis(), |s| {
+                s.arg("rotate").arg(id).arg(prefix).arg(secret_hash).arg(to_millis(until));
+            })
+            .await?;
+        Ok(int(&reply)? == 1)
+    }
+
+    async fn update_key(&self, key: &ApiKey) -> Result<bool> {
+        let reply = self
+            .run(&self.scripts.keys, now_millis(), |s| {
+                s.arg("update")
+                    .arg(&key.id)
+                    .arg(key.expires_at.map(|t| to_millis(t).to_string()).unwrap_or_default())
+                    .arg(json_list(&key.servers))
+                    .arg(json_list(&key.tools))
+                    .arg(json_list(&key.providers));
+            })
+            .await?;
+        Ok(int(&reply)? == 1)
+    }
+
+    async fn touch_key(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        self.run(&self.scripts.keys, now_millis(), |s| {
+            s.arg("touch").arg(id).arg(to_millis(at));
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let last: u64 = self.query(::redis::cmd("INCRBY").arg(self.key("audit:seq")).arg(entries.len())).await?;
+        let first = last + 1 - entries.len() as u64;
+        let mut cmd = ::redis::cmd("ZADD");
+        cmd.arg(self.key("audit"));
+        for (i, entry) in entries.iter().enumerate() {
+            let id = first + i as u64;
+            let text = serde_json::to_string(&AuditEntry { id, ..entry.clone() }).expect("audit records serialize");
+            cmd.arg(id).arg(text);
+        }
+        self.query::<i64>(&cmd).await.map(drop)
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditEntry>> {
+        let mut out = Vec::new();
+        let mut max = filter.before.map_or_else(|| "+inf".to_owned(), |b| format!("({b}"));
+        while out.len() < limit {
+            let chunk: Vec<String> = self
+                .query(
+                    ::redis::cmd("ZRANGE")
+                        .arg(self.key("audit"))
+                        .arg(&max)
+                        .arg("-inf")
+                        .arg("BYSCORE")
+                        .arg("REV")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(AUDIT_CHUNK),
+                )
+                .await?;
+            let Some(last) = chunk.last() else { break };
+            let last: AuditEntry = serde_json::from_str(last).map_err(corrupt)?;
+            max = format!("({}", last.id);
+            for text in &chunk {
+                let entry: AuditEntry = serde_json::from_str(text).map_err(corrupt)?;
+                if filter.since.is_some_and(|t| entry.at < t) {
+                    return Ok(out);
+                }
+                if filter.matches(&entry) && out.len() < limit {
+                    out.push(entry);
+                }
+            }
+            if chunk.len() < AUDIT_CHUNK as usize {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn purge_audit(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut purged = 0u64;
+        loop {
+            let chunk: Vec<(String, f64)> = self
+                .query(::redis::cmd("ZRANGE").arg(self.key("audit")).arg(0).arg(AUDIT_CHUNK - 1).arg("WITHSCORES"))
+                .await?;
+            let mut upto = None;
+            for (text, score) in &chunk {
+                let entry: AuditEntry = serde_json::from_str(text).map_err(corrupt)?;
+                if entry.at >= before {
+                    break;
+                }
+                upto = Some(*score);
+            }
+            let Some(upto) = upto else { break };
+            let n: u64 =
+                self.query(::redis::cmd("ZREMRANGEBYSCORE").arg(self.key("audit")).arg("-inf").arg(upto)).await?;
+            purged += n;
+            if chunk.len() < AUDIT_CHUNK as usize {
+                break;
+            }
+        }
+        Ok(purged)
+    }
+
     async fn list_servers(&self) -> Result<Vec<StoredServer>> {
         let (records, created): (Vec<(String, String)>, std::collections::HashMap<String, i64>) = {
             let mut conn = self.conn.clone();
@@ -1371,12 +1511,23 @@ impl RedisStore {
                     .arg(to_millis(key.created_at))
                     .arg(key.revoked_at.map(|t| to_millis(t).to_string()).unwrap_or_default())
                     .arg(secret_hash)
-                    .arg(servers.as_deref().unwrap_or_default());
+                    .arg(servers.as_deref().unwrap_or_default())
+                    .arg(key.expires_at.map(|t| to_millis(t).to_string()).unwrap_or_default())
+                    .arg(json_list(&key.tools))
+                    .arg(json_list(&key.providers));
             })
             .await?;
         Ok(int(&reply)? == 1)
     }
 }
+
+/// An optional list as a key hash field: JSON, or '' for none.
+fn json_list(list: &Option<Vec<String>>) -> String {
+    list.as_ref().map(|l| serde_json::to_string(l).expect("names serialize")).unwrap_or_default()
+}
+
+/// Audit records read per round trip while filtering a page.
+const AUDIT_CHUNK: isize = 500;
 
 fn error_text(error: &JobError) -> String {
     serde_json::to_string(error).expect("job errors serialize")
