@@ -112,6 +112,20 @@ pub struct ApiArgs {
     /// open stream [default: 5m].
     #[arg(long, env = "ORCH_MCP_SESSION_IDLE", value_name = "DURATION", value_parser = duration)]
     pub mcp_session_idle: Option<Duration>,
+    /// How long a connection may take to send a request's headers, from when it opens
+    /// or its last response ends; slow, silent and idle connections are closed [default: 30s].
+    #[arg(long, env = "ORCH_HEADER_TIMEOUT", value_name = "DURATION", value_parser = duration)]
+    pub header_timeout: Option<Duration>,
+    /// Most connections open at once; more are answered 503 and closed [default: 4096].
+    #[arg(long, env = "ORCH_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most event streams (SSE: job events, streamed chat, /sse, GET /mcp) open at once;
+    /// more are 503 [default: 1000].
+    #[arg(long, env = "ORCH_MAX_STREAMS", value_name = "N")]
+    pub max_streams: Option<usize>,
+    /// Most event streams one API key may hold open; more are 429 [default: 100].
+    #[arg(long, env = "ORCH_MAX_STREAMS_PER_KEY", value_name = "N")]
+    pub max_streams_per_key: Option<usize>,
 }
 
 /// Settings of a worker.
@@ -179,6 +193,10 @@ struct FileConfig {
     chat_wait: Option<String>,
     session_ttl: Option<String>,
     mcp_session_idle: Option<String>,
+    header_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_streams: Option<usize>,
+    max_streams_per_key: Option<usize>,
     /// `[providers.NAME]` tables; without any, the four built-ins with defaults.
     providers: Option<orch_providers::ProvidersConfig>,
     routing: Option<orch_providers::RoutingConfig>,
@@ -361,6 +379,22 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
     if mcp_session_idle < Duration::from_secs(1) {
         bail!("ORCH_MCP_SESSION_IDLE (--mcp-session-idle): {mcp_session_idle:?} is too short; allowed: 1s or more");
     }
+    let header_timeout = match api.header_timeout {
+        Some(d) => d,
+        None => file_duration("header_timeout", file.header_timeout.as_ref())?.unwrap_or(Duration::from_secs(30)),
+    };
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&header_timeout) {
+        bail!("ORCH_HEADER_TIMEOUT (--header-timeout): {header_timeout:?} is out of range; allowed: 1s to 1h");
+    }
+    let max_connections = api.max_connections.or(file.max_connections).unwrap_or(4096);
+    if max_connections == 0 {
+        bail!("ORCH_MAX_CONNECTIONS (--max-connections): 0 would refuse every connection; allowed: 1 or more");
+    }
+    let max_streams = api.max_streams.or(file.max_streams).unwrap_or(1000);
+    let max_streams_per_key = api.max_streams_per_key.or(file.max_streams_per_key).unwrap_or(100);
+    if max_streams == 0 || max_streams_per_key == 0 {
+        bail!("ORCH_MAX_STREAMS / ORCH_MAX_STREAMS_PER_KEY: 0 would refuse every event stream; allowed: 1 or more");
+    }
     let token_warn_days = global.token_warn_days.or(file.token_warn_days).unwrap_or(7);
     if token_warn_days > 365 {
         bail!("ORCH_TOKEN_WARN_DAYS (--token-warn-days): {token_warn_days} is out of range; allowed: 0 to 365");
@@ -462,6 +496,10 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
             session_ttl,
             token_warn_days,
             mcp_session_idle,
+            header_timeout,
+            max_connections,
+            max_streams,
+            max_streams_per_key,
         },
         worker: w,
         mcp: orch_api::servers::McpSettings { file: mcp_file, allow_api_stdio },

@@ -238,7 +238,7 @@ async fn run(cli: Cli) -> Result<()> {
                 settings.worker.clone(),
                 shutdown.clone(),
             ));
-            serve_api(&settings, state, shutdown).await?;
+            serve_api(&settings, state).await?;
             worker.await.context("worker task")?;
             Ok(())
         }
@@ -248,7 +248,7 @@ async fn run(cli: Cli) -> Result<()> {
             first_key(store.as_ref()).await?;
             let shutdown = shutdown_signal();
             let state = api_state(&settings, store, providers(&settings, None)?, shutdown.clone()).await?;
-            serve_api(&settings, state, shutdown).await
+            serve_api(&settings, state).await
         }
         Command::Worker { .. } => {
             init_logging(&settings)?;
@@ -396,33 +396,20 @@ async fn api_state(
     Ok(state)
 }
 
-async fn serve_api(settings: &Settings, state: orch_api::AppState, shutdown: CancellationToken) -> Result<()> {
+/// Serves the API until `state.shutdown` fires.
+async fn serve_api(settings: &Settings, state: orch_api::AppState) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
         .with_context(|| format!("cannot listen on {} (ORCH_BIND / --bind)", settings.bind))?;
     let addr = listener.local_addr()?;
-    // Without TCP_NODELAY a response written in pieces (an MCP answer as an SSE
-    // event after its headers) waits for the client's delayed ACK: +40 ms a call.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
-        let _ = stream.set_nodelay(true);
-    });
     tracing::info!(%addr, backend = state.store.backend(), "Orch API listening; Swagger UI at http://{addr}/docs");
     let registry = state.registry.clone();
-    let stopped = shutdown.clone();
-    let server =
-        axum::serve(listener, orch_api::app(state)).with_graceful_shutdown(async move { stopped.cancelled().await });
     // Requests in flight get the shutdown grace to finish, then are dropped.
     let grace = settings.worker.shutdown_grace;
-    let served = tokio::select! {
-        result = server => result.context("HTTP server failed"),
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("HTTP requests still open after the shutdown grace; closing them");
-            Ok(())
-        }
-    };
+    orch_api::serve::serve(listener, state, grace).await;
     // Every MCP child's process group goes with us.
     registry.shutdown(grace.min(MCP_CHILD_GRACE)).await;
-    served
+    Ok(())
 }
 
 /// How often mcp-config.json is checked for changes.

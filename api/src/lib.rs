@@ -12,11 +12,13 @@ pub mod health;
 pub mod jobs;
 pub mod json;
 pub mod keys;
+pub mod limits;
 pub mod mcp_server;
 pub mod openai;
 pub mod planning;
 pub mod plans;
 pub mod providers;
+pub mod serve;
 pub mod servers;
 pub mod sessions;
 pub mod tools;
@@ -58,6 +60,16 @@ pub struct ApiConfig {
     /// How long an MCP session of `/mcp` or `/mcp/{server}` is kept with no
     /// request and no open stream.
     pub mcp_session_idle: std::time::Duration,
+    /// How long a connection may take to send a request's headers, counted from
+    /// when it opens or its last response ends: slow, silent and idle
+    /// keep-alive connections are closed after it.
+    pub header_timeout: std::time::Duration,
+    /// Most connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Most streams (SSE) open at once; more are 503.
+    pub max_streams: usize,
+    /// Most streams (SSE) one key may hold open; more are 429.
+    pub max_streams_per_key: usize,
 }
 
 impl Default for ApiConfig {
@@ -71,6 +83,10 @@ impl Default for ApiConfig {
             session_ttl: std::time::Duration::from_secs(3600),
             token_warn_days: 7,
             mcp_session_idle: std::time::Duration::from_secs(300),
+            header_timeout: std::time::Duration::from_secs(30),
+            max_connections: 4096,
+            max_streams: 1000,
+            max_streams_per_key: 100,
         }
     }
 }
@@ -97,6 +113,8 @@ pub struct AppState {
     pub write_probe: Arc<health::WriteProbe>,
     /// Where audit records go (written in batches).
     pub audit: orch_store::AuditLog,
+    /// The streams (SSE) open now, for their caps.
+    pub streams: Arc<limits::Streams>,
 }
 
 impl AppState {
@@ -115,6 +133,7 @@ impl AppState {
             mcp: Arc::default(),
             router: Arc::new(default_router()),
             write_probe: Arc::default(),
+            streams: Arc::default(),
         }
     }
 }
@@ -180,6 +199,7 @@ pub fn app(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::limit_streams))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

@@ -61,6 +61,8 @@ pub struct Options {
     pub session_ttl: Option<Duration>,
     /// How long an unused MCP session is kept (default 5 min).
     pub mcp_session_idle: Option<Duration>,
+    /// Changes to the API settings (timeouts and caps of connections and streams).
+    pub api: Box<dyn FnOnce(&mut orch_api::ApiConfig) + Send>,
 }
 
 impl Default for Options {
@@ -76,6 +78,7 @@ impl Default for Options {
             llm: None,
             session_ttl: None,
             mcp_session_idle: None,
+            api: Box::new(|_| {}),
         }
     }
 }
@@ -124,6 +127,7 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     if let Some(ttl) = options.session_ttl {
         config.session_ttl = ttl;
     }
+    (options.api)(&mut config);
     let router = options.router.unwrap_or_else(echo_router);
     let mut state = orch_api::AppState::new(store.clone(), config);
     let webhooks = orch_webhooks::Webhooks::new(store.clone(), options.webhooks);
@@ -138,13 +142,9 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     if let Some(every) = options.watch {
         tokio::spawn(orch_api::servers::watch_file(state.clone(), every));
     }
-    let app = orch_api::app(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await.unwrap();
-    });
+    tokio::spawn(orch_api::serve::serve(listener, state, Duration::from_secs(2)));
     let worker = options.worker.then(|| {
         let mut config = quick_worker();
         (options.tweak)(&mut config);
