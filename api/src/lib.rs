@@ -11,6 +11,7 @@ pub mod health;
 pub mod jobs;
 pub mod json;
 pub mod keys;
+pub mod links;
 pub mod mcp_server;
 pub mod openai;
 pub mod planning;
@@ -171,6 +172,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(links::layer))
         .with_state(state)
 }
 

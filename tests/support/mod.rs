@@ -61,6 +61,8 @@ pub struct Options {
     pub session_ttl: Option<Duration>,
     /// How long an unused MCP session is kept (default 5 min).
     pub mcp_session_idle: Option<Duration>,
+    /// ORCH_PUBLIC_URL (default: none).
+    pub public_url: String,
 }
 
 impl Default for Options {
@@ -76,6 +78,7 @@ impl Default for Options {
             llm: None,
             session_ttl: None,
             mcp_session_idle: None,
+            public_url: String::new(),
         }
     }
 }
@@ -117,7 +120,11 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     // reqwest has no TLS provider of its own (see orch_mcp::tls); tests build clients.
     orch_mcp::tls::install_crypto_provider();
     let store = handle.store.clone();
-    let mut config = orch_api::ApiConfig { max_body: options.max_body, ..Default::default() };
+    let mut config = orch_api::ApiConfig {
+        max_body: options.max_body,
+        public_url: options.public_url.clone(),
+        ..Default::default()
+    };
     if let Some(idle) = options.mcp_session_idle {
         config.mcp_session_idle = idle;
     }
