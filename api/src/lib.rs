@@ -19,6 +19,7 @@ pub mod plans;
 pub mod providers;
 pub mod servers;
 pub mod sessions;
+pub mod tool_calls;
 pub mod tools;
 pub mod usage;
 pub mod webhooks;
