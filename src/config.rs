@@ -50,7 +50,7 @@ pub struct GlobalArgs {
     #[arg(long, env = "ORCH_WEBHOOK_FAIL_STATUSES", global = true, value_name = "CODES")]
     pub webhook_fail_statuses: Option<String>,
     /// Default vault path of the payload's Obsidian note; {date}, {slug}, {id}, {kind}
-    /// [default: Inbox/{date}-{slug}.md].
+    /// [default: Inbox/{date}-{slug}-{id}.md].
     #[arg(long, env = "ORCH_WEBHOOK_OBSIDIAN_PATH", global = true, value_name = "TEMPLATE")]
     pub webhook_obsidian_path: Option<String>,
     /// Multiplies the webhook retry schedule (5s, 30s, 2m, … 24h); below 1 only for tests,

@@ -159,7 +159,7 @@ async fn bad_chat_requests_say_what_is_allowed() {
         json!({"model": "claude", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]});
     let r = app.post("/v1/chat/completions", tools).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(r.body["error"]["details"]["field"], "tools");
+    assert_eq!(r.body["error"]["details"]["field"], "tools[0].function");
     app.stop().await;
 }
 
@@ -488,5 +488,80 @@ async fn an_openai_client_resending_history_records_each_turn_once_in_its_sessio
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["details"]["field"], "session_id", "{body}");
+    app.stop().await;
+}
+
+/// A `cli` provider running a script: a fixed JSON tool call, then (once a
+/// tool result is in the conversation) a final text.
+fn tool_calling_cli(dir: &std::path::Path) -> String {
+    let script = dir.join("agent.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in\n  *'Tool result'*) echo '{\"content\": \"The echo said: ping from n8n\"}' ;;\n  *) echo 'Calling it.' ; echo '```json' ; echo '{\"tool_calls\": [{\"name\": \"everything.echo\", \"arguments\": {\"message\": \"ping from n8n\"}}]}' ; echo '```' ;;\nesac\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "[agent]\nkind = 'cli'\ncommand = '{}'\nargs = ['{{prompt}}']\noutput = {{ format = 'text' }}\n",
+        script.display()
+    )
+}
+
+fn n8n_body(name: &str) -> Value {
+    let path = format!("/work/shared/fixtures/n8n-requests/{name}.request.json");
+    let path = std::env::var("ORCH_N8N_FIXTURES").map(|d| format!("{d}/{name}.request.json")).unwrap_or(path);
+    let mut body: Value =
+        serde_json::from_str::<Value>(&std::fs::read_to_string(&path).expect("n8n fixture")).unwrap()["body"].take();
+    body["model"] = json!("agent");
+    body
+}
+
+/// n8n's AI Agent with Orch as its OpenAI Chat Model (Responses API off):
+/// the recorded bodies get `tool_calls` (valid arguments, `call_` ids,
+/// `finish_reason: tool_calls`), then after the tool result a text, streamed
+/// and not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ai_agent_cannot_use_orch_as_its_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with(&tool_calling_cli(dir.path()), "default_model = 'agent'\n").await;
+    let r = app.post("/v1/chat/completions", n8n_body("01-agent-chat-completions-1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let choice = &r.body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{}", r.body);
+    let call = &choice["message"]["tool_calls"][0];
+    assert!(call["id"].as_str().unwrap().starts_with("call_"), "{call}");
+    assert_eq!((call["type"].as_str(), call["function"]["name"].as_str()), (Some("function"), Some("everything.echo")));
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"message": "ping from n8n"}));
+    let r = app.post("/v1/chat/completions", n8n_body("01-agent-chat-completions-2")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["choices"][0]["finish_reason"], "stop", "{}", r.body);
+    assert_eq!(r.body["choices"][0]["message"]["content"], "The echo said: ping from n8n");
+
+    // Streamed, as the Chat Trigger's agent asks.
+    let body = n8n_body("05-agent-chat-completions-stream-1");
+    let text = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&app.admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let call = &chunks[0]["choices"][0]["delta"]["tool_calls"][0];
+    assert_eq!(
+        (call["index"].as_u64(), call["function"]["name"].as_str()),
+        (Some(0), Some("everything.echo")),
+        "{text}"
+    );
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"), "{text}");
+    let usage = chunks.last().unwrap();
+    assert!(usage["choices"].as_array().unwrap().is_empty() && usage["usage"].is_object(), "{text}");
     app.stop().await;
 }

@@ -23,10 +23,11 @@ async fn chat_job_runs_and_returns_its_result(backend: Backend) {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
     let id = r.body["id"].as_str().unwrap().to_owned();
     assert_eq!(r.body["status"], "queued");
-    assert_eq!(r.body["status_url"], format!("/v1/jobs/{id}"));
-    assert_eq!(r.body["result_url"], format!("/v1/jobs/{id}/result"));
-    assert_eq!(r.body["events_url"], format!("/v1/jobs/{id}/events"));
-    assert_eq!(r.headers["location"], format!("/v1/jobs/{id}"));
+    let base = &app.base;
+    assert_eq!(r.body["status_url"], format!("{base}/v1/jobs/{id}"));
+    assert_eq!(r.body["result_url"], format!("{base}/v1/jobs/{id}/result"));
+    assert_eq!(r.body["events_url"], format!("{base}/v1/jobs/{id}/events"));
+    assert_eq!(r.headers["location"], format!("{base}/v1/jobs/{id}"));
 
     let job = app.wait_finished(&id, WAIT).await;
     assert_eq!(job["status"], "succeeded", "{job}");

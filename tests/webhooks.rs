@@ -182,9 +182,12 @@ async fn a_failing_receiver_is_retried_on_schedule_with_one_webhook_id(backend: 
     assert_eq!(payload["result"]["text"], "Summarise the week\nsecond line");
     assert_eq!(payload["markdown"], "Summarise the week\nsecond line");
     assert_eq!(payload["title"], "Summarise the week");
-    assert!(payload["obsidian"]["path"].as_str().unwrap().ends_with("-summarise-the-week.md"), "{payload}");
+    assert!(
+        payload["obsidian"]["path"].as_str().unwrap().ends_with(&format!("-summarise-the-week-{job}.md")),
+        "{payload}"
+    );
     assert!(payload["obsidian"]["content"].as_str().unwrap().starts_with("---\ntitle: \"Summarise the week\"\n"));
-    assert_eq!(payload["links"]["result"], format!("/v1/jobs/{job}/result"));
+    assert_eq!(payload["links"]["result"], format!("{}/v1/jobs/{job}/result", app.base));
     let list = wait_deliveries(&app, &job, Duration::from_secs(5), finished).await;
     assert_eq!(list.len(), 1, "{list:?}");
     let d = &list[0];
@@ -1133,5 +1136,120 @@ async fn a_credential_expiring_soon_is_delivered_once_as_provider_auth_expiring(
         "{claude}"
     );
     assert!(claude["fix"].as_str().unwrap().contains("claude setup-token"), "{claude}");
+    app.stop().await;
+}
+
+/// n8n answers a resume URL with 409 until its execution is waiting. A flow
+/// that reaches its Wait node 7 s after submitting is resumed within about a
+/// second of that (not at the schedule's next step, 5 s + 30 s later), and
+/// the delivery's log shows every 409 with the start of n8n's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_that_reaches_its_wait_late_waits_for_the_retry_schedule() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let started = Instant::now();
+    let ready_at = started + Duration::from_secs(7);
+    let log: Arc<Mutex<Vec<(Instant, u16)>>> = Arc::default();
+    let seen = log.clone();
+    let app = axum::Router::new().fallback(move || {
+        let seen = seen.clone();
+        async move {
+            use axum::response::IntoResponse;
+            let status = if Instant::now() < ready_at { 409 } else { 200 };
+            seen.lock().unwrap().push((Instant::now(), status));
+            let body =
+                if status == 409 { r#"{"code":409,"message":"The execution is running already"}"# } else { "{}" };
+            (AxumStatus::from_u16(status).unwrap(), body).into_response()
+        }
+    });
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await }).await.unwrap();
+    });
+    // The production schedule: 5 s, 30 s, ...
+    let hooks = WebhookConfig { retry_scale: 1.0, ..hooks() };
+    let app = spawn_app_with(Backend::Sqlite, Options { webhooks: hooks, ..Default::default() }).await;
+    let job = chat_with_callback(&app, json!({"url": format!("http://{addr}/webhook-waiting/42")})).await;
+    let list = wait_deliveries(&app, &job, Duration::from_secs(20), finished).await;
+    let done = Instant::now();
+    assert_eq!(list[0]["status"], "succeeded", "{list:?}");
+    assert!(
+        done.duration_since(ready_at) < Duration::from_secs(3),
+        "resumed {:?} after n8n was ready",
+        done.duration_since(ready_at)
+    );
+    let sent = log.lock().unwrap().clone();
+    assert!(sent.iter().filter(|(_, s)| *s == 409).count() >= 4, "{sent:?}");
+    let entries = list[0]["log"].as_array().unwrap();
+    assert_eq!(entries.len(), sent.len(), "every request is in the log: {entries:?}");
+    assert!(entries.iter().all(|e| e["at"].is_string()), "{entries:?}");
+    let statuses: Vec<u64> = entries.iter().map(|e| e["response_status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == 409), "{statuses:?}");
+    assert!(entries[0]["body_excerpt"].as_str().unwrap().contains("running already"), "{entries:?}");
+    stop.cancel();
+    app.stop().await;
+}
+
+/// n8n's HTTP Request node refuses relative URLs. Without ORCH_PUBLIC_URL the
+/// job's URLs, `Location` and the webhook payload's links (built later by the
+/// worker) are absolute, from the address the client used (a proxy's
+/// `X-Forwarded-*` included); a hostile `Host` adds nothing to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_n8n_cannot_follow() {
+    let receiver = Receiver::start(&[]).await;
+    let app = spawn_app_with(Backend::Sqlite, options()).await;
+    let client = reqwest::Client::new();
+    let body = json!({"prompt": "links please", "callback": {"url": receiver.url("/hook")}});
+    let submit = |headers: &[(&str, &str)]| {
+        let mut req = client.post(format!("{}/v1/jobs/chat", app.base)).bearer_auth(&app.admin).json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send()
+    };
+    // Directly: the address the client used.
+    let r = submit(&[]).await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let accepted: Value = r.json().await.unwrap();
+    let id = accepted["id"].as_str().unwrap();
+    assert_eq!(location, format!("{}/v1/jobs/{id}", app.base));
+    assert_eq!(accepted["result_url"], format!("{}/v1/jobs/{id}/result", app.base));
+    let followed = client.get(&location).bearer_auth(&app.admin).send().await.unwrap();
+    assert_eq!(followed.status(), StatusCode::OK);
+    let got = receiver.wait_for(1, Duration::from_secs(20)).await;
+    let links = got[0].json()["links"].clone();
+    assert_eq!(links["status"], format!("{}/v1/jobs/{id}", app.base), "{links}");
+    assert_eq!(links["events"], format!("{}/v1/jobs/{id}/events", app.base), "{links}");
+    // Behind a proxy.
+    let r = submit(&[("x-forwarded-proto", "https"), ("x-forwarded-host", "orch.example.com")]).await.unwrap();
+    let accepted: Value = r.json().await.unwrap();
+    let id = accepted["id"].as_str().unwrap();
+    assert_eq!(accepted["status_url"], format!("https://orch.example.com/v1/jobs/{id}"));
+    let got = receiver.wait_for(2, Duration::from_secs(20)).await;
+    let payload = got.iter().map(Received::json).find(|p| p["job_id"] == id).unwrap();
+    assert_eq!(payload["links"]["result"], format!("https://orch.example.com/v1/jobs/{id}/result"));
+    // Hostile values are not used.
+    for (name, value) in [
+        ("x-forwarded-host", "evil.com/phish?"),
+        ("x-forwarded-host", "a@evil.com"),
+        ("x-forwarded-proto", "javascript"),
+    ] {
+        let r = submit(&[(name, value)]).await.unwrap();
+        let accepted: Value = r.json().await.unwrap();
+        let url = accepted["status_url"].as_str().unwrap();
+        assert!(!url.contains("evil") && !url.contains("javascript") && !url.contains('@'), "{url}");
+    }
+    app.stop().await;
+
+    // ORCH_PUBLIC_URL wins.
+    let public = "https://public.example".to_owned();
+    let hooks = WebhookConfig { public_url: public.clone(), ..hooks() };
+    let app =
+        spawn_app_with(Backend::Sqlite, Options { public_url: public, webhooks: hooks, ..Default::default() }).await;
+    let r = app.post("/v1/jobs/chat", json!({"prompt": "x"})).await;
+    assert!(r.body["status_url"].as_str().unwrap().starts_with("https://public.example/v1/jobs/"), "{}", r.body);
     app.stop().await;
 }

@@ -87,7 +87,7 @@ pub struct ChatJobRequest {
     /// Tags of the note in the webhook payload's front matter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
-    /// Vault path of the note, e.g. `Inbox/{date}-{slug}.md` (default: ORCH_WEBHOOK_OBSIDIAN_PATH).
+    /// Vault path of the note, e.g. `Inbox/{date}-{slug}.md` (default: ORCH_WEBHOOK_OBSIDIAN_PATH, `Inbox/{date}-{slug}-{id}.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub obsidian_path: Option<String>,
 }
@@ -133,7 +133,7 @@ pub struct BatchJobRequest {
     /// Tags of the note in the webhook payload's front matter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
-    /// Vault path of the note, e.g. `Inbox/{date}-{slug}.md` (default: ORCH_WEBHOOK_OBSIDIAN_PATH).
+    /// Vault path of the note, e.g. `Inbox/{date}-{slug}.md` (default: ORCH_WEBHOOK_OBSIDIAN_PATH, `Inbox/{date}-{slug}-{id}.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub obsidian_path: Option<String>,
 }
@@ -334,8 +334,10 @@ pub fn job_cursor(text: Option<&str>) -> ApiResult<Option<JobId>> {
         .transpose()
 }
 
+/// The job's URLs: absolute from `ORCH_PUBLIC_URL` or the request (see
+/// [`crate::links`]), relative when neither says where Orch is.
 fn urls(state: &AppState, id: JobId) -> (String, String, String) {
-    let base = format!("{}/v1/jobs/{id}", state.config.public_url.trim_end_matches('/'));
+    let base = format!("{}/v1/jobs/{id}", crate::links::base(&state.config.public_url));
     (base.clone(), format!("{base}/result"), format!("{base}/events"))
 }
 
@@ -500,6 +502,14 @@ pub async fn submit_job(
 ) -> ApiResult<(JobAccepted, bool)> {
     let max_attempts = check_options(&options, state.config.default_max_attempts)?;
     let now = Utc::now();
+    let mut input = input;
+    // The worker builds the webhook payload's links without a request: it
+    // finds the base URL the client used here.
+    if let (true, Some(base), Some(fields)) =
+        (state.config.public_url.is_empty(), crate::links::current(), input.as_object_mut())
+    {
+        fields.insert(orch_webhooks::LINKS_BASE.to_owned(), json!(base));
+    }
     let job = NewJob {
         id: orch_store::new_job_id(),
         kind,

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod json;
 pub mod keys;
 pub mod limits;
+pub mod links;
 pub mod mcp_server;
 pub mod openai;
 pub mod planning;
@@ -21,6 +22,7 @@ pub mod providers;
 pub mod serve;
 pub mod servers;
 pub mod sessions;
+pub mod tool_calls;
 pub mod tools;
 pub mod usage;
 pub mod webhooks;
@@ -201,6 +203,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::limit_streams))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(links::layer))
         .with_state(state)
 }
 

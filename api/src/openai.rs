@@ -27,6 +27,7 @@ use crate::error::responses::{BadRequest, Forbidden, Invalid, NotJson, TooLarge,
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::jobs::{self, JobOptions};
 use crate::json::ApiJson;
+use crate::tool_calls::{self, Answer, ToolSpec};
 
 /// A chat completion request in OpenAI's format. Sampling settings OpenAI
 /// clients send (`temperature`, `max_tokens`, ...) are accepted and ignored:
@@ -55,10 +56,26 @@ pub struct CompletionRequest {
     /// Must be 1 when given.
     #[serde(default)]
     pub n: Option<u32>,
-    /// Not supported: CLIs run their own tools. Refused when not empty.
+    /// Functions the model may call: `{"type": "function", "function":
+    /// {"name", "description", "parameters"}}`. The CLIs do not speak function
+    /// calling: Orch offers the functions in the prompt with a strict answer
+    /// format and checks the answer against each function's schema (asking
+    /// again once), so the answer is text or `tool_calls` with valid JSON
+    /// arguments. With tools, a streamed answer arrives when the turn ends.
     #[serde(default)]
     #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<Value>>,
+    /// `auto` (default), `none`, `required`, or `{"type": "function", "function": {"name"}}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<Value>,
+    /// Whether one answer may call several functions (default true).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// `{"include_usage": true}` adds a last chunk with `usage` and no choices.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub stream_options: Option<Value>,
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub ignored: Map<String, Value>,
@@ -67,10 +84,20 @@ pub struct CompletionRequest {
 /// One message; `content` is a string or a list of `{"type": "text", "text"}` parts.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionMessage {
-    /// `system` (or `developer`), `user` or `assistant`.
+    /// `system` (or `developer`), `user`, `assistant` or `tool`.
     pub role: String,
+    #[serde(default)]
     #[schema(value_type = Object)]
     pub content: Value,
+    /// An assistant message's earlier function calls: `[{"id", "type": "function", "function": {"name", "arguments"}}]`.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tool_calls: Option<Vec<Value>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// A finished completion.
@@ -170,7 +197,8 @@ pub async fn chat_completions(
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
     let req = body.value;
-    let mut input = completion_input(&state, &req)?;
+    let spec = completion_tools(&req)?;
+    let mut input = completion_input(&state, &req, &spec)?;
     input["key_id"] = json!(principal.key.id);
     jobs::limit_providers(&state, Some(&principal), &mut input)?;
     if let Some(id) = jobs::session_of(&headers, req.session_id.as_ref())? {
@@ -182,9 +210,18 @@ pub async fn chat_completions(
     }
     let metadata = Some(Map::from_iter([("source".to_owned(), json!("openai"))]));
     let options = JobOptions { metadata: &metadata, max_attempts: None, owner: &principal.key.id };
-    let chat = WaitedChat::start(&state, input, options).await?;
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o["include_usage"] == true);
+    let chat = WaitedChat::start(&state, input.clone(), options).await?;
     let id = chat.id;
-    let mut response = if req.stream {
+    let mut response = if spec.active() {
+        let turn = ToolTurn { state: state.clone(), chat, input, spec };
+        if req.stream {
+            stream_tool_completion(turn, req.model, include_usage).into_response()
+        } else {
+            let done = turn.run().await?;
+            Json(tool_completion(&done)).into_response()
+        }
+    } else if req.stream {
         stream_completion(state, chat, req.model).into_response()
     } else {
         wait_completion(&state, chat).await?.into_response()
@@ -195,41 +232,88 @@ pub async fn chat_completions(
     Ok(response)
 }
 
+fn field_error((field, message): tool_calls::FieldError) -> ApiError {
+    ApiError::invalid_field(&field, message)
+}
+
+/// The tool spec of a completion request.
+fn completion_tools(req: &CompletionRequest) -> ApiResult<ToolSpec> {
+    let functions = tool_calls::chat_functions(req.tools.as_deref().unwrap_or_default()).map_err(field_error)?;
+    let choice = tool_calls::choice(req.tool_choice.as_ref(), &functions).map_err(field_error)?;
+    Ok(ToolSpec { functions, choice, parallel: req.parallel_tool_calls.unwrap_or(true) })
+}
+
 /// The chat job input of a completion request, checked like `POST /v1/jobs/chat`.
-fn completion_input(state: &AppState, req: &CompletionRequest) -> ApiResult<Value> {
+fn completion_input(state: &AppState, req: &CompletionRequest, spec: &ToolSpec) -> ApiResult<Value> {
     jobs::check_model(&state.router, Some(&req.model), req.task_type.as_deref())?;
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid_field("n", "only 1 choice per request is supported"));
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(ApiError::invalid_field(
-            "tools",
-            "tool calling is not supported: the CLIs run their own tools; send the conversation without tools",
-        ));
-    }
     let mut messages = Vec::with_capacity(req.messages.len());
+    // Function names by call id, for rendering results.
+    let mut called: Vec<(String, String)> = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
-        let role = match m.role.as_str() {
-            "system" | "developer" => "system",
-            "user" => "user",
-            "assistant" => "assistant",
+        let field = |f: &str| format!("messages[{i}].{f}");
+        let content = text_of(&m.content).map_err(|e| ApiError::invalid_field(&field("content"), e))?;
+        match m.role.as_str() {
+            "system" | "developer" => messages.push(json!({"role": "system", "content": content})),
+            "user" => messages.push(json!({"role": "user", "content": content})),
+            "assistant" => {
+                let mut text = content;
+                for (j, call) in m.tool_calls.iter().flatten().enumerate() {
+                    let name = call["function"]["name"].as_str().ok_or_else(|| {
+                        ApiError::invalid_field(&field(&format!("tool_calls[{j}].function.name")), "must be a string")
+                    })?;
+                    let arguments = match &call["function"]["arguments"] {
+                        Value::String(a) => a.clone(),
+                        Value::Null => "{}".to_owned(),
+                        other => other.to_string(),
+                    };
+                    let id = call["id"].as_str().unwrap_or_default();
+                    called.push((id.to_owned(), name.to_owned()));
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&tool_calls::render_call(name, &arguments, id));
+                }
+                messages.push(json!({"role": "assistant", "content": text}));
+            }
+            "tool" | "function" => {
+                let id = m.tool_call_id.as_deref().unwrap_or_default();
+                let name = called.iter().rev().find(|(c, _)| c == id).map(|(_, n)| n.as_str()).or(m.name.as_deref());
+                messages.push(json!({"role": "tool", "content": tool_calls::render_result(id, name, &content)}));
+            }
             other => {
                 return Err(ApiError::invalid_field(
-                    &format!("messages[{i}].role"),
-                    format!("unsupported role {other:?}; allowed: system, developer, user, assistant"),
+                    &field("role"),
+                    format!("unsupported role {other:?}; allowed: system, developer, user, assistant, tool"),
                 ));
             }
-        };
-        let content = text_of(&m.content).map_err(|e| ApiError::invalid_field(&format!("messages[{i}].content"), e))?;
-        messages.push(json!({"role": role, "content": content}));
+        }
     }
-    if messages.last().is_none_or(|m| m["role"] != "user") {
-        return Err(ApiError::invalid_field("messages", "must end with a user message"));
+    finish_input(state, &req.model, req.task_type.as_deref(), messages, spec)
+}
+
+/// A chat job input from converted `messages`: the tool instructions added,
+/// the end and the size checked.
+pub fn finish_input(
+    state: &AppState,
+    model: &str,
+    task_type: Option<&str>,
+    mut messages: Vec<Value>,
+    spec: &ToolSpec,
+) -> ApiResult<Value> {
+    if messages.last().is_none_or(|m| m["role"] != "user" && m["role"] != "tool") {
+        return Err(ApiError::invalid_field("messages", "must end with a user (or tool) message"));
+    }
+    if spec.active() {
+        let at = messages.iter().take_while(|m| m["role"] == "system").count();
+        messages.insert(at, json!({"role": "system", "content": tool_calls::instructions(spec)}));
     }
     let bytes = messages.iter().map(|m| m["content"].as_str().map_or(0, str::len)).sum();
     jobs::check_prompt_size(&state.config, bytes)?;
-    let mut input = json!({"model": req.model, "messages": messages});
-    if let Some(task) = &req.task_type {
+    let mut input = json!({"model": model, "messages": messages});
+    if let Some(task) = task_type {
         input["task_type"] = json!(task);
     }
     Ok(input)
@@ -462,6 +546,166 @@ fn stream_completion(
                 }
             }
             break;
+        }
+        let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// A turn with functions offered: its chat job started with `input`, its
+/// answer read under `spec`, asked again once when unusable.
+pub struct ToolTurn {
+    pub state: AppState,
+    pub chat: WaitedChat,
+    pub input: Value,
+    pub spec: ToolSpec,
+}
+
+/// How a [`ToolTurn`] ended.
+pub struct ToolDone {
+    /// The job whose answer was used.
+    pub id: JobId,
+    pub answer: Answer,
+    pub result: Value,
+    /// Input and output tokens of every turn it took.
+    pub tokens: (u64, u64),
+}
+
+fn tokens_of(result: &Value) -> (u64, u64) {
+    (result["usage"]["input_tokens"].as_u64().unwrap_or(0), result["usage"]["output_tokens"].as_u64().unwrap_or(0))
+}
+
+impl ToolTurn {
+    pub async fn run(self) -> ApiResult<ToolDone> {
+        let ToolTurn { state, mut chat, mut input, spec } = self;
+        chat.wait().await?;
+        let (text, result) = finished(&state, chat.id).await?;
+        let tokens = tokens_of(&result);
+        let problems = match tool_calls::read_answer(&text, &spec) {
+            Ok(answer) => return Ok(ToolDone { id: chat.id, answer, result, tokens }),
+            Err(problems) => problems,
+        };
+        tracing::info!(job = %chat.id, problems = ?problems, "the answer is no usable tool call; asking again");
+        if let Some(messages) = input["messages"].as_array_mut() {
+            messages.push(json!({"role": "assistant", "content": text}));
+            messages.push(json!({"role": "user", "content": tool_calls::repair_message(&problems)}));
+        }
+        if let Some(fields) = input.as_object_mut() {
+            // The first turn recorded the exchange in the session already.
+            fields.remove("session");
+        }
+        let metadata =
+            Some(Map::from_iter([("source".to_owned(), json!("openai")), ("repairs".to_owned(), json!(chat.id))]));
+        // The repair belongs to the key that asked for the first turn.
+        let owner = input["key_id"].as_str().unwrap_or_default().to_owned();
+        let options = JobOptions { metadata: &metadata, max_attempts: None, owner: &owner };
+        let mut again = WaitedChat::start(&state, input, options).await?;
+        again.wait().await?;
+        let (text, result) = finished(&state, again.id).await?;
+        let more = tokens_of(&result);
+        let tokens = (tokens.0 + more.0, tokens.1 + more.1);
+        match tool_calls::read_answer(&text, &spec) {
+            Ok(answer) => Ok(ToolDone { id: again.id, answer, result, tokens }),
+            Err(problems) => Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "invalid_tool_call",
+                format!("the model answered with no usable tool call or text, twice: {}", problems.join("; ")),
+            )
+            .with_details(json!({"job_id": again.id, "problems": problems}))),
+        }
+    }
+}
+
+fn chat_usage((input, output): (u64, u64)) -> Value {
+    json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
+}
+
+/// The answer as a chat completion `message` and its `finish_reason`.
+fn tool_message(answer: &Answer) -> (Value, &'static str) {
+    match answer {
+        Answer::Text(text) => (json!({"role": "assistant", "content": text}), "stop"),
+        Answer::Calls(calls) => {
+            let calls: Vec<Value> = calls
+                .iter()
+                .map(
+                    |c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}),
+                )
+                .collect();
+            (json!({"role": "assistant", "content": null, "tool_calls": calls}), "tool_calls")
+        }
+    }
+}
+
+fn tool_completion(done: &ToolDone) -> Completion {
+    let (message, finish) = tool_message(&done.answer);
+    Completion {
+        id: format!("chatcmpl-{}", done.id),
+        object: "chat.completion",
+        created: chrono::Utc::now().timestamp(),
+        model: done.result["routed_to"].as_str().unwrap_or_default().to_owned(),
+        choices: vec![json!({"index": 0, "message": message, "finish_reason": finish})],
+        usage: chat_usage(done.tokens),
+        orch: orch_of(done.id, &done.result),
+    }
+}
+
+/// A streamed completion with functions offered: the answer is known only
+/// when the turn ends, then sent as chunks (text, or `delta.tool_calls`),
+/// the finish reason, the usage, `[DONE]`.
+fn stream_tool_completion(
+    turn: ToolTurn,
+    model: String,
+    include_usage: bool,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let created = chrono::Utc::now().timestamp();
+    let chunk_id = format!("chatcmpl-{}", turn.chat.id);
+    let chunk = move |choices: Value, extra: &[(&str, Value)]| {
+        let mut c = json!({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices});
+        for (key, value) in extra {
+            c[*key] = value.clone();
+        }
+        Ok(Event::default().data(c.to_string()))
+    };
+    let stream = jobs::async_stream(move |tx| async move {
+        let outcome = tokio::select! {
+            outcome = turn.run() => outcome,
+            // The client went away: dropping the turn cancels its job.
+            _ = tx.closed() => return,
+        };
+        match outcome {
+            Ok(done) => {
+                let (message, finish) = tool_message(&done.answer);
+                let delta = match &done.answer {
+                    Answer::Text(text) => json!({"role": "assistant", "content": text}),
+                    Answer::Calls(_) => {
+                        let calls: Vec<Value> = message["tool_calls"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .enumerate()
+                            .map(|(i, c)| {
+                                let mut c = c.clone();
+                                c["index"] = json!(i);
+                                c
+                            })
+                            .collect();
+                        json!({"role": "assistant", "content": null, "tool_calls": calls})
+                    }
+                };
+                let _ = tx.send(chunk(json!([{"index": 0, "delta": delta, "finish_reason": null}]), &[])).await;
+                let orch = ("orch", orch_of(done.id, &done.result));
+                let last = json!([{"index": 0, "delta": {}, "finish_reason": finish}]);
+                if include_usage {
+                    let _ = tx.send(chunk(last, &[orch])).await;
+                    let _ = tx.send(chunk(json!([]), &[("usage", chat_usage(done.tokens))])).await;
+                } else {
+                    let _ = tx.send(chunk(last, &[("usage", chat_usage(done.tokens)), orch])).await;
+                }
+            }
+            Err(err) => {
+                let body = json!({"error": {"code": err.code, "message": err.message, "details": err.details}});
+                let _ = tx.send(Ok(Event::default().data(body.to_string()))).await;
+            }
         }
         let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
     });

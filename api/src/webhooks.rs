@@ -419,6 +419,12 @@ pub struct DeliveryView {
     pub redelivery_of: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Every request sent, oldest first: `at`, `response_status` (or
+    /// `error`), `body_excerpt` (the start of the answer) and `duration_ms`.
+    /// A 409 is retried about a second apart within one attempt, so it can
+    /// hold more requests than `attempts`.
+    #[schema(value_type = Vec<Object>)]
+    pub log: Vec<Value>,
 }
 
 /// Where a delivery is: a job's status, and `superseded`.
@@ -487,14 +493,30 @@ fn delivery_view(job: Job, result: Option<Value>) -> Option<DeliveryView> {
         redelivery_of: input.redelivery_of,
         created_at: job.created_at,
         finished_at: job.finished_at,
+        log: Vec::new(),
     })
 }
+
+/// Most requests of one delivery listed in its `log`.
+const LOG_LIMIT: usize = 200;
 
 async fn delivery_views(state: &AppState, jobs: Vec<Job>) -> ApiResult<Vec<DeliveryView>> {
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
         let result = if job.status == JobStatus::Succeeded { state.store.get_result(job.id).await? } else { None };
-        out.extend(delivery_view(job, result));
+        let events = state.store.events(job.id, 0, 10_000).await?;
+        let log: Vec<Value> = events
+            .into_iter()
+            .filter(|e| e.kind == "progress" && e.data["type"] == "attempt")
+            .map(|mut e| {
+                if let Some(entry) = e.data.as_object_mut() {
+                    entry.remove("type");
+                }
+                e.data
+            })
+            .collect();
+        let skip = log.len().saturating_sub(LOG_LIMIT);
+        out.extend(delivery_view(job, result).map(|view| DeliveryView { log: log[skip..].to_vec(), ..view }));
     }
     Ok(out)
 }

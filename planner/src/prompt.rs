@@ -204,8 +204,10 @@ pub fn read_answer(text: &str) -> Result<Plan, Vec<PlanIssue>> {
     Err(vec![issue("answer", message)])
 }
 
-/// Where a plan might be in an answer, most likely first.
-fn candidates(text: &str) -> Vec<&str> {
+/// Where a JSON object might be in a model's answer, most likely first: ```
+/// fenced blocks, the whole answer, then the first balanced `{...}` objects of
+/// the prose. Shared with the API's tool-call answers.
+pub fn candidates(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("```") {

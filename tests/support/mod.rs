@@ -63,6 +63,8 @@ pub struct Options {
     pub mcp_session_idle: Option<Duration>,
     /// Changes to the API settings (timeouts and caps of connections and streams).
     pub api: Box<dyn FnOnce(&mut orch_api::ApiConfig) + Send>,
+    /// ORCH_PUBLIC_URL (default: none).
+    pub public_url: String,
 }
 
 impl Default for Options {
@@ -79,6 +81,7 @@ impl Default for Options {
             session_ttl: None,
             mcp_session_idle: None,
             api: Box::new(|_| {}),
+            public_url: String::new(),
         }
     }
 }
@@ -120,7 +123,11 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     // reqwest has no TLS provider of its own (see orch_mcp::tls); tests build clients.
     orch_mcp::tls::install_crypto_provider();
     let store = handle.store.clone();
-    let mut config = orch_api::ApiConfig { max_body: options.max_body, ..Default::default() };
+    let mut config = orch_api::ApiConfig {
+        max_body: options.max_body,
+        public_url: options.public_url.clone(),
+        ..Default::default()
+    };
     if let Some(idle) = options.mcp_session_idle {
         config.mcp_session_idle = idle;
     }

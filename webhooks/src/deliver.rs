@@ -260,7 +260,13 @@ impl DeliveryExecutor {
 
     /// Sends `job.progress`: the job's progress as stored now, only while
     /// the job is still running the attempt that made it.
-    async fn send_progress(&self, delivery: &Job, job_id: JobId, input: &DeliveryInput) -> Result<Value, JobError> {
+    async fn send_progress(
+        &self,
+        delivery: &Job,
+        job_id: JobId,
+        input: &DeliveryInput,
+        ctx: &JobContext,
+    ) -> Result<Value, JobError> {
         let store_error = |e: orch_store::StoreError| JobError::new("store", e.to_string(), true);
         let Some(job) = self.0.store.get_job(job_id).await.map_err(store_error)? else {
             return Ok(skipped("job_gone", format!("job {job_id} no longer exists")));
@@ -277,7 +283,7 @@ impl DeliveryExecutor {
         let endpoint = self.endpoint(input, Some(&job)).await?;
         let body = serde_json::to_vec(&payload::build(&job, &input.event, None, &self.payload_options()))
             .expect("payloads serialize");
-        let attempt = send(&self.0, &endpoint, &input.webhook_id, &body).await;
+        let attempt = self.send_logged(&endpoint, &input.webhook_id, &body, delivery.attempts, ctx).await;
         judge(&self.0.config, delivery.attempts, &attempt)
     }
 
@@ -352,11 +358,11 @@ impl Executor for DeliveryExecutor {
                 input.payload.as_ref().ok_or_else(|| dropped("invalid_input", "no job and no payload".into()))?;
             let endpoint = self.endpoint(&input, None).await?;
             let body = serde_json::to_vec(payload).expect("payloads serialize");
-            let attempt = send(&self.0, &endpoint, &input.webhook_id, &body).await;
+            let attempt = self.send_logged(&endpoint, &input.webhook_id, &body, delivery.attempts, ctx).await;
             return judge(&self.0.config, delivery.attempts, &attempt);
         };
         if input.event == PROGRESS_EVENT {
-            return self.send_progress(delivery, job_id, &input).await;
+            return self.send_progress(delivery, job_id, &input, ctx).await;
         }
         let job = match self.settled_job(job_id, &input, ctx).await {
             Ok(job) => job,
@@ -374,9 +380,94 @@ impl Executor for DeliveryExecutor {
         };
         let body = serde_json::to_vec(&payload::build(&job, &input.event, result.as_ref(), &self.payload_options()))
             .expect("payloads serialize");
-        let attempt = send(&self.0, &endpoint, &input.webhook_id, &body).await;
+        let attempt = self.send_logged(&endpoint, &input.webhook_id, &body, delivery.attempts, ctx).await;
         judge(&self.0.config, delivery.attempts, &attempt)
     }
+}
+
+/// First wait between quick retries of a 409.
+const CONFLICT_FIRST_WAIT: Duration = Duration::from_secs(1);
+/// Longest wait between quick retries of a 409.
+const CONFLICT_MAX_WAIT: Duration = Duration::from_secs(5);
+/// Longest a delivery keeps retrying a 409 quickly in one attempt; the rest
+/// of the schedule's wait is waited as usual.
+const CONFLICT_WINDOW: Duration = Duration::from_secs(120);
+
+/// The waits between quick retries of a 409 that fit in `window` (the wait
+/// the normal schedule would make): about a second apart, growing by half
+/// each time up to [`CONFLICT_MAX_WAIT`].
+pub fn conflict_waits(window: Duration) -> Vec<Duration> {
+    let mut waits = Vec::new();
+    let mut wait = CONFLICT_FIRST_WAIT;
+    let mut total = Duration::ZERO;
+    while total + wait <= window {
+        waits.push(wait);
+        total += wait;
+        wait = wait.mul_f64(1.5).min(CONFLICT_MAX_WAIT);
+    }
+    waits
+}
+
+impl DeliveryExecutor {
+    /// Sends `body`, recording each attempt in the delivery's log (its
+    /// events). A 409 is what n8n answers a resume URL while the execution is
+    /// not waiting yet: it is retried at once about a second apart, backing
+    /// off, within the wait the schedule would have made, so a flow that
+    /// reaches its Wait node late is resumed within a second or so.
+    async fn send_logged(
+        &self,
+        endpoint: &Endpoint,
+        webhook_id: &str,
+        body: &[u8],
+        attempt: u32,
+        ctx: &JobContext,
+    ) -> Attempt {
+        let mut waits = None::<(Duration, std::vec::IntoIter<Duration>)>;
+        let mut waited = Duration::ZERO;
+        loop {
+            let mut sent = send(&self.0, endpoint, webhook_id, body).await;
+            ctx.progress(attempt_entry(&sent)).await;
+            if sent.status != Some(409) || sent.retry_after.is_some() {
+                return sent;
+            }
+            let (window, waits) = waits.get_or_insert_with(|| {
+                let window = retry_delay(attempt, self.0.config.retry_scale);
+                (window, conflict_waits(window.min(CONFLICT_WINDOW)).into_iter())
+            });
+            let Some(wait) = waits.next() else {
+                if waited > Duration::ZERO {
+                    // The schedule's next attempt stays where it was.
+                    sent.retry_after = Some(window.saturating_sub(waited));
+                }
+                return sent;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => waited += wait,
+                _ = ctx.cancel.cancelled() => return sent,
+            }
+        }
+    }
+}
+
+/// One attempt as the delivery log shows it: when, the status or error, and
+/// the start of the receiver's answer.
+fn attempt_entry(sent: &Attempt) -> Value {
+    let mut excerpt = sent.body.clone();
+    if excerpt.len() > 300 {
+        let mut end = 300;
+        while !excerpt.is_char_boundary(end) {
+            end -= 1;
+        }
+        excerpt.truncate(end);
+    }
+    json!({
+        "type": "attempt",
+        "at": chrono::Utc::now(),
+        "response_status": sent.status,
+        "error": sent.error.as_ref().map(|(code, message)| json!({"code": code, "message": message})),
+        "body_excerpt": excerpt,
+        "duration_ms": sent.duration.as_millis() as u64,
+    })
 }
 
 impl DeliveryExecutor {
@@ -481,6 +572,15 @@ mod tests {
         }
         let d = retry_delay(1, 0.01).as_secs_f64();
         assert!((0.045..=0.055).contains(&d), "{d}");
+    }
+
+    #[test]
+    fn conflicts_are_retried_about_a_second_apart_within_the_schedule() {
+        let waits = conflict_waits(Duration::from_secs(30));
+        assert_eq!(waits[0], Duration::from_secs(1));
+        assert!(waits.windows(2).all(|w| w[1] >= w[0] && w[1] <= CONFLICT_MAX_WAIT), "{waits:?}");
+        assert!(waits.iter().sum::<Duration>() <= Duration::from_secs(30));
+        assert!(conflict_waits(Duration::from_millis(50)).is_empty());
     }
 
     #[test]

@@ -57,6 +57,14 @@ pub const PROGRESS_ATTEMPTS: u32 = 3;
 /// provider's credential was refused, or expires soon.
 pub const SERVER_EVENTS: [&str; 3] = ["server.down", "provider.auth_expired", "provider.auth_expiring"];
 
+/// The key of a job's input holding the base URL its submitter used, for
+/// the payload's `links` when `ORCH_PUBLIC_URL` is not set.
+pub const LINKS_BASE: &str = "links_base";
+
+/// The default `obsidian.path` template: the job id keeps the notes of
+/// repeated runs of one flow (same prompt, same day) apart.
+pub const DEFAULT_OBSIDIAN_PATH: &str = "Inbox/{date}-{slug}-{id}.md";
+
 /// Settings of webhook deliveries (see README: `ORCH_WEBHOOK_*`).
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
@@ -88,7 +96,7 @@ impl Default for WebhookConfig {
             retry_scale: 1.0,
             fail_statuses: vec![404, 410],
             timeout: Duration::from_secs(15),
-            obsidian_path: "Inbox/{date}-{slug}.md".into(),
+            obsidian_path: DEFAULT_OBSIDIAN_PATH.into(),
             public_url: String::new(),
             max_payload: 16 * 1024 * 1024 - 64 * 1024,
             settle_wait: Duration::from_secs(10),

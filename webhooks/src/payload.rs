@@ -63,7 +63,11 @@ fn render(job: &Job, event: &str, result: Option<&Value>, options: &PayloadOptio
     // Checked at submission; a job stored before that check got the default.
     let path_template =
         input["obsidian_path"].as_str().filter(|p| check_obsidian_path(p).is_ok()).unwrap_or(&options.obsidian_path);
-    let base = format!("{}/v1/jobs/{}", options.public_url.trim_end_matches('/'), job.id);
+    let prefix = match input[crate::LINKS_BASE].as_str() {
+        Some(stored) if options.public_url.is_empty() => stored,
+        _ => options.public_url.as_str(),
+    };
+    let base = format!("{}/v1/jobs/{}", prefix.trim_end_matches('/'), job.id);
     let mut payload = json!({
         "type": event,
         "job_id": job.id,
@@ -339,6 +343,24 @@ mod tests {
         assert!(cut["markdown"].as_str().unwrap().ends_with("read it in full at `links.result`.)*"));
         assert_eq!(cut["links"]["result"], format!("https://orch.example/v1/jobs/{}/result", job.id));
         assert_eq!(cut["obsidian"]["path"], "Notes/chat/write-it-all.md");
+    }
+
+    #[test]
+    fn notes_overwrite_each_other() {
+        // Four runs of one flow on one day: the default path must tell them apart.
+        let options =
+            PayloadOptions { obsidian_path: crate::WebhookConfig::default().obsidian_path, ..options(16 << 20) };
+        let paths: std::collections::HashSet<String> = (0..4)
+            .map(|_| {
+                let (mut job, result) = job("done");
+                job.input = json!({"messages": [{"role": "user", "content": "n8n acceptance a"}]});
+                let p = build(&job, "job.succeeded", Some(&result), &options);
+                let path = p["obsidian"]["path"].as_str().unwrap().to_owned();
+                assert!(path.contains(&job.id.to_string()) && path.ends_with(".md"), "{path}");
+                path
+            })
+            .collect();
+        assert_eq!(paths.len(), 4, "{paths:?}");
     }
 
     #[test]

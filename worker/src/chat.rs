@@ -52,20 +52,28 @@ pub struct Message {
 
 /// The system prompt and the prompt of one turn. A single user message is
 /// the prompt as is; a longer conversation becomes a transcript that asks for
-/// an answer to its last user message.
+/// an answer to its last user message. `tool` messages (function results the
+/// API rendered, see the API's `tool_calls` module) read as `Tool result`
+/// turns; a conversation may end with them.
 pub fn render(messages: &[Message]) -> Result<(Option<String>, String), String> {
     let system: Vec<&str> = messages.iter().filter(|m| m.role == "system").map(|m| m.content.as_str()).collect();
     let turns: Vec<&Message> = messages.iter().filter(|m| m.role != "system").collect();
-    if turns.last().is_none_or(|m| m.role != "user") {
+    if turns.last().is_none_or(|m| m.role != "user" && m.role != "tool") {
         return Err("the conversation must end with a user message".into());
     }
     let system = (!system.is_empty()).then(|| system.join("\n\n"));
-    if let [only] = turns.as_slice() {
+    if let [only] = turns.as_slice()
+        && only.role == "user"
+    {
         return Ok((system, only.content.clone()));
     }
     let mut prompt = String::from("The conversation so far; answer the last user message.\n");
     for m in turns {
-        let who = if m.role == "assistant" { "Assistant" } else { "User" };
+        let who = match m.role.as_str() {
+            "assistant" => "Assistant",
+            "tool" => "Tool result",
+            _ => "User",
+        };
         prompt.push_str(&format!("\n{who}: {}\n", m.content));
     }
     Ok((system, prompt))
@@ -304,5 +312,7 @@ mod tests {
         assert!(prompt.ends_with("\nUser: a\n\nAssistant: b\n\nUser: c\n"), "{prompt}");
         assert!(render(&[m("user", "a"), m("assistant", "b")]).is_err());
         assert!(render(&[m("system", "s")]).is_err());
+        let (_, prompt) = render(&[m("user", "a"), m("assistant", "[Called function `f`]"), m("tool", "42")]).unwrap();
+        assert!(prompt.ends_with("\nAssistant: [Called function `f`]\n\nTool result: 42\n"), "{prompt}");
     }
 }

@@ -627,7 +627,11 @@ impl ServerHandler for OrchMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let principal = self.principal(&context.extensions);
-        Ok(self.call(&request.name, request.arguments, principal.as_ref(), context.ct).await?.into())
+        // rmcp runs the call outside the HTTP request's task: links are built from its headers here.
+        let base =
+            context.extensions.get::<axum::http::request::Parts>().and_then(|p| crate::links::base_url(&p.headers));
+        let call = self.call(&request.name, request.arguments, principal.as_ref(), context.ct);
+        Ok(crate::links::scope(base, call).await?.into())
     }
 
     async fn list_resources(
