@@ -29,7 +29,7 @@ mod turn;
 pub use config::{
     ConfigError, EnvMap, Limits, OutputConfig, OutputFormat, ProviderConfig, ProviderKind, ProvidersConfig,
 };
-pub use doctor::{CliStatus, Credentials, Diagnosis, Expiry, check, expiry};
+pub use doctor::{CliStatus, Credentials, Diagnosis, Expiry, Health, check, expiry, health};
 pub use error::{ErrorKind, TurnError};
 pub use provider::{
     NoSharedLimit, Provider, ProviderStatus, Providers, SharedLimit, SharedPermit, SharedSnapshot, SharedState,
