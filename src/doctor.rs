@@ -58,8 +58,15 @@ pub async fn run(settings: &Settings) -> Result<bool> {
     };
 
     let router = settings.router()?;
-    let checks = router.providers().iter().map(|p| orch_providers::check(p));
-    for diagnosis in futures::future::join_all(checks).await {
+    // The state every worker recorded (cooldowns, refused credentials) counts,
+    // judged by the same function as `GET /v1/providers` and `/health/tokens`.
+    if let Some(store) = &store {
+        router.providers().share_state(orch_worker::provider_state::StoreState::new(store.clone()));
+    }
+    let warn_days = settings.api.token_warn_days;
+    let checks = router.providers().iter().map(|p| orch_providers::health(p, warn_days));
+    for health in futures::future::join_all(checks).await {
+        let diagnosis = &health.diagnosis;
         let cli = match &diagnosis.cli {
             orch_providers::CliStatus::Found { path, version } => format!("{version} at {}", path.display()),
             orch_providers::CliStatus::Broken { path, .. } => format!("{} does not run", path.display()),
@@ -70,10 +77,17 @@ pub async fn run(settings: &Settings) -> Result<bool> {
             orch_providers::Credentials::Missing { .. } => "no credentials".into(),
             orch_providers::Credentials::NotChecked => "credentials not checked (a `cli` provider)".into(),
         };
-        let line = format!("provider {} ({}): {cli}; {credentials}", diagnosis.provider, diagnosis.kind);
-        let mut fixes = diagnosis.fixes();
+        let token = match health.token.as_str() {
+            "ok" | "not_checked" | "missing" => String::new(),
+            other => format!("; credential {other}"),
+        };
+        let cooling =
+            health.cooldown_until.map(|t| format!("; cooling down until {}", t.to_rfc3339())).unwrap_or_default();
+        let line =
+            format!("provider {} ({}): {cli}; {credentials}{token}{cooling}", diagnosis.provider, diagnosis.kind);
+        let mut fixes = health.fixes.clone();
         fixes.extend(diagnosis.warnings.iter().map(|w| format!("note: {w}")));
-        if diagnosis.ok() {
+        if health.ready {
             report.ok(line);
             report.lines.extend(diagnosis.warnings.iter().map(|w| format!("        note: {w}")));
         } else {

@@ -181,8 +181,9 @@ pub async fn list_models(State(state): State<AppState>, _principal: Principal) -
         (status = 413, response = TooLarge),
         (status = 415, response = NotJson),
         (status = 422, response = Invalid),
-        (status = 429, description = "Every provider tried is at its usage limit", body = ErrorBody,
-            example = json!({"error": {"code": "usage_limit", "message": "claude: usage limit reached; resets at 2026-11-21T15:00:00Z"}})),
+        (status = 429, description = "Every provider tried is at its usage limit (or cooling down after one); the `Retry-After` header and `details.retry_at` give the earliest time one takes turns again", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the earliest provider of the chain takes turns again")),
+            example = json!({"error": {"code": "usage_limit", "message": "claude: usage limit reached (resets at 2026-11-21T15:00:00+00:00): ...", "details": {"job_id": "019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11", "retry_at": "2026-11-21T15:00:00Z"}}})),
         (status = 502, description = "The provider failed (auth, crash, unreadable output); `code` says how", body = ErrorBody),
         (status = 503, response = Unavailable),
         (status = 504, description = "No answer within the configured wait (the job is cancelled)", body = ErrorBody),
@@ -413,7 +414,17 @@ async fn finished(state: &AppState, id: JobId) -> ApiResult<(String, Value)> {
                 "invalid_input" | "invalid_request" => "invalid_request",
                 _ => "provider_failed",
             };
-            Err(ApiError::new(status, code, error.message).with_details(json!({"job_id": id})))
+            let mut details = json!({"job_id": id});
+            let mut err = ApiError::new(status, code, error.message);
+            // A usage limit says when to come back: the earliest reset of the providers tried.
+            if code == "usage_limit"
+                && let Some(at) = error.retry_at
+            {
+                details["retry_at"] = json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                let secs = ((at - chrono::Utc::now()).num_milliseconds().max(0) as u64).div_ceil(1000);
+                err.retry_after = Some(secs.max(1));
+            }
+            Err(err.with_details(details))
         }
     }
 }

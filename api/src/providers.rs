@@ -1,16 +1,12 @@
 //! `GET /v1/providers`: each configured provider's CLI, credentials, load and
 //! recent trouble, so a user sees why chat is not answering before asking it.
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
-
-use orch_store::ProviderState;
 
 use crate::AppState;
 use crate::auth::Principal;
@@ -35,7 +31,8 @@ pub struct ProviderView {
     /// `{"status": "present", source}` (the variable or file, never its value), `{"status": "missing", fix}` or `{"status": "not_checked"}`.
     #[schema(value_type = Object)]
     pub credentials: Value,
-    /// CLI found and credentials not missing.
+    /// A turn would start now: CLI found, credential neither missing nor
+    /// refused nor expired, and no cooldown.
     pub ready: bool,
     /// What to do about each problem.
     pub fixes: Vec<String>,
@@ -43,9 +40,17 @@ pub struct ProviderView {
     pub in_use: u32,
     /// Turns at once per worker.
     pub limit: u32,
-    /// Set after a usage limit: no turns go to this provider until then.
+    /// Set after a usage limit or an outage of its model API: no turns go to
+    /// this provider until then.
     pub cooldown_until: Option<DateTime<Utc>>,
-    /// The last failed turn on any worker: `{"kind": {"type": ...}, "message"}`.
+    /// Why it cools down: `usage_limit` or `upstream`.
+    pub cooldown_reason: Option<String>,
+    /// `ok`, `expiring`, `expired`, `invalid`, `missing` or `not_checked`, as in `GET /health/tokens`.
+    pub token: String,
+    /// While its credential is refused (`token` expired or invalid), turns
+    /// skip the provider; one turn probes it at this time.
+    pub next_probe_at: Option<DateTime<Utc>>,
+    /// The last failed turn on any worker, unless a turn succeeded since: `{"kind": {"type": ...}, "message"}`.
     #[schema(value_type = Option<Object>)]
     pub last_error: Option<Value>,
     pub last_error_at: Option<DateTime<Utc>>,
@@ -71,49 +76,35 @@ pub async fn list_providers(State(state): State<AppState>, principal: Principal)
 
 /// Every provider's view, its CLI and credentials checked now.
 pub async fn provider_views(state: &AppState) -> Vec<ProviderView> {
-    let checks = state.router.providers().iter().map(|p| async move { (p.clone(), orch_providers::check(p).await) });
-    let shared = shared_states(state).await;
+    let warn_days = state.config.token_warn_days;
+    let checks =
+        state.router.providers().iter().map(|p| async move { (p.clone(), orch_providers::health(p, warn_days).await) });
     let mut views = Vec::new();
-    for (provider, diagnosis) in futures::future::join_all(checks).await {
+    for (provider, health) in futures::future::join_all(checks).await {
         let status = provider.status();
-        let stored = shared.get(provider.name()).cloned().unwrap_or_default();
-        let now = Utc::now();
-        let cooldown_until = status.cooldown_until.into_iter().chain(stored.cooldown_until).filter(|t| *t > now).max();
-        let last_error = match stored.last_error {
-            Some(error) => Some(error),
-            None => status.last_error.and_then(|e| serde_json::to_value(e).ok()),
-        };
         let config = provider.config();
+        let diagnosis = health.diagnosis;
         views.push(ProviderView {
             name: status.name,
             kind: status.kind.to_string(),
             models: config.models.clone(),
             default_model: config.default_model.clone(),
-            ready: diagnosis.ok(),
-            fixes: diagnosis.fixes(),
+            ready: health.ready,
+            fixes: health.fixes,
             cli: serde_json::to_value(&diagnosis.cli).unwrap_or(Value::Null),
             credentials: serde_json::to_value(&diagnosis.credentials).unwrap_or(Value::Null),
             warnings: diagnosis.warnings,
             in_use: status.in_use,
             limit: status.limit,
-            cooldown_until,
-            last_error,
-            last_error_at: stored.last_error_at,
+            cooldown_until: health.cooldown_until,
+            cooldown_reason: health.cooldown_reason.map(str::to_owned),
+            token: health.token,
+            next_probe_at: health.next_probe_at,
+            last_error: health.last_error.and_then(|e| serde_json::to_value(e).ok()),
+            last_error_at: health.last_error_at,
         });
     }
     views
-}
-
-/// Each provider's state as the workers recorded it in the store; empty
-/// (with a warning) when the store cannot say.
-async fn shared_states(state: &AppState) -> HashMap<String, ProviderState> {
-    match state.store.provider_states().await {
-        Ok(states) => states.into_iter().map(|s| (s.provider.clone(), s)).collect(),
-        Err(err) => {
-            tracing::warn!(error = %err, "reading provider state failed");
-            HashMap::new()
-        }
-    }
 }
 
 /// One provider's credential, as far as Orch can know it.
@@ -160,58 +151,30 @@ pub struct TokenHealth {
 )]
 pub async fn token_health(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Vec<TokenHealth>>> {
     principal.require("jobs:read")?;
-    let shared = shared_states(&state).await;
     let now = Utc::now();
-    let warn = chrono::TimeDelta::days(i64::from(state.config.token_warn_days));
+    let warn_days = state.config.token_warn_days;
     let mut tokens = Vec::new();
     for provider in state.router.providers().iter() {
-        let diagnosis = orch_providers::check(provider).await;
-        let renew = provider.kind().renew_hint().to_owned();
-        let (mut status, source, mut fix) = match &diagnosis.credentials {
-            orch_providers::Credentials::Present { source } => ("ok", Some(source.clone()), None),
-            orch_providers::Credentials::Missing { fix } => ("missing", None, Some(fix.clone())),
-            orch_providers::Credentials::NotChecked => ("not_checked", None, None),
+        let health = orch_providers::health(provider, warn_days).await;
+        let (source, missing_fix) = match &health.diagnosis.credentials {
+            orch_providers::Credentials::Present { source } => (Some(source.clone()), None),
+            orch_providers::Credentials::Missing { fix } => (None, Some(fix.clone())),
+            orch_providers::Credentials::NotChecked => (None, None),
         };
-        let mut detail = None;
-        let expiry = orch_providers::expiry(provider);
-        let expires_at = expiry.as_ref().and_then(|e| e.expires_at);
-        if let (Some(at), "ok" | "not_checked") = (expires_at, status) {
-            let from = expiry.as_ref().map_or("", |e| e.source.as_str());
-            if at <= now {
-                status = "expired";
-                detail = Some(format!("expired at {} ({from})", at.to_rfc3339()));
-            } else if at - now <= warn {
-                status = "expiring";
-                detail = Some(format!("expires in {} days ({from})", (at - now).num_days()));
-            }
-        }
-        // A refused turn (on any worker) says more than a date.
-        // This process's own last error counts only where nothing shares state (the store is silent).
-        let refused = match shared.get(provider.name()) {
-            Some(stored) => stored.auth_failure.clone(),
-            None => provider.status().last_error.and_then(|e| match e.kind {
-                orch_providers::ErrorKind::Auth { expired } => {
-                    Some(orch_store::AuthFailure { since: now, at: now, expired, message: e.message })
-                }
-                _ => None,
-            }),
+        let fix = match health.token.as_str() {
+            "ok" | "not_checked" => None,
+            _ => missing_fix.or_else(|| Some(provider.kind().renew_hint().to_owned())),
         };
-        if let Some(failure) = refused {
-            status = if failure.expired { "expired" } else { "invalid" };
-            detail = Some(failure.message);
-        }
-        if status != "ok" && status != "not_checked" {
-            fix = fix.or(Some(renew));
-        }
+        let expires_at = health.expiry.as_ref().and_then(|e| e.expires_at);
         tokens.push(TokenHealth {
             provider: provider.name().to_owned(),
-            status: status.to_owned(),
+            status: health.token,
             source,
             expires_at,
-            expires_from: expiry.as_ref().filter(|e| e.expires_at.is_some()).map(|e| e.source.clone()),
-            renews: expiry.as_ref().is_some_and(|e| e.renews),
+            expires_from: health.expiry.as_ref().filter(|e| e.expires_at.is_some()).map(|e| e.source.clone()),
+            renews: health.expiry.as_ref().is_some_and(|e| e.renews),
             days_left: expires_at.map(|at| (at - now).num_days()),
-            detail,
+            detail: health.token_detail,
             fix,
         });
     }

@@ -179,11 +179,30 @@ pub struct Limits {
     pub output_cap_bytes: u64,
     /// Cooldown after a usage limit when the CLI gave no reset time.
     pub cooldown_secs: u64,
+    /// Cooldown after the model API behind the CLI failed (5xx, 529, or a CLI
+    /// retrying it): turns skip the provider meanwhile.
+    pub outage_cooldown_secs: u64,
+    /// After a turn was refused for the credential, turns skip the provider;
+    /// one turn per this many seconds is let through as a probe (so is the
+    /// first turn after a restart, which may bring a new configuration).
+    pub auth_probe_secs: u64,
+    /// A turn whose CLI printed no event past its start within this many
+    /// seconds is given up when a fallback follows (0 = never). Unset: 90 s
+    /// for Qwen Code, which retries 429 and 5xx silently; never for the others.
+    pub silent_secs: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { concurrency: 2, timeout_secs: 600, output_cap_bytes: 8 << 20, cooldown_secs: 300 }
+        Limits {
+            concurrency: 2,
+            timeout_secs: 600,
+            output_cap_bytes: 8 << 20,
+            cooldown_secs: 300,
+            outage_cooldown_secs: 60,
+            auth_probe_secs: 600,
+            silent_secs: None,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProviderKind;
+use crate::error::{ErrorKind, TurnError};
 use crate::process::{self, Exit};
 use crate::provider::Provider;
 
@@ -199,6 +200,96 @@ fn credentials(provider: &Provider) -> Credentials {
             "run `qwen` once and log in as the user Orch runs as, or set OPENAI_API_KEY in the provider's env",
         ),
         ProviderKind::Cli => Credentials::NotChecked,
+    }
+}
+
+/// A provider's health: one answer, from its configuration and the state
+/// every process recorded, for `orch doctor`, `GET /v1/providers` and
+/// `GET /health/tokens` alike.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Health {
+    pub diagnosis: Diagnosis,
+    /// The CLI is found, the credential is neither missing nor refused nor
+    /// expired, and the provider does not cool down: a turn would start now.
+    pub ready: bool,
+    /// The credential: `ok`, `expiring`, `expired`, `invalid` (a turn was
+    /// refused for it and none succeeded since), `missing` or `not_checked`.
+    pub token: String,
+    /// Why the token is not ok.
+    pub token_detail: Option<String>,
+    pub expiry: Option<Expiry>,
+    /// No turns go to the provider until then.
+    pub cooldown_until: Option<DateTime<Utc>>,
+    /// Why it cools down: `usage_limit` or `upstream` (its model API failed).
+    pub cooldown_reason: Option<&'static str>,
+    /// While its credential is refused, when the next turn may probe it.
+    pub next_probe_at: Option<DateTime<Utc>>,
+    /// The last failed turn, unless one succeeded since.
+    pub last_error: Option<TurnError>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// What to do, one line per problem.
+    pub fixes: Vec<String>,
+}
+
+/// Computes [`Health`]: checks the CLI and credentials now, reads the shared
+/// state (when the provider shares it), and judges both. `warn_days`: a known
+/// expiry this close makes the token `expiring`.
+pub async fn health(provider: &Provider, warn_days: u32) -> Health {
+    let (diagnosis, ()) = tokio::join!(check(provider), provider.refresh());
+    let status = provider.status();
+    let now = Utc::now();
+    let stamp = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut fixes = diagnosis.fixes();
+    let (mut token, mut token_detail) = match &diagnosis.credentials {
+        Credentials::Present { .. } => ("ok", None),
+        Credentials::Missing { .. } => ("missing", None),
+        Credentials::NotChecked => ("not_checked", None),
+    };
+    let expiry = expiry(provider);
+    if let (Some(at), "ok" | "not_checked") = (expiry.as_ref().and_then(|e| e.expires_at), token) {
+        let from = expiry.as_ref().map_or("", |e| e.source.as_str());
+        if at <= now {
+            token = "expired";
+            token_detail = Some(format!("expired at {} ({from})", at.to_rfc3339()));
+        } else if at - now <= chrono::TimeDelta::days(i64::from(warn_days)) {
+            token = "expiring";
+            token_detail = Some(format!("expires in {} days ({from})", (at - now).num_days()));
+        }
+    }
+    // A refused turn (on any process) says more than a date.
+    if let Some((_, error)) = &status.auth_failure {
+        token = if matches!(error.kind, ErrorKind::Auth { expired: true }) { "expired" } else { "invalid" };
+        token_detail = Some(error.message.clone());
+    }
+    if matches!(token, "expired" | "invalid") {
+        let probe = status
+            .auth_probe_at
+            .filter(|t| *t > now)
+            .map(|t| format!(" (turns skip it; the next probe is at {})", stamp(t)))
+            .unwrap_or_default();
+        fixes.push(format!("credential {token}{probe}: {}", provider.kind().renew_hint()));
+    }
+    let cooldown_reason = status.cooldown_until.map(|_| match status.cooldown_cause.as_ref().map(|e| &e.kind) {
+        Some(ErrorKind::Upstream { .. }) => "upstream",
+        _ => "usage_limit",
+    });
+    if let (Some(until), Some(reason)) = (status.cooldown_until, cooldown_reason) {
+        let why = if reason == "upstream" { "its model API failed" } else { "it hit a usage limit" };
+        fixes.push(format!("cooling down until {} ({why}); turns skip it until then", stamp(until)));
+    }
+    let ready = diagnosis.ok() && !matches!(token, "expired" | "invalid") && status.cooldown_until.is_none();
+    Health {
+        ready,
+        token: token.to_owned(),
+        token_detail,
+        expiry,
+        cooldown_until: status.cooldown_until,
+        cooldown_reason,
+        next_probe_at: status.auth_failure.as_ref().and(status.auth_probe_at),
+        last_error: status.last_error,
+        last_error_at: status.last_error_at,
+        fixes,
+        diagnosis,
     }
 }
 

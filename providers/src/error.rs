@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A failed chat turn: what kind of failure (for the router) and a message
 /// for the user. Messages never contain credentials: the provider redacts
 /// secret environment values before building one.
-#[derive(Clone, Debug, PartialEq, thiserror::Error, Serialize)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[error("{message}")]
 pub struct TurnError {
     pub kind: ErrorKind,
@@ -16,7 +16,7 @@ pub struct TurnError {
 }
 
 /// The kinds of failure a caller treats differently.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The subscription's usage or rate limit was hit; `resets_at` when the CLI said.

@@ -15,7 +15,7 @@ use crate::adapters::{self, Setup};
 use crate::config::{ConfigError, ProviderConfig, ProviderKind, ProvidersConfig};
 use crate::error::{ErrorKind, TurnError};
 use crate::process::{self, RunError};
-use crate::turn::{TurnControl, TurnOutput, TurnRequest};
+use crate::turn::{ProgressEvent, TurnControl, TurnOutput, TurnRequest};
 
 /// A limit on turns across all workers (Redis, later). The per-worker
 /// semaphore is always applied first; this is asked for a permit after it.
@@ -57,8 +57,20 @@ pub trait SharedState: Send + Sync {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SharedSnapshot {
     pub cooldown_until: Option<DateTime<Utc>>,
+    /// The failure that started the cooldown (a usage limit or an outage).
+    pub cooldown_cause: Option<TurnError>,
     /// Some turn was refused for the credential and none succeeded since.
     pub auth_failing: bool,
+    /// The latest refusal of the open authentication incident.
+    pub auth_failure_at: Option<DateTime<Utc>>,
+    /// The open incident's error, as recorded.
+    pub auth_error: Option<TurnError>,
+    /// A failed turn is recorded that no success has cleared since.
+    pub has_error: bool,
+    /// The last recorded outcome worth showing: a failure (Some) or, when a
+    /// success cleared it, None; with its time.
+    pub last_error: Option<TurnError>,
+    pub last_error_at: Option<DateTime<Utc>>,
 }
 
 /// All configured providers, built from a validated configuration.
@@ -126,12 +138,22 @@ pub struct Provider {
     shared: Arc<dyn SharedLimit>,
     shared_state: std::sync::OnceLock<Arc<dyn SharedState>>,
     state: Mutex<State>,
+    /// When this configuration was loaded: an auth incident recorded before
+    /// it may be fixed by it, so it does not make turns skip the provider.
+    loaded_at: DateTime<Utc>,
 }
 
 #[derive(Default)]
 struct State {
     cooldown_until: Option<DateTime<Utc>>,
+    /// The failure that started the cooldown (a usage limit or an outage).
+    cooldown_cause: Option<TurnError>,
     last_error: Option<TurnError>,
+    last_error_at: Option<DateTime<Utc>>,
+    /// The open authentication incident: its latest refusal and error.
+    auth_incident: Option<(DateTime<Utc>, TurnError)>,
+    /// The shared state shows a failure a success here should clear.
+    shared_trouble: bool,
 }
 
 /// What `GET /v1/providers` shows about one provider.
@@ -142,7 +164,17 @@ pub struct ProviderStatus {
     pub in_use: u32,
     pub limit: u32,
     pub cooldown_until: Option<DateTime<Utc>>,
+    /// Why it cools down (a usage limit or an outage of the model API).
+    pub cooldown_cause: Option<TurnError>,
+    /// The last failed turn, unless a turn succeeded since.
     pub last_error: Option<TurnError>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// The open authentication incident (a turn refused for the credential,
+    /// none succeeded since): when it was last refused, and why.
+    pub auth_failure: Option<(DateTime<Utc>, TurnError)>,
+    /// While an auth incident is open, turns skip the provider until then
+    /// (a probe turn is let through at that time).
+    pub auth_probe_at: Option<DateTime<Utc>>,
 }
 
 impl Provider {
@@ -164,6 +196,7 @@ impl Provider {
             shared: Arc::new(NoSharedLimit),
             shared_state: std::sync::OnceLock::new(),
             state: Mutex::new(State::default()),
+            loaded_at: Utc::now(),
             config,
         }
     }
@@ -183,14 +216,26 @@ impl Provider {
     pub fn status(&self) -> ProviderStatus {
         let limit = self.config.limits.concurrency;
         let state = self.state.lock().expect("provider state lock");
+        let now = Utc::now();
+        let cooling = state.cooldown_until.filter(|t| *t > now);
         ProviderStatus {
             name: self.name.clone(),
             kind: self.kind,
             in_use: limit - self.permits.available_permits() as u32,
             limit,
-            cooldown_until: state.cooldown_until.filter(|t| *t > Utc::now()),
+            cooldown_until: cooling,
+            cooldown_cause: cooling.and(state.cooldown_cause.clone()),
             last_error: state.last_error.clone(),
+            last_error_at: state.last_error_at,
+            auth_failure: state.auth_incident.clone(),
+            auth_probe_at: state.auth_incident.as_ref().and_then(|(at, _)| self.probe_at(*at)),
         }
+    }
+
+    /// When a turn may probe a credential last refused at `at`; None when
+    /// the refusal predates this configuration (the next turn probes).
+    pub fn probe_at(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        (at >= self.loaded_at).then(|| at + Duration::from_secs(self.config.limits.auth_probe_secs))
     }
 
     pub fn warnings(&self) -> Vec<String> {
@@ -231,48 +276,156 @@ impl Provider {
         )
     }
 
-    /// Runs one turn: waits for a slot, runs the CLI under the provider's
-    /// limits, and reads its answer. A provider cooling down after a usage
-    /// limit refuses at once.
-    /// A cooldown recorded by another process (shared state) refuses the
-    /// turn the same way, without starting the CLI.
-    pub async fn run(&self, request: &TurnRequest, control: &TurnControl) -> Result<TurnOutput, TurnError> {
-        let shared = self.shared_state.get();
-        let mut auth_failing = false;
-        if let Some(shared) = shared {
+    /// Whether a turn may start now: refuses at once (without starting the
+    /// CLI) while the provider cools down after a usage limit or an outage,
+    /// and while an authentication incident is open and no probe is due.
+    /// State recorded by other processes (shared state) counts too.
+    pub async fn available(&self) -> Result<(), TurnError> {
+        // The store being away must not stop chat: this process's own state still applies.
+        self.refresh().await;
+        self.refusal().map_or(Ok(()), Err)
+    }
+
+    /// Reads what other processes recorded (shared state) into this
+    /// provider's state, so [`Provider::status`] tells the whole story.
+    pub async fn refresh(&self) {
+        if let Some(shared) = self.shared_state.get() {
             match shared.load(self).await {
-                Ok(snapshot) => {
-                    auth_failing = snapshot.auth_failing;
-                    if let Some(until) = snapshot.cooldown_until {
-                        let mut state = self.state.lock().expect("provider state lock");
-                        state.cooldown_until = Some(state.cooldown_until.map_or(until, |t| t.max(until)));
-                    }
-                }
-                // The store being away must not stop chat: this process's own state still applies.
+                Ok(snapshot) => self.merge(snapshot),
                 Err(err) => tracing::warn!(provider = %self.name, error = %err, "reading shared provider state failed"),
             }
         }
-        // Refused before anything ran: nothing new to record.
-        self.refuse_in_cooldown()?;
-        let result = self.run_inner(request, control).await;
-        let mut cooldown = None;
-        if let Err(err) = &result {
-            let mut state = self.state.lock().expect("provider state lock");
-            if let ErrorKind::UsageLimit { resets_at } = err.kind {
-                let fallback = Utc::now() + Duration::from_secs(self.config.limits.cooldown_secs);
-                // A reset time already past (clock skew, stale event) still earns the default pause.
-                let until = resets_at.filter(|t| *t > Utc::now()).unwrap_or(fallback);
-                state.cooldown_until = Some(state.cooldown_until.map_or(until, |t| t.max(until)));
-                cooldown = Some(until);
+    }
+
+    fn merge(&self, snapshot: SharedSnapshot) {
+        let mut state = self.state.lock().expect("provider state lock");
+        state.shared_trouble = snapshot.has_error || snapshot.auth_failing;
+        if let Some(at) = snapshot.last_error_at
+            && state.last_error_at.is_none_or(|mine| mine < at)
+        {
+            state.last_error_at = snapshot.last_error.is_some().then_some(at);
+            state.last_error = snapshot.last_error;
+        }
+        if let Some(until) = snapshot.cooldown_until
+            && state.cooldown_until.is_none_or(|t| t < until)
+        {
+            state.cooldown_until = Some(until);
+            state.cooldown_cause = snapshot.cooldown_cause.or(state.cooldown_cause.take());
+        }
+        match (snapshot.auth_failing, snapshot.auth_failure_at) {
+            (true, Some(at)) if state.auth_incident.as_ref().is_none_or(|(mine, _)| *mine < at) => {
+                let error =
+                    snapshot.auth_error.or_else(|| state.auth_incident.take().map(|(_, e)| e)).unwrap_or_else(|| {
+                        TurnError::new(ErrorKind::Auth { expired: false }, "the credential was refused")
+                    });
+                state.auth_incident = Some((at, error));
             }
-            if !matches!(err.kind, ErrorKind::Cancelled) {
-                state.last_error = Some(err.clone());
+            // Another process saw a turn succeed.
+            (false, _) => state.auth_incident = None,
+            _ => {}
+        }
+    }
+
+    /// Why a turn must not start now, if it must not.
+    fn refusal(&self) -> Option<TurnError> {
+        let state = self.state.lock().expect("provider state lock");
+        let now = Utc::now();
+        let stamp = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        if let Some(until) = state.cooldown_until.filter(|t| *t > now) {
+            return Some(match state.cooldown_cause.as_ref().map(|e| &e.kind) {
+                Some(ErrorKind::Upstream { status }) => TurnError::new(
+                    ErrorKind::Upstream { status: *status },
+                    format!(
+                        "{}: skipped: its model API failed{} and it cools down until {}",
+                        self.name,
+                        status.map(|s| format!(" (status {s})")).unwrap_or_default(),
+                        stamp(until)
+                    ),
+                ),
+                _ => TurnError::new(
+                    ErrorKind::UsageLimit { resets_at: Some(until) },
+                    format!("{}: cooling down after a usage limit until {}", self.name, until.to_rfc3339()),
+                ),
+            });
+        }
+        let (at, error) = state.auth_incident.as_ref()?;
+        let probe = self.probe_at(*at).filter(|p| *p > now)?;
+        let expired = matches!(error.kind, ErrorKind::Auth { expired: true });
+        Some(TurnError::new(
+            ErrorKind::Auth { expired },
+            format!(
+                "{}: skipped: its credential was refused at {} ({}); the next probe is at {}, or sooner after a \
+                 configuration change and restart; {}",
+                self.name,
+                stamp(*at),
+                error.message,
+                stamp(probe),
+                self.kind.renew_hint()
+            ),
+        ))
+    }
+
+    /// Runs one turn: checks [`Provider::available`], then [`Provider::attempt`].
+    pub async fn run(&self, request: &TurnRequest, control: &TurnControl) -> Result<TurnOutput, TurnError> {
+        self.available().await?;
+        self.attempt(request, control).await
+    }
+
+    /// Runs one turn without checking availability first: waits for a slot,
+    /// runs the CLI under the provider's limits, reads its answer, and records
+    /// the outcome (cooldown after a usage limit or an outage, the auth
+    /// incident) here and in the shared state.
+    pub async fn attempt(&self, request: &TurnRequest, control: &TurnControl) -> Result<TurnOutput, TurnError> {
+        let result = self.run_inner(request, control).await;
+        let now = Utc::now();
+        let mut cooldown = None;
+        let mut clear = false;
+        {
+            let mut state = self.state.lock().expect("provider state lock");
+            match &result {
+                Err(err) if !matches!(err.kind, ErrorKind::Cancelled) => {
+                    let pause = match err.kind {
+                        ErrorKind::UsageLimit { resets_at } => {
+                            let fallback = now + Duration::from_secs(self.config.limits.cooldown_secs);
+                            // A reset time already past (clock skew, stale event) still earns the default pause.
+                            Some(resets_at.filter(|t| *t > now).unwrap_or(fallback))
+                        }
+                        ErrorKind::Upstream { .. }
+                            if err.retryable() && self.config.limits.outage_cooldown_secs > 0 =>
+                        {
+                            Some(now + Duration::from_secs(self.config.limits.outage_cooldown_secs))
+                        }
+                        _ => None,
+                    };
+                    if let Some(until) = pause
+                        && state.cooldown_until.is_none_or(|t| t < until)
+                    {
+                        state.cooldown_until = Some(until);
+                        state.cooldown_cause = Some(err.clone());
+                        cooldown = Some(until);
+                    }
+                    if matches!(err.kind, ErrorKind::Auth { .. }) {
+                        state.auth_incident = Some((now, err.clone()));
+                    }
+                    state.last_error = Some(err.clone());
+                    state.last_error_at = Some(now);
+                }
+                Ok(_) => {
+                    clear = std::mem::take(&mut state.shared_trouble)
+                        || state.last_error.is_some()
+                        || state.auth_incident.is_some();
+                    state.last_error = None;
+                    state.last_error_at = None;
+                    state.auth_incident = None;
+                }
+                Err(_) => {}
             }
         }
-        if let Some(shared) = shared {
+        if let Some(shared) = self.shared_state.get() {
             match &result {
                 Err(err) if !matches!(err.kind, ErrorKind::Cancelled) => shared.record(self, cooldown, Some(err)).await,
-                Ok(_) if auth_failing => shared.record(self, None, None).await,
+                // Ends what other processes may still show: an open incident, a last error.
+                Ok(_) if clear => shared.record(self, None, None).await,
                 _ => {}
             }
         }
@@ -295,7 +448,9 @@ impl Provider {
             _ = control.cancel.cancelled() => return Err(cancelled()),
         };
         // Another turn may have hit the limit while this one waited.
-        self.refuse_in_cooldown()?;
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
+        }
         let program = self.resolve_command().ok_or_else(|| self.not_installed())?;
         let slot_dir = (self.kind == ProviderKind::Claude).then(|| self.dir.join(format!("slot-{}", slot.number)));
         let workdir = self.dir.join("work");
@@ -342,13 +497,62 @@ impl Provider {
             output_cap: limits.output_cap_bytes,
         };
         let kind = self.kind;
+        // With a fallback waiting, the turn is given up at the first sign of an
+        // outage (why: `gave_up`), rather than after the CLI's own retries.
+        let abort = control.cancel.child_token();
+        let gave_up: Mutex<Option<TurnError>> = Mutex::new(None);
+        let give_up = |error: TurnError| {
+            gave_up.lock().expect("give-up lock").get_or_insert(error);
+            abort.cancel();
+        };
+        let heard = std::sync::atomic::AtomicBool::new(false);
         let mut on_line = |line: &str| {
+            if adapters::is_reply(kind, line) {
+                heard.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Some(event) = adapters::progress(kind, line) {
+                if control.fallback
+                    && let ProgressEvent::ApiRetry { status, error, .. } = &event
+                {
+                    let why = adapters::retry_failure(kind, *status, error.as_deref());
+                    give_up(TurnError { message: format!("{}: {}", self.name, why.message), ..why });
+                }
                 control.report(event);
             }
         };
+        let silent = match limits.silent_secs {
+            Some(secs) => secs,
+            None if kind == ProviderKind::Qwen => 90,
+            None => 0,
+        };
+        let watchdog = async {
+            if !control.fallback || silent == 0 {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(Duration::from_secs(silent)).await;
+            if !heard.load(std::sync::atomic::Ordering::Relaxed) {
+                give_up(TurnError::new(
+                    ErrorKind::Upstream { status: None },
+                    format!(
+                        "{}: no reply within {silent} s (limits.silent_secs); the CLI was stopped for the fallback. \
+                         Qwen Code retries rate limits (429) and server errors (5xx) without saying so",
+                        self.name
+                    ),
+                ));
+            }
+            std::future::pending::<()>().await
+        };
         let started = Instant::now();
-        let raw = process::run(command, &control.cancel, &mut on_line).await.map_err(|err| match err {
+        let ran = tokio::select! {
+            ran = process::run(command, &abort, &mut on_line) => ran,
+            () = watchdog => unreachable!("the watchdog never ends"),
+        };
+        if let Some(error) = gave_up.lock().expect("give-up lock").take()
+            && !control.cancel.is_cancelled()
+        {
+            return Err(error);
+        }
+        let raw = ran.map_err(|err| match err {
             RunError::Spawn(e) if e.kind() == std::io::ErrorKind::NotFound => self.not_installed(),
             RunError::Spawn(e) => TurnError::new(
                 ErrorKind::Crashed { exit: None, signal: None, stderr_tail: String::new() },
@@ -373,17 +577,6 @@ impl Provider {
                 Ok(TurnOutput { provider: self.name.clone(), duration, model: output.model.or(model), ..output })
             }
             Err(err) => Err(redact(TurnError { message: format!("{}: {}", self.name, err.message), ..err }, &secrets)),
-        }
-    }
-
-    fn refuse_in_cooldown(&self) -> Result<(), TurnError> {
-        let until = self.state.lock().expect("provider state lock").cooldown_until;
-        match until {
-            Some(until) if until > Utc::now() => Err(TurnError::new(
-                ErrorKind::UsageLimit { resets_at: Some(until) },
-                format!("{}: cooling down after a usage limit until {}", self.name, until.to_rfc3339()),
-            )),
-            _ => Ok(()),
         }
     }
 

@@ -13,10 +13,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, ProvidersConfig};
-use crate::error::TurnError;
+use crate::error::{ErrorKind, TurnError};
 use crate::provider::{Provider, Providers};
 use crate::turn::{TurnControl, TurnOutput, TurnRequest};
 
@@ -177,6 +178,24 @@ pub struct RouteError {
 pub struct FailedAttempt {
     pub target: String,
     pub error: TurnError,
+    /// The provider was not tried: it cools down, or its credential was
+    /// refused and no probe is due. Nothing ran, so nothing is booked on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+    /// How long the attempt took, slot wait included.
+    pub elapsed_ms: u64,
+}
+
+impl FailedAttempt {
+    /// The provider's configured name (the target without its model).
+    pub fn provider(&self) -> &str {
+        self.target.split_once('/').map_or(&self.target, |(p, _)| p)
+    }
+
+    /// The model the target named, if any.
+    pub fn model(&self) -> Option<&str> {
+        self.target.split_once('/').map(|(_, m)| m)
+    }
 }
 
 /// A turn that ran somewhere.
@@ -196,6 +215,9 @@ pub struct Routed {
 pub struct Exhausted {
     pub failed: Vec<FailedAttempt>,
     pub message: String,
+    /// Every target failed for a usage limit: the earliest time one of them
+    /// takes turns again (a `Retry-After`).
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 impl Exhausted {
@@ -211,10 +233,17 @@ impl Exhausted {
         self.failed.iter().any(|f| f.error.retryable())
     }
 
-    /// One stable code: the single error's own, or `providers_exhausted`.
+    /// Whether every target failed for a usage limit.
+    pub fn all_limited(&self) -> bool {
+        self.failed.iter().all(|f| matches!(f.error.kind, ErrorKind::UsageLimit { .. }))
+    }
+
+    /// One stable code: the single error's own, `usage_limit` when every
+    /// target is at its usage limit, or `providers_exhausted`.
     pub fn code(&self) -> &'static str {
         match self.failed.as_slice() {
             [only] => only.error.code(),
+            _ if self.all_limited() => "usage_limit",
             _ => "providers_exhausted",
         }
     }
@@ -389,36 +418,66 @@ impl Router {
     /// target's model (or the provider's default).
     pub async fn run(&self, route: &Route, request: &TurnRequest, control: &TurnControl) -> Result<Routed, Exhausted> {
         let mut failed: Vec<FailedAttempt> = Vec::new();
-        for target in &route.chain {
+        for (i, target) in route.chain.iter().enumerate() {
             let provider: &Arc<Provider> =
                 self.providers.get(&target.provider).expect("routes name configured providers");
+            // A provider cooling down or with a refused credential is skipped at once.
+            if let Err(error) = provider.available().await {
+                failed.push(FailedAttempt { target: target.to_string(), error, skipped: true, elapsed_ms: 0 });
+                continue;
+            }
+            let started = std::time::Instant::now();
             let request = TurnRequest { model: target.model.clone(), ..request.clone() };
-            match provider.run(&request, control).await {
+            let control = TurnControl { fallback: i + 1 < route.chain.len(), ..control.clone() };
+            match provider.attempt(&request, &control).await {
                 Ok(output) => {
                     let mut reason = route.reason.clone();
                     for f in &failed {
-                        reason.push_str(&format!("; {} failed ({}), fell back", f.target, f.error.code()));
+                        let how = if f.skipped { "skipped" } else { "failed" };
+                        reason.push_str(&format!("; {} {how} ({}), fell back", f.target, f.error.code()));
                     }
                     reason.push_str(&format!("; ran on {target}"));
                     return Ok(Routed { output, target: target.clone(), task_type: route.task_type, reason, failed });
                 }
                 Err(error) => {
                     let fall_back = error.should_fall_back();
-                    failed.push(FailedAttempt { target: target.to_string(), error });
+                    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    failed.push(FailedAttempt { target: target.to_string(), error, skipped: false, elapsed_ms });
                     if !fall_back {
                         break;
                     }
                 }
             }
         }
+        let limited = failed.iter().all(|f| matches!(f.error.kind, ErrorKind::UsageLimit { .. }));
+        // The earliest time a target takes turns again: its cooldown (which a
+        // reset time already past never sets).
+        let retry_at = limited
+            .then(|| {
+                failed
+                    .iter()
+                    .filter_map(|f| self.providers.get(f.provider()).and_then(|p| p.status().cooldown_until))
+                    .min()
+            })
+            .flatten();
+        // Messages start with the provider's name already.
+        let said = |f: &FailedAttempt| {
+            if f.error.message.starts_with(&format!("{}:", f.provider())) {
+                f.error.message.clone()
+            } else {
+                format!("{}: {}", f.target, f.error.message)
+            }
+        };
         let message = match failed.as_slice() {
             [only] => only.error.message.clone(),
-            all => format!(
-                "every provider failed: {}",
-                all.iter().map(|f| format!("{}: {}", f.target, f.error.message)).collect::<Vec<_>>().join("; ")
+            all if limited => format!(
+                "every provider is at its usage limit{}: {}",
+                retry_at.map(|t| format!(" (the first takes turns again at {})", t.to_rfc3339())).unwrap_or_default(),
+                all.iter().map(said).collect::<Vec<_>>().join("; ")
             ),
+            all => format!("every provider failed: {}", all.iter().map(said).collect::<Vec<_>>().join("; ")),
         };
-        Err(Exhausted { failed, message })
+        Err(Exhausted { failed, message, retry_at })
     }
 }
 

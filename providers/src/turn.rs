@@ -65,6 +65,11 @@ pub struct TurnControl {
     pub cancel: CancellationToken,
     /// Receives progress events; a closed receiver is ignored.
     pub progress: Option<mpsc::UnboundedSender<ProgressEvent>>,
+    /// Another target follows in the chain (the router sets it): the turn is
+    /// given up at the first sign of an outage (the CLI retrying its model
+    /// API, or staying silent past `limits.silent_secs`) instead of waiting
+    /// out the CLI's own retries.
+    pub fallback: bool,
 }
 
 impl TurnControl {

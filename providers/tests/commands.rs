@@ -125,7 +125,10 @@ async fn codex_qwen_and_generic_command_lines() {
     let f = fixture("qwen", "", &[RECORD, OK_CLAUDE]);
     f.run_request(&TurnRequest { model: Some("qwen3-coder-plus".into()), ..request("hi") }).await.unwrap();
     let rec = f.record();
-    assert_eq!(rec.argv, ["--prompt=hi", "--output-format=json", "--model=qwen3-coder-plus", "--chat-recording=false"]);
+    assert_eq!(
+        rec.argv,
+        ["--prompt=hi", "--output-format=stream-json", "--model=qwen3-coder-plus", "--chat-recording=false"]
+    );
     assert_eq!(rec.stdin_source, "/dev/null");
 
     let toml = "kind = 'cli'\nargs = ['ask', '--model={model}', '--system={system}', '{prompt}']\n\

@@ -122,11 +122,15 @@ pub struct JobError {
     /// the worker's backoff (a webhook's schedule, a `Retry-After`). Not stored.
     #[serde(skip)]
     pub retry_in: Option<std::time::Duration>,
+    /// When the failure's cause is expected to end (a usage limit's reset),
+    /// for a caller's `Retry-After`. Absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 impl JobError {
     pub fn new(code: impl Into<String>, message: impl Into<String>, retryable: bool) -> Self {
-        JobError { code: code.into(), message: message.into(), retryable, retry_in: None }
+        JobError { code: code.into(), message: message.into(), retryable, retry_in: None, retry_at: None }
     }
 
     /// The same error, retried after `delay` rather than the worker's backoff.
@@ -455,14 +459,21 @@ pub struct SessionMessage {
     pub job_id: Option<JobId>,
 }
 
-/// One chat turn as `/v1/usage` counts it: recorded when the turn ends.
+/// One attempt of a chat turn on one provider, as `/v1/usage` counts it:
+/// recorded when the turn ends. A turn that fell back has one record per
+/// provider it ran on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageRecord {
     pub job_id: JobId,
+    /// 0 for the turn's outcome (the answer, or its last failure); 1, 2, ...
+    /// for the failed attempts before it. A job's records are replaced by key
+    /// (job and attempt) when it runs again.
+    #[serde(default)]
+    pub attempt: u32,
     pub at: DateTime<Utc>,
     /// The API key that asked (`local` over stdio MCP).
     pub key_id: String,
-    /// The provider that answered (or the last one tried, when none did).
+    /// The provider this attempt ran on.
     pub provider: String,
     /// The model the CLI reported, if any.
     pub model: Option<String>,
@@ -471,8 +482,18 @@ pub struct UsageRecord {
     pub output_tokens: u64,
     /// As the CLI reported it; never estimated.
     pub cost_usd: Option<f64>,
-    /// Wall time of the turn, fallbacks included.
+    /// Wall time of this attempt.
     pub latency_ms: u64,
+}
+
+impl UsageRecord {
+    /// What the store keys the record by: the job, and the attempt after the first.
+    pub fn key(&self) -> String {
+        match self.attempt {
+            0 => self.job_id.to_string(),
+            n => format!("{}#{n}", self.job_id),
+        }
+    }
 }
 
 /// What every process on the store knows about a provider's recent trouble:

@@ -1442,7 +1442,7 @@ impl Store for SqliteStore {
                 "INSERT INTO usage (job_id, at, record) VALUES (?1, ?2, ?3)
                  ON CONFLICT (job_id) DO UPDATE SET at = excluded.at, record = excluded.record",
             )?
-            .execute(params![record.job_id.to_string(), to_millis(record.at), to_text(&record)])?;
+            .execute(params![record.key(), to_millis(record.at), to_text(&record)])?;
             Ok(())
         })
         .await

@@ -1287,6 +1287,7 @@ async fn provider_state_merges_cooldowns_errors_and_auth_incidents(store: Arc<dy
 fn usage_at(job_id: JobId, at: DateTime<Utc>, tokens: u64) -> UsageRecord {
     UsageRecord {
         job_id,
+        attempt: 0,
         at,
         key_id: "k1".into(),
         provider: "claude".into(),
@@ -1313,6 +1314,20 @@ async fn usage_is_recorded_once_per_job_read_by_range_and_purged(store: Arc<dyn 
     assert_eq!(store.usage(now - TimeDelta::days(30), now, 100).await.unwrap().len(), 3);
     store.purge(now - TimeDelta::days(7), 100).await.unwrap();
     assert_eq!(store.usage(now - TimeDelta::days(30), now, 100).await.unwrap().len(), 2);
+}
+
+async fn every_attempt_of_a_turn_is_booked_on_its_own_provider(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let job = new_job_id();
+    let failed = UsageRecord { attempt: 1, provider: "claude".into(), ok: false, ..usage_at(job, now, 0) };
+    let answered = UsageRecord { provider: "gemini".into(), ..usage_at(job, now, 7) };
+    store.record_usage(&failed).await.unwrap();
+    store.record_usage(&answered).await.unwrap();
+    // The job running again replaces its records, attempt by attempt.
+    store.record_usage(&failed).await.unwrap();
+    let mut got = store.usage(now - TimeDelta::minutes(1), now + TimeDelta::minutes(1), 100).await.unwrap();
+    got.sort_by_key(|r| r.attempt);
+    assert_eq!(got, [answered, failed]);
 }
 
 async fn ping_answers(store: Arc<dyn Store>) {
@@ -1390,6 +1405,7 @@ on_each_backend!(
     sessions_are_listed_newest_first_by_owner_and_deleted,
     slots_are_limited_renewed_released_and_expire,
     usage_is_recorded_once_per_job_read_by_range_and_purged,
+    every_attempt_of_a_turn_is_booked_on_its_own_provider,
     provider_state_merges_cooldowns_errors_and_auth_incidents,
     ping_answers,
 );

@@ -83,44 +83,72 @@ fn bad_input(message: impl Into<String>) -> JobError {
     JobError::new("invalid_input", message, false)
 }
 
-/// Counts the turn for `/v1/usage`; a failure to record is logged, not fatal.
+/// Counts the turn for `/v1/usage`, each attempt on its own provider: a
+/// failed attempt that fell back is a failure of its provider, the answer a
+/// success of the one that gave it. Providers skipped (cooling down, refused
+/// credential) ran nothing and are not booked, unless nothing ran at all:
+/// then the failed request is booked once, on the first target.
+/// A failure to record is logged, not fatal.
 async fn record_usage(
     ctx: &JobContext,
     key_id: Option<&str>,
     result: &Result<Routed, Exhausted>,
     latency: std::time::Duration,
 ) {
-    let (provider, model, ok, usage, cost) = match result {
-        Ok(routed) => (
-            routed.target.provider.clone(),
-            routed.output.model.clone().or(routed.target.model.clone()),
-            true,
-            routed.output.usage.clone(),
-            routed.output.cost_usd,
-        ),
-        Err(exhausted) => {
-            let last = exhausted.failed.last().map(|f| f.target.clone()).unwrap_or_default();
-            let (provider, model) = match last.split_once('/') {
-                Some((p, m)) => (p.to_owned(), Some(m.to_owned())),
-                None => (last, None),
-            };
-            (provider, model, false, Default::default(), None)
-        }
-    };
-    let record = UsageRecord {
+    let now = Utc::now();
+    let total_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+    let key_id = key_id.unwrap_or("unknown");
+    let booked = |provider: &str, model: Option<String>, ok: bool, latency_ms: u64| UsageRecord {
         job_id: ctx.job_id,
-        at: Utc::now(),
-        key_id: key_id.unwrap_or("unknown").to_owned(),
-        provider,
+        attempt: 0,
+        at: now,
+        key_id: key_id.to_owned(),
+        provider: provider.to_owned(),
         model,
         ok,
-        input_tokens: usage.input_tokens,
-        output_tokens: usage.output_tokens,
-        cost_usd: cost,
-        latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: None,
+        latency_ms,
     };
-    if let Err(err) = ctx.store.record_usage(&record).await {
-        tracing::warn!(job = %ctx.job_id, error = %err, "recording usage failed");
+    let failed = match result {
+        Ok(routed) => &routed.failed,
+        Err(exhausted) => &exhausted.failed,
+    };
+    let mut records: Vec<UsageRecord> = failed
+        .iter()
+        .filter(|f| !f.skipped)
+        .map(|f| booked(f.provider(), f.model().map(str::to_owned), false, f.elapsed_ms))
+        .collect();
+    match result {
+        Ok(routed) => {
+            let spent: u64 = records.iter().map(|r| r.latency_ms).sum();
+            records.push(UsageRecord {
+                input_tokens: routed.output.usage.input_tokens,
+                output_tokens: routed.output.usage.output_tokens,
+                cost_usd: routed.output.cost_usd,
+                ..booked(
+                    &routed.target.provider,
+                    routed.output.model.clone().or(routed.target.model.clone()),
+                    true,
+                    total_ms.saturating_sub(spent),
+                )
+            });
+        }
+        Err(exhausted) if records.is_empty() => {
+            if let Some(first) = exhausted.failed.first() {
+                records.push(booked(first.provider(), first.model().map(str::to_owned), false, total_ms));
+            }
+        }
+        Err(_) => {}
+    }
+    // The outcome is attempt 0 (what a job had before attempts were booked); the failures before it 1, 2, ...
+    let last = records.len().saturating_sub(1);
+    for (i, mut record) in records.into_iter().enumerate() {
+        record.attempt = if i == last { 0 } else { i as u32 + 1 };
+        if let Err(err) = ctx.store.record_usage(&record).await {
+            tracing::warn!(job = %ctx.job_id, error = %err, "recording usage failed");
+        }
     }
 }
 
@@ -129,7 +157,7 @@ fn store_error(err: orch_store::StoreError) -> JobError {
 }
 
 fn job_error(err: &Exhausted) -> JobError {
-    JobError::new(err.code(), err.message.clone(), err.retryable())
+    JobError { retry_at: err.retry_at, ..JobError::new(err.code(), err.message.clone(), err.retryable()) }
 }
 
 /// Where a turn ran: `provider/model` with the model the CLI reported, else the target's.
@@ -212,7 +240,7 @@ impl Executor for ProviderChat {
                 reporter.progress(serde_json::to_value(&event).unwrap_or(Value::Null)).await;
             }
         });
-        let control = TurnControl { cancel: ctx.cancel.clone(), progress: Some(tx) };
+        let control = TurnControl { cancel: ctx.cancel.clone(), progress: Some(tx), ..Default::default() };
         let request = TurnRequest { prompt, system, max_turns: input.max_turns, ..Default::default() };
         let started = std::time::Instant::now();
         let result = self.router.run(&route, &request, &control).await;
@@ -281,7 +309,7 @@ impl Llm for RouterLlm {
             .route(request.model.as_deref(), task_type, &request.prompt)
             .map_err(|e| bad_input(e.message))?;
         let turn = TurnRequest { prompt: request.prompt, system: request.system, ..Default::default() };
-        let control = TurnControl { cancel: cancel.clone(), progress: None };
+        let control = TurnControl { cancel: cancel.clone(), ..Default::default() };
         let routed = self.router.run(&route, &turn, &control).await.map_err(|e| job_error(&e))?;
         Ok(LlmAnswer {
             text: routed.output.text.clone(),

@@ -44,9 +44,23 @@ impl StoreState {
 impl SharedState for StoreState {
     async fn load(&self, provider: &Provider) -> Result<SharedSnapshot, String> {
         let state = self.store.provider_state(provider.name()).await.map_err(|e| e.to_string())?;
+        let cooldown_until = state.cooldown_until.filter(|t| *t > Utc::now());
+        let last_error: Option<TurnError> =
+            state.last_error.as_ref().and_then(|e| serde_json::from_value(e.clone()).ok());
         Ok(SharedSnapshot {
-            cooldown_until: state.cooldown_until.filter(|t| *t > Utc::now()),
+            cooldown_until,
+            // The failure that set the cooldown is the last one: a provider
+            // cooling down takes no turns.
+            cooldown_cause: cooldown_until.and(last_error.clone()),
             auth_failing: state.auth_failure.is_some(),
+            auth_failure_at: state.auth_failure.as_ref().map(|f| f.at),
+            auth_error: state
+                .auth_failure
+                .as_ref()
+                .map(|f| TurnError::new(ErrorKind::Auth { expired: f.expired }, f.message.clone())),
+            has_error: last_error.is_some(),
+            last_error,
+            last_error_at: state.last_error_at,
         })
     }
 
@@ -60,7 +74,8 @@ impl SharedState for StoreState {
         });
         let update = ProviderUpdate {
             cooldown_until,
-            last_error: error.map(|e| (serde_json::to_value(e).unwrap_or(Value::Null), now)),
+            // A success replaces the last error with null: it is history.
+            last_error: Some((error.map_or(Value::Null, |e| serde_json::to_value(e).unwrap_or(Value::Null)), now)),
             auth_ok: error.is_none(),
             auth_failure: auth_failure.clone(),
         };

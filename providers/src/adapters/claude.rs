@@ -69,8 +69,14 @@ pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation
 pub(super) fn qwen_invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation {
     // Qwen prepends a piped stdin to the prompt with a blank line, so the
     // prompt is the value of `--prompt=`: yargs never reads a value given
-    // after `=` as an option.
-    let mut args = vec![super::yargs_value("--prompt", &request.prompt), "--output-format=json".into()];
+    // after `=` as an option. stream-json: events arrive as the model answers,
+    // so a silent CLI (Qwen retries 429 and 5xx without a word) can be told
+    // from a working one.
+    let format = match output_format(setup.config, OutputFormat::StreamJson) {
+        OutputFormat::Json => "json",
+        _ => "stream-json",
+    };
+    let mut args = vec![super::yargs_value("--prompt", &request.prompt), format!("--output-format={format}")];
     if let Some(model) = setup.model {
         args.push(format!("--model={model}"));
     }
@@ -101,6 +107,49 @@ pub(super) fn progress(line: &str) -> Option<ProgressEvent> {
         }
         _ => None,
     }
+}
+
+/// Qwen's progress: Claude's, but an API error it prints as an answer is not answer text.
+pub(super) fn qwen_progress(line: &str) -> Option<ProgressEvent> {
+    match progress(line)? {
+        ProgressEvent::Text { text } if qwen_api_error(&text).is_some() => None,
+        event => Some(event),
+    }
+}
+
+/// Qwen Code prints a failed API call as a successful answer
+/// (`[API Error: 401 Incorrect API key provided.]`, `is_error: false`);
+/// here it is the failure it is.
+pub(super) fn qwen_parse(raw: &RawOutput) -> Result<TurnOutput, TurnError> {
+    let output = parse(raw)?;
+    let Some((status, said)) = qwen_api_error(&output.text) else { return Ok(output) };
+    let lower = said.to_lowercase();
+    let kind = match status {
+        Some(401 | 403) => ErrorKind::Auth { expired: lower.contains("expired") },
+        Some(429) => ErrorKind::UsageLimit { resets_at: None },
+        Some(status) => ErrorKind::Upstream { status: Some(status) },
+        None => super::classify_text(said).unwrap_or(ErrorKind::Upstream { status: None }),
+    };
+    let message = match kind {
+        ErrorKind::Auth { .. } => format!(
+            "authentication failed: {said}; set a valid OPENAI_API_KEY (or DASHSCOPE_API_KEY) in the provider's env, \
+             or log in again under its home"
+        ),
+        ErrorKind::UsageLimit { .. } => format!("usage limit reached: {said}"),
+        _ => format!("the model API failed: {said}"),
+    };
+    Err(TurnError::new(kind, message))
+}
+
+/// `[API Error: 401 Incorrect API key provided.]` -> (401, the whole text).
+fn qwen_api_error(text: &str) -> Option<(Option<u16>, &str)> {
+    let text = text.trim();
+    let inner = text.strip_prefix("[API Error:")?.trim_start();
+    if !text.ends_with(']') {
+        return None;
+    }
+    let status = inner.get(..3).and_then(|s| s.parse::<u16>().ok()).filter(|s| (100..=599).contains(s));
+    Some((status, text))
 }
 
 fn assistant_text(event: &Value) -> String {
@@ -186,12 +235,25 @@ fn from_result(result: &Value, seen: Seen) -> Result<TurnOutput, TurnError> {
 
 fn failure(status: Option<u16>, detail: &str, seen: &Seen) -> TurnError {
     let auth_failed = seen.assistant_error.as_deref() == Some("authentication_failed");
-    if status == Some(429) || seen.rejected {
-        let when = seen.resets_at.map(|t| format!(" (resets at {})", t.to_rfc3339())).unwrap_or_default();
-        return TurnError::new(
-            ErrorKind::UsageLimit { resets_at: seen.resets_at },
-            format!("usage limit reached{when}: {detail}"),
-        );
+    let lower = detail.to_lowercase();
+    let limit_words = [
+        "usage limit",
+        "credit balance",
+        "credits exhausted",
+        "credit exhausted",
+        "hit your limit",
+        "out of extra usage",
+    ];
+    if status == Some(429) || seen.rejected || limit_words.iter().any(|w| lower.contains(w)) {
+        // `Claude AI usage limit reached|1763740800`: the reset time after the bar.
+        let said = detail
+            .rsplit_once('|')
+            .and_then(|(_, t)| t.trim().parse::<i64>().ok())
+            .and_then(|t| DateTime::from_timestamp(t, 0));
+        // A reset time already past says nothing about when to try again.
+        let resets_at = seen.resets_at.or(said).filter(|t| *t > Utc::now());
+        let when = resets_at.map(|t| format!(" (resets at {})", t.to_rfc3339())).unwrap_or_default();
+        return TurnError::new(ErrorKind::UsageLimit { resets_at }, format!("usage limit reached{when}: {detail}"));
     }
     if status == Some(401) || auth_failed || detail.contains("OAuth token has expired") {
         let expired = detail.contains("expired");

@@ -28,7 +28,53 @@ pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation
 
 pub(super) fn progress(line: &str) -> Option<ProgressEvent> {
     let event: Value = serde_json::from_str(line).ok()?;
+    if event["type"] == "error" {
+        return reconnecting(str_at(&event, "/message")?);
+    }
     agent_message(&event).map(|text| ProgressEvent::Text { text: text.to_owned() })
+}
+
+/// `Reconnecting... 2/5 (unexpected status 401 Unauthorized: ...)`: Codex
+/// retrying its model API (not a failure yet).
+fn reconnecting(message: &str) -> Option<ProgressEvent> {
+    let rest = message.strip_prefix("Reconnecting...")?.trim_start();
+    let (count, why) = rest.split_once(' ').unwrap_or((rest, ""));
+    let (attempt, max) = count.split_once('/').unwrap_or((count, ""));
+    let why = why.trim().trim_start_matches('(').trim_end_matches(')');
+    Some(ProgressEvent::ApiRetry {
+        attempt: attempt.parse().unwrap_or(0),
+        max_retries: max.parse().ok(),
+        delay_ms: 0,
+        status: status_in(why),
+        error: (!why.is_empty()).then(|| why.to_owned()),
+    })
+}
+
+/// The status in `unexpected status 401 Unauthorized` or `last status: 429`.
+fn status_in(message: &str) -> Option<u16> {
+    let at = message.find("status")? + "status".len();
+    let digits: String =
+        message[at..].trim_start_matches([':', ' ']).chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|s| (100..=599).contains(s))
+}
+
+/// Codex says what failed only in words (see the captures' README).
+pub(super) fn classify(message: &str) -> ErrorKind {
+    let lower = message.to_lowercase();
+    let status = status_in(message);
+    if lower.contains("quota exceeded") || lower.contains("usage limit") || status == Some(429) {
+        return ErrorKind::UsageLimit { resets_at: None };
+    }
+    if matches!(status, Some(401 | 403)) {
+        return ErrorKind::Auth { expired: lower.contains("expired") };
+    }
+    if lower.contains("high demand") || lower.contains("overloaded") {
+        return ErrorKind::Upstream { status: status.or(Some(503)) };
+    }
+    match status {
+        Some(status) => ErrorKind::Upstream { status: Some(status) },
+        None => classify_text(message).unwrap_or(ErrorKind::Upstream { status: None }),
+    }
 }
 
 fn agent_message(event: &Value) -> Option<&str> {
@@ -41,7 +87,10 @@ pub(super) fn parse(raw: &RawOutput) -> Result<TurnOutput, TurnError> {
     let (events, _) = json_events(&raw.stdout);
     let mut out = empty_output();
     let mut completed = false;
+    // Only `turn.failed` fails a turn: `error` events (Reconnecting..., and
+    // the one that precedes `turn.failed`) are progress.
     let mut error = None;
+    let mut last_error_event = None;
     for event in &events {
         match str_at(event, "/type").unwrap_or("") {
             "thread.started" => out.session_id = str_at(event, "/thread_id").map(str::to_owned),
@@ -61,20 +110,25 @@ pub(super) fn parse(raw: &RawOutput) -> Result<TurnOutput, TurnError> {
                 };
             }
             "turn.failed" => error = str_at(event, "/error/message").map(str::to_owned),
-            "error" => error = str_at(event, "/message").map(str::to_owned),
+            "error" => last_error_event = str_at(event, "/message").map(str::to_owned),
             _ => {}
         }
     }
     if let Some(message) = error {
-        let kind = classify_text(&message).unwrap_or(ErrorKind::Upstream { status: None });
-        return Err(TurnError::new(kind, format!("codex failed: {message}")));
+        return Err(TurnError::new(classify(&message), format!("codex failed: {message}")));
     }
     match raw.exit {
         Exit::Code(0) if completed => Ok(out),
+        _ if !completed && let Some(message) = last_error_event.filter(|m| !m.starts_with("Reconnecting...")) => {
+            Err(TurnError::new(classify(&message), format!("codex failed: {message}")))
+        }
         Exit::Code(0) => Err(TurnError::malformed("no turn.completed event in the output")),
-        _ => Err(match classify_text(&raw.stderr) {
-            Some(kind) => TurnError::new(kind, format!("codex failed: {}", super::tail(&raw.stderr, 500))),
-            None => crashed(raw),
+        _ => Err(match raw.stderr.lines().rev().find_map(|l| l.strip_prefix("ERROR: ")) {
+            Some(message) => TurnError::new(classify(message), format!("codex failed: {message}")),
+            None => match classify_text(&raw.stderr) {
+                Some(kind) => TurnError::new(kind, format!("codex failed: {}", super::tail(&raw.stderr, 500))),
+                None => crashed(raw),
+            },
         }),
     }
 }

@@ -56,7 +56,8 @@ pub(crate) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Result<Inv
 
 pub(crate) fn progress(kind: ProviderKind, line: &str) -> Option<ProgressEvent> {
     match kind {
-        ProviderKind::Claude | ProviderKind::Qwen => claude::progress(line),
+        ProviderKind::Claude => claude::progress(line),
+        ProviderKind::Qwen => claude::qwen_progress(line),
         ProviderKind::Gemini => gemini::progress(line),
         ProviderKind::Codex => codex::progress(line),
         ProviderKind::Cli => None,
@@ -66,7 +67,8 @@ pub(crate) fn progress(kind: ProviderKind, line: &str) -> Option<ProgressEvent> 
 /// Reads a finished turn. `provider` and `duration` of the output are the caller's to fill.
 pub(crate) fn parse(kind: ProviderKind, config: &ProviderConfig, raw: &RawOutput) -> Result<TurnOutput, TurnError> {
     match kind {
-        ProviderKind::Claude | ProviderKind::Qwen => claude::parse(raw),
+        ProviderKind::Claude => claude::parse(raw),
+        ProviderKind::Qwen => claude::qwen_parse(raw),
         ProviderKind::Gemini => gemini::parse(raw),
         ProviderKind::Codex => codex::parse(raw),
         ProviderKind::Cli => cli::parse(config, raw),
@@ -171,6 +173,43 @@ fn empty_output() -> TurnOutput {
         session_id: None,
         num_turns: None,
     }
+}
+
+/// Whether a stdout line shows the model answering (anything past the CLI's
+/// start-up line), for `limits.silent_secs`.
+pub(crate) fn is_reply(kind: ProviderKind, line: &str) -> bool {
+    let Ok(event) = serde_json::from_str::<Value>(line) else { return !line.trim().is_empty() };
+    match kind {
+        ProviderKind::Claude | ProviderKind::Qwen => {
+            !matches!(str_at(&event, "/type"), Some("system" | "rate_limit_event"))
+        }
+        ProviderKind::Gemini => !(event["type"] == "init" || (event["type"] == "message" && event["role"] == "user")),
+        ProviderKind::Codex => {
+            !matches!(str_at(&event, "/type"), Some("thread.started" | "turn.started" | "error"))
+                && event.pointer("/item/type") != Some(&Value::from("error"))
+        }
+        ProviderKind::Cli => true,
+    }
+}
+
+/// What a CLI retrying its model API (an `api_retry` event, Codex's
+/// `Reconnecting...`) means, when the turn gives up instead of waiting.
+pub(crate) fn retry_failure(kind: ProviderKind, status: Option<u16>, error: Option<&str>) -> TurnError {
+    let said = error.unwrap_or("no detail");
+    let kind_of = match status {
+        Some(401 | 403) => ErrorKind::Auth { expired: said.contains("expired") },
+        Some(429) => ErrorKind::UsageLimit { resets_at: None },
+        Some(status) => ErrorKind::Upstream { status: Some(status) },
+        None => match kind {
+            ProviderKind::Codex => codex::classify(said),
+            _ => classify_text(said).unwrap_or(ErrorKind::Upstream { status: None }),
+        },
+    };
+    let shown = status.map(|s| format!("status {s}, ")).unwrap_or_default();
+    TurnError::new(
+        kind_of,
+        format!("the CLI began retrying its model API ({shown}{said}); stopped it for the fallback"),
+    )
 }
 
 #[cfg(test)]

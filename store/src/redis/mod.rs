@@ -87,8 +87,8 @@ static SLOT_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// Stores a usage record, replacing the job's earlier one: KEYS usage,
-/// usage:jobs; ARGV job id, time (ms), record.
+/// Stores a usage record, replacing the earlier one with its key: KEYS usage,
+/// usage:jobs; ARGV record key (job id, `#attempt` after the first), time (ms), record.
 static USAGE_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
     Script::new(
         r"
@@ -1344,7 +1344,7 @@ impl Store for RedisStore {
         let _: i64 = USAGE_SCRIPT
             .key(self.key("usage"))
             .key(self.key("usage:jobs"))
-            .arg(record.job_id.to_string())
+            .arg(record.key())
             .arg(to_millis(record.at))
             .arg(text)
             .invoke_async(&mut self.conn.clone())
