@@ -247,7 +247,10 @@ async fn run(cli: Cli) -> Result<()> {
             let store = open_store(&settings).await?;
             first_key(store.as_ref()).await?;
             let shutdown = shutdown_signal();
-            let state = api_state(&settings, store, providers(&settings, None)?, shutdown.clone()).await?;
+            let router = providers(&settings, None)?;
+            // `/v1/providers`, `/health/tokens` and routing checks read the state the workers record.
+            router.providers().share_state(orch_worker::provider_state::StoreState::new(store.clone()));
+            let state = api_state(&settings, store, router, shutdown.clone()).await?;
             serve_api(&settings, state).await
         }
         Command::Worker { .. } => {

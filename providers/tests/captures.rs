@@ -128,7 +128,12 @@ async fn gemini_exit_41_means_no_auth_method() {
     let f = fixture("gemini", "", &[("FAKE_MODE", "no-auth")]);
     let err = f.run("say hi").await.unwrap_err();
     assert_eq!(err.kind, orch_providers::ErrorKind::Auth { expired: false });
-    assert!(err.message.contains("no usable auth method: set GEMINI_API_KEY"), "{}", err.message);
+    assert!(err.message.contains("no usable auth method"), "{}", err.message);
+    assert!(
+        err.message.contains("GEMINI_API_KEY") && err.message.contains("security.auth.selectedType"),
+        "{}",
+        err.message
+    );
 }
 
 async fn progress_of(kind: &str, capture: &str) -> Vec<ProgressEvent> {

@@ -152,6 +152,10 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(orch_api::serve::serve(listener, state, Duration::from_secs(2)));
+    // As `orch api` does: the API reads the provider state the workers record.
+    if !options.worker {
+        router.providers().share_state(orch_worker::provider_state::StoreState::new(store.clone()));
+    }
     let worker = options.worker.then(|| {
         let mut config = quick_worker();
         (options.tweak)(&mut config);
