@@ -269,7 +269,8 @@ describe('Swagger UI at /docs with the bearer scheme', { timeout: 180_000 }, () 
     assert.equal(request.headers().authorization, `Bearer ${orch.key}`);
     assert.equal(status, 202);
     assert.match(body, /"status": "queued"/);
-    assert.match(body, /"status_url": "\/v1\/jobs\//);
+    // Absolute, from the request's Host, so n8n can follow it.
+    assert.match(body, /"status_url": "http:\/\/127\.0\.0\.1:\d+\/v1\/jobs\//);
   });
 
   test('the chat job is then listed by GET /v1/jobs', async () => {
