@@ -56,6 +56,15 @@ impl ApiError {
             .with_details(json!({"field": field}))
     }
 
+    /// A body over `ORCH_MAX_BODY` (413), whoever read it.
+    pub fn body_too_large() -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is larger than the server accepts (ORCH_MAX_BODY)",
+        )
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }

@@ -37,11 +37,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         }
         let raw = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the request body is larger than the server accepts (ORCH_MAX_BODY)",
-                )
+                ApiError::body_too_large()
             } else {
                 ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", rejection.body_text())
             }

@@ -117,19 +117,16 @@ pub async fn limit_streams(State(state): State<AppState>, request: Request, next
         // `"stream": true` is in the body; the handler reads it whole anyway.
         let bytes = match axum::body::to_bytes(body, state.config.max_body).await {
             Ok(bytes) => bytes,
-            Err(_) => {
-                return ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the request body is larger than the server accepts (ORCH_MAX_BODY)",
-                )
-                .into_response();
-            }
+            Err(_) => return ApiError::body_too_large().into_response(),
         };
-        let streaming = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("stream").and_then(serde_json::Value::as_bool))
-            .unwrap_or(false);
+        // Only the flag is read: the messages are not copied into a JSON tree
+        // here, the handler parses the body as usual.
+        #[derive(serde::Deserialize)]
+        struct StreamFlag {
+            #[serde(default)]
+            stream: bool,
+        }
+        let streaming = serde_json::from_slice::<StreamFlag>(&bytes).is_ok_and(|flag| flag.stream);
         (Request::from_parts(parts, Body::from(bytes)), streaming)
     } else {
         (Request::from_parts(parts, body), false)

@@ -164,6 +164,20 @@ impl Running {
         self.jobs.lock().unwrap().get(&id).is_some_and(|a| a.abandoned)
     }
 
+    /// Waits until no attempt runs, or `limit` has passed.
+    async fn wait_idle(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.len() == 0 || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            let _ = tokio::time::timeout_at(deadline, freed).await;
+        }
+    }
+
     /// Forgets a finished attempt and makes room for another.
     fn remove(&self, id: JobId) {
         self.jobs.lock().unwrap().remove(&id);
@@ -210,16 +224,7 @@ pub async fn run(store: Arc<dyn Store>, executors: Arc<Executors>, config: Worke
     claim_loop(&store, &executors, &config, &running, &done_tx, &shutdown).await;
 
     tracing::info!(worker = %config.id, running = running.len(), "worker stopping; waiting for running jobs");
-    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-    loop {
-        let freed = running.freed.notified();
-        tokio::pin!(freed);
-        freed.as_mut().enable();
-        if running.len() == 0 || tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        let _ = tokio::time::timeout_at(deadline, freed).await;
-    }
+    running.wait_idle(config.shutdown_grace).await;
     let left = running.ids();
     if !left.is_empty() {
         tracing::warn!(worker = %config.id, left = left.len(), "shutdown grace over; stopping these jobs and handing them back to the queue");
@@ -227,16 +232,7 @@ pub async fn run(store: Arc<dyn Store>, executors: Arc<Executors>, config: Worke
             running.abandon(*id);
         }
         // Each attempt gets ABANDON_GRACE to wind down, then is dropped.
-        let deadline = tokio::time::Instant::now() + ABANDON_GRACE + Duration::from_millis(500);
-        loop {
-            let freed = running.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if running.len() == 0 || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            let _ = tokio::time::timeout_at(deadline, freed).await;
-        }
+        running.wait_idle(ABANDON_GRACE + Duration::from_millis(500)).await;
     }
     drop(done_tx);
     stop_background.cancel();
@@ -310,6 +306,19 @@ const CANCEL_GRACE: Duration = Duration::from_secs(2);
 /// (which kills its CLIs and drops its tool calls).
 const ABANDON_GRACE: Duration = Duration::from_millis(200);
 
+/// This worker as its heartbeats describe it, with `running` jobs.
+fn worker_info(config: &WorkerConfig, started_at: chrono::DateTime<Utc>, running: usize) -> WorkerInfo {
+    WorkerInfo {
+        id: config.id.clone(),
+        hostname: hostname(),
+        pid: std::process::id(),
+        started_at,
+        last_seen: Utc::now(),
+        concurrency: config.concurrency as u32,
+        running: running as u32,
+    }
+}
+
 /// Hands jobs this worker stopped back to the queue now: their leases end at
 /// once and they are recovered like the jobs of a worker that died (the
 /// attempt counts). Retries store errors for a while; what is left then goes
@@ -321,15 +330,7 @@ async fn hand_back(
     ids: &[JobId],
     started_at: chrono::DateTime<Utc>,
 ) {
-    let info = WorkerInfo {
-        id: config.id.clone(),
-        hostname: hostname(),
-        pid: std::process::id(),
-        started_at,
-        last_seen: Utc::now(),
-        concurrency: config.concurrency as u32,
-        running: 0,
-    };
+    let info = worker_info(config, started_at, 0);
     let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -515,15 +516,7 @@ async fn heartbeat_loop(
         }
         let ids = running.ids();
         let sent = Instant::now();
-        let info = WorkerInfo {
-            id: config.id.clone(),
-            hostname: hostname(),
-            pid: std::process::id(),
-            started_at,
-            last_seen: Utc::now(),
-            concurrency: config.concurrency as u32,
-            running: ids.len() as u32,
-        };
+        let info = worker_info(&config, started_at, ids.len());
         match store.heartbeat(&info, &ids, config.lease).await {
             Ok(stop_ids) => {
                 let mut jobs = running.jobs.lock().unwrap();
