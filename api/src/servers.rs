@@ -394,7 +394,7 @@ pub fn check_entry(name: &str, entry: &Value, allow_stdio: bool, separator: &str
     if let Some(w) = warnings.into_iter().next() {
         return Err(named(
             &config_field(&w.field),
-            "unknown field; see the mcp-config.json fields in the README".into(),
+            "unknown field; see the mcp-config.json fields in docs/mcp.md".into(),
         ));
     }
     let config = config.ok_or_else(|| named("config", "not a valid server entry".into()))?;
@@ -726,7 +726,7 @@ mod tests {
             json!({"url": "http://x", "timout": 3}),
             false,
             422,
-            "server `remote`, field `config.timout`: unknown field; see the mcp-config.json fields in the README",
+            "server `remote`, field `config.timout`: unknown field; see the mcp-config.json fields in docs/mcp.md",
         );
         check(
             "remote",

@@ -884,7 +884,7 @@ pub struct WebhookPayload {
     pub result_truncated: bool,
     /// `job.progress` only: the job's latest progress event when sent (a batch
     /// node that ended, the plan, a chat job's routing or provider retry; see
-    /// README). Endings do not carry it.
+    /// docs/webhooks.md). Endings do not carry it.
     #[schema(value_type = Option<Object>)]
     pub progress: Option<Value>,
     #[schema(value_type = Object)]

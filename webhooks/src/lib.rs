@@ -65,7 +65,7 @@ pub const LINKS_BASE: &str = "links_base";
 /// repeated runs of one flow (same prompt, same day) apart.
 pub const DEFAULT_OBSIDIAN_PATH: &str = "Inbox/{date}-{slug}-{id}.md";
 
-/// Settings of webhook deliveries (see README: `ORCH_WEBHOOK_*`).
+/// Settings of webhook deliveries (see docs/configuration.md: `ORCH_WEBHOOK_*`).
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
     /// Networks webhooks may reach although they are internal.

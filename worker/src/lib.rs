@@ -38,7 +38,7 @@ pub use exec::{Executor, Executors, Followups, JobContext};
 pub use plan::PlanRunner;
 pub use planning::{PlannerSettings, Planning};
 
-/// How a worker behaves; every field is a user setting (see README).
+/// How a worker behaves; every field is a user setting (see docs/configuration.md).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Unique per process; leases are held in this name.
