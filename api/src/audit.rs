@@ -82,9 +82,10 @@ impl ToolCall<'_> {
 
 /// The kind of thing a route acts on, by its first segment after `/v1/`.
 fn target_kind(route: &str) -> Option<&'static str> {
-    let segment = route.trim_start_matches("/v1/").split('/').next().unwrap_or_default();
+    // `/v1/...`, and the seed routes' `/tools`, `/batch`, `/servers`.
+    let segment = route.trim_start_matches("/v1/").trim_start_matches('/').split('/').next().unwrap_or_default();
     Some(match segment {
-        "jobs" => "job",
+        "jobs" | "batch" => "job",
         "keys" => "key",
         "servers" => "server",
         "tools" => "tool",
@@ -116,7 +117,8 @@ pub async fn middleware(
     request.extensions_mut().insert(caller.clone());
     let response = next.run(request).await;
     let values: Vec<String> = params.map(|p| p.iter().map(|(_, v)| v.to_owned()).collect()).unwrap_or_default();
-    let tool_call = route == "/v1/tools/{server}/{tool}";
+    // The seed route's one parameter is already `server.tool`.
+    let tool_call = route == "/v1/tools/{server}/{tool}" || route == "/tools/{name}";
     let mut target = if values.is_empty() { None } else { Some(values.join(if tool_call { "." } else { "/" })) };
     // A created resource's id, from its Location (a job's status URL).
     if target.is_none()

@@ -19,6 +19,7 @@ pub mod openai;
 pub mod planning;
 pub mod plans;
 pub mod providers;
+pub mod seed;
 pub mod serve;
 pub mod servers;
 pub mod sessions;
@@ -196,6 +197,14 @@ pub fn app(state: AppState) -> Router {
             get(servers::get_server).put(servers::replace_server).delete(servers::delete_server),
         )
         .route("/v1/servers/{name}/test", post(servers::test_server))
+        .route("/tools", get(seed::list_tools))
+        .route("/tools/{name}", get(seed::server_tools).post(seed::call_tool))
+        .route("/batch/execute", post(seed::batch_execute))
+        .route("/batch/status/{id}", get(seed::batch_status))
+        .route("/batch/result/{id}", get(seed::batch_result))
+        .route("/batch/cancel/{id}", delete(seed::batch_cancel))
+        .route("/servers", get(seed::list_servers))
+        .route("/servers/reload", post(seed::reload_servers))
         .merge(mcp_server::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::middleware))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
@@ -243,6 +252,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         webhooks::delete_webhook,
         webhooks::test_webhook, webhooks::job_deliveries, webhooks::list_deliveries, webhooks::redeliver,
         health::health,
+        seed::list_tools, seed::server_tools, seed::call_tool, seed::batch_execute, seed::batch_status,
+        seed::batch_result, seed::batch_cancel, seed::list_servers, seed::reload_servers,
     ),
     components(
         schemas(
@@ -266,6 +277,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         (name = "servers", description = "MCP servers: status; registering, testing and reloading (admin)"),
         (name = "webhooks", description = "Job callbacks and global subscriptions: signed (Standard Webhooks), durable, retried deliveries; the payload is the WebhookPayload schema"),
         (name = "health", description = "Liveness of the service and its store"),
+        (name = "seed", description = "The routes of the MCP Orch seed documents, as aliases of the `/v1` routes they name: same scopes, bodies and answers; the batch routes add `task_id` (the job id)"),
     )
 )]
 struct ApiDoc;
