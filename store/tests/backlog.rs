@@ -1,7 +1,12 @@
-//! Throughput with a deep backlog, on each backend: drain rates at 1,000 and
-//! 50,000 queued jobs, and concurrent single inserts. Asserts correctness only
-//! and prints the rates; run in release for meaningful figures:
-//! `cargo test -p orch-store --release --test backlog -- --nocapture`.
+//! Deep backlogs on each backend: 1,000 and 50,000 queued jobs drain
+//! completely, and concurrent single inserts are all stored. These tests assert
+//! correctness only; the rates they print are not asserted, because times on a
+//! shared machine swing too much to pin. That a claim's cost does not grow
+//! with the backlog is asserted in counts instead, by
+//! `a_claim_s_statement_steps_do_not_grow_with_the_backlog` (store/src/sqlite.rs)
+//! and `a_claim_s_redis_commands_do_not_grow_with_the_backlog`
+//! (tests/redis_backlog.rs); the drain-rate benchmark is `orch bench queue`.
+//! For the printed figures: `cargo test -p orch-store --release --test backlog -- --nocapture`.
 
 mod support;
 
@@ -79,7 +84,7 @@ async fn load_and_drain(store: &Arc<dyn Store>, n: usize) -> (Duration, Duration
     (load_time, drain_time)
 }
 
-async fn drain_rate_holds_with_a_deep_backlog(store: Arc<dyn Store>) {
+async fn a_deep_backlog_drains_completely(store: Arc<dyn Store>) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let backend = store.backend();
     // A 1,000 backlog drains in tens of milliseconds: take several for a stable figure.
@@ -132,4 +137,4 @@ async fn concurrent_inserts_are_all_stored(store: Arc<dyn Store>) {
     );
 }
 
-on_each_backend!(drain_rate_holds_with_a_deep_backlog, concurrent_inserts_are_all_stored);
+on_each_backend!(a_deep_backlog_drains_completely, concurrent_inserts_are_all_stored);

@@ -264,3 +264,47 @@ async fn purge_follows_the_finished_log_and_drains_the_older_set() {
     assert_eq!(left, 0);
     assert_eq!(store.count_jobs().await.unwrap().succeeded, 0);
 }
+
+/// Calls of each command since the last `CONFIG RESETSTAT` (commands run by
+/// Lua scripts included), leaving out the two this measurement sends.
+async fn command_calls(raw: &mut ::redis::aio::MultiplexedConnection) -> std::collections::BTreeMap<String, u64> {
+    let info: String = ::redis::cmd("INFO").arg("commandstats").query_async(raw).await.unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()?;
+            (!["info", "config|resetstat"].contains(&name)).then(|| (name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// The Redis commands (and script calls) of claiming and completing one batch.
+async fn claim_cost(
+    store: &RedisStore,
+    raw: &mut ::redis::aio::MultiplexedConnection,
+) -> std::collections::BTreeMap<String, u64> {
+    let _: () = ::redis::cmd("CONFIG").arg("RESETSTAT").query_async(raw).await.unwrap();
+    let claimed = drain(store, "w", BATCH, success).await;
+    assert_eq!(claimed.len(), BATCH);
+    command_calls(raw).await
+}
+
+/// What `backlog_of_50000_drains_beyond_the_lua_unpack_limit` can only print
+/// as a rate, counted: claiming and completing a batch sends the same Redis
+/// commands, as many times, with 50,000 jobs queued as with 1,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_s_redis_commands_do_not_grow_with_the_backlog() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = RedisServer::start();
+    let store = open(&server).await;
+    let mut raw = ::redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+
+    // The first claim and completion also load their scripts: not measured.
+    store.insert_jobs(new_jobs(1_000 + BATCH, None)).await.unwrap();
+    claim_cost(&store, &mut raw).await;
+    let shallow = claim_cost(&store, &mut raw).await;
+    assert!(shallow.values().sum::<u64>() > 0, "no commands counted: {shallow:?}");
+    store.insert_jobs(new_jobs(50_000, None)).await.unwrap();
+    let deep = claim_cost(&store, &mut raw).await;
+    assert_eq!(deep, shallow, "commands per claimed and completed batch of {BATCH}, 50,000 queued vs 1,000");
+}
