@@ -279,6 +279,7 @@ fn wait_exit(pid: i32) -> Exit {
     loop {
         // SAFETY: waitid writes into the zeroed siginfo we own; WNOWAIT leaves the child waitable.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is ours and lives across the call; `pid` is our child.
         let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
         if rc == 0 {
             // SAFETY: si_status is valid for the CLD_* codes waitid returns.
