@@ -286,7 +286,7 @@ before(async () => {
     }
   }
   writeFileSync(path.join(dir, 'orchNodeOps00001.json'), JSON.stringify(operationsWorkflow()));
-  writeFileSync(path.join(dir, 'orchPlanExpr0001.json'), JSON.stringify(planInExpressionWorkflow()));
+  writeFileSync(path.join(dir, 'orchPlanExpr0001.json'), JSON.stringify(planInExpressionWorkflow(config)));
   await state.cli(['import:workflow', '--separate', `--input=${dir}`]);
 });
 
@@ -322,7 +322,9 @@ after(async () => {
     await new Promise((r) => state.orch.child.once('exit', r));
   }
   state.receivers?.close();
-  if (state.scratch) rmSync(state.scratch, { recursive: true, force: true });
+  // ORCH_N8N_KEEP=1 keeps n8n's folder (database.sqlite has every execution) for a look.
+  if (state.scratch && !process.env.ORCH_N8N_KEEP) rmSync(state.scratch, { recursive: true, force: true });
+  else if (state.scratch) console.log(`kept ${state.scratch}`);
 });
 
 /** One workflow with a node per operation of the community node, run once each. */
@@ -374,8 +376,8 @@ function operationsWorkflow() {
  * A plan typed into an HTTP Request node's JSON body in expression mode (needed
  * for $execution.resumeUrl), with ${...} references, → Wait → Obsidian.
  */
-function planInExpressionWorkflow() {
-  const wf = readyWorkflow('chat-to-obsidian', 'workflow.json', {});
+function planInExpressionWorkflow(config) {
+  const wf = readyWorkflow('chat-to-obsidian', 'workflow.json', config);
   const submit = wf.nodes.find((n) => n.name === 'Submit chat job');
   submit.name = 'Submit plan';
   submit.parameters.url = "={{ $('Config').item.json.orch_url }}/v1/jobs/batch";
