@@ -65,6 +65,14 @@ pub struct GlobalArgs {
     /// progress of the meantime is coalesced into the next, 100ms to 1h [default: 5s].
     #[arg(long, env = "ORCH_WEBHOOK_PROGRESS_INTERVAL", global = true, value_name = "DURATION", value_parser = duration)]
     pub webhook_progress_interval: Option<Duration>,
+    /// Most items one plan `map` runs over, checked at submission (a list in the plan, or a
+    /// reference to plan input) and on the resolved list when the map starts, 1–1000000 [default: 10000].
+    #[arg(long, env = "ORCH_PLAN_MAX_ITEMS", global = true, value_name = "N")]
+    pub plan_max_items: Option<usize>,
+    /// Most bytes (as JSON) of node outputs, map items included, one batch job holds while it
+    /// runs; the node crossing it fails, 1048576–17179869184 [default: 67108864].
+    #[arg(long, env = "ORCH_PLAN_MAX_OUTPUT_BYTES", global = true, value_name = "BYTES")]
+    pub plan_max_output_bytes: Option<usize>,
 }
 
 /// Settings of the HTTP API.
@@ -219,6 +227,8 @@ struct FileConfig {
     planner_cache_ttl: Option<String>,
     planner_max_tools: Option<usize>,
     plan_inline_output_bytes: Option<usize>,
+    plan_max_items: Option<usize>,
+    plan_max_output_bytes: Option<usize>,
 }
 
 /// Every setting, resolved and checked.
@@ -247,6 +257,8 @@ pub struct Settings {
     pub planner: orch_worker::PlannerSettings,
     /// Plan node outputs longer than this are stored apart and referenced.
     pub plan_inline_output_bytes: usize,
+    /// Most map items and most bytes of node outputs of one batch job.
+    pub plan_limits: orch_planner::PlanLimits,
 }
 
 impl Settings {
@@ -447,6 +459,22 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
             "ORCH_PLAN_INLINE_OUTPUT_BYTES (--plan-inline-output-bytes): {plan_inline_output_bytes} is out of range; allowed: 1024 to 16777216"
         );
     }
+    let mut plan_limits = orch_planner::PlanLimits::default();
+    plan_limits.max_items = global.plan_max_items.or(file.plan_max_items).unwrap_or(plan_limits.max_items);
+    if !(1..=1_000_000).contains(&plan_limits.max_items) {
+        bail!(
+            "ORCH_PLAN_MAX_ITEMS (--plan-max-items): {} is out of range; allowed: 1 to 1000000",
+            plan_limits.max_items
+        );
+    }
+    plan_limits.max_output_bytes =
+        global.plan_max_output_bytes.or(file.plan_max_output_bytes).unwrap_or(plan_limits.max_output_bytes);
+    if !(1 << 20..=16 << 30).contains(&plan_limits.max_output_bytes) {
+        bail!(
+            "ORCH_PLAN_MAX_OUTPUT_BYTES (--plan-max-output-bytes): {} is out of range; allowed: 1048576 to 17179869184",
+            plan_limits.max_output_bytes
+        );
+    }
     if w.lease < Duration::from_millis(300) {
         bail!(
             "ORCH_LEASE (--lease): {:?} is too short; allowed: 300ms or more (heartbeats run every lease/3)",
@@ -500,6 +528,7 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
             max_connections,
             max_streams,
             max_streams_per_key,
+            plan_limits,
         },
         worker: w,
         mcp: orch_api::servers::McpSettings { file: mcp_file, allow_api_stdio },
@@ -510,6 +539,7 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         routing,
         planner,
         plan_inline_output_bytes,
+        plan_limits,
     };
     // Routing names providers and models: checked against them before anything starts.
     settings.router()?;

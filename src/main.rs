@@ -378,6 +378,7 @@ fn executors(
             Some(state.registry.clone()),
             settings.planner.clone(),
             settings.plan_inline_output_bytes,
+            settings.plan_limits,
         )
     })
 }

@@ -649,6 +649,79 @@ impl App {
     }
 }
 
+/// Issue 13, defect 4: a literal list over the map limit was refused, but the
+/// same list through a reference ran (1,000,000 items held in memory). The
+/// limit now holds for the list the map resolves, and the node outputs one
+/// job holds are bounded.
+async fn the_map_limit_is_bypassed_by_a_reference(backend: Backend) {
+    let limits = orch_planner::PlanLimits { max_output_bytes: 200_000, ..Default::default() };
+    let app = spawn_app_with(backend, Options { plan_limits: limits, ..Default::default() }).await;
+    let max = orch_planner::MAX_MAP_ITEMS;
+    let xs: Vec<usize> = (0..=max).collect();
+
+    // Plan input is in the body: refused at submission, naming the field.
+    for over in ["{{input.xs}}", "{{ input.xs }}"] {
+        let r = app
+            .post(
+                "/v1/jobs/batch",
+                json!({"plan": {"input": {"xs": xs}, "nodes": [
+                    {"id": "each", "map": {"over": over, "node": {"echo": "{{item}}"}}}
+                ]}}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{over}: {}", r.body);
+        assert_eq!(r.body["error"]["details"]["field"], "plan.nodes[0].map.over", "{}", r.body);
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("at most {max} items (ORCH_PLAN_MAX_ITEMS)")), "{message}");
+        assert!(message.contains(&format!("has {}", max + 1)), "{message}");
+    }
+
+    // A list known only when the map starts: the map fails, the job fails cleanly.
+    let id = app
+        .submit_batch(json!({"max_attempts": 1, "plan": {"input": {"xs": xs}, "nodes": [
+            {"id": "list", "value": "{{input.xs}}"},
+            {"id": "each", "map": {"over": "{{nodes.list.output}}", "node": {"echo": "{{item}}"}}}
+        ]}}))
+        .await;
+    let job = app.wait_finished(&id, WAIT).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "limit_exceeded", "{job}");
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("map.over has {} items", max + 1)), "{message}");
+    assert!(message.contains(&format!("at most {max} (ORCH_PLAN_MAX_ITEMS)")), "{message}");
+    let graph = app.get(&format!("/v1/jobs/{id}/graph")).await.body;
+    assert_eq!(graph["nodes"]["list"]["status"], "succeeded", "{graph}");
+    assert_eq!(graph["nodes"]["each"]["status"], "failed", "{graph}");
+
+    // Outputs one job holds are bounded: 2,000 items of ~120 bytes pass 200,000 bytes.
+    let id = app
+        .submit_batch(json!({"max_attempts": 1, "plan": {"input": {"xs": &xs[..2000]}, "nodes": [
+            {"id": "list", "value": "{{input.xs}}"},
+            {"id": "each", "map": {"over": "{{nodes.list.output}}", "concurrency": 8,
+                "node": {"echo": format!("{{{{item}}}} {}", "x".repeat(110))}}}
+        ]}}))
+        .await;
+    let job = app.wait_finished(&id, WAIT).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "limit_exceeded", "{job}");
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(message.contains("at most 200000 (ORCH_PLAN_MAX_OUTPUT_BYTES)"), "{message}");
+
+    // Nothing else broke: lists within the limits still run, through a reference too.
+    let id = app
+        .submit_batch(json!({"plan": {"input": {"xs": &xs[..max]}, "nodes": [
+            {"id": "list", "value": "{{input.xs}}"},
+            {"id": "each", "map": {"over": "{{nodes.list.output}}", "concurrency": 64, "node": {"value": "{{item}}"}}},
+            {"id": "direct", "map": {"over": "{{input.xs}}", "concurrency": 64, "node": {"value": "{{item}}"}}}
+        ], "output": {"n": "{{nodes.each.output[9999]}}", "d": "{{nodes.direct.output[0]}}"}}}))
+        .await;
+    let job = app.wait_finished(&id, WAIT).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let result = app.get(&format!("/v1/jobs/{id}/result")).await.body;
+    assert_eq!(result["result"]["output"], json!({"n": max - 1, "d": 0}), "{result}");
+    app.stop().await;
+}
+
 on_both_backends!(
     parallel_branches_overlap,
     diamond_passes_outputs_along,
@@ -663,4 +736,5 @@ on_both_backends!(
     llm_nodes_use_the_model,
     a_worker_killed_mid_plan_is_replaced_without_rerunning_finished_nodes,
     large_outputs_are_stored_once_and_referenced,
+    the_map_limit_is_bypassed_by_a_reference,
 );

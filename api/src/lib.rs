@@ -73,6 +73,8 @@ pub struct ApiConfig {
     pub max_streams: usize,
     /// Most streams (SSE) one key may hold open; more are 429.
     pub max_streams_per_key: usize,
+    /// Limits of one plan (map items, checked at submission where the list is known).
+    pub plan_limits: orch_planner::PlanLimits,
 }
 
 impl Default for ApiConfig {
@@ -90,6 +92,7 @@ impl Default for ApiConfig {
             max_connections: 4096,
             max_streams: 1000,
             max_streams_per_key: 100,
+            plan_limits: orch_planner::PlanLimits::default(),
         }
     }
 }

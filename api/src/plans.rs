@@ -59,7 +59,7 @@ pub fn check_plan(state: &AppState, principal: Option<&Principal>, plan: &Plan) 
             }
         }
     }
-    let issues = orch_planner::validate(plan, Some(&catalogue(state, principal)));
+    let issues = orch_planner::validate_with(plan, Some(&catalogue(state, principal)), &state.config.plan_limits);
     if issues.is_empty() { Ok(()) } else { Err(jobs::plan_error(issues)) }
 }
 

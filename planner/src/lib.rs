@@ -37,14 +37,34 @@ pub const MAX_PARALLEL: u32 = 256;
 pub const DEFAULT_PARALLEL: u32 = 8;
 /// `map.concurrency` when a map does not say.
 pub const DEFAULT_MAP_CONCURRENCY: u32 = 4;
-/// Most items a map runs over.
+/// Most items a map runs over by default (`ORCH_PLAN_MAX_ITEMS`).
 pub const MAX_MAP_ITEMS: usize = 10_000;
+/// Most bytes of node outputs (as JSON) one job holds by default
+/// (`ORCH_PLAN_MAX_OUTPUT_BYTES`): 64 MiB.
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
 /// Longest `sleep` step, in milliseconds (one hour).
 pub const MAX_SLEEP_MS: u64 = 3_600_000;
 /// Longest node `timeout`, in seconds (one hour).
 pub const MAX_TIMEOUT_S: f64 = 3600.0;
 /// Most `retries` of one node.
 pub const MAX_RETRIES: u32 = 10;
+
+/// What one plan may make Orch do and hold, as the operator set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanLimits {
+    /// Most items one map runs over, whether its list is written in the plan
+    /// or comes from a reference (checked again on the resolved list at run time).
+    pub max_items: usize,
+    /// Most bytes (as JSON text) of node outputs, map items included, one job
+    /// holds while it runs; the node whose output crosses it fails.
+    pub max_output_bytes: usize,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        PlanLimits { max_items: MAX_MAP_ITEMS, max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES }
+    }
+}
 
 /// A batch plan: nodes, their inputs and the job's output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -406,8 +426,15 @@ pub fn dependencies(plan: &Plan) -> Vec<Vec<usize>> {
 /// Checks a plan; returns every problem found (empty when valid). With a
 /// catalogue, tool names must be in it and literal arguments must match the
 /// tool's input schema; without one (a worker re-reading a stored plan),
-/// tools are not checked.
+/// tools are not checked. Maps are held to the default [`PlanLimits`].
 pub fn validate(plan: &Plan, catalogue: Option<&Catalogue>) -> Vec<PlanIssue> {
+    validate_with(plan, catalogue, &PlanLimits::default())
+}
+
+/// As [`validate`], with the operator's limits: a map's list, written in the
+/// plan or a reference to plan input (or to a `value` node without
+/// references), has at most `limits.max_items` items.
+pub fn validate_with(plan: &Plan, catalogue: Option<&Catalogue>, limits: &PlanLimits) -> Vec<PlanIssue> {
     let mut issues = Vec::new();
     if plan.nodes.len() > MAX_NODES {
         issues.push(issue("nodes", format!("a plan has at most {MAX_NODES} nodes; this one has {}", plan.nodes.len())));
@@ -430,7 +457,7 @@ pub fn validate(plan: &Plan, catalogue: Option<&Catalogue>) -> Vec<PlanIssue> {
                 .push(issue(format!("{at}.id"), format!("duplicate id {:?}: nodes[{first}] has it already", node.id)));
         }
     }
-    let known = Known { plan, index: &index };
+    let known = Known { plan, index: &index, max_items: limits.max_items };
     let tools = catalogue.map(|c| Tools::new(c, plan));
     for (i, node) in plan.nodes.iter().enumerate() {
         let at = format!("nodes[{i}]");
@@ -496,6 +523,8 @@ pub fn validate(plan: &Plan, catalogue: Option<&Catalogue>) -> Vec<PlanIssue> {
 struct Known<'a> {
     plan: &'a Plan,
     index: &'a HashMap<&'a str, usize>,
+    /// Most items of a map's list.
+    max_items: usize,
 }
 
 impl Known<'_> {
@@ -590,19 +619,39 @@ fn check_step(
             }
         }
         Step::Map(map) => {
-            match &map.over {
-                Value::Array(items) if items.len() > MAX_MAP_ITEMS => issues.push(issue(
+            let max = known.max_items;
+            let too_many = |n: usize, what: &str| {
+                issue(
                     format!("{at}.map.over"),
-                    format!("node {id:?}: at most {MAX_MAP_ITEMS} items; got {}", items.len()),
-                )),
-                Value::Array(_) => {}
-                Value::String(s) if matches!(reference::pieces(s).as_deref(), Some([reference::Piece::Ref(_)])) => {}
-                _ => issues.push(issue(
+                    format!("node {id:?}: a map runs over at most {max} items (ORCH_PLAN_MAX_ITEMS); {what} has {n}"),
+                )
+            };
+            let not_a_list = || {
+                issue(
                     format!("{at}.map.over"),
                     format!(
                         "node {id:?}: give a list, or one reference to a list such as \"{{{{nodes.x.output.items}}}}\""
                     ),
-                )),
+                )
+            };
+            match &map.over {
+                Value::Array(items) if items.len() > max => issues.push(too_many(items.len(), "the list")),
+                Value::Array(_) => {}
+                Value::String(s) => match reference::pieces(s).as_deref() {
+                    // One reference: when it names a value known now (plan
+                    // input, a `value` node without references), its length is
+                    // checked now; any other list when the map starts.
+                    Some([reference::Piece::Ref(r)]) => {
+                        if let Ok(r) = r
+                            && let Some(Value::Array(items)) = known.value(r)
+                            && items.len() > max
+                        {
+                            issues.push(too_many(items.len(), s.trim()));
+                        }
+                    }
+                    _ => issues.push(not_a_list()),
+                },
+                _ => issues.push(not_a_list()),
             }
             if let Some(c) = map.concurrency
                 && !(1..=MAX_PARALLEL).contains(&c)

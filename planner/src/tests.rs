@@ -336,3 +336,32 @@ fn validating_and_analysing_1000_nodes_is_fast() {
     // Debug builds are slower than release; the release figure is in `orch bench plans`.
     assert!(took.as_millis() < 500, "took {took:?}");
 }
+
+#[test]
+fn the_map_limit_holds_for_references_known_before_running() {
+    let limits = PlanLimits { max_items: 3, ..PlanLimits::default() };
+    let p = plan(json!({
+        "input": {"xs": [1, 2, 3, 4], "few": [1, 2]},
+        "nodes": [
+            {"id": "lit", "map": {"over": [1, 2, 3, 4], "node": {"echo": "{{item}}"}}},
+            {"id": "inp", "map": {"over": "{{input.xs}}", "node": {"echo": "{{item}}"}}},
+            {"id": "list", "value": [1, 2, 3, 4]},
+            {"id": "val", "map": {"over": "{{nodes.list.output}}", "node": {"echo": "{{item}}"}}},
+            {"id": "ok", "map": {"over": "{{input.few}}", "node": {"echo": "{{item}}"}}},
+            // Known only at run time: checked when the map starts.
+            {"id": "later", "value": "{{input.xs}}"},
+            {"id": "run", "map": {"over": "{{nodes.later.output}}", "node": {"echo": "{{item}}"}}}
+        ]
+    }));
+    let got: Vec<String> =
+        validate_with(&p, None, &limits).into_iter().map(|i| format!("{}: {}", i.field, i.message)).collect();
+    assert_eq!(
+        got,
+        [
+            "nodes[0].map.over: node \"lit\": a map runs over at most 3 items (ORCH_PLAN_MAX_ITEMS); the list has 4",
+            "nodes[1].map.over: node \"inp\": a map runs over at most 3 items (ORCH_PLAN_MAX_ITEMS); {{input.xs}} has 4",
+            "nodes[3].map.over: node \"val\": a map runs over at most 3 items (ORCH_PLAN_MAX_ITEMS); {{nodes.list.output}} has 4",
+        ]
+    );
+    assert_eq!(validate(&p, None), vec![]);
+}

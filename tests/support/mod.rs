@@ -65,6 +65,8 @@ pub struct Options {
     pub api: Box<dyn FnOnce(&mut orch_api::ApiConfig) + Send>,
     /// ORCH_PUBLIC_URL (default: none).
     pub public_url: String,
+    /// ORCH_PLAN_MAX_ITEMS and ORCH_PLAN_MAX_OUTPUT_BYTES of the API and the worker.
+    pub plan_limits: orch_planner::PlanLimits,
 }
 
 impl Default for Options {
@@ -82,6 +84,7 @@ impl Default for Options {
             mcp_session_idle: None,
             api: Box::new(|_| {}),
             public_url: String::new(),
+            plan_limits: Default::default(),
         }
     }
 }
@@ -126,6 +129,7 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     let mut config = orch_api::ApiConfig {
         max_body: options.max_body,
         public_url: options.public_url.clone(),
+        plan_limits: options.plan_limits,
         ..Default::default()
     };
     if let Some(idle) = options.mcp_session_idle {
@@ -163,11 +167,19 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
         let shared = orch_worker::provider_state::StoreState::new(store.clone());
         shared.set_events(webhooks.clone());
         router.providers().share_state(shared);
-        let mut executors = Executors::new(router, Some(registry.clone()));
+        let limits = options.plan_limits;
+        let mut executors = Executors::with_planner(
+            router,
+            Some(registry.clone()),
+            Default::default(),
+            orch_worker::plan::DEFAULT_INLINE_OUTPUT_BYTES,
+            limits,
+        );
         if let Some(llm) = options.llm {
             executors.batch = Box::new(orch_worker::PlanRunner {
                 tools: Some(registry.clone()),
                 llm: Some(llm),
+                limits,
                 ..Default::default()
             });
         }

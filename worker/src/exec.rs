@@ -101,22 +101,29 @@ impl Executors {
     /// MCP steps) with their `llm` steps on the same providers; no webhook
     /// deliveries (set `delivery` and `followups` for them).
     pub fn new(router: Arc<orch_providers::Router>, tools: Option<orch_mcp::Registry>) -> Executors {
-        Executors::with_planner(router, tools, PlannerSettings::default(), crate::plan::DEFAULT_INLINE_OUTPUT_BYTES)
+        Executors::with_planner(
+            router,
+            tools,
+            PlannerSettings::default(),
+            crate::plan::DEFAULT_INLINE_OUTPUT_BYTES,
+            orch_planner::PlanLimits::default(),
+        )
     }
 
     /// As [`Executors::new`], with the LLM planner's settings and the size
-    /// above which plan node outputs are stored apart.
+    /// above which plan node outputs are stored apart, and the limits of one plan.
     pub fn with_planner(
         router: Arc<orch_providers::Router>,
         tools: Option<orch_mcp::Registry>,
         planner: PlannerSettings,
         inline_output_bytes: usize,
+        limits: orch_planner::PlanLimits,
     ) -> Executors {
         let llm: Arc<dyn crate::llm::Llm> = Arc::new(crate::chat::RouterLlm { router: router.clone() });
         let planning = Arc::new(Planning::new(planner));
         Executors {
             chat: Box::new(crate::chat::ProviderChat { router }),
-            batch: Box::new(PlanRunner { tools, llm: Some(llm), planning, inline_output_bytes }),
+            batch: Box::new(PlanRunner { tools, llm: Some(llm), planning, inline_output_bytes, limits }),
             delivery: None,
             followups: None,
         }

@@ -16,16 +16,23 @@
 //! is kept once in the store ([`Store::put_output`]) and the event and the
 //! result carry a reference to it instead (see [`output_ref`]); the nodes
 //! after it and the plan's `output` template still get the whole value.
+//!
+//! What one job may make the worker hold is bounded by [`PlanRunner::limits`]:
+//! a map's resolved list has at most `max_items` items (checked when the map
+//! starts, whatever the list came from), and the node outputs (map items
+//! included) the job holds add up to at most `max_output_bytes` as JSON text;
+//! the node that would cross a limit fails with `limit_exceeded`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use orch_mcp::{CallOptions, Error as McpError, Registry};
 use orch_planner::reference::{self, Root, Scope};
-use orch_planner::{OnError, Plan, Step, StepTemplate};
+use orch_planner::{OnError, Plan, PlanLimits, Step, StepTemplate};
 use orch_store::{Job, JobError, JobId, Store};
 use rand::Rng;
 use serde_json::{Map, Value, json};
@@ -61,6 +68,8 @@ pub struct PlanRunner {
     /// Node outputs longer than this as JSON text are stored once and
     /// referenced from events and the result.
     pub inline_output_bytes: usize,
+    /// Most items of a map and most bytes of node outputs one job holds.
+    pub limits: PlanLimits,
 }
 
 impl Default for PlanRunner {
@@ -70,6 +79,7 @@ impl Default for PlanRunner {
             llm: None,
             planning: Arc::default(),
             inline_output_bytes: DEFAULT_INLINE_OUTPUT_BYTES,
+            limits: PlanLimits::default(),
         }
     }
 }
@@ -88,7 +98,7 @@ impl Executor for PlanRunner {
                 .map_err(|e| bad_input(format!("stored plan does not parse: {e}")))?;
             (plan, None)
         };
-        let issues = orch_planner::validate(&plan, None);
+        let issues = orch_planner::validate_with(&plan, None, &self.limits);
         if let Some(first) = issues.first() {
             return Err(bad_input(format!("stored plan is invalid: {}: {}", first.field, first.message)));
         }
@@ -235,6 +245,8 @@ struct Shared {
     /// Where the audit records of the plan's tool calls go, and the key that submitted the job.
     store: Arc<dyn orch_store::Store>,
     key: Option<(String, String)>,
+    /// Bytes (as JSON text) of the node outputs and map items this attempt holds.
+    held: AtomicUsize,
 }
 
 impl Shared {
@@ -274,6 +286,25 @@ impl Shared {
                 tracing::warn!(error = %err, "recording a plan's tool call in the audit log failed");
             }
         });
+    }
+
+    /// Counts `value` among the outputs the job holds; fails when they would
+    /// pass `max_output_bytes`.
+    fn hold(&self, value: &Value) -> Result<(), JobError> {
+        let bytes = json_len(value);
+        let max = self.runner.limits.max_output_bytes;
+        let total = self.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total > max {
+            self.held.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(JobError::new(
+                "limit_exceeded",
+                format!(
+                    "the job's node outputs would take {total} bytes; one job holds at most {max} (ORCH_PLAN_MAX_OUTPUT_BYTES)"
+                ),
+                false,
+            ));
+        }
+        Ok(())
     }
 
     fn elapsed_ms(&self) -> f64 {
@@ -343,6 +374,7 @@ async fn run_plan(
         started: Instant::now(),
         store: ctx.store.clone(),
         key,
+        held: AtomicUsize::new(outputs.values().map(|o| json_len(o)).sum()),
     });
     if done > 0 {
         shared.event("", "resumed", json!({"completed": done, "total": total, "resumed": done}));
@@ -577,6 +609,11 @@ async fn run_node(
             let e = format!("map.over is {}, not a list", reference::kind(&over));
             return Err((reference_error(e), 0));
         };
+        let max = shared.runner.limits.max_items;
+        if items.len() > max {
+            let e = format!("map.over has {} items; a map runs over at most {max} (ORCH_PLAN_MAX_ITEMS)", items.len());
+            return Err((JobError::new("limit_exceeded", e, false), 0));
+        }
         shared.event(&node.id, "started", json!({"items": items.len()}));
         let concurrency = map.concurrency().max(1);
         let mut in_flight = futures::stream::FuturesOrdered::new();
@@ -594,6 +631,7 @@ async fn run_node(
                 Some(result) => {
                     let (value, n) = result?;
                     tries = tries.max(n);
+                    shared.hold(&value).map_err(|e| (e, n))?;
                     out.push(value);
                 }
             }
@@ -601,7 +639,28 @@ async fn run_node(
         return Ok((Value::Array(out), tries));
     }
     let key = format!("{}:{}", shared.job_id, node.id);
-    attempts(shared, i, None, stop, |cancel| run_simple(shared, &step, &scope, node.timeout, key.clone(), cancel)).await
+    let (value, n) =
+        attempts(shared, i, None, stop, |cancel| run_simple(shared, &step, &scope, node.timeout, key.clone(), cancel))
+            .await?;
+    shared.hold(&value).map_err(|e| (e, n))?;
+    Ok((value, n))
+}
+
+/// The length of `value` as JSON text, without writing it out.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 async fn run_item(
     shared: &Shared,

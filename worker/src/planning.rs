@@ -190,7 +190,7 @@ async fn ask(
         input_tokens += answer.usage["input_tokens"].as_u64().unwrap_or(0);
         output_tokens += answer.usage["output_tokens"].as_u64().unwrap_or(0);
         let checked = prompt::read_answer(&answer.text).and_then(|plan| {
-            let issues = orch_planner::validate(&plan, Some(&catalogue));
+            let issues = orch_planner::validate_with(&plan, Some(&catalogue), &runner.limits);
             if issues.is_empty() { Ok(plan) } else { Err(issues) }
         });
         let issues_json = |issues: &[orch_planner::PlanIssue]| json!(issues);
