@@ -385,9 +385,9 @@ function planInExpressionWorkflow(config) {
   "plan": {
     "nodes": [
       {"id": "fetch", "tool": "everything.echo", "args": {"message": "{{ $json.prompt }}"}},
-      {"id": "quote", "tool": "everything.echo", "args": {"message": "quoted: \${nodes.fetch.output.content[0].text}"}}
+      {"id": "quote", "tool": "everything.echo", "args": {"message": "quoted: \${nodes.fetch.output}"}}
     ],
-    "output": "\${nodes.quote.output.content[0].text}"
+    "output": "\${nodes.quote.output}"
   },
   "title": "Plan from n8n",
   "callback": {"url": "{{ $execution.resumeUrl }}"}
