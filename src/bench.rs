@@ -41,6 +41,8 @@ pub enum BenchCommand {
     Plans(crate::bench_plans::PlansArgs),
     /// MCP gateway: added latency, calls/s, memory per pooled connection, tools/list of 1,000 tools.
     Gateway(crate::bench_gateway::GatewayArgs),
+    /// Wake-ups: submit → start/end (SSE and polled), chat delta delay, idle followers' store cost and memory; serve vs api + worker, and BullMQ.
+    Wakeups(crate::bench_wakeups::WakeupsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -112,6 +114,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Chat(args) => crate::bench_chat::chat(args).await,
         BenchCommand::Plans(args) => crate::bench_plans::plans(args).await,
         BenchCommand::Gateway(args) => crate::bench_gateway::gateway(args).await,
+        BenchCommand::Wakeups(args) => crate::bench_wakeups::wakeups(args).await,
     }
 }
 

@@ -4,6 +4,7 @@ mod bench;
 mod bench_chat;
 mod bench_gateway;
 mod bench_plans;
+mod bench_wakeups;
 mod config;
 mod doctor;
 mod mcp;

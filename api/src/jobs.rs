@@ -932,10 +932,6 @@ pub struct EventsQuery {
     last_event_id: Option<String>,
 }
 
-/// How often a stream re-reads the store when no in-process wake-up came
-/// (events written by another process).
-const EVENT_POLL: Duration = Duration::from_millis(250);
-
 fn event_stream(state: AppState, job_id: JobId, after: u64) -> impl Stream<Item = Result<Event, Infallible>> {
     follow_events(state, job_id, after).map(move |event| {
         let data = json!({"job_id": job_id, "seq": event.seq, "type": event.kind, "at": event.at, "data": event.data});
@@ -943,43 +939,98 @@ fn event_stream(state: AppState, job_id: JobId, after: u64) -> impl Stream<Item 
     })
 }
 
+/// Events read from the store per read while following.
+const FOLLOW_PAGE: usize = 100;
+
 /// A job's events after `after` as they are written, ending after the
 /// terminal event (or when the job is purged, the reader goes away, or the
 /// server shuts down).
-pub fn follow_events(state: AppState, job_id: JobId, mut after: u64) -> impl Stream<Item = JobEvent> {
-    async_stream(move |tx| async move {
+///
+/// It waits on a wake-up for this one job ([`orch_store::Notifier::watch`],
+/// across processes on Redis), so an idle follower reads nothing; it re-reads
+/// on its own only every [`orch_store::Notifier::poll`] as a safety net. The
+/// stream is driven by its reader: no task or channel of its own, and it
+/// holds only the events of its latest read.
+pub fn follow_events(state: AppState, job_id: JobId, after: u64) -> impl Stream<Item = JobEvent> {
+    struct Follow {
+        state: AppState,
+        watch: orch_store::Watch,
+        after: u64,
+        pending: std::collections::VecDeque<JobEvent>,
+        done: bool,
+    }
+    impl Drop for Follow {
+        fn drop(&mut self) {
+            followers_closed();
+        }
+    }
+    let watch = state.store.notifier().watch(job_id);
+    let follow = Follow { state, watch, after, pending: Default::default(), done: false };
+    futures::stream::unfold(follow, move |mut f| async move {
+        if f.done {
+            return None;
+        }
         loop {
-            let wake = state.store.notifier().events.notified();
-            let events = match state.store.events(job_id, after, 100).await {
-                Ok(events) => events,
-                Err(err) => {
-                    tracing::warn!(job = %job_id, error = %err, "reading events failed");
-                    tokio::time::sleep(EVENT_POLL).await;
+            if let Some(event) = f.pending.pop_front() {
+                f.after = event.seq;
+                if event.is_terminal() {
+                    f.done = true;
+                    f.pending = Default::default();
+                }
+                return Some((event, f));
+            }
+            let poll = f.state.store.notifier().poll();
+            // Listen before reading, so a change in between still wakes us.
+            let changed = f.watch.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match f.state.store.events(job_id, f.after, FOLLOW_PAGE).await {
+                Ok(events) if !events.is_empty() => {
+                    f.pending = events.into();
                     continue;
                 }
-            };
-            if events.is_empty() {
-                // A purged job has no more events to give.
-                if matches!(state.store.get_job(job_id).await, Ok(None)) {
-                    return;
-                }
-                tokio::select! {
-                    _ = wake => {}
-                    _ = tokio::time::sleep(EVENT_POLL) => {}
-                    _ = tx.closed() => return,
-                    _ = state.shutdown.cancelled() => return,
-                }
-                continue;
+                Ok(_) => {}
+                Err(err) => tracing::warn!(job = %job_id, error = %err, "reading events failed"),
             }
-            for event in events {
-                after = event.seq;
-                let terminal = event.is_terminal();
-                if tx.send(event).await.is_err() || terminal {
-                    return;
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep(poll) => {
+                    // Nothing woke us for a while: a purged job has no more events to give.
+                    if matches!(f.state.store.get_job(job_id).await, Ok(None)) {
+                        return None;
+                    }
                 }
+                _ = f.state.shutdown.cancelled() => return None,
             }
         }
     })
+}
+
+/// Followers closed since memory was last given back.
+static CLOSED_FOLLOWERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Closed followers after which freed memory is given back to the system.
+const TRIM_AFTER: usize = 1_000;
+
+/// Counts a closed follower; after [`TRIM_AFTER`] of them, gives the memory
+/// the allocator keeps free back to the system. glibc's malloc keeps freed
+/// chunks of its per-thread arenas for reuse, so after 10,000 followers
+/// closed, the process kept their memory (issue 17); `malloc_trim` returns
+/// the free pages (a few ms per call, at most once per 1,000 closed followers).
+fn followers_closed() {
+    use std::sync::atomic::Ordering;
+    if CLOSED_FOLLOWERS.fetch_add(1, Ordering::Relaxed) + 1 < TRIM_AFTER {
+        return;
+    }
+    CLOSED_FOLLOWERS.store(0, Ordering::Relaxed);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        // Later, so the followers closing in the same burst are freed first.
+        runtime.spawn(async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+            tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) });
+        });
+    }
 }
 
 /// A stream fed by a task through a small channel.

@@ -14,6 +14,7 @@
 
 pub mod audit;
 pub mod model;
+pub mod notify;
 pub mod redis;
 pub mod sqlite;
 
@@ -23,10 +24,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::Notify;
 
 pub use audit::AuditLog;
 pub use model::*;
+pub use notify::{Notifier, Watch};
 
 /// Errors from a store. Messages never contain secrets.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +48,9 @@ pub trait Store: Send + Sync + 'static {
     /// Short backend name for health output: `sqlite` or `redis`.
     fn backend(&self) -> &'static str;
 
-    /// In-process wake-ups: `jobs` fires when a job is queued, `events` when any
-    /// event is appended. Other processes are not notified; they poll.
+    /// Wake-ups: `jobs()` fires when jobs may be ready to claim, a
+    /// [`Notifier::watch`] of a job when its events change. The Redis backend
+    /// carries them across processes (pub/sub); SQLite only within one.
     fn notifier(&self) -> &Notifier;
 
     /// Round trip to the backing store.
@@ -250,13 +252,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// The value under `key` if its time has not passed.
     async fn cache_get(&self, key: &str) -> Result<Option<String>>;
-}
-
-/// In-process wake-ups shared by the API and worker of one process.
-#[derive(Debug, Default)]
-pub struct Notifier {
-    pub jobs: Notify,
-    pub events: Notify,
 }
 
 /// Where the state lives, parsed from `ORCH_STORE`.

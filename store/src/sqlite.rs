@@ -790,8 +790,7 @@ impl Store for SqliteStore {
     async fn insert_job(&self, job: NewJob) -> Result<Inserted> {
         let inserted = self.write(move |conn| insert_with_idempotency(conn, &job)).await?;
         if let Inserted::Created(_) = inserted {
-            self.notifier.jobs.notify_waiters();
-            self.notifier.events.notify_waiters();
+            self.notifier.jobs_ready();
         }
         Ok(inserted)
     }
@@ -801,8 +800,7 @@ impl Store for SqliteStore {
             return Ok(());
         }
         self.write(move |conn| jobs.iter().try_for_each(|job| insert_queued(conn, job).map(drop))).await?;
-        self.notifier.jobs.notify_waiters();
-        self.notifier.events.notify_waiters();
+        self.notifier.jobs_ready();
         Ok(())
     }
 
@@ -866,7 +864,7 @@ impl Store for SqliteStore {
     async fn cancel_job(&self, id: JobId) -> Result<Option<Job>> {
         let (job, appended) = self.write(move |conn| cancel(conn, &id.to_string())).await?;
         if appended {
-            self.notifier.events.notify_waiters();
+            self.notifier.job_changed(id);
         }
         Ok(job)
     }
@@ -877,8 +875,8 @@ impl Store for SqliteStore {
         }
         let worker = worker.to_owned();
         let jobs = self.write(move |conn| claim_due(conn, &worker, limit, lease)).await?;
-        if !jobs.is_empty() {
-            self.notifier.events.notify_waiters();
+        for job in &jobs {
+            self.notifier.job_changed(job.id);
         }
         Ok(jobs)
     }
@@ -923,11 +921,12 @@ impl Store for SqliteStore {
 
     async fn complete(&self, worker: &str, completions: Vec<Completion>) -> Result<Vec<bool>> {
         let worker = worker.to_owned();
+        let ids: Vec<JobId> = completions.iter().map(|c| c.job_id).collect();
         let applied = self
             .write(move |conn| completions.iter().map(|c| complete_one(conn, &worker, c)).collect::<Result<Vec<_>>>())
             .await?;
-        if applied.contains(&true) {
-            self.notifier.events.notify_waiters();
+        for (id, _) in ids.iter().zip(&applied).filter(|(_, applied)| **applied) {
+            self.notifier.job_changed(*id);
         }
         Ok(applied)
     }
@@ -952,7 +951,7 @@ impl Store for SqliteStore {
             })
             .await?;
         if recorded {
-            self.notifier.events.notify_waiters();
+            self.notifier.job_changed(id);
         }
         Ok(())
     }
@@ -960,7 +959,8 @@ impl Store for SqliteStore {
     async fn recover_expired(&self, now: DateTime<Utc>, limit: usize) -> Result<u64> {
         let moved = self.write(move |conn| recover(conn, now, limit)).await?;
         if moved > 0 {
-            self.notifier.events.notify_waiters();
+            self.notifier.jobs_ready();
+            self.notifier.all_changed();
         }
         Ok(moved)
     }

@@ -222,7 +222,11 @@ impl DeliveryExecutor {
     async fn settled_job(&self, job_id: JobId, input: &DeliveryInput, ctx: &JobContext) -> Result<Job, JobError> {
         let store = &self.0.store;
         let deadline = Instant::now() + self.0.config.settle_wait;
+        let watch = store.notifier().watch(job_id);
         loop {
+            let wake = watch.changed();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
             let job = store
                 .get_job(job_id)
                 .await
@@ -249,7 +253,6 @@ impl DeliveryExecutor {
                 )
                 .retry_in(self.0.config.settle_wait));
             }
-            let wake = store.notifier().events.notified();
             tokio::select! {
                 _ = wake => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}

@@ -269,7 +269,7 @@ async fn claim_loop(
             continue;
         }
         // Register interest before claiming so a job queued in between wakes us.
-        let queued = store.notifier().jobs.notified();
+        let queued = store.notifier().jobs().notified();
         let jobs = match store.claim(&config.id, room.min(config.claim_batch), config.lease).await {
             Ok(jobs) => {
                 store_backoff = Duration::from_millis(100);

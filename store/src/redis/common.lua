@@ -21,6 +21,7 @@ local K_LEASES = P .. ':leases'         -- ZSET running ids by lease_expires_at 
 local K_FINISHED = P .. ':finished:log' -- LIST terminal ids in the order they finished
 local K_FINISHED_OLD = P .. ':finished' -- ZSET by finished_at, written before the log; purge drains it
 local K_JOBS = P .. ':jobs'             -- ZSET (score 0) every id, for lexical newest-first listing
+local C_READY = P .. ':wake:ready'      -- channel: jobs were queued; message = earliest run_at (ms)
 
 -- Field order of a job as scripts return it: the id, then these (JOB_FIELDS in
 -- mod.rs). `spec` holds what never changes (kind, max_attempts, created_at, input,
@@ -57,10 +58,13 @@ end
 
 -- Appends an event to the job at key `k` and sets fields, in one HSET. `count` is
 -- the job's `events` field before; an event is stored as "<at ms>|<kind>|<data
--- json>" in field `e<seq>`, so a transition costs no extra key or call.
+-- json>" in field `e<seq>`, so a transition costs no extra key or call. The new
+-- seq is published on the job's channel (named like its key) for the followers
+-- of the job in every process; with nobody subscribed, PUBLISH is one lookup.
 local function update(k, count, kind, data, ...)
   local seq = itoa(tonumber(count) + 1)
   redis.call('HSET', k, 'events', seq, 'e' .. seq, NOW .. '|' .. kind .. '|' .. data, ...)
+  redis.call('PUBLISH', k, seq)
   return seq
 end
 
@@ -105,8 +109,11 @@ end
 -- sorts after the current last entry; any other queued job waits in the delayed
 -- set, from which claim merges due ids in order. `tail` caches the last entry.
 local tail, tail_dirty = nil, false
+-- The earliest run_at enqueued by this script, published on C_READY by flush.
+local ready_at = nil
 local function enqueue(id, run_at)
   local r = tonumber(run_at)
+  if not ready_at or r < ready_at then ready_at = r end
   if r <= DUE_N then
     if tail == nil then
       tail = false
@@ -135,6 +142,10 @@ local function flush()
   if tail_dirty then
     redis.call('HSET', K_TAIL, 'run_at', string.format('%d', tail[1]), 'id', tail[2])
     tail_dirty = false
+  end
+  if ready_at then
+    redis.call('PUBLISH', C_READY, string.format('%d', ready_at))
+    ready_at = nil
   end
 end
 

@@ -54,6 +54,8 @@
 //! so this backend does not support Redis Cluster; Cluster hash tags are out of
 //! scope. Times are the caller's clock, passed to every script.
 
+mod wake;
+
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -243,6 +245,7 @@ pub struct RedisStore {
     prefix: String,
     scripts: Scripts,
     notifier: Notifier,
+    _wake: wake::WakeTask,
 }
 
 impl RedisStore {
@@ -276,8 +279,9 @@ impl RedisStore {
             // Bulk inserts and large claims are single scripts; give them time.
             .set_response_timeout(Some(Duration::from_secs(30)));
         let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
-        let store =
-            RedisStore { conn, prefix: prefix.to_owned(), scripts: Scripts::new(), notifier: Notifier::default() };
+        let notifier = Notifier::default();
+        let wake = wake::start(client, prefix, notifier.clone());
+        let store = RedisStore { conn, prefix: prefix.to_owned(), scripts: Scripts::new(), notifier, _wake: wake };
         store.ping().await?;
         Ok(store)
     }
@@ -588,8 +592,7 @@ impl Store for RedisStore {
             }
             other => return Err(corrupt(format!("unexpected insert reply {other:?}"))),
         }
-        self.notifier.jobs.notify_waiters();
-        self.notifier.events.notify_waiters();
+        self.notifier.jobs_ready();
         let created_at = from_millis(to_millis(job.created_at));
         Ok(Inserted::Created(Job {
             id: job.id,
@@ -632,8 +635,7 @@ impl Store for RedisStore {
             })
             .await?;
         }
-        self.notifier.jobs.notify_waiters();
-        self.notifier.events.notify_waiters();
+        self.notifier.jobs_ready();
         Ok(())
     }
 
@@ -776,7 +778,7 @@ impl Store for RedisStore {
         };
         let job = parse_job(job)?;
         if int(evented)? == 1 {
-            self.notifier.events.notify_waiters();
+            self.notifier.job_changed(id);
         }
         Ok(Some(job))
     }
@@ -798,8 +800,8 @@ impl Store for RedisStore {
         }
         let jobs =
             rows.chunks(7).map(|row| parse_claimed(row, worker, now, lease_until)).collect::<Result<Vec<_>>>()?;
-        if !jobs.is_empty() {
-            self.notifier.events.notify_waiters();
+        for job in &jobs {
+            self.notifier.job_changed(job.id);
         }
         Ok(jobs)
     }
@@ -852,8 +854,8 @@ impl Store for RedisStore {
             })
             .await?;
         let applied = array(&reply)?.iter().map(|v| int(v).map(|n| n == 1)).collect::<Result<Vec<_>>>()?;
-        if applied.iter().any(|&a| a) {
-            self.notifier.events.notify_waiters();
+        for (c, _) in completions.iter().zip(&applied).filter(|(_, applied)| **applied) {
+            self.notifier.job_changed(c.job_id);
         }
         Ok(applied)
     }
@@ -865,7 +867,7 @@ impl Store for RedisStore {
             })
             .await?;
         if int(&reply)? == 1 {
-            self.notifier.events.notify_waiters();
+            self.notifier.job_changed(id);
         }
         Ok(())
     }
@@ -882,8 +884,8 @@ impl Store for RedisStore {
             .await?;
         let moved = u64::try_from(int(&reply)?).unwrap_or(0);
         if moved > 0 {
-            self.notifier.jobs.notify_waiters();
-            self.notifier.events.notify_waiters();
+            self.notifier.jobs_ready();
+            self.notifier.all_changed();
         }
         Ok(moved)
     }
