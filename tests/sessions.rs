@@ -168,3 +168,31 @@ async fn memory_export_is_an_obsidian_note_with_an_optional_summary() {
     assert_eq!(bad.body["error"]["details"]["field"], "format");
     app.stop().await;
 }
+
+/// Issue 16, defect 9: a memory note stamps the user's message with when it
+/// was sent, not with the time of the answer that came after the turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_note_stamps_user_messages_with_their_own_time() {
+    let router = support::router(
+        "[slow]\nkind = 'cli'\ncommand = '/bin/sh'\nargs = ['-c', 'sleep 2.2; echo answered']\noutput = { format = 'text' }\n",
+        "default_model = 'slow'\n",
+    );
+    let app = spawn_app_with(Backend::Sqlite, Options { router: Some(router), ..Default::default() }).await;
+    let admin = app.admin.clone();
+    assert_eq!(turn(&app, &admin, "stamps-1", "when did I ask?").await["text"], "answered");
+    let session = app.get("/v1/sessions/stamps-1").await.body;
+    let at = |i: usize| chrono::DateTime::parse_from_rfc3339(session["messages"][i]["at"].as_str().unwrap()).unwrap();
+    assert!(at(1) - at(0) >= chrono::TimeDelta::seconds(2), "user at {}, answer at {}", at(0), at(1));
+    let note = app.get("/v1/sessions/stamps-1/memory?format=json").await.body;
+    let markdown = note["markdown"].as_str().unwrap();
+    let stamp = |prefix: &str| {
+        let line = markdown.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{markdown}"));
+        chrono::DateTime::parse_from_rfc3339(line.rsplit(" · ").next().unwrap()).unwrap()
+    };
+    let (user, answer) = (stamp("**User** · "), stamp("**Assistant** · "));
+    assert!(
+        answer - user >= chrono::TimeDelta::seconds(2),
+        "the note stamps the user at {user}, the answer at {answer}"
+    );
+    app.stop().await;
+}

@@ -58,6 +58,13 @@ pub struct ChatJobRequest {
     /// Most agent turns the CLI may take (1–100; Claude's `--max-turns`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_turns: Option<u32>,
+    /// The most this turn may cost, in US dollars (more than 0, at most
+    /// 1000): Claude stops a turn that passes it (`--max-budget-usd`, cost at
+    /// API rates; the provider's `limits.max_budget_usd` is the upper bound)
+    /// and the job fails with `budget_exceeded`. Other CLIs report no cost
+    /// and run uncapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_budget_usd: Option<f64>,
     /// Continue this conversation (or start it): earlier turns are given to the
     /// provider and this one is added. Same as the `X-Session-ID` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -425,6 +432,17 @@ pub fn check_prompt_size(config: &ApiConfig, bytes: usize) -> ApiResult<()> {
     Ok(())
 }
 
+/// A turn's `max_budget_usd`: more than 0 and at most 1000 dollars.
+pub fn check_budget(usd: Option<f64>) -> ApiResult<()> {
+    match usd {
+        Some(usd) if !(usd.is_finite() && usd > 0.0 && usd <= 1000.0) => Err(ApiError::invalid_field(
+            "max_budget_usd",
+            format!("must be more than 0 and at most 1000 (US dollars); got {usd}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn check_chat(state: &AppState, req: &ChatJobRequest) -> ApiResult<()> {
     check_model(&state.router, req.model.as_deref(), req.task_type.as_deref())?;
     if let Some(turns) = req.max_turns
@@ -432,6 +450,7 @@ fn check_chat(state: &AppState, req: &ChatJobRequest) -> ApiResult<()> {
     {
         return Err(ApiError::invalid_field("max_turns", format!("must be between 1 and 100; got {turns}")));
     }
+    check_budget(req.max_budget_usd)?;
     if let Some(messages) = &req.messages {
         for (i, m) in messages.iter().enumerate() {
             if !["system", "user", "assistant"].contains(&m.role.as_str()) {
@@ -576,9 +595,12 @@ pub fn chat_input(state: &AppState, req: &ChatJobRequest) -> ApiResult<Value> {
     }
     check_prompt_size(&state.config, messages.iter().map(|m| m.content.len()).sum())?;
     let mut input = json!({"messages": messages});
-    for (name, value) in
-        [("model", json!(req.model)), ("task_type", json!(req.task_type)), ("max_turns", json!(req.max_turns))]
-    {
+    for (name, value) in [
+        ("model", json!(req.model)),
+        ("task_type", json!(req.task_type)),
+        ("max_turns", json!(req.max_turns)),
+        ("max_budget_usd", json!(req.max_budget_usd)),
+    ] {
         if !value.is_null() {
             input[name] = value;
         }

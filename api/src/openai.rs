@@ -76,6 +76,11 @@ pub struct CompletionRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub stream_options: Option<Value>,
+    /// Orch's cap on what this turn may cost, in US dollars (more than 0, at
+    /// most 1000): Claude stops a turn that passes it (`--max-budget-usd`)
+    /// and the answer is 402 `budget_exceeded`. Other CLIs report no cost.
+    #[serde(default)]
+    pub max_budget_usd: Option<f64>,
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub ignored: Map<String, Value>,
@@ -292,7 +297,12 @@ fn completion_input(state: &AppState, req: &CompletionRequest, spec: &ToolSpec) 
             }
         }
     }
-    finish_input(state, &req.model, req.task_type.as_deref(), messages, spec)
+    jobs::check_budget(req.max_budget_usd)?;
+    let mut input = finish_input(state, &req.model, req.task_type.as_deref(), messages, spec)?;
+    if let Some(usd) = req.max_budget_usd {
+        input["max_budget_usd"] = json!(usd);
+    }
+    Ok(input)
 }
 
 /// A chat job input from converted `messages`: the tool instructions added,
@@ -400,6 +410,7 @@ async fn finished(state: &AppState, id: JobId) -> ApiResult<(String, Value)> {
             let error = job.error.unwrap_or_else(|| orch_store::JobError::new("failed", "the turn failed", false));
             let status = match error.code.as_str() {
                 "usage_limit" => StatusCode::TOO_MANY_REQUESTS,
+                "budget_exceeded" => StatusCode::PAYMENT_REQUIRED,
                 "invalid_input" | "invalid_request" => StatusCode::BAD_REQUEST,
                 "timeout" => StatusCode::GATEWAY_TIMEOUT,
                 "not_installed" => StatusCode::SERVICE_UNAVAILABLE,
@@ -407,6 +418,7 @@ async fn finished(state: &AppState, id: JobId) -> ApiResult<(String, Value)> {
             };
             let code: &'static str = match error.code.as_str() {
                 "usage_limit" => "usage_limit",
+                "budget_exceeded" => "budget_exceeded",
                 "auth" => "provider_auth",
                 "timeout" => "timeout",
                 "not_installed" => "not_installed",
@@ -500,7 +512,9 @@ fn stream_completion(
     let created = chrono::Utc::now().timestamp();
     let chunk_id = format!("chatcmpl-{id}");
     // `extra` adds top-level fields (the last chunk's `usage` and `orch`).
-    let chunk = move |delta: Value, finish: Option<&str>, extra: &[(&str, Value)]| {
+    // Every chunk names the model as the answer does (`provider/model`): the
+    // one the turn's `model` progress events said last, then the answer's.
+    let chunk = move |model: &str, delta: Value, finish: Option<&str>, extra: &[(&str, Value)]| {
         let mut c = json!({
             "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
@@ -511,7 +525,10 @@ fn stream_completion(
         Ok(Event::default().data(c.to_string()))
     };
     let stream = jobs::async_stream(move |tx| async move {
-        let _ = tx.send(chunk(json!({"role": "assistant", "content": ""}), None, &[])).await;
+        let mut model = model;
+        // The role chunk waits for the first text (or the end), when the model is known.
+        let mut began = false;
+        let role = || json!({"role": "assistant", "content": ""});
         let mut streamed = String::new();
         let mut events = Box::pin(jobs::follow_events(state.clone(), id, 0));
         let wait = tokio::time::sleep(state.config.chat_wait);
@@ -528,10 +545,22 @@ fn stream_completion(
                 let _ = tx.send(Ok(Event::default().data(error.to_string()))).await;
                 break;
             };
+            if event.kind == "progress" && event.data["type"] == "model" {
+                if let Some(provider) = event.data["provider"].as_str() {
+                    model = match event.data["model"].as_str() {
+                        Some(m) => format!("{provider}/{m}"),
+                        None => provider.to_owned(),
+                    };
+                }
+                continue;
+            }
             if event.kind == "progress" && event.data["type"] == "text" {
                 let text = event.data["text"].as_str().unwrap_or_default();
                 streamed.push_str(text);
-                if tx.send(chunk(json!({"content": text}), None, &[])).await.is_err() {
+                if !std::mem::replace(&mut began, true) && tx.send(chunk(&model, role(), None, &[])).await.is_err() {
+                    return;
+                }
+                if tx.send(chunk(&model, json!({"content": text}), None, &[])).await.is_err() {
                     return;
                 }
                 continue;
@@ -542,14 +571,20 @@ fn stream_completion(
             guard.finished();
             match finished(&state, id).await {
                 Ok((text, result)) => {
+                    if let Some(routed) = result["routed_to"].as_str().filter(|r| !r.is_empty()) {
+                        model = routed.to_owned();
+                    }
+                    if !began {
+                        let _ = tx.send(chunk(&model, role(), None, &[])).await;
+                    }
                     // CLIs that print the answer only at the end stream it in one piece.
                     let rest =
                         text.strip_prefix(streamed.as_str()).unwrap_or(if streamed.is_empty() { &text } else { "" });
                     if !rest.is_empty() {
-                        let _ = tx.send(chunk(json!({"content": rest}), None, &[])).await;
+                        let _ = tx.send(chunk(&model, json!({"content": rest}), None, &[])).await;
                     }
                     let extra = [("usage", usage_of(&result)), ("orch", orch_of(id, &result))];
-                    let _ = tx.send(chunk(json!({}), Some("stop"), &extra)).await;
+                    let _ = tx.send(chunk(&model, json!({}), Some("stop"), &extra)).await;
                 }
                 Err(err) => {
                     let body = json!({"error": {"code": err.code, "message": err.message, "details": err.details}});

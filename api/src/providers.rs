@@ -163,7 +163,7 @@ pub async fn token_health(State(state): State<AppState>, principal: Principal) -
         };
         let fix = match health.token.as_str() {
             "ok" | "not_checked" => None,
-            _ => missing_fix.or_else(|| Some(provider.kind().renew_hint().to_owned())),
+            _ => missing_fix.or_else(|| Some(provider.renew_hint())),
         };
         let expires_at = health.expiry.as_ref().and_then(|e| e.expires_at);
         tokens.push(TokenHealth {

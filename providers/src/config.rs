@@ -190,6 +190,10 @@ pub struct Limits {
     /// seconds is given up when a fallback follows (0 = never). Unset: 90 s
     /// for Qwen Code, which retries 429 and 5xx silently; never for the others.
     pub silent_secs: Option<u64>,
+    /// Claude only: a turn stops once its cost passes this many US dollars
+    /// (`--max-budget-usd`; the cost as Claude Code computes it at API
+    /// rates). A request's own `max_budget_usd` may lower it, never raise it.
+    pub max_budget_usd: Option<f64>,
 }
 
 impl Default for Limits {
@@ -202,6 +206,7 @@ impl Default for Limits {
             outage_cooldown_secs: 60,
             auth_probe_secs: 600,
             silent_secs: None,
+            max_budget_usd: None,
         }
     }
 }
@@ -248,8 +253,9 @@ impl ProvidersConfig {
 
 /// Fields settable as `ORCH_PROVIDER_<NAME>_<FIELD>`, longest first so
 /// `DEFAULT_MODEL` wins over a name ending in `DEFAULT`.
-const ENV_FIELDS: [&str; 14] = [
+const ENV_FIELDS: [&str; 15] = [
     "TOKEN_EXPIRES_AT",
+    "MAX_BUDGET_USD",
     "OUTPUT_CAP_BYTES",
     "OUTPUT_FORMAT",
     "OUTPUT_TEXT",
@@ -270,7 +276,7 @@ impl ProvidersConfig {
     /// settings: COMMAND, ARGS (a JSON array, or words split on spaces),
     /// MODELS (comma-separated), DEFAULT_MODEL, KIND, HOME, PTY (true/false), TOKEN_EXPIRES_AT,
     /// OUTPUT_FORMAT (text, json, jsonl, stream-json), OUTPUT_TEXT (the answer's path),
-    /// CONCURRENCY, TIMEOUT_SECS, OUTPUT_CAP_BYTES, COOLDOWN_SECS, and
+    /// CONCURRENCY, TIMEOUT_SECS, OUTPUT_CAP_BYTES, COOLDOWN_SECS, MAX_BUDGET_USD, and
     /// `ENV_<VAR>` for a variable of the CLI's environment. `<NAME>` is the
     /// provider's name in capitals with `-` as `_`; an unknown name adds a
     /// provider (which then needs a KIND unless named after a built-in).
@@ -363,6 +369,11 @@ impl ProvidersConfig {
                 "TIMEOUT_SECS" => number(&value).map(|n| config.limits.timeout_secs = n),
                 "OUTPUT_CAP_BYTES" => number(&value).map(|n| config.limits.output_cap_bytes = n),
                 "COOLDOWN_SECS" => number(&value).map(|n| config.limits.cooldown_secs = n),
+                "MAX_BUDGET_USD" => value
+                    .trim()
+                    .parse::<f64>()
+                    .map(|usd| config.limits.max_budget_usd = Some(usd))
+                    .map_err(|_| format!("{value:?} is not a number of dollars")),
                 env => {
                     let var = &env["ENV_".len()..];
                     if var.is_empty() {
@@ -445,6 +456,17 @@ impl ProviderConfig {
         }
         if limits.timeout_secs == 0 {
             return err("limits.timeout_secs", "must be at least 1".into());
+        }
+        if let Some(usd) = limits.max_budget_usd {
+            if kind != ProviderKind::Claude {
+                return err(
+                    "limits.max_budget_usd",
+                    format!("only a claude provider can cap a turn's cost (this one is {kind})"),
+                );
+            }
+            if !(usd.is_finite() && usd > 0.0) {
+                return err("limits.max_budget_usd", format!("must be a positive number of dollars (got {usd})"));
+            }
         }
         if limits.output_cap_bytes < 1024 {
             return err("limits.output_cap_bytes", format!("must be at least 1024 (got {})", limits.output_cap_bytes));

@@ -192,7 +192,8 @@ fn credentials(provider: &Provider) -> Credentials {
             let codex_home = var("CODEX_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".codex"));
             found(
                 first_var(&["CODEX_API_KEY", "OPENAI_API_KEY"]).or(file(codex_home.join("auth.json"))),
-                "run `codex login` as the user Orch runs as (or set CODEX_HOME in the provider's env)",
+                "run `codex login` as the user Orch runs as (ChatGPT plan; or set CODEX_HOME in the provider's env), \
+                 or set OPENAI_API_KEY in the provider's env (billed at API rates)",
             )
         }
         ProviderKind::Qwen => found(
@@ -267,7 +268,7 @@ pub async fn health(provider: &Provider, warn_days: u32) -> Health {
             .filter(|t| *t > now)
             .map(|t| format!(" (turns skip it; the next probe is at {})", stamp(t)))
             .unwrap_or_default();
-        fixes.push(format!("credential {token}{probe}: {}", provider.kind().renew_hint()));
+        fixes.push(format!("credential {token}{probe}: {}", provider.renew_hint()));
     }
     let cooldown_reason = status.cooldown_until.map(|_| match status.cooldown_cause.as_ref().map(|e| &e.kind) {
         Some(ErrorKind::Upstream { .. }) => "upstream",

@@ -39,6 +39,9 @@ pub enum ErrorKind {
     Upstream { status: Option<u16> },
     /// The request cannot run on this provider (unknown model, prompt unfit for a pty, ...).
     InvalidRequest { field: String },
+    /// The turn cost more than its budget (`max_budget_usd`) and was stopped;
+    /// `cost_usd` as the CLI reported it.
+    BudgetExceeded { cost_usd: Option<f64> },
 }
 
 impl TurnError {
@@ -56,7 +59,8 @@ impl TurnError {
             | ErrorKind::NotInstalled { .. }
             | ErrorKind::OutputTooLarge { .. }
             | ErrorKind::Cancelled
-            | ErrorKind::InvalidRequest { .. } => false,
+            | ErrorKind::InvalidRequest { .. }
+            | ErrorKind::BudgetExceeded { .. } => false,
         }
     }
 
@@ -71,8 +75,12 @@ impl TurnError {
             | ErrorKind::Crashed { .. }
             | ErrorKind::Malformed { .. }
             | ErrorKind::Upstream { .. } => true,
-            // Another CLI would get the same oversized or cancelled request.
-            ErrorKind::OutputTooLarge { .. } | ErrorKind::Cancelled | ErrorKind::InvalidRequest { .. } => false,
+            // Another CLI would get the same oversized or cancelled request;
+            // a budget is the caller's cap on what the turn may cost.
+            ErrorKind::OutputTooLarge { .. }
+            | ErrorKind::Cancelled
+            | ErrorKind::InvalidRequest { .. }
+            | ErrorKind::BudgetExceeded { .. } => false,
         }
     }
 
@@ -89,6 +97,7 @@ impl TurnError {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Upstream { .. } => "upstream",
             ErrorKind::InvalidRequest { .. } => "invalid_request",
+            ErrorKind::BudgetExceeded { .. } => "budget_exceeded",
         }
     }
 
@@ -120,5 +129,6 @@ mod tests {
         check(ErrorKind::Upstream { status: Some(500) }, true, true);
         check(ErrorKind::Upstream { status: Some(400) }, false, true);
         check(ErrorKind::InvalidRequest { field: "model".into() }, false, false);
+        check(ErrorKind::BudgetExceeded { cost_usd: Some(0.2) }, false, false);
     }
 }

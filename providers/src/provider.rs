@@ -238,6 +238,26 @@ impl Provider {
         (at >= self.loaded_at).then(|| at + Duration::from_secs(self.config.limits.auth_probe_secs))
     }
 
+    /// How to replace a credential the provider refused or that expires:
+    /// the API key its env carries when it runs on one (Codex and Qwen Code
+    /// use `OPENAI_API_KEY` before any login, Gemini `GEMINI_API_KEY`), else
+    /// the kind's login.
+    pub fn renew_hint(&self) -> String {
+        let set = |k: &str| {
+            self.config.env.0.get(k).cloned().or_else(|| std::env::var(k).ok()).is_some_and(|v| !v.is_empty())
+        };
+        let keys: &[&str] = match self.kind {
+            ProviderKind::Codex => &["CODEX_API_KEY", "OPENAI_API_KEY"],
+            ProviderKind::Qwen => &["OPENAI_API_KEY", "DASHSCOPE_API_KEY"],
+            ProviderKind::Gemini => &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
+            _ => &[],
+        };
+        match keys.iter().find(|k| set(k)) {
+            Some(key) => format!("replace {key} in the provider's env with a valid key (it was refused)"),
+            None => self.kind.renew_hint().to_owned(),
+        }
+    }
+
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         if self.kind == ProviderKind::Claude {
@@ -360,7 +380,7 @@ impl Provider {
                 stamp(*at),
                 error.message,
                 stamp(probe),
-                self.kind.renew_hint()
+                self.renew_hint()
             ),
         ))
     }
@@ -506,16 +526,25 @@ impl Provider {
             abort.cancel();
         };
         let heard = std::sync::atomic::AtomicBool::new(false);
+        let mut model_told = false;
         let mut on_line = |line: &str| {
             if adapters::is_reply(kind, line) {
                 heard.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            if !model_told && let Some(model) = adapters::reported_model(kind, line) {
+                model_told = true;
+                control.report(ProgressEvent::Model { provider: self.name.clone(), model: Some(model) });
             }
             if let Some(event) = adapters::progress(kind, line) {
                 if control.fallback
                     && let ProgressEvent::ApiRetry { status, error, .. } = &event
                 {
                     let why = adapters::retry_failure(kind, *status, error.as_deref());
-                    give_up(TurnError { message: format!("{}: {}", self.name, why.message), ..why });
+                    let fix = match why.kind {
+                        ErrorKind::Auth { .. } => format!("; {}", self.renew_hint()),
+                        _ => String::new(),
+                    };
+                    give_up(TurnError { message: format!("{}: {}{fix}", self.name, why.message), ..why });
                 }
                 control.report(event);
             }
@@ -547,6 +576,10 @@ impl Provider {
             ran = process::run(command, &abort, &mut on_line) => ran,
             () = watchdog => unreachable!("the watchdog never ends"),
         };
+        if let (ProviderKind::Gemini, Some(home)) = (kind, &home) {
+            let stdout = ran.as_ref().map_or("", |raw| raw.stdout.as_str());
+            adapters::gemini::forget_turn(home, &workdir, stdout, timeout + Duration::from_secs(60));
+        }
         if let Some(error) = gave_up.lock().expect("give-up lock").take()
             && !control.cancel.is_cancelled()
         {
@@ -576,7 +609,14 @@ impl Provider {
             Ok(output) => {
                 Ok(TurnOutput { provider: self.name.clone(), duration, model: output.model.or(model), ..output })
             }
-            Err(err) => Err(redact(TurnError { message: format!("{}: {}", self.name, err.message), ..err }, &secrets)),
+            Err(err) => {
+                let mut message = format!("{}: {}", self.name, err.message);
+                // Codex says only what failed; the fix depends on the credential it runs on.
+                if kind == ProviderKind::Codex && matches!(err.kind, ErrorKind::Auth { .. }) {
+                    message = format!("{message}; {}", self.renew_hint());
+                }
+                Err(redact(TurnError { message, ..err }, &secrets))
+            }
         }
     }
 

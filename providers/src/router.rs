@@ -429,6 +429,8 @@ impl Router {
             let started = std::time::Instant::now();
             let request = TurnRequest { model: target.model.clone(), ..request.clone() };
             let control = TurnControl { fallback: i + 1 < route.chain.len(), ..control.clone() };
+            let model = request.model.clone().or_else(|| provider.config().default_model.clone());
+            control.report(crate::turn::ProgressEvent::Model { provider: target.provider.clone(), model });
             match provider.attempt(&request, &control).await {
                 Ok(output) => {
                     let mut reason = route.reason.clone();

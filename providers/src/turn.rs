@@ -20,6 +20,10 @@ pub struct TurnRequest {
     pub allowed_tools: Vec<String>,
     /// An MCP configuration file for the CLI (Claude's `--mcp-config`).
     pub mcp_config: Option<PathBuf>,
+    /// Stop the turn once its cost passes this many US dollars (Claude's
+    /// `--max-budget-usd`, with the provider's `limits.max_budget_usd` as the
+    /// upper bound). CLIs that report no cost cannot be capped.
+    pub max_budget_usd: Option<f64>,
 }
 
 /// What a successful turn produced.
@@ -56,6 +60,10 @@ pub enum ProgressEvent {
     ApiRetry { attempt: u32, max_retries: Option<u32>, delay_ms: u64, status: Option<u16>, error: Option<String> },
     /// A piece of the answer as the CLI streamed it.
     Text { text: String },
+    /// Who answers now: sent as each attempt of a chain starts (with the
+    /// model asked for or configured, if any) and again when the CLI names
+    /// the model it runs, so a stream can say `provider/model` before the answer ends.
+    Model { provider: String, model: Option<String> },
 }
 
 /// How the caller steers a running turn: cancellation and progress.

@@ -152,6 +152,7 @@ async fn progress_of(kind: &str, capture: &str) -> Vec<ProgressEvent> {
 #[tokio::test]
 async fn claude_api_retries_become_progress() {
     let events = progress_of("claude", "claude-code-2.1.197/401.stream.jsonl").await;
+    let model = ProgressEvent::Model { provider: "claude".into(), model: Some("claude-sonnet-5".into()) };
     let retry = |attempt, delay_ms| ProgressEvent::ApiRetry {
         attempt,
         max_retries: Some(10),
@@ -159,19 +160,21 @@ async fn claude_api_retries_become_progress() {
         status: Some(401),
         error: Some("authentication_failed".into()),
     };
-    assert_eq!(events, [retry(1, 537), retry(2, 1146)]);
+    assert_eq!(events, [model, retry(1, 537), retry(2, 1146)]);
 }
 
 #[tokio::test]
 async fn streamed_text_becomes_progress() {
     let text = |t: &str| ProgressEvent::Text { text: t.into() };
+    // The model the CLI names at its start comes first (issue 16, defect 9: streams name it).
+    let model = |p: &str, m: &str| ProgressEvent::Model { provider: p.into(), model: Some(m.into()) };
     assert_eq!(
         progress_of("claude", "claude-code-2.1.197/ok.stream.jsonl").await,
-        [text("FAKE-REPLY: hello from loopback")]
+        [model("claude", "claude-sonnet-5"), text("FAKE-REPLY: hello from loopback")]
     );
     assert_eq!(
         progress_of("gemini", "gemini-cli-0.61.0/ok.stream.jsonl").await,
-        [text("FAKE-GEMINI: hello from loopback")]
+        [model("gemini", "gemini-2.5-pro"), text("FAKE-GEMINI: hello from loopback")]
     );
 }
 
@@ -233,4 +236,26 @@ async fn generic_cli_outputs() {
         &[("FAKE_MODE", "file"), ("FAKE_STDOUT_FILE", &out("generic.json"))],
     );
     assert_eq!(f.run("x").await.unwrap().text, std::fs::read_to_string(out("generic.json")).unwrap().trim_end());
+}
+
+/// Issue 16, defect 9: a refused Codex credential names the fix for the
+/// credential in use: the API key in its env, not `codex login`.
+#[tokio::test]
+async fn codex_fix_text_names_openai_api_key_not_codex_login() {
+    let f = fixture(
+        "codex",
+        "env = { OPENAI_API_KEY = 'sk-fake-refused-key' }",
+        &[("FAKE_CAPTURE", "codex-cli-0.171.0/401.stream.jsonl")],
+    );
+    let err = f.run("say hi").await.unwrap_err();
+    assert!(matches!(err.kind, orch_providers::ErrorKind::Auth { .. }), "{err:?}");
+    assert!(err.message.contains("replace OPENAI_API_KEY in the provider's env"), "{}", err.message);
+    assert!(!err.message.contains("codex login"), "{}", err.message);
+    assert_eq!(
+        f.provider.renew_hint(),
+        "replace OPENAI_API_KEY in the provider's env with a valid key (it was refused)"
+    );
+    // Without a key, a login is the fix.
+    let f = fixture("codex", "", &[]);
+    assert!(f.provider.renew_hint().contains("codex login"), "{}", f.provider.renew_hint());
 }

@@ -119,7 +119,7 @@ async fn codex_qwen_and_generic_command_lines() {
     let f = fixture("codex", "", &[RECORD, OK_CLAUDE]);
     let _ = f.run_request(&TurnRequest { model: Some("gpt-5-codex".into()), ..request("fix it") }).await;
     let rec = f.record();
-    assert_eq!(rec.argv, ["exec", "--json", "--skip-git-repo-check", "--model=gpt-5-codex", "-"]);
+    assert_eq!(rec.argv, ["exec", "--json", "--ephemeral", "--skip-git-repo-check", "--model=gpt-5-codex", "-"]);
     assert_eq!(rec.stdin, "fix it");
 
     let f = fixture("qwen", "", &[RECORD, OK_CLAUDE]);
@@ -127,7 +127,7 @@ async fn codex_qwen_and_generic_command_lines() {
     let rec = f.record();
     assert_eq!(
         rec.argv,
-        ["--prompt=hi", "--output-format=stream-json", "--model=qwen3-coder-plus", "--chat-recording=false"]
+        ["--prompt=hi", "--output-format=stream-json", "--model=qwen3-coder-plus", "--chat-recording=false", "--bare"]
     );
     assert_eq!(rec.stdin_source, "/dev/null");
 

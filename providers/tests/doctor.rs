@@ -30,7 +30,8 @@ async fn missing_cli_and_credentials_say_how_to_fix() {
         d.fixes(),
         [
             "\"codex-not-installed-here\" not found: npm i -g @openai/codex",
-            "run `codex login` as the user Orch runs as (or set CODEX_HOME in the provider's env)"
+            "run `codex login` as the user Orch runs as (ChatGPT plan; or set CODEX_HOME in the provider's env), \
+             or set OPENAI_API_KEY in the provider's env (billed at API rates)"
         ]
     );
 }

@@ -38,8 +38,10 @@ async fn timeout_kills_the_whole_group_and_retries_were_reported() {
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     drop(control);
     let mut statuses = Vec::new();
-    while let Some(ProgressEvent::ApiRetry { attempt, status, .. }) = rx.recv().await {
-        statuses.push((attempt, status));
+    while let Some(event) = rx.recv().await {
+        if let ProgressEvent::ApiRetry { attempt, status, .. } = event {
+            statuses.push((attempt, status));
+        }
     }
     assert_eq!(statuses, [(1, Some(500)), (2, Some(500)), (3, Some(500))]);
     assert_group_gone(&f, "grandchild").await;

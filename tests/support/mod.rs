@@ -2,6 +2,8 @@
 //! in a temp dir, or a private redis-server), plus a small HTTP client.
 #![allow(dead_code)]
 
+pub mod model_api;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

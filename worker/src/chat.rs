@@ -23,6 +23,9 @@ pub struct ChatInput {
     pub task_type: Option<String>,
     pub messages: Vec<Message>,
     pub max_turns: Option<u32>,
+    /// The most the turn may cost, in US dollars (Claude's `--max-budget-usd`).
+    #[serde(default)]
+    pub max_budget_usd: Option<f64>,
     /// The conversation this turn continues (set by the API from `X-Session-ID`).
     pub session: Option<SessionRef>,
     /// The API key that asked, for `/v1/usage`.
@@ -241,7 +244,13 @@ impl Executor for ProviderChat {
             }
         });
         let control = TurnControl { cancel: ctx.cancel.clone(), progress: Some(tx), ..Default::default() };
-        let request = TurnRequest { prompt, system, max_turns: input.max_turns, ..Default::default() };
+        let request = TurnRequest {
+            prompt,
+            system,
+            max_turns: input.max_turns,
+            max_budget_usd: input.max_budget_usd,
+            ..Default::default()
+        };
         let started = std::time::Instant::now();
         let result = self.router.run(&route, &request, &control).await;
         drop(control);
@@ -251,13 +260,14 @@ impl Executor for ProviderChat {
         let routed = result.map_err(|e| job_error(&e))?;
         let output = &routed.output;
         if let Some(session) = &input.session {
-            let now = Utc::now();
+            // The caller's messages are stamped with when they were sent (the
+            // job's creation), the answer with when it came.
             let mut turn: Vec<SessionMessage> = asked
                 .iter()
                 .map(|m| SessionMessage {
                     role: m.role.clone(),
                     content: m.content.clone(),
-                    at: now,
+                    at: job.created_at,
                     routed_to: None,
                     job_id: Some(ctx.job_id),
                 })

@@ -123,7 +123,7 @@ pub fn event_payload(
         "expires_at": expires_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
         "days_left": expires_at.map(|t| days_left(t, now)),
         "detail": detail,
-        "fix": provider.kind().renew_hint(),
+        "fix": provider.renew_hint(),
         "at": now.to_rfc3339_opts(SecondsFormat::Millis, true),
     })
 }

@@ -33,6 +33,14 @@ pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation
     if let Some(max_turns) = request.max_turns {
         args.push(format!("--max-turns={max_turns}"));
     }
+    // The lower of the request's and the provider's cap.
+    let budget = match (request.max_budget_usd, setup.config.limits.max_budget_usd) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(usd) = budget {
+        args.push(format!("--max-budget-usd={usd}"));
+    }
     // `--tools` picks the built-in tools that exist at all ("" = none);
     // `--allowedTools` lets the allowed ones run without a permission prompt.
     let tools = request.allowed_tools.join(",");
@@ -84,7 +92,10 @@ pub(super) fn qwen_invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invoc
         args.push(super::yargs_value("--system-prompt", system));
     }
     // No chat recording: nothing of the prompt stays under the CLI's home.
-    args.push("--chat-recording=false".into());
+    // `--bare`: no managed auto-memory, whose extractor makes a second model
+    // request per turn (billed too) and may write facts from the prompt
+    // under ~/.qwen/projects; nor the user's hooks, skills and extensions.
+    args.extend(["--chat-recording=false".into(), "--bare".into()]);
     args.extend(setup.config.args.iter().cloned());
     // Qwen reads a piped stdin as extra context; give it none.
     Invocation { args, stdin: None, env: Vec::new(), env_remove: Vec::new() }
@@ -210,6 +221,14 @@ pub(super) fn parse(raw: &RawOutput) -> Result<TurnOutput, TurnError> {
 
 fn from_result(result: &Value, seen: Seen) -> Result<TurnOutput, TurnError> {
     let text = str_at(result, "/result").map(str::to_owned);
+    if result["subtype"] == "error_max_budget_usd" {
+        let cost = result["total_cost_usd"].as_f64();
+        let spent = cost.map(|c| format!(" (it cost ${c})")).unwrap_or_default();
+        return Err(TurnError::new(
+            ErrorKind::BudgetExceeded { cost_usd: cost },
+            format!("the turn passed its budget{spent} and was stopped: raise max_budget_usd to let it finish"),
+        ));
+    }
     if result["is_error"].as_bool().unwrap_or(false) {
         let status = u64_at(result, "/api_error_status").map(|s| s as u16);
         let detail = text.or_else(|| str_at(result, "/subtype").map(str::to_owned)).unwrap_or_default();

@@ -9,7 +9,8 @@ use crate::process::{Exit, RawOutput};
 use crate::turn::{ProgressEvent, TurnOutput, TurnRequest, Usage};
 
 pub(super) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Invocation {
-    let mut args = vec!["exec".to_owned(), "--json".into(), "--skip-git-repo-check".into()];
+    // `--ephemeral`: no session rollout (the prompt) is kept under CODEX_HOME.
+    let mut args = vec!["exec".to_owned(), "--json".into(), "--ephemeral".into(), "--skip-git-repo-check".into()];
     if let Some(model) = setup.model {
         args.push(format!("--model={model}"));
     }

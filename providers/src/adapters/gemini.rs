@@ -114,6 +114,40 @@ pub(crate) fn prepare_home(config: &ProviderConfig, own_home: &Path) -> Result<O
     Ok(Some(home))
 }
 
+/// Removes what the CLI kept of a turn under its home: Gemini CLI records
+/// every session (the prompt included) in
+/// `.gemini/tmp/<project>/chats/session-<time>-<id8>.jsonl` and has no option
+/// not to. The turn's own file goes by the session id in its output; files
+/// of turns that died before saying theirs go once older than `stale` (no
+/// running turn keeps a file that long unwritten), and only in projects
+/// rooted at Orch's `workdir`.
+pub(crate) fn forget_turn(home: &Path, workdir: &Path, stdout: &str, stale: std::time::Duration) {
+    let (events, _) = json_events(stdout);
+    let session = events.iter().find_map(|e| str_at(e, "/session_id")).map(|id| id.chars().take(8).collect::<String>());
+    let Ok(workdir) = workdir.canonicalize() else { return };
+    let Ok(projects) = std::fs::read_dir(home.join(".gemini/tmp")) else { return };
+    for project in projects.flatten() {
+        let root = std::fs::read_to_string(project.path().join(".project_root")).unwrap_or_default();
+        if Path::new(root.trim()).canonicalize().ok().as_deref() != Some(workdir.as_path()) {
+            continue;
+        }
+        let Ok(chats) = std::fs::read_dir(project.path().join("chats")) else { continue };
+        for chat in chats.flatten() {
+            let name = chat.file_name().to_string_lossy().into_owned();
+            let own = session.as_ref().is_some_and(|id| !id.is_empty() && name.contains(id.as_str()));
+            let old =
+                chat.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > stale));
+            if own || old {
+                let path = chat.path();
+                let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                if let Err(err) = removed {
+                    tracing::warn!(path = %path.display(), error = %err, "removing a gemini chat record failed");
+                }
+            }
+        }
+    }
+}
+
 pub(super) fn progress(line: &str) -> Option<ProgressEvent> {
     let event: Value = serde_json::from_str(line).ok()?;
     (event["type"] == "message" && event["role"] == "assistant")

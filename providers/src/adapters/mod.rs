@@ -64,6 +64,20 @@ pub(crate) fn progress(kind: ProviderKind, line: &str) -> Option<ProgressEvent> 
     }
 }
 
+/// The model a CLI says it runs, from its start-up event (Claude's and Qwen's
+/// `system`/`init`, Gemini's `init`); Codex and `cli` providers say none.
+pub(crate) fn reported_model(kind: ProviderKind, line: &str) -> Option<String> {
+    if !matches!(kind, ProviderKind::Claude | ProviderKind::Qwen | ProviderKind::Gemini) || !line.contains("\"init\"") {
+        return None;
+    }
+    let event: Value = serde_json::from_str(line).ok()?;
+    let init = match kind {
+        ProviderKind::Gemini => event["type"] == "init",
+        _ => event["type"] == "system" && event["subtype"] == "init",
+    };
+    init.then(|| str_at(&event, "/model").map(str::to_owned)).flatten().filter(|m| !m.is_empty())
+}
+
 /// Reads a finished turn. `provider` and `duration` of the output are the caller's to fill.
 pub(crate) fn parse(kind: ProviderKind, config: &ProviderConfig, raw: &RawOutput) -> Result<TurnOutput, TurnError> {
     match kind {
