@@ -102,6 +102,11 @@ pub struct ApiArgs {
     /// system's roots (for servers behind a private CA) [default: none].
     #[arg(long, env = "ORCH_MCP_CA_FILE", value_name = "PATH")]
     pub mcp_ca_file: Option<PathBuf>,
+    /// Internal MCP servers that servers registered through the API may reach anyway:
+    /// comma-separated CIDRs, addresses and host names, e.g. 10.0.0.0/8,mcp.internal
+    /// (mcp-config.json's servers are the operator's and not checked) [default: none].
+    #[arg(long, env = "ORCH_MCP_ALLOW", value_name = "LIST")]
+    pub mcp_allow: Option<String>,
     /// Let admins register stdio MCP servers (commands run on this host) through the API:
     /// true or false [default: false].
     #[arg(long, env = "ORCH_ALLOW_STDIO_REGISTRATION", value_name = "BOOL")]
@@ -196,6 +201,7 @@ struct FileConfig {
     mcp_config: Option<PathBuf>,
     mcp_separator: Option<String>,
     mcp_ca_file: Option<PathBuf>,
+    mcp_allow: Option<Vec<String>>,
     allow_stdio_registration: Option<bool>,
     max_prompt_bytes: Option<usize>,
     chat_wait: Option<String>,
@@ -247,6 +253,8 @@ pub struct Settings {
     pub mcp_separator: String,
     /// Extra CA certificates for https:// MCP servers (checked: readable, PEM).
     pub mcp_ca_file: Option<PathBuf>,
+    /// Where MCP servers registered through the API may connect (ORCH_MCP_ALLOW).
+    pub mcp_egress: orch_egress::Guard,
     pub webhooks: orch_webhooks::WebhookConfig,
     /// Where local state lives (the SQLite store, providers' working dirs).
     pub data_dir: PathBuf,
@@ -355,6 +363,14 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
             anyhow::anyhow!("ORCH_MCP_CA_FILE (--mcp-ca-file): {e}; give a PEM file of one or more CA certificates")
         })?;
     }
+    let mcp_allow: Vec<String> = match &api.mcp_allow {
+        Some(text) => text.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+        None => file.mcp_allow.unwrap_or_default(),
+    };
+    let (allow, allow_hosts) = orch_egress::parse_allow(&mcp_allow, true).map_err(|bad| {
+        anyhow::anyhow!("ORCH_MCP_ALLOW (--mcp-allow): {bad:?} is neither a CIDR, an address nor a host name; use forms like 10.0.0.0/8, 192.168.1.5, fd00::/8 or mcp.internal, comma-separated")
+    })?;
+    let mcp_egress = orch_egress::Guard { allow, allow_hosts, ..orch_mcp::mcp_guard() };
     let allow_api_stdio = match api.allow_stdio_registration.as_deref() {
         Some(text) => parse_bool(text).ok_or_else(|| {
             anyhow::anyhow!(
@@ -534,6 +550,7 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         mcp: orch_api::servers::McpSettings { file: mcp_file, allow_api_stdio },
         mcp_separator,
         mcp_ca_file,
+        mcp_egress,
         data_dir,
         providers,
         routing,

@@ -430,6 +430,7 @@ async fn start_mcp(settings: &Settings, state: &mut orch_api::AppState) -> Resul
     let options = orch_mcp::RegistryOptions {
         separator: settings.mcp_separator.clone(),
         ca_file: settings.mcp_ca_file.clone(),
+        egress: settings.mcp_egress.clone(),
         ..Default::default()
     };
     state.registry =

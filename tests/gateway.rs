@@ -7,6 +7,8 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use orch_api::servers::McpSettings;
@@ -285,4 +287,187 @@ async fn editing_the_file_applies_without_a_restart() {
     app.stop().await;
 }
 
-on_both_backends!(servers_registered_through_the_api_persist);
+/// A stand-in upstream on loopback: answers every request with `status` and
+/// a JSON `body`, except as an MCP server when `mcp` (initialize, tools/list
+/// with one tool, `leak`; then `tools/call` gets `status` and `body`).
+/// Counts the requests that reach it.
+async fn stand_in(status: StatusCode, body: Value, mcp: bool) -> (u16, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let handler = move |method: axum::http::Method, request: axum::body::Bytes| {
+        let (counter, body) = (counter.clone(), body.clone());
+        async move {
+            use axum::response::IntoResponse;
+            counter.fetch_add(1, Ordering::SeqCst);
+            let message: Value = serde_json::from_slice(&request).unwrap_or(Value::Null);
+            let id = message["id"].clone();
+            let answer =
+                |result: Value| axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response();
+            match (mcp, method.as_str(), message["method"].as_str()) {
+                (true, "GET" | "DELETE", _) => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+                (true, _, Some("initialize")) => answer(json!({"protocolVersion": "2025-03-26",
+                    "capabilities": {"tools": {}}, "serverInfo": {"name": "stand-in", "version": "1"}})),
+                (true, _, Some(m)) if m.starts_with("notifications/") => StatusCode::ACCEPTED.into_response(),
+                (true, _, Some("tools/list")) => {
+                    answer(json!({"tools": [{"name": "leak", "inputSchema": {"type": "object"}}]}))
+                }
+                (true, _, Some("ping")) => answer(json!({})),
+                _ => (status, axum::Json(body)).into_response(),
+            }
+        }
+    };
+    let app = axum::Router::new().fallback(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, hits)
+}
+
+/// Issue 13, defect 3 (first half): an admin could register any private or
+/// metadata address as an MCP server, and Orch connected. Now each is refused
+/// at registration naming the field and the setting, and a server that got into
+/// the store unchecked is refused at connect, before anything reaches it.
+async fn mcp_server_urls_have_no_egress_guard(backend: Backend) {
+    let (port, hits) = stand_in(StatusCode::OK, json!({}), true).await;
+    let handle = support::fresh_store(backend).await;
+    let admin = support::make_key(handle.store.as_ref(), &["admin"]).await;
+    let now = chrono::Utc::now();
+    for (name, url) in
+        [("stored-ip", format!("http://127.0.0.1:{port}/mcp")), ("stored-name", format!("http://localhost:{port}/mcp"))]
+    {
+        let stored = orch_store::StoredServer {
+            name: name.into(),
+            config: json!({"url": url, "timeout": 2}),
+            created_at: now,
+            updated_at: now,
+        };
+        assert!(handle.store.put_server(&stored).await.unwrap());
+    }
+    let options = Options { worker: false, mcp_allow: vec![], ..Default::default() };
+    let app = spawn_app_on(handle, admin, options).await;
+
+    let forms = [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://100.100.100.200/latest/meta-data/",
+        "http://[::ffff:127.0.0.1]:8080/mcp",
+        "http://0x7f000001/mcp",
+        "http://2130706433/mcp",
+        "http://0177.0.0.1/mcp",
+        "http://127.1/mcp",
+        "http://localhost./mcp",
+        "http://localhost:8080/mcp",
+        "http://[::1]/mcp",
+        "http://0.0.0.0:8080/mcp",
+        "http://[::]/mcp",
+        "http://10.0.0.1/mcp",
+        "http://172.16.5.4/mcp",
+        "http://192.168.1.1/mcp",
+        "http://[fc00::1]/mcp",
+        "http://[fe80::1]/mcp",
+        "http://100.64.0.1/mcp",
+        "http://[64:ff9b::a9fe:a9fe]/mcp",
+        "https://127.0.0.1/mcp",
+    ];
+    for (i, url) in forms.iter().enumerate() {
+        let name = format!("internal-{i}");
+        let path = format!("/v1/servers/{name}");
+        let put = |config: Value| app.call(Method::PUT, &path, Some(&app.admin), Some(config));
+        for r in [
+            app.post("/v1/servers", json!({"name": name, "config": {"url": url}})).await,
+            put(json!({"config": {"url": url, "transportType": "sse"}})).await,
+            put(json!({"config": {"url": url, "transportType": "streamable-http"}})).await,
+        ] {
+            assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_server");
+            assert_eq!(r.body["error"]["details"], json!({"server": name, "field": "config.url"}), "{url}");
+            let message = r.body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("`config.url`") && message.contains("ORCH_MCP_ALLOW"), "{url}: {message}");
+        }
+    }
+    let list = app.get("/v1/servers").await;
+    assert_eq!(names(&list, "servers", "name"), ["stored-ip", "stored-name"]);
+
+    // In the store unchecked: refused at every connect, the stand-in never reached.
+    for name in ["stored-ip", "stored-name"] {
+        let s = server(&list, name);
+        assert_eq!(s["state"], "down", "{s}");
+        let error = s["last_error"].as_str().unwrap();
+        assert!(error.contains("egress refused: the host resolves to a loopback address"), "{name}: {error}");
+        let r = app.post(&format!("/v1/servers/{name}/test"), json!({})).await;
+        assert_eq!(r.body["ok"], false, "{}", r.body);
+        assert!(r.body["error"].as_str().unwrap().contains("ORCH_MCP_ALLOW"), "{}", r.body);
+    }
+    let r = app.call(Method::POST, "/v1/servers/reload", Some(&app.admin), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "a refused server was contacted");
+    app.stop().await;
+}
+
+const UPSTREAM_MARKER: &str = "sk-live-UPSTREAM-7c41d";
+
+/// Issue 13, defect 3 (second half): what an upstream answered (a JSON body
+/// with a secret) came back in `/test`, `last_error` and tool-call failures,
+/// which a `tools:call` key reads, along with Rust type names.
+async fn the_upstreams_reply_is_echoed(backend: Backend) {
+    let leak = json!({"error": "bad token", "token": UPSTREAM_MARKER});
+    let (refusing, _) = stand_in(StatusCode::UNAUTHORIZED, leak.clone(), false).await;
+    let (failing, _) = stand_in(StatusCode::BAD_GATEWAY, leak.clone(), false).await;
+    let (not_mcp, _) = stand_in(StatusCode::OK, leak.clone(), false).await;
+    let (calls_fail, _) = stand_in(StatusCode::UNAUTHORIZED, leak.clone(), true).await;
+    let app = spawn_app_with(backend, Options { worker: false, ..Default::default() }).await;
+    let url = |port: u16| format!("http://127.0.0.1:{port}/mcp");
+    let servers = [
+        ("refusing", json!({"url": url(refusing), "timeout": 5}), "upstream refused: HTTP 401"),
+        (
+            "refusing-sse",
+            json!({"url": url(refusing), "transportType": "sse", "timeout": 5}),
+            "upstream refused: HTTP 401",
+        ),
+        ("failing", json!({"url": url(failing), "timeout": 5}), "upstream failed: HTTP 502"),
+        ("not-mcp", json!({"url": url(not_mcp), "timeout": 5}), "not an MCP server"),
+    ];
+    for (name, config, _) in &servers {
+        let r = app.post("/v1/servers", json!({"name": name, "config": config})).await;
+        assert_eq!((r.status, r.body["state"].as_str()), (StatusCode::CREATED, Some("down")), "{}", r.body);
+    }
+    let r =
+        app.post("/v1/servers", json!({"name": "calls-fail", "config": {"url": url(calls_fail), "timeout": 5}})).await;
+    assert_eq!((r.status, r.body["state"].as_str()), (StatusCode::CREATED, Some("up")), "{}", r.body);
+
+    let caller = support::make_key(app.store.as_ref(), &["tools:call"]).await;
+    let clean = |what: &str, reply: &Reply| {
+        let text = reply.body.to_string();
+        for leaked in [UPSTREAM_MARKER, "bad token", "orch_mcp::", "Watched<", "rmcp::"] {
+            assert!(!text.contains(leaked), "{what} shows {leaked:?}: {text}");
+        }
+    };
+    let list = app.call(Method::GET, "/v1/servers", Some(&caller), None).await;
+    clean("GET /v1/servers", &list);
+    for (name, _, class) in &servers {
+        let r = app.call(Method::GET, &format!("/v1/servers/{name}"), Some(&caller), None).await;
+        clean(name, &r);
+        let error = r.body["last_error"].as_str().unwrap_or_else(|| panic!("{name}: no last_error: {}", r.body));
+        assert!(error.contains(class), "{name}: {error}");
+        let r = call(&app, &caller, name, "anything", json!({})).await;
+        assert!(r.status.is_client_error() || r.status.is_server_error(), "{name}: {}", r.body);
+        clean(&format!("a call to {name}"), &r);
+        // Admins see the same classes, never the body or type names.
+        let r = app.post(&format!("/v1/servers/{name}/test"), json!({})).await;
+        assert_eq!(r.body["ok"], false, "{}", r.body);
+        clean(&format!("testing {name}"), &r);
+        assert!(r.body["error"].as_str().unwrap().contains(class), "{name}: {}", r.body);
+    }
+    let r = call(&app, &caller, "calls-fail", "leak", json!({})).await;
+    assert!(r.status.is_client_error() || r.status.is_server_error(), "{}", r.body);
+    clean("a failing tool call", &r);
+    let r = app.call(Method::GET, "/v1/servers/calls-fail", Some(&caller), None).await;
+    clean("the server after a failing call", &r);
+    app.stop().await;
+}
+
+on_both_backends!(
+    servers_registered_through_the_api_persist,
+    mcp_server_urls_have_no_egress_guard,
+    the_upstreams_reply_is_echoed,
+);

@@ -182,7 +182,9 @@ impl McpSources {
             }
             let (config, errors, _) = parse_entry(&server.name, &server.config);
             invalid.extend(errors.into_iter().map(|e| (Source::Api, e)));
-            if let Some(config) = config {
+            if let Some(mut config) = config {
+                // An admin's server, not the operator's: held to the egress guard at every connect.
+                config.guarded = true;
                 let known = Known {
                     source: Source::Api,
                     entry: server.config,
@@ -412,6 +414,34 @@ pub fn check_entry(name: &str, entry: &Value, allow_stdio: bool, separator: &str
     Ok(config)
 }
 
+/// An HTTP server registered through the API may reach only what the egress
+/// guard allows (not loopback, private, link-local, metadata and other
+/// internal addresses, unless ORCH_MCP_ALLOW lists them): its URL's host is
+/// resolved and every address checked now, and again at every connect.
+async fn check_egress(state: &AppState, name: &str, config: &ServerConfig) -> ApiResult<()> {
+    let (TransportConfig::Sse { url, .. } | TransportConfig::StreamableHttp { url, .. }) = &config.transport else {
+        return Ok(());
+    };
+    let refused = |message: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_server",
+            format!("server `{name}`, field `config.url`: {message}"),
+        )
+        .with_details(json!({"server": name, "field": "config.url"}))
+    };
+    let url = orch_egress::parse_url(url).map_err(|e| refused(e.to_string()))?;
+    let guard = &state.registry.options().egress;
+    guard.resolve(&url).await.map_err(|e| match e {
+        orch_egress::UrlError::Resolve { host, .. } => refused(format!(
+            "host {host:?} does not resolve; servers registered through the API are checked against {} when registered",
+            guard.setting
+        )),
+        other => refused(other.to_string()),
+    })?;
+    Ok(())
+}
+
 fn read_only(state: &AppState, name: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
@@ -518,7 +548,7 @@ pub async fn create_server(
     principal.require(auth::ADMIN)?;
     let CreateServer { name, config } = body.value;
     let entry = Value::Object(config);
-    check_entry(&name, &entry, state.mcp.settings.allow_api_stdio, &state.registry.options().separator)?;
+    let config = check_entry(&name, &entry, state.mcp.settings.allow_api_stdio, &state.registry.options().separator)?;
     match state.mcp.source(&name) {
         Some(Source::File) => return Err(read_only(&state, &name)),
         Some(Source::Api) => {
@@ -531,6 +561,7 @@ pub async fn create_server(
         }
         None => {}
     }
+    check_egress(&state, &name, &config).await?;
     let now = Utc::now();
     let created = state
         .store
@@ -572,10 +603,11 @@ pub async fn replace_server(
 ) -> ApiResult<(StatusCode, Json<ServerView>)> {
     principal.require(auth::ADMIN)?;
     let entry = Value::Object(body.value.config);
-    check_entry(&name, &entry, state.mcp.settings.allow_api_stdio, &state.registry.options().separator)?;
+    let config = check_entry(&name, &entry, state.mcp.settings.allow_api_stdio, &state.registry.options().separator)?;
     if state.mcp.source(&name) == Some(Source::File) {
         return Err(read_only(&state, &name));
     }
+    check_egress(&state, &name, &config).await?;
     let now = Utc::now();
     let created = state
         .store

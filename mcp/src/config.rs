@@ -79,6 +79,11 @@ pub struct ServerConfig {
     pub auto_approve: BTreeSet<String>,
     pub disabled: bool,
     pub pool: PoolConfig,
+    /// Registered through the API rather than written by the operator: an
+    /// HTTP server's URL must pass the registry's egress guard
+    /// ([`crate::RegistryOptions::egress`]) at every connect. The config
+    /// file's servers are the operator's and are not guarded.
+    pub guarded: bool,
 }
 
 /// How to reach a server.
@@ -381,6 +386,7 @@ fn parse_server(
         auto_approve: raw.auto_approve.into_iter().collect(),
         disabled: raw.disabled,
         pool,
+        guarded: false,
     })
 }
 

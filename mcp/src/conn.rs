@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Secret, ServerConfig, TransportConfig};
+use crate::egress::{Clients, classify, without_type_names};
 use crate::session_http::SessionHttpClient;
 use crate::sse::SseClientTransport;
 
@@ -158,9 +159,11 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for Watched<T> {
 /// Opens one connection and runs the MCP handshake, within `server.timeout`.
 pub(crate) async fn connect(
     server: &ServerConfig,
-    http: &reqwest::Client,
+    clients: &Clients,
     signals: Arc<Signals>,
 ) -> Result<Connection, String> {
+    // The operator's client, or the guarded one (a guarded URL naming an address is checked here).
+    let http = clients.for_server(server)?;
     let closed = CancellationToken::new();
     let handler = Handler { signals: signals.clone() };
     let timeout = server.timeout;
@@ -195,7 +198,7 @@ pub(crate) async fn connect(
             let service = tokio::time::timeout(timeout, handler.serve(transport))
                 .await
                 .map_err(|_| within("starting and initialising the process"))?
-                .map_err(|e| format!("initialisation failed: {e}"))?;
+                .map_err(|e| format!("initialisation failed: {}", without_type_names(&e.to_string())))?;
             (service, group)
         }
         TransportConfig::StreamableHttp { url, headers } => {
@@ -211,20 +214,20 @@ pub(crate) async fn connect(
             let service = tokio::time::timeout(timeout, handler.serve(transport))
                 .await
                 .map_err(|_| within("initialisation"))?
-                .map_err(|e| format!("initialisation at {url} failed: {}", crate::error::chain(&e)))?;
+                .map_err(|e| format!("initialisation failed: {}", classify(&crate::error::chain(&e))))?;
             (service, None)
         }
         TransportConfig::Sse { url, headers } => {
             let start = Instant::now();
             let sse = SseClientTransport::connect(http.clone(), url, header_map(headers), timeout)
                 .await
-                .map_err(|e| crate::error::chain(&e))?;
+                .map_err(|e| format!("opening the event stream failed: {}", classify(&crate::error::chain(&e))))?;
             let transport = Watched { inner: sse, closed: closed.clone() };
             let left = timeout.saturating_sub(start.elapsed());
             let service = tokio::time::timeout(left, handler.serve(transport))
                 .await
                 .map_err(|_| within("initialisation"))?
-                .map_err(|e| format!("initialisation at {url} failed: {}", crate::error::chain(&e)))?;
+                .map_err(|e| format!("initialisation failed: {}", classify(&crate::error::chain(&e))))?;
             (service, None)
         }
     };

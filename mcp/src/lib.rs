@@ -21,12 +21,16 @@
 //! The protocol is rmcp's client, over stdio (children in their own process
 //! group, killed as a group, and sent SIGTERM by the kernel if Orch dies),
 //! streamable HTTP, and our own legacy-SSE client ([`sse`]), since rmcp no
-//! longer has one; `https://` upstreams use rustls ([`tls`]). This crate knows nothing of Orch's
+//! longer has one; `https://` upstreams use rustls ([`tls`]). Servers registered
+//! through the API ([`ServerConfig::guarded`]) reach only the addresses the egress
+//! guard allows ([`RegistryOptions::egress`]), and an HTTP upstream's failures are
+//! classified before anyone sees them: what the upstream sent never shows. This crate knows nothing of Orch's
 //! HTTP API or store: the exposure side (`/mcp`, `/sse/{server}`, `orch mcp`,
 //! REST routes, servers registered over the API) is built on top of it.
 
 pub mod config;
 mod conn;
+mod egress;
 mod error;
 mod pool;
 mod registry;
@@ -39,7 +43,7 @@ pub use error::Error;
 pub use pool::{ConnectionStatus, ServerState, ServerStatus};
 pub use registry::{
     CallOptions, PromptEntry, Registry, RegistryEvent, RegistryOptions, ReloadReport, ResourceEntry,
-    ResourceTemplateEntry, TestReport, ToolEntry, test_server,
+    ResourceTemplateEntry, TestReport, ToolEntry, mcp_guard, test_server,
 };
 /// The MCP types this crate's API speaks (tools, call results), re-exported so
 /// callers use the same rmcp version.

@@ -18,6 +18,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::ServerConfig;
 use crate::conn::{self, Connection, Signals};
+use crate::egress::{Clients, describe};
 use crate::error::Error;
 use crate::registry::{RegistryEvent, RegistryOptions};
 
@@ -69,7 +70,7 @@ pub(crate) struct Catalog {
 pub(crate) struct ServerPool {
     pub config: ServerConfig,
     options: Arc<RegistryOptions>,
-    http: reqwest::Client,
+    http: Clients,
     signals: Arc<Signals>,
     permits: Semaphore,
     /// Serialises connection attempts made by callers, so a burst of calls to a
@@ -108,7 +109,7 @@ impl ServerPool {
     pub async fn start(
         config: ServerConfig,
         options: Arc<RegistryOptions>,
-        http: reqwest::Client,
+        http: Clients,
         events: broadcast::Sender<RegistryEvent>,
         stop: CancellationToken,
     ) -> Arc<ServerPool> {
@@ -274,26 +275,32 @@ impl ServerPool {
             catalog.tools = tokio::time::timeout(timeout, peer.list_all_tools())
                 .await
                 .map_err(|_| within("tools"))?
-                .map_err(|e| format!("tools/list failed: {e}"))?;
+                .map_err(|e| format!("tools/list failed: {}", describe(&self.config, &e.to_string())))?;
         }
         // Resources and prompts are extras: a server that fails to list them
         // still serves its tools.
         if capabilities.resources.is_some() {
             match tokio::time::timeout(timeout, peer.list_all_resources()).await {
                 Ok(Ok(resources)) => catalog.resources = resources,
-                Ok(Err(e)) => tracing::warn!(server = %self.config.name, error = %e, "resources/list failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(server = %self.config.name, error = %describe(&self.config, &e.to_string()), "resources/list failed")
+                }
                 Err(_) => tracing::warn!(server = %self.config.name, "{}", within("resources")),
             }
             match tokio::time::timeout(timeout, peer.list_all_resource_templates()).await {
                 Ok(Ok(templates)) => catalog.resource_templates = templates,
-                Ok(Err(e)) => tracing::warn!(server = %self.config.name, error = %e, "resources/templates/list failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(server = %self.config.name, error = %describe(&self.config, &e.to_string()), "resources/templates/list failed")
+                }
                 Err(_) => tracing::warn!(server = %self.config.name, "{}", within("resource templates")),
             }
         }
         if capabilities.prompts.is_some() {
             match tokio::time::timeout(timeout, peer.list_all_prompts()).await {
                 Ok(Ok(prompts)) => catalog.prompts = prompts,
-                Ok(Err(e)) => tracing::warn!(server = %self.config.name, error = %e, "prompts/list failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(server = %self.config.name, error = %describe(&self.config, &e.to_string()), "prompts/list failed")
+                }
                 Err(_) => tracing::warn!(server = %self.config.name, "{}", within("prompts")),
             }
         }
@@ -523,6 +530,7 @@ impl ServerPool {
                     Ok(latency) => self.lock().latency = Some(latency),
                     Err(error) => {
                         // A connection that cannot answer a ping is hung: replace it.
+                        let error = describe(&self.config, &error);
                         tracing::warn!(server = %self.config.name, pid = conn.pid(), %error, "MCP ping failed");
                         self.lock().last_error = Some(error);
                         conn.closed.cancel();

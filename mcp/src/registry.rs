@@ -15,6 +15,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{ConfigError, McpConfig, ServerConfig};
 use crate::conn;
+use crate::egress::Clients;
 use crate::error::Error;
 use crate::pool::{ServerPool, ServerStatus};
 
@@ -36,6 +37,14 @@ pub struct RegistryOptions {
     /// PEM file of CA certificates trusted for `https://` upstreams besides the
     /// system's roots (`ORCH_MCP_CA_FILE`).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Where servers registered through the API ([`ServerConfig::guarded`])
+    /// may connect: its allow list is `ORCH_MCP_ALLOW`.
+    pub egress: orch_egress::Guard,
+}
+
+/// The egress guard of MCP servers with an empty allow list.
+pub fn mcp_guard() -> orch_egress::Guard {
+    orch_egress::Guard::new("MCP servers registered through the API", "ORCH_MCP_ALLOW (hosts and CIDRs)")
 }
 
 impl Default for RegistryOptions {
@@ -48,6 +57,7 @@ impl Default for RegistryOptions {
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             ca_file: None,
+            egress: mcp_guard(),
         }
     }
 }
@@ -129,7 +139,7 @@ pub struct Registry {
 
 struct Inner {
     options: Arc<RegistryOptions>,
-    http: reqwest::Client,
+    http: Clients,
     servers: RwLock<BTreeMap<String, Arc<ServerPool>>>,
     events: broadcast::Sender<RegistryEvent>,
     /// Moving average of successful call durations (ms) by namespaced tool name.
@@ -145,7 +155,7 @@ impl Registry {
         if options.separator.is_empty() {
             return Err(Error::Options { message: "`separator` must not be empty; use `.` or `__`".into() });
         }
-        let http = crate::tls::http_client(options.ca_file.as_deref())
+        let http = Clients::new(options.ca_file.as_deref(), &options.egress)
             .map_err(|message| Error::Options { message: format!("`ca_file`: {message}") })?;
         let stop = CancellationToken::new();
         let (events, _) = broadcast::channel(256);
@@ -430,8 +440,9 @@ pub struct TestReport {
 /// for "test this server" before (or without) adding it to the registry.
 /// `https://` servers are checked against the system's roots only; see
 /// [`Registry::test_server`] for the registry's own CA settings.
+/// A guarded server ([`ServerConfig::guarded`]) is held to an empty allow list.
 pub async fn test_server(config: &ServerConfig) -> Result<TestReport, Error> {
-    let http = crate::tls::http_client(None).map_err(|message| Error::Options { message })?;
+    let http = Clients::new(None, &mcp_guard()).map_err(|message| Error::Options { message })?;
     test_server_with(config, &http).await
 }
 
@@ -442,7 +453,7 @@ impl Registry {
     }
 }
 
-async fn test_server_with(config: &ServerConfig, http: &reqwest::Client) -> Result<TestReport, Error> {
+async fn test_server_with(config: &ServerConfig, http: &Clients) -> Result<TestReport, Error> {
     let server = config.name.clone();
     let start = Instant::now();
     let signals = Arc::default();
@@ -456,7 +467,7 @@ async fn test_server_with(config: &ServerConfig, http: &reqwest::Client) -> Resu
         .map_err(|e| Error::Upstream {
             server: server.clone(),
             operation: "tools/list".into(),
-            reason: e.to_string(),
+            reason: crate::egress::describe(config, &e.to_string()),
         })?;
     let latency = start.elapsed();
     conn.service.cancellation_token().cancel();

@@ -25,13 +25,13 @@ pub fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, String>
     Ok(certificates)
 }
 
-/// The HTTP client of every upstream connection: system roots, plus the
-/// certificates of `ca_file` when given.
-pub(crate) fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+/// The builder of the upstream connections' HTTP clients: system roots, plus
+/// the certificates of `ca_file` when given.
+pub(crate) fn http_builder(ca_file: Option<&Path>) -> Result<reqwest::ClientBuilder, String> {
     install_crypto_provider();
     let mut builder = reqwest::Client::builder();
     if let Some(path) = ca_file {
         builder = builder.tls_certs_merge(ca_certificates(path)?);
     }
-    builder.build().map_err(|e| format!("cannot set up the HTTP client: {}", crate::error::chain(&e)))
+    Ok(builder)
 }

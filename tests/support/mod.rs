@@ -69,6 +69,8 @@ pub struct Options {
     pub public_url: String,
     /// ORCH_PLAN_MAX_ITEMS and ORCH_PLAN_MAX_OUTPUT_BYTES of the API and the worker.
     pub plan_limits: orch_planner::PlanLimits,
+    /// ORCH_MCP_ALLOW (default: loopback, where the tests' MCP servers listen).
+    pub mcp_allow: Vec<String>,
 }
 
 impl Default for Options {
@@ -87,6 +89,7 @@ impl Default for Options {
             api: Box::new(|_| {}),
             public_url: String::new(),
             plan_limits: Default::default(),
+            mcp_allow: vec!["127.0.0.0/8".into(), "::1".into(), "localhost".into()],
         }
     }
 }
@@ -146,6 +149,10 @@ pub async fn spawn_app_on(handle: StoreHandle, admin: String, options: Options) 
     let webhooks = orch_webhooks::Webhooks::new(store.clone(), options.webhooks);
     state.webhooks = webhooks.clone();
     state.router = router.clone();
+    let (allow, allow_hosts) = orch_egress::parse_allow(&options.mcp_allow, true).expect("a valid ORCH_MCP_ALLOW");
+    let egress = orch_egress::Guard { allow, allow_hosts, ..orch_mcp::mcp_guard() };
+    state.registry = orch_mcp::Registry::new(orch_mcp::RegistryOptions { egress, ..Default::default() })
+        .expect("valid registry options");
     state.mcp = Arc::new(McpSources::new(options.mcp));
     state.mcp.reload(store.as_ref(), &state.registry).await.expect("MCP servers load");
     let shutdown = CancellationToken::new();

@@ -25,7 +25,8 @@
 //! addresses ([`guard`]), and connects only to the addresses it checked.
 
 pub mod deliver;
-pub mod guard;
+/// The SSRF guard, shared with MCP upstreams ([`orch_egress`]).
+pub use orch_egress as guard;
 pub mod payload;
 pub mod sign;
 
@@ -175,7 +176,7 @@ pub struct Webhooks {
 
 impl Webhooks {
     pub fn new(store: Arc<dyn Store>, config: WebhookConfig) -> Arc<Webhooks> {
-        let guard = Guard { allow: config.allow.clone() };
+        let guard = Guard { allow: config.allow.clone(), ..Guard::new("webhooks", "ORCH_WEBHOOK_ALLOW (a CIDR list)") };
         Arc::new(Webhooks {
             store,
             config,
