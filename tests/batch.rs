@@ -738,3 +738,35 @@ on_both_backends!(
     large_outputs_are_stored_once_and_referenced,
     the_map_limit_is_bypassed_by_a_reference,
 );
+
+/// A plan typed into n8n's HTTP Request node in expression mode: n8n
+/// evaluates every `{{...}}` before Orch sees the body, so the plan uses
+/// `${...}`, which n8n leaves alone. The references must resolve and order
+/// the nodes as `{{...}}` does.
+#[tokio::test]
+async fn n8n_eats_plan_references() {
+    let app = app(Backend::Sqlite).await;
+    let (job, result) = app
+        .run(json!({
+            "input": {"xs": ["a", "b"]},
+            "nodes": [
+                {"id": "first", "tool": "test.sleep", "args": {"ms": 300}},
+                {"id": "second", "tool": "test.echo", "args": {"message": "after ${nodes.first.output}"}},
+                {"id": "each", "map": {"over": "${input.xs}", "node": {"tool": "test.echo", "args": {"message": "item ${item}"}}}},
+                {"id": "old", "value": "{{nodes.second.output}} / ${HOME}"}
+            ],
+            "output": {"second": "${nodes.second.output}", "each": "${ nodes.each.output }", "old": "{{nodes.old.output}}"}
+        }))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let output = &result["result"]["output"];
+    let second = output["second"].as_str().unwrap();
+    assert!(second.starts_with("after ") && second.len() > "after ".len(), "{output}");
+    assert_eq!(output["each"], json!(["item a", "item b"]), "{output}");
+    // The old form still works; a `${...}` that names no plan value is text.
+    assert_eq!(output["old"], json!(format!("{second} / ${{HOME}}")), "{output}");
+    let end = node_of(&result, "first")["started_ms"].as_f64().unwrap()
+        + node_of(&result, "first")["duration_ms"].as_f64().unwrap();
+    assert!(node_of(&result, "second")["started_ms"].as_f64().unwrap() >= end, "ran before its dependency: {result}");
+    app.app.stop().await;
+}

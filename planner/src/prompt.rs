@@ -120,13 +120,13 @@ Each node has a unique "id" (letters, digits, "_" or "-") and exactly one step:
 - "llm": {"prompt": "...", "system": "..." (optional), "schema": {JSON Schema} (optional, the answer is then JSON)}
   to read, reason about or write from other nodes' outputs;
 - "map": {"over": <a list or a reference to one>, "concurrency": <n>, "node": {<one step, without id>}}
-  to run a step once per item; "{{item}}" is the item;
+  to run a step once per item; "${item}" is the item;
 - "value": <any JSON> to combine outputs.
-References: "{{nodes.<id>.output}}", with paths such as "{{nodes.<id>.output.items[0].title}}", inside
+References: "${nodes.<id>.output}", with paths such as "${nodes.<id>.output.items[0].title}", inside
 strings or as a whole value. A reference makes the node wait for <id>; "depends_on": ["<id>"] orders
 without passing data. Optional per node: "timeout" (seconds), "retries" (0-10),
 "on_error": "fail" | "continue" | {"fallback": <value>}.
-"output" is the job's result, e.g. {"report": "{{nodes.write.output}}"}."#;
+"output" is the job's result, e.g. {"report": "${nodes.write.output}"}."#;
 
 const PARALLEL: &str = "Maximise parallelism, as LLMCompiler does: a node depends only on the nodes whose \
 outputs it uses, so every step that does not need another step's result starts at once. Never chain \

@@ -1,5 +1,8 @@
-//! References inside plan values: `{{nodes.fetch.output.items[0].title}}`,
-//! `{{input.repo}}`, `{{item}}`. A string that is exactly one reference
+//! References inside plan values: `${nodes.fetch.output.items[0].title}`,
+//! `${input.repo}`, `${item}`; the older form `{{nodes.fetch.output}}` works
+//! the same (n8n evaluates `{{...}}` itself, so plans sent from n8n need
+//! `${...}`). A `${...}` that names no plan value (`${HOME}`) is text. A
+//! string that is exactly one reference
 //! becomes the referenced JSON value; references inside longer strings are
 //! interpolated (strings as they are, other values as JSON).
 
@@ -121,32 +124,67 @@ pub enum Piece<'a> {
 }
 
 /// Splits a string into text and references; `None` when it has none.
+///
+/// Two forms: `{{...}}`, and `${...}`, which n8n's expression engine leaves
+/// alone (a plan typed into an n8n expression loses every `{{...}}`). A
+/// `${...}` is a reference only when it starts with `nodes`, `input` or
+/// `item`; any other (`${HOME}`) is text.
 pub fn pieces(s: &str) -> Option<Vec<Piece<'_>>> {
-    if !s.contains("{{") {
+    if !s.contains("{{") && !s.contains("${") {
         return None;
     }
     let mut out = Vec::new();
-    let mut rest = s;
-    while let Some(start) = rest.find("{{") {
-        if start > 0 {
-            out.push(Piece::Text(&rest[..start]));
-        }
-        let after = &rest[start + 2..];
-        match after.find("}}") {
-            Some(end) => {
-                out.push(Piece::Ref(parse(&after[..end])));
-                rest = &after[end + 2..];
+    let mut text_from = 0;
+    let mut at = 0;
+    while let Some(found) = s[at..].find(['{', '$']) {
+        let start = at + found;
+        let rest = &s[start..];
+        if let Some(after) = rest.strip_prefix("{{") {
+            if start > text_from {
+                out.push(Piece::Text(&s[text_from..start]));
             }
-            None => {
-                out.push(Piece::Ref(Err(format!("unclosed `{{{{` in {s:?}"))));
-                rest = "";
+            match after.find("}}") {
+                Some(end) => {
+                    out.push(Piece::Ref(parse(&after[..end])));
+                    at = start + 2 + end + 2;
+                }
+                None => {
+                    out.push(Piece::Ref(Err(format!("unclosed `{{{{` in {s:?}"))));
+                    at = s.len();
+                }
             }
+            text_from = at;
+        } else if let Some(after) = rest.strip_prefix("${") {
+            match after.find('}').map(|end| &after[..end]) {
+                Some(inner) if names_plan_value(inner) => {
+                    if start > text_from {
+                        out.push(Piece::Text(&s[text_from..start]));
+                    }
+                    out.push(Piece::Ref(parse(inner)));
+                    at = start + 2 + inner.len() + 1;
+                    text_from = at;
+                }
+                _ => at = start + 1,
+            }
+        } else {
+            at = start + 1;
         }
     }
-    if !rest.is_empty() {
-        out.push(Piece::Text(rest));
+    if !out.iter().any(|p| matches!(p, Piece::Ref(_))) {
+        return None;
+    }
+    if text_from < s.len() {
+        out.push(Piece::Text(&s[text_from..]));
     }
     Some(out)
+}
+
+/// Whether the inside of a `${...}` starts with a plan root (`nodes`,
+/// `input`, `item`), so that it is a reference and not text such as `${HOME}`.
+fn names_plan_value(inner: &str) -> bool {
+    let inner = inner.trim();
+    let end = inner.find(['.', '[']).unwrap_or(inner.len());
+    matches!(inner[..end].trim_end(), "nodes" | "input" | "item")
 }
 
 /// Every reference in a value, with the JSON path (below `at`) of the string
@@ -358,6 +396,34 @@ mod tests {
         collect(&json!({"m": "{{input.a"}), "args", &mut found);
         assert_eq!(found[0].field, "args.m");
         assert!(found[0].reference.as_ref().unwrap_err().starts_with("unclosed"));
+    }
+
+    #[test]
+    fn n8n_eats_plan_references() {
+        // `${...}` resolves exactly like `{{...}}`, whitespace inside allowed.
+        check(json!("${nodes.fetch.output.items[1].n}"), Ok(json!(2)));
+        check(json!("${ nodes.fetch.output.items[0] }"), Ok(json!({"title": "first", "n": 1})));
+        check(json!("${input.limit}"), Ok(json!(5)));
+        check(json!("${item.name}"), Ok(json!("x")));
+        check(json!("repo ${input.repo}, top {{input.limit}}"), Ok(json!("repo orch/orch, top 5")));
+        // A `${...}` naming no plan value stays text, alone or next to references.
+        check(json!("${HOME}"), Ok(json!("${HOME}")));
+        check(json!("cost: $5 {x} ${HOME} ${input.repo} ${"), Ok(json!("cost: $5 {x} ${HOME} orch/orch ${")));
+        check(json!("${{input.repo}}"), Ok(json!("$orch/orch")));
+        check(json!("${items.x} ${nodesx}"), Ok(json!("${items.x} ${nodesx}")));
+        // A `${...}` that does start with a root but is malformed is reported, as `{{...}}` is.
+        check(json!("${nodes.a}"), Err("{{nodes.a}}: only a node's `output` can be referenced: nodes.a.output"));
+        let mut found = Vec::new();
+        collect(&json!({"q": "${input.repo}", "list": ["a ${ nodes.x.output.y } b", "${PATH}"]}), "args", &mut found);
+        let got: Vec<(String, String, bool)> =
+            found.iter().map(|f| (f.field.clone(), f.reference.as_ref().unwrap().to_string(), f.whole)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("args.list[0]".to_owned(), "nodes.x.output.y".to_owned(), false),
+                ("args.q".to_owned(), "input.repo".to_owned(), true),
+            ]
+        );
     }
 
     #[test]

@@ -365,3 +365,30 @@ fn the_map_limit_holds_for_references_known_before_running() {
     );
     assert_eq!(validate(&p, None), vec![]);
 }
+
+/// n8n evaluates `{{...}}` in expressions, so plans sent from n8n use
+/// `${...}`: it orders and validates as `{{...}}` does, and a `${...}` that
+/// names no plan value (`${HOME}`) is text.
+#[test]
+fn n8n_eats_plan_references() {
+    let p = plan(json!({"input": {"xs": ["a"]}, "nodes": [
+        {"id": "a", "echo": 1},
+        {"id": "b", "echo": 2},
+        {"id": "c", "value": "${nodes.a.output} ${HOME}", "depends_on": ["b"]},
+        {"id": "m", "map": {"over": "${ nodes.c.output }", "node": {"value": "${nodes.b.output} ${item}"}}},
+        {"id": "x", "map": {"over": "${input.xs}", "node": {"tool": "t.echo", "args": {"message": "${item}"}}}}
+    ]}));
+    assert_eq!(dependencies(&p), vec![vec![], vec![], vec![1, 0], vec![2, 1], vec![]]);
+    assert_eq!(validate(&p, Some(&catalogue())), vec![]);
+    check(
+        json!({"nodes": [
+            {"id": "a", "value": "${nodes.ghost.output}"},
+            {"id": "b", "value": "${item}"},
+            {"id": "c", "value": "${env.HOME} ${PATH}"}
+        ]}),
+        &[
+            "nodes[0].value: node \"a\": {{nodes.ghost.output}} names node \"ghost\", but no node has that id",
+            "nodes[1].value: node \"b\": {{item}} is only defined inside a map's `node`",
+        ],
+    );
+}
