@@ -649,8 +649,11 @@ impl Store for Observed {
     async fn ping(&self) -> orch_store::Result<()> {
         self.inner.ping().await
     }
-    async fn insert_job(&self, job: NewJob) -> orch_store::Result<Inserted> {
-        self.inner.insert_job(job).await
+    async fn insert_job_within(&self, job: NewJob, jobs_per_day: u32) -> orch_store::Result<Inserted> {
+        self.inner.insert_job_within(job, jobs_per_day).await
+    }
+    async fn take_request(&self, bucket: &str, per_minute: u32) -> orch_store::Result<orch_store::RateDecision> {
+        self.inner.take_request(bucket, per_minute).await
     }
     async fn insert_jobs(&self, jobs: Vec<NewJob>) -> orch_store::Result<()> {
         self.inner.insert_jobs(jobs).await

@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod model;
 pub mod notify;
+pub mod rate;
 pub mod redis;
 pub mod sqlite;
 
@@ -58,7 +59,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a queued job (and its `queued` event, seq 1), honouring the
     /// idempotency record when there is one. Returns only once durable.
-    async fn insert_job(&self, job: NewJob) -> Result<Inserted>;
+    async fn insert_job(&self, job: NewJob) -> Result<Inserted> {
+        self.insert_job_within(job, 0).await
+    }
+
+    /// [`Store::insert_job`] counting the job against its owner's quota of
+    /// `jobs_per_day` jobs a UTC day (0: unlimited), in the same atomic step:
+    /// over it, nothing is stored ([`Inserted::OverQuota`]). A replay of an
+    /// idempotency record is not counted.
+    async fn insert_job_within(&self, job: NewJob, jobs_per_day: u32) -> Result<Inserted>;
+
+    /// Counts one request of `bucket` (a key id) against `per_minute`
+    /// requests a minute (> 0): a burst of `per_minute`, refilled evenly over
+    /// the minute (GCRA). Shared by every process on a Redis store; on SQLite,
+    /// by the process (its API is the only one).
+    async fn take_request(&self, bucket: &str, per_minute: u32) -> Result<RateDecision>;
 
     /// Stores many queued jobs at once (no idempotency), for bulk loads.
     async fn insert_jobs(&self, jobs: Vec<NewJob>) -> Result<()>;
@@ -153,8 +168,8 @@ pub trait Store: Send + Sync + 'static {
     /// unrevoked key has that id.
     async fn rotate_key(&self, id: &str, prefix: &str, secret_hash: &str, until: DateTime<Utc>) -> Result<bool>;
 
-    /// Replaces an unrevoked key's `expires_at`, `servers`, `tools` and
-    /// `providers` with those of `key`; false when no unrevoked key has its id.
+    /// Replaces an unrevoked key's `expires_at`, `servers`, `tools`,
+    /// `providers`, `rate_limit_per_minute` and `jobs_per_day` with those of `key`; false when no unrevoked key has its id.
     async fn update_key(&self, key: &ApiKey) -> Result<bool>;
 
     /// Sets a key's `last_used_at`.

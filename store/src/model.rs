@@ -188,6 +188,27 @@ pub enum Inserted {
     Existing(Job),
     /// The idempotency key was seen before with another body.
     Conflict { job_id: JobId },
+    /// The owner already submitted `limit` jobs today (UTC); nothing was
+    /// stored. The count starts again at `resets_at`.
+    OverQuota { limit: u32, resets_at: DateTime<Utc> },
+}
+
+/// The UTC day a daily job quota counts in (days since the Unix epoch), and
+/// when the next one starts.
+pub fn quota_day(now: DateTime<Utc>) -> (i64, DateTime<Utc>) {
+    let day = now.timestamp().div_euclid(86_400);
+    (day, DateTime::from_timestamp((day + 1) * 86_400, 0).unwrap_or(now))
+}
+
+/// What one request did to its key's request rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    /// Whether the request may go on (then it was counted).
+    pub allowed: bool,
+    /// Requests that may follow at once.
+    pub remaining: u32,
+    /// When refused: how long until one request is allowed again.
+    pub retry_after: std::time::Duration,
 }
 
 /// A stored job.
@@ -352,6 +373,14 @@ pub struct ApiKey {
     /// After a rotation: until when the previous secret keeps working.
     #[serde(default)]
     pub rotated_until: Option<DateTime<Utc>>,
+    /// Requests a minute this key may make; `None` for the server's default
+    /// (`ORCH_RATE_LIMIT_PER_MINUTE`), 0 for unlimited.
+    #[serde(default)]
+    pub rate_limit_per_minute: Option<u32>,
+    /// Jobs a UTC day this key may submit; `None` for the server's default
+    /// (`ORCH_JOBS_PER_DAY`), 0 for unlimited.
+    #[serde(default)]
+    pub jobs_per_day: Option<u32>,
 }
 
 /// One audit record: a state-changing request or a tool call. Never holds a

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0010_delivery_parent.sql"),
     include_str!("../../migrations/sqlite/0010_job_owner.sql"),
     include_str!("../../migrations/sqlite/0011_key_lifecycle_audit.sql"),
+    include_str!("../../migrations/sqlite/0012_rate_limits.sql"),
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,6 +66,8 @@ pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
     readers: Arc<ReadPool>,
     notifier: Notifier,
+    /// Request rate limits: the API of `orch serve` is the only one on the file.
+    rates: crate::rate::LocalRates,
     /// Dropping it stops the checkpoint thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
 }
@@ -205,6 +208,7 @@ fn open_blocking(path: &Path) -> Result<SqliteStore> {
             permits: Arc::new(Semaphore::new(READERS)),
         }),
         notifier: Notifier::default(),
+        rates: Default::default(),
         _checkpointer: checkpointer,
     })
 }
@@ -488,7 +492,38 @@ fn insert_queued(conn: &Connection, job: &NewJob) -> Result<Job> {
     })
 }
 
-fn insert_with_idempotency(conn: &Connection, job: &NewJob) -> Result<Inserted> {
+/// Stores a job unless its idempotency record replays an earlier one or its
+/// owner is over `jobs_per_day` (0: unlimited) today.
+fn insert_with_idempotency(conn: &Connection, job: &NewJob, jobs_per_day: u32) -> Result<Inserted> {
+    let replay = replayed(conn, job)?;
+    if let Some(replay) = replay {
+        return Ok(replay);
+    }
+    if jobs_per_day > 0 {
+        let (day, resets_at) = quota_day(Utc::now());
+        let owner = job.owner.as_deref().unwrap_or_default();
+        let counted = conn
+            .prepare_cached(
+                "INSERT INTO job_quota (owner, day, count) VALUES (?1, ?2, 1)
+                 ON CONFLICT (owner, day) DO UPDATE SET count = count + 1 WHERE count < ?3",
+            )?
+            .execute(params![owner, day, jobs_per_day])?;
+        if counted == 0 {
+            return Ok(Inserted::OverQuota { limit: jobs_per_day, resets_at });
+        }
+    }
+    if let Some(rec) = &job.idempotency {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO idempotency (key, body_hash, job_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![rec.key, rec.body_hash, job.id.to_string(), to_millis(rec.expires_at)])?;
+    }
+    Ok(Inserted::Created(insert_queued(conn, job)?))
+}
+
+/// The earlier job a live idempotency record of `job` names: `Existing`
+/// with the same body, `Conflict` with another.
+fn replayed(conn: &Connection, job: &NewJob) -> Result<Option<Inserted>> {
     if let Some(rec) = &job.idempotency {
         let seen: Option<(String, String, i64)> = conn
             .prepare_cached("SELECT body_hash, job_id, expires_at FROM idempotency WHERE key = ?1")?
@@ -498,18 +533,14 @@ fn insert_with_idempotency(conn: &Connection, job: &NewJob) -> Result<Inserted> 
             && expires_at > now_millis()
             && let Some(first) = load_job(conn, &job_id)?
         {
-            return Ok(if body_hash == rec.body_hash {
+            return Ok(Some(if body_hash == rec.body_hash {
                 Inserted::Existing(first)
             } else {
                 Inserted::Conflict { job_id: first.id }
-            });
+            }));
         }
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO idempotency (key, body_hash, job_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![rec.key, rec.body_hash, job.id.to_string(), to_millis(rec.expires_at)])?;
     }
-    Ok(Inserted::Created(insert_queued(conn, job)?))
+    Ok(None)
 }
 
 /// How a state change treats the job's `error`.
@@ -716,10 +747,13 @@ fn key_from_row(row: &Row) -> Result<ApiKey> {
         providers: row.get::<_, Option<String>>(9)?.map(|s| parse_json(&s, "key providers")).transpose()?,
         last_used_at: row.get::<_, Option<i64>>(10)?.map(from_millis),
         rotated_until: row.get::<_, Option<i64>>(11)?.map(from_millis),
+        rate_limit_per_minute: row.get(12)?,
+        jobs_per_day: row.get(13)?,
     })
 }
 
-const KEY_COLUMNS: &str = "id, name, prefix, scopes, created_at, revoked_at, servers, expires_at, tools, providers, last_used_at, rotated_until";
+const KEY_COLUMNS: &str = "id, name, prefix, scopes, created_at, revoked_at, servers, expires_at, tools, providers, last_used_at, rotated_until, \
+     rate_limit_per_minute, jobs_per_day";
 
 const AUDIT_COLUMNS: &str =
     "id, at, key_id, key_name, action, method, route, target_kind, target, job_id, outcome, status";
@@ -787,12 +821,16 @@ impl Store for SqliteStore {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?)).await
     }
 
-    async fn insert_job(&self, job: NewJob) -> Result<Inserted> {
-        let inserted = self.write(move |conn| insert_with_idempotency(conn, &job)).await?;
+    async fn insert_job_within(&self, job: NewJob, jobs_per_day: u32) -> Result<Inserted> {
+        let inserted = self.write(move |conn| insert_with_idempotency(conn, &job, jobs_per_day)).await?;
         if let Inserted::Created(_) = inserted {
             self.notifier.jobs_ready();
         }
         Ok(inserted)
+    }
+
+    async fn take_request(&self, bucket: &str, per_minute: u32) -> Result<RateDecision> {
+        Ok(self.rates.take(bucket, per_minute))
     }
 
     async fn insert_jobs(&self, jobs: Vec<NewJob>) -> Result<()> {
@@ -1014,6 +1052,8 @@ impl Store for SqliteStore {
             conn.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?.execute([now_millis()])?;
             conn.prepare_cached("DELETE FROM usage WHERE at < ?1")?.execute([to_millis(before)])?;
             conn.prepare_cached("DELETE FROM cache WHERE expires_at <= ?1")?.execute([now_millis()])?;
+            // Today's and yesterday's counts are kept (a clock may lag).
+            conn.prepare_cached("DELETE FROM job_quota WHERE day < ?1")?.execute([quota_day(Utc::now()).0 - 1])?;
             purge_finished(conn, to_millis(before), limit)
         })
         .await
@@ -1024,8 +1064,8 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO api_keys (id, name, prefix, scopes, secret_hash, created_at, revoked_at, servers,
-                                       expires_at, tools, providers)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                       expires_at, tools, providers, rate_limit_per_minute, jobs_per_day)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?
             .execute(params![
                 key.id,
@@ -1038,7 +1078,9 @@ impl Store for SqliteStore {
                 key.servers.as_ref().map(to_text),
                 key.expires_at.map(to_millis),
                 key.tools.as_ref().map(to_text),
-                key.providers.as_ref().map(to_text)
+                key.providers.as_ref().map(to_text),
+                key.rate_limit_per_minute,
+                key.jobs_per_day
             ])?;
             Ok(())
         })
@@ -1051,8 +1093,8 @@ impl Store for SqliteStore {
             let stored = conn
                 .prepare_cached(
                     "INSERT INTO api_keys (id, name, prefix, scopes, secret_hash, created_at, revoked_at, servers,
-                                           expires_at, tools, providers)
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+                                           expires_at, tools, providers, rate_limit_per_minute, jobs_per_day)
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13
                      WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)",
                 )?
                 .execute(params![
@@ -1066,7 +1108,9 @@ impl Store for SqliteStore {
                     key.servers.as_ref().map(to_text),
                     key.expires_at.map(to_millis),
                     key.tools.as_ref().map(to_text),
-                    key.providers.as_ref().map(to_text)
+                    key.providers.as_ref().map(to_text),
+                    key.rate_limit_per_minute,
+                    key.jobs_per_day
                 ])?;
             Ok(stored == 1)
         })
@@ -1136,7 +1180,8 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let updated = conn
                 .prepare_cached(
-                    "UPDATE api_keys SET expires_at = ?2, servers = ?3, tools = ?4, providers = ?5
+                    "UPDATE api_keys SET expires_at = ?2, servers = ?3, tools = ?4, providers = ?5,
+                                         rate_limit_per_minute = ?6, jobs_per_day = ?7
                      WHERE id = ?1 AND revoked_at IS NULL",
                 )?
                 .execute(params![
@@ -1144,7 +1189,9 @@ impl Store for SqliteStore {
                     key.expires_at.map(to_millis),
                     key.servers.as_ref().map(to_text),
                     key.tools.as_ref().map(to_text),
-                    key.providers.as_ref().map(to_text)
+                    key.providers.as_ref().map(to_text),
+                    key.rate_limit_per_minute,
+                    key.jobs_per_day
                 ])?;
             Ok(updated == 1)
         })

@@ -1,11 +1,12 @@
 -- API keys. ARGV[3] is the operation.
 -- Touches: key:<id> (HASH name, prefix, scopes, created_at, revoked_at, servers, expires_at,
--- tools, providers, last_used_at, rotated_until, hash, previous_hash),
+-- tools, providers, last_used_at, rotated_until, rate_limit_per_minute, jobs_per_day, hash,
+-- previous_hash),
 -- keys (ZSET ids by created_at), keys:active (HASH secret hash -> id of unrevoked keys),
 -- keys:previous (HASH previous secret hash -> id of unrevoked rotated keys).
 local K_KEYS, K_ACTIVE, K_PREVIOUS = P .. ':keys', P .. ':keys:active', P .. ':keys:previous'
 local KEY_FIELDS = {'name', 'prefix', 'scopes', 'created_at', 'revoked_at', 'servers', 'expires_at', 'tools',
-  'providers', 'last_used_at', 'rotated_until'}
+  'providers', 'last_used_at', 'rotated_until', 'rate_limit_per_minute', 'jobs_per_day'}
 local function read_key(id)
   local v = redis.call('HMGET', P .. ':key:' .. id, unpack(KEY_FIELDS))
   if not v[1] then return false end
@@ -16,12 +17,14 @@ end
 local op = ARGV[3]
 if op == 'create' or op == 'create_first' then
   -- ARGV[4..]: id, name, prefix, scopes (JSON), created_at, revoked_at ('' for none), hash,
-  -- servers (JSON array, '' for all), expires_at ('' for never), tools, providers (as servers)
+  -- servers (JSON array, '' for all), expires_at ('' for never), tools, providers (as servers),
+  -- rate_limit_per_minute, jobs_per_day ('' for the server's default)
   if op == 'create_first' and redis.call('HLEN', K_ACTIVE) > 0 then return 0 end
   local id = ARGV[4]
   redis.call('HSET', P .. ':key:' .. id, 'name', ARGV[5], 'prefix', ARGV[6], 'scopes', ARGV[7],
     'created_at', ARGV[8], 'revoked_at', ARGV[9], 'hash', ARGV[10], 'servers', ARGV[11],
-    'expires_at', ARGV[12], 'tools', ARGV[13], 'providers', ARGV[14])
+    'expires_at', ARGV[12], 'tools', ARGV[13], 'providers', ARGV[14], 'rate_limit_per_minute', ARGV[15],
+    'jobs_per_day', ARGV[16])
   redis.call('ZADD', K_KEYS, ARGV[8], id)
   if ARGV[9] == '' then redis.call('HSET', K_ACTIVE, ARGV[10], id) end
   return 1
@@ -46,11 +49,12 @@ elseif op == 'rotate' then
   redis.call('HSET', k, 'previous_hash', s[2], 'hash', ARGV[6], 'prefix', ARGV[5], 'rotated_until', ARGV[7])
   return 1
 elseif op == 'update' then
-  -- ARGV[4..]: id, expires_at, servers, tools, providers ('' for none)
+  -- ARGV[4..]: id, expires_at, servers, tools, providers, rate_limit_per_minute, jobs_per_day ('' for none)
   local k = P .. ':key:' .. ARGV[4]
   local s = redis.call('HMGET', k, 'revoked_at', 'hash')
   if not s[2] or (s[1] and s[1] ~= '') then return 0 end
-  redis.call('HSET', k, 'expires_at', ARGV[5], 'servers', ARGV[6], 'tools', ARGV[7], 'providers', ARGV[8])
+  redis.call('HSET', k, 'expires_at', ARGV[5], 'servers', ARGV[6], 'tools', ARGV[7], 'providers', ARGV[8],
+    'rate_limit_per_minute', ARGV[9], 'jobs_per_day', ARGV[10])
   return 1
 elseif op == 'touch' then
   -- ARGV[4..]: id, last_used_at

@@ -67,7 +67,7 @@ use serde_json::Value;
 
 use crate::{
     ApiKey, AuditEntry, AuditFilter, AuthFailure, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter,
-    JobId, JobKind, JobStatus, NewJob, Notifier, Outcome, ProviderState, ProviderUpdate, Result, Session,
+    JobId, JobKind, JobStatus, NewJob, Notifier, Outcome, ProviderState, RateDecision, ProviderUpdate, Result, Session,
     SessionMessage, Store, StoreError, StoredServer, StoredWebhook, UsageRecord, WorkerInfo, from_millis, redact_url,
     to_millis,
 };
@@ -205,6 +205,7 @@ const FIRST_EVENT_PAGE: u64 = 16;
 struct Scripts {
     insert: Script,
     insert_many: Script,
+    rate: Script,
     claim: Script,
     complete: Script,
     heartbeat: Script,
@@ -227,6 +228,7 @@ impl Scripts {
         Scripts {
             insert: script!("insert.lua"),
             insert_many: script!("insert_many.lua"),
+            rate: Script::new(include_str!("rate.lua")),
             claim: script!("claim.lua"),
             complete: script!("complete.lua"),
             heartbeat: script!("heartbeat.lua"),
@@ -519,12 +521,15 @@ fn parse_key(v: &Reply) -> Result<ApiKey> {
         providers,
         last_used_at,
         rotated_until,
+        rate_limit_per_minute,
+        jobs_per_day,
     ] = items
     else {
         return Err(corrupt("an API key record has the wrong shape"));
     };
     let opt = |r: &Reply| -> Result<Option<String>> { Ok(text(r)?.filter(|s| !s.is_empty()).map(str::to_owned)) };
     let time = |s: String| s.parse().map(from_millis).map_err(|_| corrupt(format!("bad key time {s:?}")));
+    let count = |s: String| s.parse::<u32>().map_err(|_| corrupt(format!("bad key limit {s:?}")));
     Ok(ApiKey {
         id: opt(id)?.ok_or_else(|| corrupt("API key without id"))?,
         name: opt(name)?.unwrap_or_default(),
@@ -538,6 +543,8 @@ fn parse_key(v: &Reply) -> Result<ApiKey> {
         providers: opt(providers)?.map(|s| serde_json::from_str(&s)).transpose().map_err(corrupt)?,
         last_used_at: opt(last_used_at)?.map(time).transpose()?,
         rotated_until: opt(rotated_until)?.map(time).transpose()?,
+        rate_limit_per_minute: opt(rate_limit_per_minute)?.map(count).transpose()?,
+        jobs_per_day: opt(jobs_per_day)?.map(count).transpose()?,
     })
 }
 
@@ -563,8 +570,9 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn insert_job(&self, job: NewJob) -> Result<Inserted> {
+    async fn insert_job_within(&self, job: NewJob, jobs_per_day: u32) -> Result<Inserted> {
         let now = now_millis();
+        let (day, resets_at) = crate::quota_day(from_millis(now));
         let spec = spec_text(&job);
         let reply = self
             .run(&self.scripts.insert, now, |s| {
@@ -580,12 +588,15 @@ impl Store for RedisStore {
                 };
                 s.arg(job.parent().map(|p| p.to_string()).unwrap_or_default());
                 s.arg(job.owner.as_deref().unwrap_or_default());
+                // A day's count is kept a day past its end (a clock may lag).
+                s.arg(jobs_per_day).arg(day).arg(to_millis(resets_at) + 86_400_000);
             })
             .await?;
         let items = array(&reply)?;
         match items.first().map(text).transpose()?.flatten() {
             Some("created") => {}
             Some("existing") => return Ok(Inserted::Existing(parse_job(items.get(1).unwrap_or(&Reply::Nil))?)),
+            Some("over_quota") => return Ok(Inserted::OverQuota { limit: jobs_per_day, resets_at }),
             Some("conflict") => {
                 let id = items.get(1).map(text).transpose()?.flatten().ok_or_else(|| corrupt("conflict without id"))?;
                 return Ok(Inserted::Conflict { job_id: job_id(id)? });
@@ -614,6 +625,23 @@ impl Store for RedisStore {
             lease_expires_at: None,
             owner: job.owner,
         }))
+    }
+
+    async fn take_request(&self, bucket: &str, per_minute: u32) -> Result<RateDecision> {
+        let reply = self
+            .run(&self.scripts.rate, now_millis(), |s| {
+                s.arg(bucket).arg(per_minute);
+            })
+            .await?;
+        let items = array(&reply)?;
+        let [allowed, remaining, retry_ms] = items else {
+            return Err(corrupt("a rate limit reply has the wrong shape"));
+        };
+        Ok(RateDecision {
+            allowed: int(allowed)? == 1,
+            remaining: u32::try_from(int(remaining)?).unwrap_or(0),
+            retry_after: Duration::from_millis(u64::try_from(int(retry_ms)?).unwrap_or(0)),
+        })
     }
 
     async fn insert_jobs(&self, jobs: Vec<NewJob>) -> Result<()> {
@@ -1050,7 +1078,9 @@ impl Store for RedisStore {
                     .arg(key.expires_at.map(|t| to_millis(t).to_string()).unwrap_or_default())
                     .arg(json_list(&key.servers))
                     .arg(json_list(&key.tools))
-                    .arg(json_list(&key.providers));
+                    .arg(json_list(&key.providers))
+                    .arg(optional_count(key.rate_limit_per_minute))
+                    .arg(optional_count(key.jobs_per_day));
             })
             .await?;
         Ok(int(&reply)? == 1)
@@ -1516,11 +1546,18 @@ impl RedisStore {
                     .arg(servers.as_deref().unwrap_or_default())
                     .arg(key.expires_at.map(|t| to_millis(t).to_string()).unwrap_or_default())
                     .arg(json_list(&key.tools))
-                    .arg(json_list(&key.providers));
+                    .arg(json_list(&key.providers))
+                    .arg(optional_count(key.rate_limit_per_minute))
+                    .arg(optional_count(key.jobs_per_day));
             })
             .await?;
         Ok(int(&reply)? == 1)
     }
+}
+
+/// An optional limit as a key hash field: the number, or '' for none.
+fn optional_count(n: Option<u32>) -> String {
+    n.map(|n| n.to_string()).unwrap_or_default()
 }
 
 /// An optional list as a key hash field: JSON, or '' for none.
