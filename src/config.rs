@@ -139,6 +139,14 @@ pub struct ApiArgs {
     /// Most event streams one API key may hold open; more are 429 [default: 100].
     #[arg(long, env = "ORCH_MAX_STREAMS_PER_KEY", value_name = "N")]
     pub max_streams_per_key: Option<usize>,
+    /// Requests a minute each API key may make, for keys that set none; more are 429.
+    /// 0 for unlimited [default: 0].
+    #[arg(long, env = "ORCH_RATE_LIMIT_PER_MINUTE", value_name = "N")]
+    pub rate_limit_per_minute: Option<u32>,
+    /// Jobs a UTC day each API key may submit, for keys that set none; more are 429.
+    /// 0 for unlimited [default: 0].
+    #[arg(long, env = "ORCH_JOBS_PER_DAY", value_name = "N")]
+    pub jobs_per_day: Option<u32>,
 }
 
 /// Settings of a worker.
@@ -211,6 +219,8 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_streams: Option<usize>,
     max_streams_per_key: Option<usize>,
+    rate_limit_per_minute: Option<u32>,
+    jobs_per_day: Option<u32>,
     /// `[providers.NAME]` tables; without any, the four built-ins with defaults.
     providers: Option<orch_providers::ProvidersConfig>,
     routing: Option<orch_providers::RoutingConfig>,
@@ -423,6 +433,8 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
     if max_streams == 0 || max_streams_per_key == 0 {
         bail!("ORCH_MAX_STREAMS / ORCH_MAX_STREAMS_PER_KEY: 0 would refuse every event stream; allowed: 1 or more");
     }
+    let rate_limit_per_minute = api.rate_limit_per_minute.or(file.rate_limit_per_minute).unwrap_or(0);
+    let jobs_per_day = api.jobs_per_day.or(file.jobs_per_day).unwrap_or(0);
     let token_warn_days = global.token_warn_days.or(file.token_warn_days).unwrap_or(7);
     if token_warn_days > 365 {
         bail!("ORCH_TOKEN_WARN_DAYS (--token-warn-days): {token_warn_days} is out of range; allowed: 0 to 365");
@@ -545,6 +557,8 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
             max_streams,
             max_streams_per_key,
             plan_limits,
+            rate_limit_per_minute,
+            jobs_per_day,
         },
         worker: w,
         mcp: orch_api::servers::McpSettings { file: mcp_file, allow_api_stdio },

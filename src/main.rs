@@ -102,7 +102,7 @@ enum KeysCommand {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "24h")]
         overlap: std::time::Duration,
     },
-    /// Change a key's expiry or allow-lists (what is not given stays).
+    /// Change a key's expiry, allow-lists, rate limit or job quota (what is not given stays).
     Update {
         id: String,
         /// Comma-separated MCP servers the key may see and call.
@@ -120,6 +120,12 @@ enum KeysCommand {
         /// Remove the expiry.
         #[arg(long, conflicts_with_all = ["expires_at", "expires_in"])]
         no_expiry: bool,
+        /// Give the key the server's default rate limit (ORCH_RATE_LIMIT_PER_MINUTE) again.
+        #[arg(long, conflicts_with = "rate_limit_per_minute")]
+        default_rate_limit: bool,
+        /// Give the key the server's default job quota (ORCH_JOBS_PER_DAY) again.
+        #[arg(long, conflicts_with = "jobs_per_day")]
+        default_jobs_per_day: bool,
         #[command(flatten)]
         access: KeyAccessArgs,
     },
@@ -140,6 +146,12 @@ struct KeyAccessArgs {
     /// Or: how long from now the key works (e.g. 90d).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     expires_in: Option<std::time::Duration>,
+    /// Requests a minute the key may make, 0 for unlimited [default: ORCH_RATE_LIMIT_PER_MINUTE].
+    #[arg(long, value_name = "N")]
+    rate_limit_per_minute: Option<u32>,
+    /// Jobs a UTC day the key may submit, 0 for unlimited [default: ORCH_JOBS_PER_DAY].
+    #[arg(long, value_name = "N")]
+    jobs_per_day: Option<u32>,
 }
 
 impl KeyAccessArgs {
@@ -165,6 +177,17 @@ impl KeyAccessArgs {
                 anyhow::bail!("--expires-at: {} is not in the future", at.to_rfc3339());
             }
             key.expires_at = Some(at);
+        }
+        for (flag, value, field) in [
+            ("--rate-limit-per-minute", self.rate_limit_per_minute, &mut key.rate_limit_per_minute),
+            ("--jobs-per-day", self.jobs_per_day, &mut key.jobs_per_day),
+        ] {
+            if let Some(n) = value {
+                if n > orch_api::keys::MAX_LIMIT {
+                    anyhow::bail!("{flag}: {n} is too large; allowed: 0 (unlimited) to {}", orch_api::keys::MAX_LIMIT);
+                }
+                *field = Some(n);
+            }
         }
         Ok(())
     }
@@ -506,6 +529,18 @@ async fn keys(store: &dyn Store, command: KeysCommand) -> Result<()> {
                 } else {
                     String::new()
                 };
+                let limits = match (k.rate_limit_per_minute, k.jobs_per_day) {
+                    (None, None) => String::new(),
+                    (rate, jobs) => {
+                        let show = |n: Option<u32>| match n {
+                            None => "default".to_owned(),
+                            Some(0) => "unlimited".to_owned(),
+                            Some(n) => n.to_string(),
+                        };
+                        format!(" [{}/min, {} jobs/day]", show(rate), show(jobs))
+                    }
+                };
+                let state = state + &limits;
                 println!(
                     "{:<18} {:<14} {:<28} {:<25} {}{state}",
                     k.id,
@@ -539,7 +574,17 @@ async fn keys(store: &dyn Store, command: KeysCommand) -> Result<()> {
                 orch_webhooks::Secret::for_api_key(&secret)
             );
         }
-        KeysCommand::Update { id, servers, all_servers, all_tools, all_providers, no_expiry, access } => {
+        KeysCommand::Update {
+            id,
+            servers,
+            all_servers,
+            all_tools,
+            all_providers,
+            no_expiry,
+            default_rate_limit,
+            default_jobs_per_day,
+            access,
+        } => {
             let Some(mut key) = store.list_keys().await?.into_iter().find(|k| k.id == id && k.revoked_at.is_none())
             else {
                 anyhow::bail!("no unrevoked key has the id {id:?}; `orch keys list` shows the ids");
@@ -559,6 +604,12 @@ async fn keys(store: &dyn Store, command: KeysCommand) -> Result<()> {
             }
             if no_expiry {
                 key.expires_at = None;
+            }
+            if default_rate_limit {
+                key.rate_limit_per_minute = None;
+            }
+            if default_jobs_per_day {
+                key.jobs_per_day = None;
             }
             access.apply(&mut key)?;
             if !store.update_key(&key).await? {

@@ -83,6 +83,8 @@ pub fn new_key(name: &str, scopes: &[String]) -> Result<NewKey, ApiError> {
         providers: None,
         last_used_at: None,
         rotated_until: None,
+        rate_limit_per_minute: None,
+        jobs_per_day: None,
     };
     Ok(NewKey { hash: hash_secret(&secret), key, secret })
 }
@@ -413,6 +415,7 @@ impl FromRequestParts<AppState> for Principal {
         if let Some(slot) = parts.extensions.get::<crate::audit::Caller>() {
             slot.set(&key);
         }
+        crate::rate::check(state, &key, parts.extensions.get::<crate::rate::Slot>()).await?;
         Ok(Principal { key })
     }
 }

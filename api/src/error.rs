@@ -33,11 +33,13 @@ pub struct ApiError {
     pub details: Option<Value>,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// More response headers (the `RateLimit` fields of a quota refusal).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), details: None, retry_after: None }
+        ApiError { status, code, message: message.into(), details: None, retry_after: None, headers: Vec::new() }
     }
 
     pub fn with_details(mut self, details: Value) -> ApiError {
@@ -103,6 +105,11 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        for (name, value) in self.headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -183,4 +190,16 @@ pub mod responses {
         example = json!({"error": {"code": "store_unavailable", "message": "the job store is unavailable; retry shortly"}})
     )]
     pub struct Unavailable(#[to_schema] ErrorBody);
+
+    #[derive(ToResponse)]
+    #[response(
+        description = "Over the key's request rate limit (`rate_limited`) or, submitting a job, its daily job quota (`job_quota_exceeded`). Retry after `Retry-After` seconds; `RateLimit` and `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers) describe the limits",
+        headers(
+            ("Retry-After" = u64, description = "Seconds until a request (or job) is allowed again"),
+            ("RateLimit" = String, description = "Structured field: `\"requests\";r=<remaining>;t=<seconds>` (and `\"jobs\";r=0;t=<seconds>` over the daily quota)"),
+            ("RateLimit-Policy" = String, description = "Structured field: `\"requests\";q=<limit>;w=60` (and `\"jobs\";q=<limit>;w=86400`)"),
+        ),
+        example = json!({"error": {"code": "rate_limited", "message": "this key may make 120 requests a minute; wait 1 s (Retry-After) or ask an admin for a higher rate_limit_per_minute", "details": {"limit": 120, "window_seconds": 60, "retry_after": 1}}})
+    )]
+    pub struct TooManyRequests(#[to_schema] ErrorBody);
 }

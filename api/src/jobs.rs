@@ -178,6 +178,8 @@ pub struct JobOptions<'a> {
     /// The key submitting the job (its id; `local` over stdio MCP): only it
     /// (and keys that read all) may see the job.
     pub owner: &'a str,
+    /// The owner's quota of jobs a UTC day (0: unlimited), see [`crate::rate::jobs_per_day`].
+    pub jobs_per_day: u32,
 }
 
 /// The owner a caller's jobs get: its key id, or `local` over stdio MCP.
@@ -540,7 +542,7 @@ pub async fn submit_job(
         idempotency: idempotency()?,
         owner: Some(options.owner.to_owned()),
     };
-    let (job, replayed) = match state.store.insert_job(job).await? {
+    let (job, replayed) = match state.store.insert_job_within(job, options.jobs_per_day).await? {
         Inserted::Created(job) => (job, false),
         Inserted::Existing(job) => (job, true),
         Inserted::Conflict { job_id } => {
@@ -553,6 +555,7 @@ pub async fn submit_job(
             )
             .with_details(json!({"job_id": job_id})));
         }
+        Inserted::OverQuota { limit, resets_at } => return Err(crate::rate::over_quota(limit, resets_at)),
     };
     let (status_url, result_url, events_url) = urls(state, job.id);
     Ok((JobAccepted { id: job.id, status: job.status, status_url, result_url, events_url }, replayed))
@@ -682,7 +685,12 @@ pub async fn submit_chat(
     }
     let key_secret = crate::webhooks::key_signing_secret(&headers);
     let input = crate::webhooks::attach(&state, input, req.webhook_fields(key_secret)).await?;
-    let options = JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts, owner: &principal.key.id };
+    let options = JobOptions {
+        metadata: &req.metadata,
+        max_attempts: req.max_attempts,
+        owner: &principal.key.id,
+        jobs_per_day: crate::rate::jobs_per_day(&state.config, Some(&principal)),
+    };
     submit(&state, &principal, &headers, JobKind::Chat, &body.raw, input, options).await
 }
 
@@ -746,8 +754,12 @@ pub async fn submit_batch(
             .into_response());
     }
     let input = crate::webhooks::attach(&state, input, body.value.webhook_fields(key_secret)).await?;
-    let options =
-        JobOptions { metadata: &body.value.metadata, max_attempts: body.value.max_attempts, owner: &principal.key.id };
+    let options = JobOptions {
+        metadata: &body.value.metadata,
+        max_attempts: body.value.max_attempts,
+        owner: &principal.key.id,
+        jobs_per_day: crate::rate::jobs_per_day(&state.config, Some(&principal)),
+    };
     submit(&state, &principal, &headers, JobKind::Batch, &body.raw, input, options).await
 }
 

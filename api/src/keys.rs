@@ -16,7 +16,7 @@ use crate::json::ApiJson;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"name": "n8n production", "scopes": ["jobs:read", "jobs:write", "tools:call"], "servers": ["github"], "tools": ["github.*"], "providers": ["claude"], "expires_at": "2027-06-01T00:00:00Z"}))]
+#[schema(example = json!({"name": "n8n production", "scopes": ["jobs:read", "jobs:write", "tools:call"], "servers": ["github"], "tools": ["github.*"], "providers": ["claude"], "expires_at": "2027-06-01T00:00:00Z", "rate_limit_per_minute": 120, "jobs_per_day": 1000}))]
 pub struct CreateKey {
     /// A name to recognise the key by (1–100 characters).
     pub name: String,
@@ -35,13 +35,21 @@ pub struct CreateKey {
     /// When the key stops working (RFC 3339); absent for never.
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// Requests a minute the key may make (0–1000000; 0 for unlimited);
+    /// absent for the server's `ORCH_RATE_LIMIT_PER_MINUTE`.
+    #[serde(default)]
+    pub rate_limit_per_minute: Option<u32>,
+    /// Jobs a UTC day the key may submit (0–1000000; 0 for unlimited);
+    /// absent for the server's `ORCH_JOBS_PER_DAY`.
+    #[serde(default)]
+    pub jobs_per_day: Option<u32>,
 }
 
 /// Changes to a key: a field left out stays as it is; `null` removes the
-/// limit (or the expiry).
+/// limit (or the expiry; for the rate limit and job quota: back to the server's default).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"tools": ["github.*", "*.read_*"], "expires_at": null}))]
+#[schema(example = json!({"tools": ["github.*", "*.read_*"], "expires_at": null, "rate_limit_per_minute": 600}))]
 pub struct UpdateKey {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Vec<String>>)]
@@ -55,6 +63,30 @@ pub struct UpdateKey {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// Requests a minute (0–1000000; 0 for unlimited); `null` for the server's default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, maximum = 1000000)]
+    pub rate_limit_per_minute: Option<Option<u32>>,
+    /// Jobs a UTC day (0–1000000; 0 for unlimited); `null` for the server's default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, maximum = 1000000)]
+    pub jobs_per_day: Option<Option<u32>>,
+}
+
+/// Most requests a minute or jobs a day a key may be given (0 is unlimited).
+pub const MAX_LIMIT: u32 = 1_000_000;
+
+/// 422 naming `field` when a limit is over [`MAX_LIMIT`].
+fn check_limit(field: &str, value: Option<u32>) -> ApiResult<()> {
+    match value {
+        Some(n) if n > MAX_LIMIT => Err(ApiError::invalid_field(
+            field,
+            format!(
+                "{n} is too large; allowed: 0 (unlimited) to {MAX_LIMIT}, or leave it out for the server's default"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A field that is present (even as `null`) is `Some`.
@@ -99,6 +131,12 @@ pub struct KeyView {
     pub last_used_at: Option<DateTime<Utc>>,
     /// After a rotation: until when the previous secret works.
     pub rotated_until: Option<DateTime<Utc>>,
+    /// Requests a minute the key may make (0: unlimited); `null` for the
+    /// server's default (`ORCH_RATE_LIMIT_PER_MINUTE`).
+    pub rate_limit_per_minute: Option<u32>,
+    /// Jobs a UTC day the key may submit (0: unlimited); `null` for the
+    /// server's default (`ORCH_JOBS_PER_DAY`).
+    pub jobs_per_day: Option<u32>,
 }
 
 impl From<ApiKey> for KeyView {
@@ -116,6 +154,8 @@ impl From<ApiKey> for KeyView {
             expires_at: k.expires_at,
             last_used_at: k.last_used_at,
             rotated_until: k.rotated_until,
+            rate_limit_per_minute: k.rate_limit_per_minute,
+            jobs_per_day: k.jobs_per_day,
         }
     }
 }
@@ -137,7 +177,7 @@ fn check_expiry(at: DateTime<Utc>) -> ApiResult<()> {
 
 /// A new key with its secret, shown this once.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"id": "key_3f2a9c01b7de", "name": "n8n production", "prefix": "orch_Xk3v9QaL", "scopes": ["jobs:read", "jobs:write"], "servers": null, "tools": null, "providers": null, "created_at": "2026-11-21T09:00:00Z", "revoked_at": null, "expires_at": null, "last_used_at": null, "rotated_until": null, "secret": "orch_Xk3v9QaLr2T0m7N4pWcE1yH6uJ8bZsVdG5fK0qAoi3s", "webhook_secret": "whsec_p0TzNwJ3kq3m5oU1o9bX2yq6Vh0Ffk8cS4yW1dJqv7E="}))]
+#[schema(example = json!({"id": "key_3f2a9c01b7de", "name": "n8n production", "prefix": "orch_Xk3v9QaL", "scopes": ["jobs:read", "jobs:write"], "servers": null, "tools": null, "providers": null, "created_at": "2026-11-21T09:00:00Z", "revoked_at": null, "expires_at": null, "last_used_at": null, "rotated_until": null, "rate_limit_per_minute": null, "jobs_per_day": null, "secret": "orch_Xk3v9QaLr2T0m7N4pWcE1yH6uJ8bZsVdG5fK0qAoi3s", "webhook_secret": "whsec_p0TzNwJ3kq3m5oU1o9bX2yq6Vh0Ffk8cS4yW1dJqv7E="}))]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: KeyView,
@@ -183,6 +223,10 @@ pub async fn create_key(
     if let Some(at) = body.value.expires_at {
         check_expiry(at)?;
     }
+    check_limit("rate_limit_per_minute", body.value.rate_limit_per_minute)?;
+    check_limit("jobs_per_day", body.value.jobs_per_day)?;
+    new.key.rate_limit_per_minute = body.value.rate_limit_per_minute;
+    new.key.jobs_per_day = body.value.jobs_per_day;
     new.key.servers = body.value.servers;
     new.key.tools = body.value.tools;
     new.key.providers = body.value.providers;
@@ -230,7 +274,7 @@ pub async fn revoke_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Change a key's expiry or allow-lists.
+/// Change a key's expiry, allow-lists, rate limit or job quota.
 ///
 /// Fields left out stay as they are; `null` removes a limit or the expiry.
 /// Takes effect within 5 s in every process (at once in this one).
@@ -277,6 +321,14 @@ pub async fn update_key(
             check_expiry(at)?;
         }
         key.expires_at = expires_at;
+    }
+    if let Some(limit) = change.rate_limit_per_minute {
+        check_limit("rate_limit_per_minute", limit)?;
+        key.rate_limit_per_minute = limit;
+    }
+    if let Some(limit) = change.jobs_per_day {
+        check_limit("jobs_per_day", limit)?;
+        key.jobs_per_day = limit;
     }
     if !state.store.update_key(&key).await? {
         return Err(ApiError::not_found("unrevoked key", &id));

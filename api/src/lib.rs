@@ -19,6 +19,7 @@ pub mod openai;
 pub mod planning;
 pub mod plans;
 pub mod providers;
+pub mod rate;
 pub mod seed;
 pub mod serve;
 pub mod servers;
@@ -75,6 +76,10 @@ pub struct ApiConfig {
     pub max_streams_per_key: usize,
     /// Limits of one plan (map items, checked at submission where the list is known).
     pub plan_limits: orch_planner::PlanLimits,
+    /// Requests a minute of keys that set none; 0 for unlimited.
+    pub rate_limit_per_minute: u32,
+    /// Jobs a UTC day of keys that set none; 0 for unlimited.
+    pub jobs_per_day: u32,
 }
 
 impl Default for ApiConfig {
@@ -93,6 +98,8 @@ impl Default for ApiConfig {
             max_streams: 1000,
             max_streams_per_key: 100,
             plan_limits: orch_planner::PlanLimits::default(),
+            rate_limit_per_minute: 0,
+            jobs_per_day: 0,
         }
     }
 }
@@ -210,6 +217,7 @@ pub fn app(state: AppState) -> Router {
         .route("/servers/reload", post(seed::reload_servers))
         .merge(mcp_server::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::middleware))
+        .route_layer(axum::middleware::from_fn(rate::headers))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -266,10 +274,10 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         responses(
             error::responses::BadRequest, error::responses::Unauthorized, error::responses::Forbidden,
             error::responses::NotFound, error::responses::IdempotencyConflict, error::responses::TooLarge, error::responses::NotJson,
-            error::responses::Invalid, error::responses::Unavailable,
+            error::responses::Invalid, error::responses::Unavailable, error::responses::TooManyRequests,
         )
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &RateLimited),
     tags(
         (name = "jobs", description = "Submit and follow chat and batch jobs"),
         (name = "chat", description = "Chat on the providers, OpenAI-compatible (base URL `<orch>/v1`), and the providers' state"),
@@ -299,6 +307,53 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Every route that takes a key is rate limited ([`rate`]): its successes carry
+/// the `RateLimit` headers and it may answer 429.
+struct RateLimited;
+
+impl Modify for RateLimited {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{HeaderBuilder, Ref, RefOr, Type};
+        let header = |description: &str| {
+            HeaderBuilder::new()
+                .schema(utoipa::openapi::Object::with_type(Type::String))
+                .description(Some(description))
+                .build()
+        };
+        let limited = "Over the key's request rate limit (`rate_limited`) or daily job quota (`job_quota_exceeded`), \
+                       with `Retry-After`; see the TooManyRequests response";
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                if !responses.contains_key("401") {
+                    continue;
+                }
+                for (status, response) in responses.iter_mut() {
+                    if let (true, RefOr::T(response)) = (status.starts_with('2'), response) {
+                        response.headers.insert(
+                            "RateLimit".into(),
+                            header("When the key is rate limited: `\"requests\";r=<remaining>;t=<seconds>` (draft-ietf-httpapi-ratelimit-headers)"),
+                        );
+                        response.headers.insert(
+                            "RateLimit-Policy".into(),
+                            header("When the key is rate limited: `\"requests\";q=<limit>;w=60`"),
+                        );
+                    }
+                }
+                match responses.get_mut("429") {
+                    // The route's own 429 (a provider's usage limit) also stands for these.
+                    Some(RefOr::T(own)) => own.description = format!("{} — or: {limited}", own.description),
+                    Some(RefOr::Ref(_)) => {}
+                    None => {
+                        responses.insert("429".into(), RefOr::Ref(Ref::from_response_name("TooManyRequests")));
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -215,7 +215,12 @@ pub async fn chat_completions(
         }
     }
     let metadata = Some(Map::from_iter([("source".to_owned(), json!("openai"))]));
-    let options = JobOptions { metadata: &metadata, max_attempts: None, owner: &principal.key.id };
+    let options = JobOptions {
+        metadata: &metadata,
+        max_attempts: None,
+        owner: &principal.key.id,
+        jobs_per_day: crate::rate::jobs_per_day(&state.config, Some(&principal)),
+    };
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o["include_usage"] == true);
     let chat = WaitedChat::start(&state, input.clone(), options).await?;
     let id = chat.id;
@@ -479,9 +484,19 @@ async fn wait_terminal(state: &AppState, id: JobId) -> ApiResult<()> {
 
 /// Runs a chat job with `input` and waits for it (cancelling it if the wait is
 /// abandoned); its answer text and result, or its failure as an HTTP error.
-pub async fn run_chat(state: &AppState, input: Value, source: &str, owner: &str) -> ApiResult<(JobId, String, Value)> {
+pub async fn run_chat(
+    state: &AppState,
+    input: Value,
+    source: &str,
+    principal: Option<&Principal>,
+) -> ApiResult<(JobId, String, Value)> {
     let metadata = Some(Map::from_iter([("source".to_owned(), json!(source))]));
-    let options = JobOptions { metadata: &metadata, max_attempts: None, owner };
+    let options = JobOptions {
+        metadata: &metadata,
+        max_attempts: None,
+        owner: jobs::owner_of(principal),
+        jobs_per_day: crate::rate::jobs_per_day(&state.config, principal),
+    };
     let mut chat = WaitedChat::start(state, input, options).await?;
     chat.wait().await?;
     let (text, result) = finished(state, chat.id).await?;
@@ -644,7 +659,8 @@ impl ToolTurn {
             Some(Map::from_iter([("source".to_owned(), json!("openai")), ("repairs".to_owned(), json!(chat.id))]));
         // The repair belongs to the key that asked for the first turn.
         let owner = input["key_id"].as_str().unwrap_or_default().to_owned();
-        let options = JobOptions { metadata: &metadata, max_attempts: None, owner: &owner };
+        // A repair is part of the turn asked for: not counted again.
+        let options = JobOptions { metadata: &metadata, max_attempts: None, owner: &owner, jobs_per_day: 0 };
         let mut again = WaitedChat::start(&state, input, options).await?;
         again.wait().await?;
         let (text, result) = finished(&state, again.id).await?;

@@ -121,7 +121,12 @@ pub async fn plan_now(
     let metadata = Some(
         metadata.clone().unwrap_or_else(|| json!({"source": "plan_preview"}).as_object().cloned().unwrap_or_default()),
     );
-    let options = JobOptions { metadata: &metadata, max_attempts: None, owner: jobs::owner_of(principal) };
+    let options = JobOptions {
+        metadata: &metadata,
+        max_attempts: None,
+        owner: jobs::owner_of(principal),
+        jobs_per_day: crate::rate::jobs_per_day(&state.config, principal),
+    };
     let (accepted, _) = jobs::submit_job(state, JobKind::Batch, input, options, || Ok(None)).await?;
     let id = accepted.id;
     let waited = tokio::time::timeout(state.config.chat_wait, async {

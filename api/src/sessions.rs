@@ -116,8 +116,7 @@ pub async fn memory(
         if let Some(model) = provider {
             input["model"] = json!(model);
         }
-        let (_, text, _) =
-            crate::openai::run_chat(state, input, "session-memory", crate::jobs::owner_of(principal)).await?;
+        let (_, text, _) = crate::openai::run_chat(state, input, "session-memory", principal).await?;
         Some(text)
     } else {
         None

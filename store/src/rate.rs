@@ -45,9 +45,11 @@ impl LocalRates {
             limiter.retain_recent();
         }
         match limiter.check_key(&bucket.to_owned()) {
-            Ok(state) => {
-                RateDecision { allowed: true, remaining: state.remaining_burst_capacity(), retry_after: Default::default() }
-            }
+            Ok(state) => RateDecision {
+                allowed: true,
+                remaining: state.remaining_burst_capacity(),
+                retry_after: Default::default(),
+            },
             Err(not_until) => RateDecision {
                 allowed: false,
                 remaining: 0,

@@ -116,6 +116,8 @@ fn api_key(id: &str, created_at: DateTime<Utc>) -> ApiKey {
         providers: None,
         last_used_at: None,
         rotated_until: None,
+        rate_limit_per_minute: None,
+        jobs_per_day: None,
     }
 }
 
@@ -968,6 +970,132 @@ async fn rotated_keys_answer_to_the_new_secret_and_the_previous_one(store: Arc<d
     assert!(store.key_by_hash("hash-3").await.unwrap().is_none());
 }
 
+async fn keys_keep_their_rate_limit_and_job_quota(store: Arc<dyn Store>) {
+    let now = now_ms();
+    let key = ApiKey { rate_limit_per_minute: Some(120), jobs_per_day: Some(0), ..api_key("k1", now) };
+    store.create_key(&key, "hash-1").await.unwrap();
+    assert_eq!(store.key_by_hash("hash-1").await.unwrap(), Some(key.clone()));
+    let changed = ApiKey { rate_limit_per_minute: None, jobs_per_day: Some(1000), ..key };
+    assert!(store.update_key(&changed).await.unwrap());
+    assert_eq!(store.list_keys().await.unwrap(), vec![changed]);
+}
+
+// --- rate limits and job quotas ---
+
+fn owned_with_key(owner: &str, idempotency_key: &str) -> NewJob {
+    let idempotency = Some(Idempotency {
+        key: format!("{owner}:{idempotency_key}"),
+        body_hash: "hash-a".into(),
+        expires_at: now_ms() + TimeDelta::hours(1),
+    });
+    NewJob { idempotency, ..owned_by(owner, JobKind::Chat) }
+}
+
+async fn daily_quota_refuses_the_job_over_it_and_stores_nothing(store: Arc<dyn Store>) {
+    for _ in 0..2 {
+        assert!(matches!(
+            store.insert_job_within(owned_by("key_a", JobKind::Chat), 2).await.unwrap(),
+            Inserted::Created(_)
+        ));
+    }
+    let over = owned_with_key("key_a", "third");
+    match store.insert_job_within(over.clone(), 2).await.unwrap() {
+        Inserted::OverQuota { limit, resets_at } => {
+            assert_eq!(limit, 2);
+            assert_eq!(resets_at, quota_day(Utc::now()).1);
+            assert!(resets_at > Utc::now() && resets_at <= Utc::now() + TimeDelta::days(1));
+        }
+        other => panic!("expected the quota to refuse the job, got {other:?}"),
+    }
+    assert!(store.get_job(over.id).await.unwrap().is_none(), "a refused job is not stored");
+    // Its idempotency key was not taken either: with quota to spare it creates the job.
+    assert!(matches!(store.insert_job_within(over, 3).await.unwrap(), Inserted::Created(_)));
+    // Other owners and unlimited inserts are not counted against key_a.
+    assert!(matches!(
+        store.insert_job_within(owned_by("key_b", JobKind::Chat), 2).await.unwrap(),
+        Inserted::Created(_)
+    ));
+    assert!(matches!(
+        store.insert_job_within(owned_by("key_a", JobKind::Chat), 0).await.unwrap(),
+        Inserted::Created(_)
+    ));
+    assert!(matches!(store.insert_job(owned_by("key_a", JobKind::Chat)).await.unwrap(), Inserted::Created(_)));
+    assert!(matches!(
+        store.insert_job_within(owned_by("key_a", JobKind::Chat), 3).await.unwrap(),
+        Inserted::OverQuota { limit: 3, .. }
+    ));
+}
+
+async fn idempotent_replays_are_not_counted_against_the_quota(store: Arc<dyn Store>) {
+    let first = owned_with_key("key_a", "order-7");
+    let created = match store.insert_job_within(first.clone(), 1).await.unwrap() {
+        Inserted::Created(job) => job,
+        other => panic!("expected a new job, got {other:?}"),
+    };
+    for _ in 0..3 {
+        let replay = NewJob { id: new_job_id(), ..first.clone() };
+        match store.insert_job_within(replay, 1).await.unwrap() {
+            Inserted::Existing(job) => assert_eq!(job.id, created.id),
+            other => panic!("a replay returns the first job even at the quota, got {other:?}"),
+        }
+    }
+    let conflict = NewJob {
+        id: new_job_id(),
+        idempotency: first.idempotency.clone().map(|i| Idempotency { body_hash: "hash-b".into(), ..i }),
+        ..first
+    };
+    assert!(matches!(store.insert_job_within(conflict, 1).await.unwrap(), Inserted::Conflict { .. }));
+}
+
+async fn concurrent_inserts_never_exceed_the_daily_quota(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert_job_within(owned_by("key_a", JobKind::Chat), 25).await.unwrap() })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Inserted::Created(_) => created += 1,
+            Inserted::OverQuota { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created, 25);
+    let filter = JobFilter { owner: Some("key_a".into()), limit: 100, ..JobFilter::default() };
+    assert_eq!(store.list_jobs(&filter).await.unwrap().len(), 25);
+}
+
+async fn requests_are_limited_per_bucket_with_a_burst_of_the_limit(store: Arc<dyn Store>) {
+    for left in (0..3).rev() {
+        let d = store.take_request("key_a", 3).await.unwrap();
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(d.remaining, left);
+    }
+    let refused = store.take_request("key_a", 3).await.unwrap();
+    assert!(!refused.allowed);
+    assert_eq!(refused.remaining, 0);
+    // One request comes back every 60 s / 3.
+    let wait = refused.retry_after.as_secs_f64();
+    assert!(wait > 19.0 && wait <= 20.0, "{refused:?}");
+    assert!(store.take_request("key_b", 3).await.unwrap().allowed, "buckets are independent");
+    // At 600 a minute one request comes back every 100 ms, and not before.
+    let mut taken = 0;
+    let refused = loop {
+        let d = store.take_request("key_c", 600).await.unwrap();
+        if !d.allowed {
+            break d;
+        }
+        taken += 1;
+        assert!(taken <= 700, "600 a minute let {taken} through");
+    };
+    assert!(taken >= 600, "only {taken} of a burst of 600");
+    assert!(refused.retry_after <= Duration::from_millis(100), "{refused:?}");
+    tokio::time::sleep(refused.retry_after + Duration::from_millis(20)).await;
+    assert!(store.take_request("key_c", 600).await.unwrap().allowed, "the bucket refills over the minute");
+}
+
 // --- the audit log ---
 
 async fn audit_pages_newest_first_with_filters_and_purges(store: Arc<dyn Store>) {
@@ -1391,6 +1519,11 @@ on_each_backend!(
     keys_keep_their_server_limits,
     keys_keep_expiry_and_allow_lists_and_can_be_updated,
     rotated_keys_answer_to_the_new_secret_and_the_previous_one,
+    keys_keep_their_rate_limit_and_job_quota,
+    daily_quota_refuses_the_job_over_it_and_stores_nothing,
+    idempotent_replays_are_not_counted_against_the_quota,
+    concurrent_inserts_never_exceed_the_daily_quota,
+    requests_are_limited_per_bucket_with_a_burst_of_the_limit,
     audit_pages_newest_first_with_filters_and_purges,
     servers_are_stored_listed_by_name_and_deleted,
     replacing_a_server_keeps_its_creation_time,

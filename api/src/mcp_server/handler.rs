@@ -208,7 +208,12 @@ impl OrchMcp {
                 (input, req.metadata, req.max_attempts)
             }
         };
-        let options = JobOptions { metadata: &metadata, max_attempts, owner: jobs::owner_of(principal) };
+        let options = JobOptions {
+            metadata: &metadata,
+            max_attempts,
+            owner: jobs::owner_of(principal),
+            jobs_per_day: crate::rate::jobs_per_day(&self.state.config, principal),
+        };
         // MCP has no Idempotency-Key header; a retried tool call makes a new job.
         let (accepted, _) = jobs::submit_job(&self.state, kind, input, options, || Ok(None)).await?;
         Ok(json!(accepted))
@@ -225,8 +230,12 @@ impl OrchMcp {
         if let Some(session) = &req.session_id {
             crate::sessions::attach(&self.state, principal, &mut input, session).await?;
         }
-        let options =
-            JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts, owner: jobs::owner_of(principal) };
+        let options = JobOptions {
+            metadata: &req.metadata,
+            max_attempts: req.max_attempts,
+            owner: jobs::owner_of(principal),
+            jobs_per_day: crate::rate::jobs_per_day(&self.state.config, principal),
+        };
         let mut chat = crate::openai::WaitedChat::start(&self.state, input, options).await?;
         chat.wait().await?;
         let id = chat.id;
@@ -270,8 +279,12 @@ impl OrchMcp {
                 Some(planned.job_id)
             )));
         }
-        let options =
-            JobOptions { metadata: &req.metadata, max_attempts: req.max_attempts, owner: jobs::owner_of(principal) };
+        let options = JobOptions {
+            metadata: &req.metadata,
+            max_attempts: req.max_attempts,
+            owner: jobs::owner_of(principal),
+            jobs_per_day: crate::rate::jobs_per_day(&self.state.config, principal),
+        };
         let (accepted, _) = jobs::submit_job(&self.state, JobKind::Batch, input, options, || Ok(None)).await?;
         if !wait {
             return Ok(json!(accepted));

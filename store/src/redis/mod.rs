@@ -67,7 +67,7 @@ use serde_json::Value;
 
 use crate::{
     ApiKey, AuditEntry, AuditFilter, AuthFailure, Completion, Inserted, Job, JobCounts, JobError, JobEvent, JobFilter,
-    JobId, JobKind, JobStatus, NewJob, Notifier, Outcome, ProviderState, RateDecision, ProviderUpdate, Result, Session,
+    JobId, JobKind, JobStatus, NewJob, Notifier, Outcome, ProviderState, ProviderUpdate, RateDecision, Result, Session,
     SessionMessage, Store, StoreError, StoredServer, StoredWebhook, UsageRecord, WorkerInfo, from_millis, redact_url,
     to_millis,
 };
