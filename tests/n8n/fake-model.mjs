@@ -6,7 +6,7 @@
 //   then, with a "Tool result" in the conversation, answers with what it said;
 // - the planner: a plan that calls everything.echo and writes from its output;
 // - the session summary: a fixed Markdown summary;
-// - "slowly" in the prompt: the same, after 6 s;
+// - "slowly" in the prompt: the same, after 6 s ("until cancelled": after 60 s);
 // - anything else: "Orch answer: <the prompt's last line>".
 import { readFileSync } from 'node:fs';
 
@@ -14,7 +14,9 @@ const system = (process.argv.find((a) => a.startsWith('--system=')) || '--system
 const prompt = readFileSync(0, 'utf8');
 const all = `${system}\n${prompt}`;
 // "slowly" in the prompt: take 6 s (a job to cancel, an execution caught waiting).
-if (prompt.includes('slowly')) await new Promise((r) => setTimeout(r, 6000));
+// A running job's cancellation reaches its worker with the next heartbeat
+// (every lease/3, 10 s by default), so the job to cancel outlasts that.
+if (prompt.includes('slowly')) await new Promise((r) => setTimeout(r, prompt.includes('until cancelled') ? 60000 : 6000));
 const out = (value) => process.stdout.write(typeof value === 'string' ? `${value}\n` : `${JSON.stringify(value)}\n`);
 
 if (all.includes('You are connected to an application that runs functions for you')) {

@@ -354,7 +354,7 @@ function operationsWorkflow() {
     ['Session delete', { resource: 'session', operation: 'delete', sessionId: 'n8n-node-session' }],
     ['Server list', { resource: 'server', operation: 'list' }],
     ['Server test', { resource: 'server', operation: 'test', server: 'everything' }],
-    ['Slow chat', { resource: 'chat', operation: 'submit', prompt: 'answer slowly please', jobOptions: {} }],
+    ['Slow chat', { resource: 'chat', operation: 'submit', prompt: 'answer slowly until cancelled', jobOptions: {} }],
     ['Job cancel', { resource: 'job', operation: 'cancel', jobId: "={{ $('Slow chat').item.json.id }}" }],
   ];
   const nodes = [{ id: 'op-0', name: 'Start', type: 'n8n-nodes-base.manualTrigger', typeVersion: 1, position: [0, 0], parameters: {} }];
@@ -442,7 +442,7 @@ describe('n8n execute', () => {
         return r.json?.status === 'cancelled' && r.json;
       },
       15_000,
-      () => 'the slow chat job was not cancelled',
+      async () => `the slow chat job was not cancelled: ${JSON.stringify((await state.orch.call('GET', `/v1/jobs/${one('Slow chat').id}`)).json)}`,
     );
     assert.equal(cancelled.status, 'cancelled');
   });
@@ -550,7 +550,7 @@ describe('n8n start (Wait flows)', () => {
     });
   }
 
-  test('a plan typed in expression mode with ${...} references keeps its dependencies through n8n', { todo: '${...} plan references land with helper "responses"' }, async () => {
+  test('a plan typed in expression mode with ${...} references keeps its dependencies through n8n', async () => {
     const prompt = 'plan typed in n8n';
     await trigger('orch-plan-in-expression', { prompt });
     const put = await noteFor('Plan from n8n');

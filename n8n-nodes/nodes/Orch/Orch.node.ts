@@ -365,9 +365,9 @@ export class Orch implements INodeType {
 				required: true,
 				displayOptions: { show: { resource: ['job', 'plan'], batchInput: ['plan'] } },
 				default:
-					'{\n  "nodes": [\n    {"id": "hello", "tool": "everything.echo", "args": {"message": "hi"}}\n  ],\n  "output": "{{nodes.hello.output}}"\n}',
+					'{\n  "nodes": [\n    {"id": "hello", "tool": "everything.echo", "args": {"message": "hi"}}\n  ],\n  "output": "${nodes.hello.output}"\n}',
 				description:
-					'Nodes and their output; refer to other nodes\' outputs as {{nodes.ID.output}}',
+					'Nodes and their output; refer to other nodes\' outputs as ${nodes.ID.output}, which n8n expressions leave alone',
 			},
 			{
 				displayName: 'Options',
