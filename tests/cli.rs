@@ -4,36 +4,12 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::Backend;
-
-const ORCH: &str = env!("CARGO_BIN_EXE_orch");
-
-/// Child processes killed when the test ends, however it ends.
-#[derive(Default)]
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn orch(dir: &std::path::Path, store: &str) -> Command {
-    let mut cmd = Command::new(ORCH);
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("ORCH_STORE", store)
-        .env("ORCH_LOG", "warn");
-    cmd
-}
+use support::procs::{ORCH, Procs, orch};
 
 /// Starts `orch <command>` (api or serve) on a free port on a new store and
 /// reads the admin key its first start prints. Returns the base URL, the key

@@ -2,39 +2,21 @@
 //! Redis, with the worker's poll set to 30 s, so anything quicker than that is a
 //! wake-up. Real processes, a real Redis, real HTTP.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use orch_testkit::RedisServer;
 use serde_json::{Value, json};
+use support::procs::{self, Procs};
 
-const ORCH: &str = env!("CARGO_BIN_EXE_orch");
-
-/// Children killed on drop.
-#[derive(Default)]
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
+/// `orch` on `store`, allowed the streams the memory and latency tests open.
 fn orch(dir: &std::path::Path, store: &str) -> Command {
-    let mut cmd = Command::new(ORCH);
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("ORCH_STORE", store)
-        .env("ORCH_LOG", "warn")
-        .env("ORCH_MAX_STREAMS_PER_KEY", "1000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut cmd = procs::orch(dir, store);
+    cmd.env("ORCH_MAX_STREAMS_PER_KEY", "1000").stdout(Stdio::null()).stderr(Stdio::null());
     cmd
 }
 
