@@ -258,12 +258,14 @@ async fn run(cli: Cli) -> Result<()> {
             // The worker calls plan tools through the API's registry: one pool per process.
             let worker = tokio::spawn(orch_worker::run(
                 store.clone(),
-                executors(&settings, router, &state),
+                executors(&settings, router.clone(), &state),
                 settings.worker.clone(),
                 shutdown.clone(),
             ));
             serve_api(&settings, state).await?;
             worker.await.context("worker task")?;
+            // Warm CLIs waiting for a turn go with us.
+            router.providers().shutdown();
             Ok(())
         }
         Command::Api { .. } => {
@@ -286,8 +288,10 @@ async fn run(cli: Cli) -> Result<()> {
             let state = api_state(&settings, store.clone(), router.clone(), shutdown.clone()).await?;
             share_provider_state(&settings, &router, &state);
             let registry = state.registry.clone();
-            orch_worker::run(store, executors(&settings, router, &state), settings.worker.clone(), shutdown).await;
+            orch_worker::run(store, executors(&settings, router.clone(), &state), settings.worker.clone(), shutdown)
+                .await;
             registry.shutdown(MCP_CHILD_GRACE).await;
+            router.providers().shutdown();
             Ok(())
         }
         Command::Keys { command } => {

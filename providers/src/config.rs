@@ -124,6 +124,11 @@ pub struct ProviderConfig {
     pub token_expires_at: Option<String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Claude and Qwen Code: how many CLIs to keep started ahead, per model,
+    /// each waiting for the one turn it serves (0 = off, the default). They
+    /// count against `limits.concurrency`.
+    #[serde(default)]
+    pub warm: u32,
 }
 
 /// Environment variables for a CLI. `Debug` shows names only: values are credentials.
@@ -253,7 +258,7 @@ impl ProvidersConfig {
 
 /// Fields settable as `ORCH_PROVIDER_<NAME>_<FIELD>`, longest first so
 /// `DEFAULT_MODEL` wins over a name ending in `DEFAULT`.
-const ENV_FIELDS: [&str; 15] = [
+const ENV_FIELDS: [&str; 16] = [
     "TOKEN_EXPIRES_AT",
     "MAX_BUDGET_USD",
     "OUTPUT_CAP_BYTES",
@@ -268,6 +273,7 @@ const ENV_FIELDS: [&str; 15] = [
     "ARGS",
     "HOME",
     "KIND",
+    "WARM",
     "PTY",
 ];
 
@@ -276,7 +282,7 @@ impl ProvidersConfig {
     /// settings: COMMAND, ARGS (a JSON array, or words split on spaces),
     /// MODELS (comma-separated), DEFAULT_MODEL, KIND, HOME, PTY (true/false), TOKEN_EXPIRES_AT,
     /// OUTPUT_FORMAT (text, json, jsonl, stream-json), OUTPUT_TEXT (the answer's path),
-    /// CONCURRENCY, TIMEOUT_SECS, OUTPUT_CAP_BYTES, COOLDOWN_SECS, MAX_BUDGET_USD, and
+    /// CONCURRENCY, TIMEOUT_SECS, OUTPUT_CAP_BYTES, COOLDOWN_SECS, MAX_BUDGET_USD, WARM, and
     /// `ENV_<VAR>` for a variable of the CLI's environment. `<NAME>` is the
     /// provider's name in capitals with `-` as `_`; an unknown name adds a
     /// provider (which then needs a KIND unless named after a built-in).
@@ -367,6 +373,8 @@ impl ProvidersConfig {
                     u32::try_from(n).map(|n| config.limits.concurrency = n).map_err(|_| "too large".to_owned())
                 }),
                 "TIMEOUT_SECS" => number(&value).map(|n| config.limits.timeout_secs = n),
+                "WARM" => number(&value)
+                    .and_then(|n| u32::try_from(n).map(|n| config.warm = n).map_err(|_| "too large".to_owned())),
                 "OUTPUT_CAP_BYTES" => number(&value).map(|n| config.limits.output_cap_bytes = n),
                 "COOLDOWN_SECS" => number(&value).map(|n| config.limits.cooldown_secs = n),
                 "MAX_BUDGET_USD" => value
@@ -453,6 +461,34 @@ impl ProviderConfig {
         let limits = &self.limits;
         if !(1..=256).contains(&limits.concurrency) {
             return err("limits.concurrency", format!("must be between 1 and 256 (got {})", limits.concurrency));
+        }
+        if self.warm > 0 {
+            let why = match kind {
+                ProviderKind::Claude | ProviderKind::Qwen if self.pty => {
+                    Some("a CLI in a pty takes its prompt as an argument".to_owned())
+                }
+                ProviderKind::Claude | ProviderKind::Qwen
+                    if self.output.as_ref().is_some_and(|o| o.format != OutputFormat::StreamJson) =>
+                {
+                    Some("a warm start reads stream-json and needs output.format = \"stream-json\"".to_owned())
+                }
+                ProviderKind::Claude | ProviderKind::Qwen => None,
+                kind => Some(format!(
+                    "only claude and qwen can start before their prompt (this one is {kind}); set warm = 0"
+                )),
+            };
+            if let Some(why) = why {
+                return err("warm", why);
+            }
+            if self.warm > limits.concurrency {
+                return err(
+                    "warm",
+                    format!(
+                        "must be at most limits.concurrency ({}): warm CLIs hold its slots (got {})",
+                        limits.concurrency, self.warm
+                    ),
+                );
+            }
         }
         if limits.timeout_secs == 0 {
             return err("limits.timeout_secs", "must be at least 1".into());
@@ -561,6 +597,33 @@ mod tests {
             (Err(got), Err(want)) => assert!(got.contains(want), "error {got:?} does not contain {want:?}"),
             (got, want) => panic!("got {got:?}, want {want:?}"),
         }
+    }
+
+    #[test]
+    fn warm_is_for_claude_and_qwen_within_the_concurrency() {
+        check("[claude]\nwarm = 2\n", Ok(()));
+        check("[qwen]\nwarm = 1\nlimits = { concurrency = 1 }\n", Ok(()));
+        check(
+            "[claude]\nwarm = 3\n",
+            Err("providers.claude.warm: must be at most limits.concurrency (2): warm CLIs hold its slots (got 3)"),
+        );
+        check(
+            "[gemini]\nwarm = 1\n",
+            Err(
+                "providers.gemini.warm: only claude and qwen can start before their prompt (this one is gemini); set warm = 0",
+            ),
+        );
+        check("[codex]\nwarm = 1\n", Err("providers.codex.warm: only claude and qwen"));
+        check("[claude]\nwarm = 1\npty = true\n", Err("providers.claude.warm: a CLI in a pty"));
+        check(
+            "[claude]\nwarm = 1\noutput = { format = 'json' }\n",
+            Err("providers.claude.warm: a warm start reads stream-json"),
+        );
+        let mut config = ProvidersConfig::default();
+        config.apply_env([("ORCH_PROVIDER_CLAUDE_WARM".to_owned(), "1".to_owned())]).unwrap();
+        assert_eq!(config.0["claude"].warm, 1);
+        let err = config.apply_env([("ORCH_PROVIDER_CLAUDE_WARM".to_owned(), "some".to_owned())]).unwrap_err();
+        assert_eq!(err.field, "ORCH_PROVIDER_CLAUDE_WARM");
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //! outlives its turn. Progress (Claude's API retries, streamed text) arrives on
 //! the [`TurnControl`] channel while the turn runs.
 //!
+//! A provider with `warm = N` keeps CLIs started ahead of their turn (see
+//! the `warm` module): Claude Code and Qwen Code wait for their prompt on
+//! stdin, so a turn skips their start-up.
+//!
 //! This crate knows nothing of HTTP, jobs or sessions: callers render the
 //! conversation into the prompt and map errors to their own responses.
 
@@ -25,6 +29,7 @@ mod process;
 mod provider;
 mod router;
 mod turn;
+mod warm;
 
 pub use config::{
     ConfigError, EnvMap, Limits, MODEL_NAME_MAX, OutputConfig, OutputFormat, ProviderConfig, ProviderKind,
@@ -37,3 +42,4 @@ pub use provider::{
 };
 pub use router::{Exhausted, FailedAttempt, Route, RouteError, Routed, Router, RoutingConfig, Rule, Target, TaskType};
 pub use turn::{ProgressEvent, TurnControl, TurnOutput, TurnRequest, Usage};
+pub use warm::WarmStats;

@@ -78,6 +78,27 @@ async fn run_piped(
     cancel: &CancellationToken,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<RawOutput, RunError> {
+    let input = cmd.stdin.clone();
+    let (timeout, cap) = (cmd.timeout, cmd.output_cap);
+    let started = spawn(Command { stdin: input.as_ref().map(|_| Vec::new()), ..cmd })?;
+    started.finish(input, timeout, cap, cancel, on_line).await
+}
+
+/// A CLI started in pipe mode whose stdin is still open: it may wait there
+/// for its input (a warm start). Dropping it kills its group.
+pub(crate) struct Started {
+    /// Dropped first: the group is killed while its leader is still unreaped.
+    group: GroupGuard,
+    child: tokio::process::Child,
+    pid: i32,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: mpsc::Receiver<Vec<u8>>,
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
+}
+
+/// Starts `cmd` in pipe mode (stdin piped when `cmd.stdin` is Some, whatever
+/// its bytes; they are not written here) and returns at once.
+pub(crate) fn spawn(cmd: Command<'_>) -> Result<Started, RunError> {
     let mut command = tokio::process::Command::new(cmd.program);
     command.args(cmd.args);
     for key in orch_settings().chain(cmd.env_remove.iter().map(|k| k.to_string())) {
@@ -94,32 +115,62 @@ async fn run_piped(
         .process_group(0);
     let mut child = command.spawn().map_err(RunError::Spawn)?;
     let pid = child.id().expect("a child not yet waited for has a pid") as i32;
-    let mut group = GroupGuard { pgid: pid, armed: true, reap_on_drop: false };
-
-    if let (Some(input), Some(mut stdin)) = (cmd.stdin, child.stdin.take()) {
-        // A CLI that never reads stdin must not block the turn: write aside.
-        tokio::spawn(async move {
-            let _ = stdin.write_all(&input).await;
-        });
-    }
+    let group = GroupGuard { pgid: pid, armed: true, reap_on_drop: false };
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(forward(child.stdout.take().expect("stdout is piped"), tx));
     let stderr = tokio::spawn(read_tail(child.stderr.take().expect("stderr is piped")));
+    Ok(Started { stdin: child.stdin.take(), group, child, pid, stdout: rx, stderr })
+}
 
-    let result = supervise(pid, rx, cmd.timeout, cmd.output_cap, false, cancel, on_line).await;
-    group.armed = false;
-    let _ = child.wait().await;
-    let (stdout, exit) = result.inspect_err(|_| stderr.abort())?;
-    // Every writer is gone once the group is killed; the bound is for one that escaped it.
-    let stderr = match tokio::time::timeout(Duration::from_secs(1), stderr).await {
-        Ok(Ok(tail)) => tail,
-        _ => Vec::new(),
-    };
-    Ok(RawOutput {
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        exit,
-    })
+impl Started {
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Whether the CLI still runs (it is not reaped here, so its group id stays ours).
+    pub(crate) fn alive(&self) -> bool {
+        // SAFETY: waitid writes into the zeroed siginfo we own; WNOWAIT leaves the child waitable.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is ours and lives across the call; `pid` is our unreaped child.
+        let rc = unsafe {
+            libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+        };
+        // SAFETY: si_pid is valid after a successful waitid; 0 means no child changed state.
+        rc == 0 && unsafe { info.si_pid() } == 0
+    }
+
+    /// Writes `input` to stdin (which is then closed) and runs the CLI to its
+    /// end, like [`run`].
+    pub(crate) async fn finish(
+        mut self,
+        input: Option<Vec<u8>>,
+        timeout: Duration,
+        cap: u64,
+        cancel: &CancellationToken,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<RawOutput, RunError> {
+        if let (Some(input), Some(mut stdin)) = (input, self.stdin.take()) {
+            // A CLI that never reads stdin must not block the turn: write aside.
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&input).await;
+            });
+        }
+        let Started { mut child, pid, mut group, stdout, stderr, .. } = self;
+        let result = supervise(pid, stdout, timeout, cap, false, cancel, on_line).await;
+        group.armed = false;
+        let _ = child.wait().await;
+        let (stdout, exit) = result.inspect_err(|_| stderr.abort())?;
+        // Every writer is gone once the group is killed; the bound is for one that escaped it.
+        let stderr = match tokio::time::timeout(Duration::from_secs(1), stderr).await {
+            Ok(Ok(tail)) => tail,
+            _ => Vec::new(),
+        };
+        Ok(RawOutput {
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            exit,
+        })
+    }
 }
 
 async fn run_pty(

@@ -121,6 +121,13 @@ impl Providers {
         }
     }
 
+    /// Stops every provider's ready warm CLIs (at shutdown).
+    pub fn shutdown(&self) {
+        for provider in self.iter() {
+            provider.shutdown();
+        }
+    }
+
     /// Things to say at start-up, e.g. an `ANTHROPIC_API_KEY` Orch will not pass on.
     pub fn warnings(&self) -> Vec<String> {
         self.iter().flat_map(|p| p.warnings()).collect()
@@ -134,7 +141,9 @@ pub struct Provider {
     config: ProviderConfig,
     dir: PathBuf,
     permits: Arc<Semaphore>,
-    free_slots: Mutex<Vec<u32>>,
+    free_slots: Arc<Mutex<Vec<u32>>>,
+    /// Ready CLIs started ahead (`warm > 0`).
+    warm: Option<Arc<crate::warm::Pool>>,
     shared: Arc<dyn SharedLimit>,
     shared_state: std::sync::OnceLock<Arc<dyn SharedState>>,
     state: Mutex<State>,
@@ -186,13 +195,18 @@ impl Provider {
 
     fn build(name: &str, config: ProviderConfig, data_dir: &Path) -> Provider {
         let limit = config.limits.concurrency;
+        let permits = Arc::new(Semaphore::new(limit as usize));
+        // Popped from the end: slot 1 is used first.
+        let free_slots = Arc::new(Mutex::new((1..=limit).rev().collect()));
+        let warm =
+            (config.warm > 0).then(|| crate::warm::Pool::new(name, config.warm, permits.clone(), free_slots.clone()));
         Provider {
             name: name.to_owned(),
             kind: config.resolved_kind(name).expect("validated: the kind is known"),
             dir: data_dir.join(name),
-            permits: Arc::new(Semaphore::new(limit as usize)),
-            // Popped from the end: slot 1 is used first.
-            free_slots: Mutex::new((1..=limit).rev().collect()),
+            permits,
+            free_slots,
+            warm,
             shared: Arc::new(NoSharedLimit),
             shared_state: std::sync::OnceLock::new(),
             state: Mutex::new(State::default()),
@@ -221,7 +235,10 @@ impl Provider {
         ProviderStatus {
             name: self.name.clone(),
             kind: self.kind,
-            in_use: limit - self.permits.available_permits() as u32,
+            // Slots held by ready warm CLIs are not turns.
+            in_use: limit
+                .saturating_sub(self.permits.available_permits() as u32)
+                .saturating_sub(self.warm.as_ref().map_or(0, |pool| pool.stats().ready)),
             limit,
             cooldown_until: cooling,
             cooldown_cause: cooling.and(state.cooldown_cause.clone()),
@@ -455,9 +472,18 @@ impl Provider {
     async fn run_inner(&self, request: &TurnRequest, control: &TurnControl) -> Result<TurnOutput, TurnError> {
         let model = self.model(request)?;
         let cancelled = || TurnError::new(ErrorKind::Cancelled, format!("{}: cancelled", self.name));
-        let slot = tokio::select! {
-            slot = self.acquire_slot() => slot,
-            _ = control.cancel.cancelled() => return Err(cancelled()),
+        // A CLI started ahead for a turn of this shape, if the provider keeps some.
+        let warm = self.warm.as_ref().and_then(|pool| Some((pool, self.warm_start(request, model.as_deref())?)));
+        let taken = warm.as_ref().and_then(|(pool, start)| pool.take(&start.recipe));
+        let (slot, started) = match taken {
+            Some((process, slot)) => (slot, Some(process)),
+            None => {
+                let slot = tokio::select! {
+                    slot = self.acquire_slot() => slot,
+                    _ = control.cancel.cancelled() => return Err(cancelled()),
+                };
+                (slot, None)
+            }
         };
         let _shared = tokio::select! {
             permit = self.shared.acquire(
@@ -471,6 +497,100 @@ impl Provider {
         if let Some(refusal) = self.refusal() {
             return Err(refusal);
         }
+        let launch = match (started, &warm) {
+            (Some(process), Some((_, start))) => Some((process, start.message.clone())),
+            _ => None,
+        };
+        let was_warm = launch.is_some();
+        let (mut result, heard) = self.execute(request, control, model.clone(), &slot, launch).await;
+        // A warm CLI that failed before saying anything (it died after the
+        // pool's check, its stdin broke) is not the provider's failure: the
+        // turn starts cold, as if it had never been warm.
+        if was_warm
+            && !heard
+            && !control.cancel.is_cancelled()
+            && matches!(&result, Err(e) if matches!(e.kind, ErrorKind::Crashed { .. } | ErrorKind::Malformed { .. }))
+        {
+            tracing::info!(provider = %self.name, "a warm CLI failed before answering; starting one cold");
+            result = self.execute(request, control, model, &slot, None).await.0;
+        }
+        drop(slot);
+        // Refill in the background, unless the provider is paused anyway.
+        if let Some((pool, start)) = warm
+            && self.refusal().is_none()
+        {
+            pool.fill(start.recipe);
+        }
+        result
+    }
+
+    /// How to start a CLI ahead for `request` (None when this turn cannot
+    /// be served warm: see `adapters::warm_invocation`).
+    fn warm_start(&self, request: &TurnRequest, model: Option<&str>) -> Option<WarmStart> {
+        // A per-turn MCP config file may be gone by the next turn.
+        if request.mcp_config.is_some() {
+            return None;
+        }
+        let setup = Setup { kind: self.kind, config: &self.config, model, slot_dir: None, home: None };
+        let invocation = adapters::warm_invocation(&setup, request)?;
+        let program = self.resolve_command()?;
+        let program_mtime = std::fs::metadata(&program).and_then(|m| m.modified()).ok();
+        let recipe = crate::warm::Recipe {
+            program,
+            args: invocation.args,
+            env: invocation.env,
+            env_remove: invocation.env_remove,
+            workdir: self.dir.join("work"),
+            slot_dirs: (self.kind == ProviderKind::Claude).then(|| self.dir.clone()),
+            model: model.map(str::to_owned),
+            program_mtime,
+        };
+        Some(WarmStart { recipe, message: invocation.stdin.unwrap_or_default().into_bytes() })
+    }
+
+    /// Ready warm CLIs and what the pool did so far (None: `warm = 0`).
+    pub fn warm_stats(&self) -> Option<crate::warm::WarmStats> {
+        self.warm.as_ref().map(|pool| pool.stats())
+    }
+
+    /// The process ids of the ready warm CLIs.
+    pub fn warm_pids(&self) -> Vec<i32> {
+        self.warm.as_ref().map(|pool| pool.pids()).unwrap_or_default()
+    }
+
+    /// Stops every ready warm CLI (at shutdown; dropping the provider does too).
+    pub fn shutdown(&self) {
+        if let Some(pool) = &self.warm {
+            pool.close();
+        }
+    }
+
+    /// Runs the CLI once (`warm`: a started CLI and its message; None: a
+    /// cold start) and reads its answer; also says whether the CLI said
+    /// anything past its start-up line.
+    async fn execute(
+        &self,
+        request: &TurnRequest,
+        control: &TurnControl,
+        model: Option<String>,
+        slot: &Slot,
+        warm: Option<(process::Started, Vec<u8>)>,
+    ) -> (Result<TurnOutput, TurnError>, bool) {
+        let heard = std::sync::atomic::AtomicBool::new(false);
+        let result = self.execute_inner(request, control, model, slot, warm, &heard).await;
+        (result, heard.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    async fn execute_inner(
+        &self,
+        request: &TurnRequest,
+        control: &TurnControl,
+        model: Option<String>,
+        slot: &Slot,
+        warm: Option<(process::Started, Vec<u8>)>,
+        heard: &std::sync::atomic::AtomicBool,
+    ) -> Result<TurnOutput, TurnError> {
+        let cancelled = || TurnError::new(ErrorKind::Cancelled, format!("{}: cancelled", self.name));
         let program = self.resolve_command().ok_or_else(|| self.not_installed())?;
         let slot_dir = (self.kind == ProviderKind::Claude).then(|| self.dir.join(format!("slot-{}", slot.number)));
         let workdir = self.dir.join("work");
@@ -525,7 +645,6 @@ impl Provider {
             gave_up.lock().expect("give-up lock").get_or_insert(error);
             abort.cancel();
         };
-        let heard = std::sync::atomic::AtomicBool::new(false);
         let mut model_told = false;
         let mut on_line = |line: &str| {
             if adapters::is_reply(kind, line) {
@@ -572,8 +691,16 @@ impl Provider {
             std::future::pending::<()>().await
         };
         let started = Instant::now();
+        let running = async {
+            match warm {
+                Some((process, message)) => {
+                    process.finish(Some(message), timeout, limits.output_cap_bytes, &abort, &mut on_line).await
+                }
+                None => process::run(command, &abort, &mut on_line).await,
+            }
+        };
         let ran = tokio::select! {
-            ran = process::run(command, &abort, &mut on_line) => ran,
+            ran = running => ran,
             () = watchdog => unreachable!("the watchdog never ends"),
         };
         if let (ProviderKind::Gemini, Some(home)) = (kind, &home) {
@@ -643,24 +770,66 @@ impl Provider {
         Ok(model)
     }
 
-    async fn acquire_slot(&self) -> Slot<'_> {
-        let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-        let number = self.free_slots.lock().expect("slot lock").pop().expect("a permit guarantees a free slot");
-        Slot { provider: self, number, _permit: permit }
+    /// Waits for a free slot; while every slot is held by an idle warm CLI
+    /// (of another turn shape), one is stopped to make room.
+    async fn acquire_slot(&self) -> Slot {
+        loop {
+            let changed = self.warm.as_ref().map(|pool| pool.changed.notified());
+            let mut changed = std::pin::pin!(changed);
+            if let Some(notified) = changed.as_mut().as_pin_mut() {
+                notified.enable();
+            }
+            if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                return Slot::new(permit, self.free_slots.clone());
+            }
+            if self.warm.as_ref().is_some_and(|pool| pool.evict_one()) {
+                continue;
+            }
+            let added = async {
+                match changed.as_mut().as_pin_mut() {
+                    Some(notified) => notified.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                permit = self.permits.clone().acquire_owned() => {
+                    return Slot::new(permit.expect("the semaphore is never closed"), self.free_slots.clone());
+                }
+                () = added => {}
+            }
+        }
     }
 }
 
+/// A CLI to start ahead for a turn's shape, and the turn's message for it.
+struct WarmStart {
+    recipe: crate::warm::Recipe,
+    message: Vec<u8>,
+}
+
 /// A concurrency slot; its number names Claude's config dir (`slot-N`).
-struct Slot<'p> {
-    provider: &'p Provider,
+pub(crate) struct Slot {
     number: u32,
+    free: Arc<Mutex<Vec<u32>>>,
     _permit: OwnedSemaphorePermit,
 }
 
-impl Drop for Slot<'_> {
+impl Slot {
+    /// The slot a permit of the provider's semaphore stands for.
+    pub(crate) fn new(permit: OwnedSemaphorePermit, free: Arc<Mutex<Vec<u32>>>) -> Slot {
+        let number = free.lock().expect("slot lock").pop().expect("a permit guarantees a free slot");
+        Slot { number, free, _permit: permit }
+    }
+
+    pub(crate) fn number(&self) -> u32 {
+        self.number
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
         // Returned before the permit (a later field) is released.
-        self.provider.free_slots.lock().expect("slot lock").push(self.number);
+        self.free.lock().expect("slot lock").push(self.number);
     }
 }
 

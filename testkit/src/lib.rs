@@ -1,6 +1,10 @@
 //! Test support shared by the crates' tests: a real `redis-server` per test on a
 //! free loopback port, stopped when dropped. A missing `redis-server` fails the
-//! test loudly; the README's test command installs it.
+//! test loudly; the README's test command installs it. [`model_api`] is a
+//! fake model API (Anthropic, Gemini, OpenAI) on loopback for the real CLIs,
+//! used by the tests and by `orch bench clis`.
+
+pub mod model_api;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

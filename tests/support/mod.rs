@@ -2,7 +2,9 @@
 //! in a temp dir, or a private redis-server), plus a small HTTP client.
 #![allow(dead_code)]
 
-pub mod model_api;
+/// The fake model API lives in the testkit, which `orch bench clis` uses too.
+#[allow(unused_imports)]
+pub use orch_testkit::model_api;
 pub mod procs;
 
 use std::sync::Arc;

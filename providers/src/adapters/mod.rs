@@ -46,12 +46,52 @@ pub(crate) fn invocation(setup: &Setup<'_>, request: &TurnRequest) -> Result<Inv
         ProviderKind::Qwen => claude::qwen_invocation(setup, request),
         ProviderKind::Cli => cli::invocation(setup, request)?,
     };
-    // Configured env first, so the adapter's own settings (slots, NO_BROWSER) win.
+    with_configured_env(setup, &mut inv);
+    Ok(inv)
+}
+
+/// The command line of a warm start (see `crate::warm`): the CLI started
+/// ahead of its turn, reading its one user message from stdin as a
+/// stream-json event (`stdin`). The arguments are the cold start's, with
+/// `--input-format=stream-json` and without the prompt. None for CLIs that
+/// cannot wait for their prompt: Gemini gives up on a silent stdin after a
+/// moment, Codex reads stdin before its start-up work (nothing to gain), a
+/// `cli` provider is unknown; nor in a pty, or with json output (stream-json
+/// input needs stream-json output).
+pub(crate) fn warm_invocation(setup: &Setup<'_>, request: &TurnRequest) -> Option<Invocation> {
+    if setup.config.pty || output_format(setup.config, OutputFormat::StreamJson) != OutputFormat::StreamJson {
+        return None;
+    }
+    let mut inv = match setup.kind {
+        ProviderKind::Claude => claude::invocation(setup, request),
+        ProviderKind::Qwen => {
+            let mut inv = claude::qwen_invocation(setup, request);
+            // The prompt (`--prompt=...`) comes first; it goes on stdin instead.
+            inv.args.remove(0);
+            inv
+        }
+        ProviderKind::Gemini | ProviderKind::Codex | ProviderKind::Cli => return None,
+    };
+    // After `-p` for Claude, first for Qwen: both read it anywhere.
+    let at = usize::from(setup.kind == ProviderKind::Claude);
+    inv.args.insert(at, "--input-format=stream-json".into());
+    let message = serde_json::json!({
+        "type": "user",
+        "message": {"role": "user", "content": [{"type": "text", "text": request.prompt}]},
+        "parent_tool_use_id": null,
+        "session_id": "",
+    });
+    inv.stdin = Some(format!("{message}\n"));
+    with_configured_env(setup, &mut inv);
+    Some(inv)
+}
+
+/// Configured env first, so the adapter's own settings (slots, NO_BROWSER) win.
+fn with_configured_env(setup: &Setup<'_>, inv: &mut Invocation) {
     let removed = inv.env_remove.clone();
     let configured =
         setup.config.env.0.iter().filter(|(k, _)| !removed.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone()));
     inv.env = configured.chain(std::mem::take(&mut inv.env)).collect();
-    Ok(inv)
 }
 
 pub(crate) fn progress(kind: ProviderKind, line: &str) -> Option<ProgressEvent> {
@@ -229,6 +269,45 @@ pub(crate) fn retry_failure(kind: ProviderKind, status: Option<u16>, error: Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A warm start's arguments are the cold start's plus the input format,
+    /// never the prompt; the prompt is the text of the JSON message on stdin.
+    #[test]
+    fn a_warm_start_takes_a_flag_shaped_prompt_on_stdin_only() {
+        let config = ProviderConfig::default();
+        for prompt in ["--yolo", "-p x", "--prompt=y", "\"quoted\"", "line\n{\"type\":\"user\"}"] {
+            let request = TurnRequest { prompt: prompt.into(), system: Some("be brief".into()), ..Default::default() };
+            for kind in [ProviderKind::Claude, ProviderKind::Qwen] {
+                let setup = Setup { kind, config: &config, model: Some("m1"), slot_dir: None, home: None };
+                let warm = warm_invocation(&setup, &request).unwrap();
+                assert!(!warm.args.iter().any(|a| a.contains(prompt)), "{kind}: {:?}", warm.args);
+                let cold = invocation(&setup, &request).unwrap();
+                let cold_args: Vec<&String> = cold.args.iter().filter(|a| !a.starts_with("--prompt=")).collect();
+                let warm_args: Vec<&String> = warm.args.iter().filter(|a| *a != "--input-format=stream-json").collect();
+                assert_eq!(warm_args, cold_args, "{kind}");
+                let stdin = warm.stdin.unwrap();
+                assert_eq!(stdin.lines().count(), 1, "{kind}: one JSON line: {stdin:?}");
+                let message: Value = serde_json::from_str(&stdin).unwrap();
+                assert_eq!(message["type"], "user");
+                assert_eq!(message["message"]["content"][0]["text"], prompt, "{kind}");
+            }
+        }
+        // CLIs that cannot wait for their prompt, and modes that cannot carry it, start cold.
+        let request = TurnRequest { prompt: "hi".into(), ..Default::default() };
+        for kind in [ProviderKind::Gemini, ProviderKind::Codex, ProviderKind::Cli] {
+            let setup = Setup { kind, config: &config, model: None, slot_dir: None, home: None };
+            assert!(warm_invocation(&setup, &request).is_none(), "{kind}");
+        }
+        let json = ProviderConfig {
+            output: Some(crate::config::OutputConfig { format: OutputFormat::Json, text: None }),
+            ..Default::default()
+        };
+        let pty = ProviderConfig { pty: true, ..Default::default() };
+        for config in [&json, &pty] {
+            let setup = Setup { kind: ProviderKind::Claude, config, model: None, slot_dir: None, home: None };
+            assert!(warm_invocation(&setup, &request).is_none());
+        }
+    }
 
     /// In a pty the prompt is an argument: after `--` (claude, codex) or as the
     /// value of `--prompt=` (gemini, qwen's yargs), with yargs' quote stripping undone.

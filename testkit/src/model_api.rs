@@ -67,7 +67,7 @@ struct Inner {
     hits: Mutex<Vec<Hit>>,
 }
 
-/// The running fake; it stops when the test's runtime ends.
+/// The running fake; it stops when the runtime that started it ends.
 pub struct ModelApi {
     /// `http://127.0.0.1:PORT`, without a trailing slash.
     pub url: String,
