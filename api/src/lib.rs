@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod jobs;
@@ -15,6 +16,7 @@ pub mod keys;
 pub mod limits;
 pub mod links;
 pub mod mcp_server;
+pub mod me;
 pub mod openai;
 pub mod planning;
 pub mod plans;
@@ -173,6 +175,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/batch", post(jobs::submit_batch))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/result", get(jobs::get_result))
+        .route("/v1/jobs/{id}/input", get(me::job_input))
         .route("/v1/jobs/{id}/events", get(jobs::job_events))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/jobs/{id}/deliveries", get(webhooks::job_deliveries))
@@ -197,6 +200,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
         .route("/v1/keys/{id}", delete(keys::revoke_key).patch(keys::update_key))
         .route("/v1/keys/{id}/rotate", post(keys::rotate_key))
+        .route("/v1/me", get(me::me))
         .route("/v1/audit", get(audit::list_audit))
         .route("/v1/tools", get(tools::list_tools))
         .route("/v1/tools/{server}/{tool}", get(tools::get_tool).post(tools::call_tool))
@@ -219,6 +223,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::middleware))
         .route_layer(axum::middleware::from_fn(rate::headers))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
+        .merge(dashboard::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), limits::limit_streams))
@@ -247,15 +252,15 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 #[openapi(
     info(
         title = "Orch",
-        description = "Job service for n8n: chat and batch jobs run by workers, followed by polling, Server-Sent Events or webhooks.\n\nEvery route except `/health`, `/docs` and `/openapi.json` needs `Authorization: Bearer <key>`. Errors are always `{\"error\": {\"code\", \"message\", \"details\"?}}`.\n\nMCP clients connect to `/mcp` and `/mcp/{server}` (streamable HTTP) and `/sse/{server}` (legacy SSE) with a key that has `tools:call`; those endpoints speak MCP, not REST, so they are not listed here.",
+        description = "Job service for n8n: chat and batch jobs run by workers, followed by polling, Server-Sent Events or webhooks.\n\nEvery route except `/health`, `/docs`, `/ui` (the dashboard) and `/openapi.json` needs `Authorization: Bearer <key>`. Errors are always `{\"error\": {\"code\", \"message\", \"details\"?}}`.\n\nMCP clients connect to `/mcp` and `/mcp/{server}` (streamable HTTP) and `/sse/{server}` (legacy SSE) with a key that has `tools:call`; those endpoints speak MCP, not REST, so they are not listed here.",
         license(name = "Apache-2.0")
     ),
     paths(
         jobs::submit_chat, jobs::submit_batch, jobs::list_jobs, jobs::get_job, jobs::get_result,
-        jobs::job_events, jobs::cancel_job, plans::job_graph, plans::node_output, plans::preview_plan,
+        jobs::job_events, jobs::cancel_job, me::job_input, plans::job_graph, plans::node_output, plans::preview_plan,
         openai::chat_completions, openai::list_models, providers::list_providers, providers::token_health, usage::usage,
         sessions::list_sessions, sessions::get_session, sessions::delete_session, sessions::export_memory,
-        keys::create_key, keys::list_keys, keys::revoke_key, keys::update_key, keys::rotate_key, audit::list_audit,
+        keys::create_key, keys::list_keys, keys::revoke_key, keys::update_key, keys::rotate_key, me::me, audit::list_audit,
         tools::list_tools, tools::get_tool, tools::call_tool,
         servers::list_servers, servers::create_server, servers::get_server, servers::replace_server,
         servers::delete_server, servers::test_server, servers::reload_servers,
