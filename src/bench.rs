@@ -43,6 +43,8 @@ pub enum BenchCommand {
     Gateway(crate::bench_gateway::GatewayArgs),
     /// Wake-ups: submit → start/end (SSE and polled), chat delta delay, idle followers' store cost and memory; serve vs api + worker, and BullMQ.
     Wakeups(crate::bench_wakeups::WakeupsArgs),
+    /// Per-request cost of the request id, trace span and metrics layers.
+    Layers(crate::bench_layers::LayersArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,6 +117,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Plans(args) => crate::bench_plans::plans(args).await,
         BenchCommand::Gateway(args) => crate::bench_gateway::gateway(args).await,
         BenchCommand::Wakeups(args) => crate::bench_wakeups::wakeups(args).await,
+        BenchCommand::Layers(args) => crate::bench_layers::layers(args).await,
     }
 }
 

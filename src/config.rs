@@ -41,6 +41,10 @@ pub struct GlobalArgs {
     /// Log format: text or json [default: text].
     #[arg(long, env = "ORCH_LOG_FORMAT", global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Also serve GET /metrics (Prometheus text) on this address, without a key, for a
+    /// scraper on a private network; `orch worker` serves its metrics only here [default: none].
+    #[arg(long, env = "ORCH_METRICS_ADDR", global = true, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     /// Internal networks webhooks may reach anyway, comma-separated CIDRs, e.g.
     /// 10.0.0.0/8,fd00::/8 [default: none].
     #[arg(long, env = "ORCH_WEBHOOK_ALLOW", global = true, value_name = "CIDRS")]
@@ -202,6 +206,7 @@ struct FileConfig {
     redis_prefix: Option<String>,
     log: Option<String>,
     log_format: Option<String>,
+    metrics_addr: Option<String>,
     bind: Option<String>,
     public_url: Option<String>,
     max_body: Option<usize>,
@@ -255,6 +260,8 @@ pub struct Settings {
     pub log: String,
     pub log_json: bool,
     pub bind: SocketAddr,
+    /// Where `GET /metrics` is served without a key (`ORCH_METRICS_ADDR`).
+    pub metrics_addr: Option<SocketAddr>,
     pub api: orch_api::ApiConfig,
     pub worker: orch_worker::WorkerConfig,
     /// mcp-config.json and whether the API may register stdio servers.
@@ -334,6 +341,14 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
             "ORCH_BIND (--bind): {bind_text:?} is not an address; use HOST:PORT like 127.0.0.1:8080 or 0.0.0.0:8080"
         )
     })?;
+    let metrics_addr = match global.metrics_addr.clone().or(file.metrics_addr) {
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+            anyhow::anyhow!(
+                "ORCH_METRICS_ADDR (--metrics-addr): {text:?} is not an address; use HOST:PORT like 127.0.0.1:9090"
+            )
+        })?),
+        None => None,
+    };
     let public_url = api.public_url.clone().or(file.public_url).unwrap_or_default();
     if !(public_url.is_empty() || public_url.starts_with("http://") || public_url.starts_with("https://")) {
         bail!("ORCH_PUBLIC_URL (--public-url): {public_url:?} must start with http:// or https://");
@@ -543,6 +558,7 @@ pub fn resolve(global: &GlobalArgs, api: &ApiArgs, worker: &WorkerArgs) -> Resul
         log: global.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
         log_json,
         bind,
+        metrics_addr,
         api: orch_api::ApiConfig {
             public_url,
             max_body,

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_chat;
 mod bench_gateway;
+mod bench_layers;
 mod bench_plans;
 mod bench_wakeups;
 mod config;
@@ -82,7 +83,7 @@ enum KeysCommand {
         /// A name to recognise the key by.
         #[arg(long)]
         name: String,
-        /// Comma-separated scopes: jobs:read, jobs:write, jobs:read_all, tools:call, admin.
+        /// Comma-separated scopes: jobs:read, jobs:write, jobs:read_all, tools:call, metrics:read, admin.
         #[arg(long, value_delimiter = ',', default_value = "jobs:read,jobs:write")]
         scopes: Vec<String>,
         /// Comma-separated MCP servers the key may see and call [default: every server].
@@ -255,6 +256,7 @@ async fn run(cli: Cli) -> Result<()> {
             let shutdown = shutdown_signal();
             let state = api_state(&settings, store.clone(), router.clone(), shutdown.clone()).await?;
             share_provider_state(&settings, &router, &state);
+            serve_metrics(&settings, &state).await?;
             // The worker calls plan tools through the API's registry: one pool per process.
             let worker = tokio::spawn(orch_worker::run(
                 store.clone(),
@@ -277,6 +279,7 @@ async fn run(cli: Cli) -> Result<()> {
             // `/v1/providers`, `/health/tokens` and routing checks read the state the workers record.
             router.providers().share_state(orch_worker::provider_state::StoreState::new(store.clone()));
             let state = api_state(&settings, store, router, shutdown.clone()).await?;
+            serve_metrics(&settings, &state).await?;
             serve_api(&settings, state).await
         }
         Command::Worker { .. } => {
@@ -287,6 +290,7 @@ async fn run(cli: Cli) -> Result<()> {
             // The same MCP servers as an API process: the file and those registered in the store.
             let state = api_state(&settings, store.clone(), router.clone(), shutdown.clone()).await?;
             share_provider_state(&settings, &router, &state);
+            serve_metrics(&settings, &state).await?;
             let registry = state.registry.clone();
             orch_worker::run(store, executors(&settings, router.clone(), &state), settings.worker.clone(), shutdown)
                 .await;
@@ -299,27 +303,57 @@ async fn run(cli: Cli) -> Result<()> {
             keys(store.as_ref(), command).await
         }
         Command::Bench { command } => {
-            init_logging_quiet();
+            if matches!(command, bench::BenchCommand::Layers(_)) {
+                // The request span is enabled as under `orch serve`'s default filter; lines go nowhere.
+                tracing_subscriber::fmt().with_env_filter("info").with_writer(std::io::sink).init();
+            } else {
+                init_logging_quiet();
+            }
             bench::run(command).await
         }
     }
 }
 
+/// Logs to stderr: colours only on a terminal (a file or pipe gets plain text);
+/// JSON lines carry the fields of every span they are in (`job_id`,
+/// `node_id`, `provider`, `server`, `request_id`), so they filter by job.
+/// Installs the metrics recorder too, so what happens before the first scrape counts.
 fn init_logging(settings: &Settings) -> Result<()> {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log).map_err(|e| {
         anyhow::anyhow!("ORCH_LOG (--log): {:?} is not a log filter: {e}; e.g. info or orch_worker=debug", settings.log)
     })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if settings.log_json {
-        builder.json().init();
+        builder.json().with_current_span(true).with_span_list(true).init();
     } else {
         builder.init();
     }
+    orch_api::metrics::install();
+    Ok(())
+}
+
+/// With `ORCH_METRICS_ADDR`, serves `GET /metrics` there without a key until shutdown.
+async fn serve_metrics(settings: &Settings, state: &orch_api::AppState) -> Result<()> {
+    let Some(addr) = settings.metrics_addr else { return Ok(()) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (ORCH_METRICS_ADDR / --metrics-addr)"))?;
+    tracing::info!(addr = %listener.local_addr()?, "Prometheus metrics at http://{addr}/metrics (no key)");
+    tokio::spawn(orch_api::metrics::serve_scrape(listener, state.clone()));
     Ok(())
 }
 
 fn init_logging_quiet() {
-    tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>> {

@@ -220,7 +220,7 @@ fn keys_commands_create_list_and_revoke() {
     assert!(!bad.status.success());
     assert!(
         String::from_utf8_lossy(&bad.stderr)
-            .contains("allowed: jobs:read, jobs:write, jobs:read_all, tools:call, admin")
+            .contains("allowed: jobs:read, jobs:write, jobs:read_all, tools:call, metrics:read, admin")
     );
     let limited = ["keys", "create", "--name", "gh", "--scopes", "tools:call", "--servers", "github,a.b"];
     let bad = orch(dir.path(), store).args(limited).output().unwrap();

@@ -21,7 +21,7 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// Every scope a key can carry. `admin` implies all others.
-pub const SCOPES: &[&str] = &["jobs:read", "jobs:write", "jobs:read_all", "tools:call", "admin"];
+pub const SCOPES: &[&str] = &["jobs:read", "jobs:write", "jobs:read_all", "tools:call", "metrics:read", "admin"];
 
 /// Read every key's jobs, sessions, deliveries and usage (not change them);
 /// without it a key sees only what it submitted.
@@ -440,7 +440,7 @@ mod tests {
         let err = new_key("x", &["jobs:read".into(), "root".into()]).unwrap_err();
         assert_eq!(
             err.message,
-            "scopes[1]: unknown scope \"root\"; allowed: jobs:read, jobs:write, jobs:read_all, tools:call, admin"
+            "scopes[1]: unknown scope \"root\"; allowed: jobs:read, jobs:write, jobs:read_all, tools:call, metrics:read, admin"
         );
         assert!(new_key("x", &[]).is_err());
         assert!(new_key(" ", &["admin".into()]).is_err());

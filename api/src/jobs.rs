@@ -543,7 +543,11 @@ pub async fn submit_job(
         owner: Some(options.owner.to_owned()),
     };
     let (job, replayed) = match state.store.insert_job_within(job, options.jobs_per_day).await? {
-        Inserted::Created(job) => (job, false),
+        Inserted::Created(job) => {
+            metrics::counter!("orch_jobs_total", "kind" => kind.as_str(), "status" => "queued").increment(1);
+            tracing::info!(job_id = %job.id, kind = kind.as_str(), "job accepted");
+            (job, false)
+        }
         Inserted::Existing(job) => (job, true),
         Inserted::Conflict { job_id } => {
             return Err(ApiError::new(
@@ -916,6 +920,10 @@ pub async fn cancel_job(
     // Queued before the status can change, so no cancellation goes unreported.
     state.webhooks.enqueue(&before, JobStatus::Cancelled).await?;
     let job = state.store.cancel_job(job_id).await?.ok_or_else(|| ApiError::not_found("job", &id))?;
+    // A queued job ends here; a running one ends in its worker, which counts it.
+    if before.status == JobStatus::Queued && job.status == JobStatus::Cancelled {
+        metrics::counter!("orch_jobs_total", "kind" => job.kind.as_str(), "status" => "cancelled").increment(1);
+    }
     Ok(Json(job.into()))
 }
 

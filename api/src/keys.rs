@@ -20,7 +20,7 @@ use crate::json::ApiJson;
 pub struct CreateKey {
     /// A name to recognise the key by (1–100 characters).
     pub name: String,
-    /// Any of `jobs:read`, `jobs:write`, `jobs:read_all` (read every key's jobs), `tools:call`, `admin`.
+    /// Any of `jobs:read`, `jobs:write`, `jobs:read_all` (read every key's jobs), `tools:call`, `metrics:read` (`GET /metrics`), `admin`.
     pub scopes: Vec<String>,
     /// The MCP servers the key may see and call; absent for every server.
     #[serde(default)]

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod links;
 pub mod mcp_server;
 pub mod me;
+pub mod metrics;
 pub mod openai;
 pub mod planning;
 pub mod plans;
@@ -164,12 +165,19 @@ pub fn default_router() -> orch_providers::Router {
     .expect("the default provider configuration is valid")
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API, with a request id, a span and counters per request
+/// ([`metrics::observe`]).
 pub fn app(state: AppState) -> Router {
+    metrics::observe(routes(state))
+}
+
+/// The routes of the API without [`metrics::observe`]'s layers (for measuring their cost).
+pub fn routes(state: AppState) -> Router {
     let max_body = state.config.max_body;
     Router::new()
         .route("/health", get(health::health))
         .route("/health/tokens", get(providers::token_health))
+        .route("/metrics", get(metrics::metrics_route))
         .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/chat", post(jobs::submit_chat))
         .route("/v1/jobs/batch", post(jobs::submit_batch))
@@ -267,7 +275,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::replace_webhook,
         webhooks::delete_webhook,
         webhooks::test_webhook, webhooks::job_deliveries, webhooks::list_deliveries, webhooks::redeliver,
-        health::health,
+        health::health, metrics::metrics_route,
         seed::list_tools, seed::server_tools, seed::call_tool, seed::batch_execute, seed::batch_status,
         seed::batch_result, seed::batch_cancel, seed::list_servers, seed::reload_servers,
     ),

@@ -348,7 +348,18 @@ impl Registry {
             return Err(Error::UnknownTool { server: server.into(), tool: tool.into() });
         }
         let started = Instant::now();
-        let result = pool.call(tool, arguments, options).await;
+        let span = tracing::info_span!("mcp_call", server, tool);
+        let result = tracing::Instrument::instrument(pool.call(tool, arguments, options), span).await;
+        // By server only: the per-tool figures are the plan nodes' (orch_node_duration_seconds).
+        let outcome = match &result {
+            Ok(r) if r.is_error == Some(true) => "tool_error",
+            Ok(_) => "ok",
+            Err(e) => error_label(e),
+        };
+        let server_label = server.to_owned();
+        metrics::counter!("orch_mcp_calls_total", "server" => server_label.clone(), "outcome" => outcome).increment(1);
+        metrics::histogram!("orch_mcp_call_duration_seconds", "server" => server_label, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
         if result.is_ok() {
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             let name = format!("{server}{}{tool}", self.inner.options.separator);
@@ -472,4 +483,20 @@ async fn test_server_with(config: &ServerConfig, http: &Clients) -> Result<TestR
     let latency = start.elapsed();
     conn.service.cancellation_token().cancel();
     Ok(TestReport { latency, tools })
+}
+
+/// A failed call's outcome label (a bounded set).
+fn error_label(error: &Error) -> &'static str {
+    match error {
+        Error::Timeout { .. } => "timeout",
+        Error::Cancelled { .. } => "cancelled",
+        Error::Down { .. } | Error::Connect { .. } | Error::ConnectionLost { .. } | Error::Shutdown => "unavailable",
+        Error::Upstream { .. } | Error::Refused { .. } => "upstream_error",
+        Error::UnknownServer { .. }
+        | Error::UnknownTool { .. }
+        | Error::UnknownPrompt { .. }
+        | Error::BadToolName { .. }
+        | Error::Disabled { .. }
+        | Error::Options { .. } => "unknown_tool",
+    }
 }

@@ -413,7 +413,10 @@ impl Provider {
     /// the outcome (cooldown after a usage limit or an outage, the auth
     /// incident) here and in the shared state.
     pub async fn attempt(&self, request: &TurnRequest, control: &TurnControl) -> Result<TurnOutput, TurnError> {
-        let result = self.run_inner(request, control).await;
+        let span = tracing::info_span!("turn", provider = %self.name);
+        let started = std::time::Instant::now();
+        let result = tracing::Instrument::instrument(self.run_inner(request, control), span.clone()).await;
+        span.in_scope(|| self.observe(&result, started.elapsed()));
         let now = Utc::now();
         let mut cooldown = None;
         let mut clear = false;
@@ -440,6 +443,8 @@ impl Provider {
                         state.cooldown_until = Some(until);
                         state.cooldown_cause = Some(err.clone());
                         cooldown = Some(until);
+                        metrics::counter!("orch_provider_cooldowns_total", "provider" => self.name.clone(), "cause" => err.code())
+                            .increment(1);
                     }
                     if matches!(err.kind, ErrorKind::Auth { .. }) {
                         state.auth_incident = Some((now, err.clone()));
@@ -467,6 +472,32 @@ impl Provider {
             }
         }
         result
+    }
+
+    /// Counts a turn: by outcome, its duration, the tokens the CLI reported,
+    /// and its error code when it failed.
+    fn observe(&self, result: &Result<TurnOutput, TurnError>, took: Duration) {
+        let provider = self.name.clone();
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(err) => err.code(),
+        };
+        tracing::debug!(outcome, ms = took.as_millis() as u64, "turn finished");
+        metrics::counter!("orch_provider_turns_total", "provider" => provider.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("orch_provider_turn_duration_seconds", "provider" => provider.clone(), "outcome" => outcome)
+            .record(took.as_secs_f64());
+        match result {
+            Ok(output) => {
+                let usage = &output.usage;
+                metrics::counter!("orch_provider_tokens_total", "provider" => provider.clone(), "direction" => "input")
+                    .increment(usage.input_tokens);
+                metrics::counter!("orch_provider_tokens_total", "provider" => provider, "direction" => "output")
+                    .increment(usage.output_tokens);
+            }
+            Err(err) => metrics::counter!("orch_provider_errors_total", "provider" => provider, "code" => err.code())
+                .increment(1),
+        }
     }
 
     async fn run_inner(&self, request: &TurnRequest, control: &TurnControl) -> Result<TurnOutput, TurnError> {

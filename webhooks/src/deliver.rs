@@ -354,6 +354,40 @@ impl DeliveryExecutor {
 #[async_trait]
 impl Executor for DeliveryExecutor {
     async fn run(&self, delivery: &Job, ctx: &JobContext) -> Result<Value, JobError> {
+        let result = self.deliver(delivery, ctx).await;
+        observe(delivery, &result);
+        result
+    }
+}
+
+/// Counts a delivery attempt by event and outcome: `delivered`, `skipped`
+/// (superseded), `retrying` (the attempt failed and asks for another) or
+/// `failed` (no retry: refused address, a status that ends it, out of attempts).
+fn observe(delivery: &Job, result: &Result<Value, JobError>) {
+    let event = delivery.input.get("event").and_then(Value::as_str).unwrap_or("");
+    let event = crate::JOB_EVENTS
+        .iter()
+        .chain(crate::SERVER_EVENTS.iter())
+        .chain(std::iter::once(&crate::PROGRESS_EVENT))
+        .find(|known| **known == event)
+        .copied()
+        .unwrap_or("other");
+    let outcome = match result {
+        Ok(value) if value.get("skipped").is_some() => "skipped",
+        Ok(_) => "delivered",
+        Err(e) if e.retryable && delivery.attempts < delivery.max_attempts => "retrying",
+        Err(_) => "failed",
+    };
+    metrics::counter!("orch_webhook_deliveries_total", "event" => event, "outcome" => outcome).increment(1);
+    if let Ok(value) = result
+        && let Some(ms) = value.get("duration_ms").and_then(Value::as_u64)
+    {
+        metrics::histogram!("orch_webhook_delivery_duration_seconds", "event" => event).record(ms as f64 / 1000.0);
+    }
+}
+
+impl DeliveryExecutor {
+    async fn deliver(&self, delivery: &Job, ctx: &JobContext) -> Result<Value, JobError> {
         let input: DeliveryInput = serde_json::from_value(delivery.input.clone())
             .map_err(|e| dropped("invalid_input", format!("stored delivery does not parse: {e}")))?;
         let Some(job_id) = input.job_id else {

@@ -238,11 +238,11 @@ impl Executor for ProviderChat {
 
         let (tx, mut rx) = mpsc::unbounded_channel::<ProgressEvent>();
         let reporter = ctx.clone();
-        let forward = tokio::spawn(async move {
+        let forward = tokio::spawn(tracing::Instrument::in_current_span(async move {
             while let Some(event) = rx.recv().await {
                 reporter.progress(serde_json::to_value(&event).unwrap_or(Value::Null)).await;
             }
-        });
+        }));
         let control = TurnControl { cancel: ctx.cancel.clone(), progress: Some(tx), ..Default::default() };
         let request = TurnRequest {
             prompt,

@@ -390,7 +390,14 @@ fn start_job(
     let config = config.clone();
     let done_tx = done_tx.clone();
     let running = running.clone();
-    tokio::spawn(async move {
+    // Every line logged while the attempt runs (its nodes, turns and tool
+    // calls included) carries the job's id.
+    let span = tracing::info_span!("job", job_id = %job.id, kind = job.kind.as_str(), attempt = job.attempts);
+    let task = async move {
+        let started = Instant::now();
+        let kind = job.kind.as_str();
+        metrics::counter!("orch_jobs_total", "kind" => kind, "status" => "running").increment(1);
+        tracing::debug!("job attempt started");
         let attempt = tokio::time::timeout(config.job_timeout, executors.run(&job, &ctx));
         tokio::pin!(attempt);
         let outcome = tokio::select! {
@@ -420,12 +427,34 @@ fn start_job(
             running.remove(job.id);
             return;
         }
+        let status = outcome_label(&outcome);
+        let seconds = started.elapsed().as_secs_f64();
+        metrics::counter!("orch_jobs_total", "kind" => kind, "status" => status).increment(1);
+        metrics::histogram!("orch_job_duration_seconds", "kind" => kind, "status" => status).record(seconds);
+        match &outcome {
+            Outcome::Failed { error, .. } => {
+                tracing::info!(status, seconds, error = %error.code, "job attempt finished")
+            }
+            _ => tracing::info!(status, seconds, "job attempt finished"),
+        }
         if let (Some(followups), Some(status)) = (&executors.followups, terminal_status(&job, &outcome)) {
             before_terminal(followups.as_ref(), &job, status).await;
         }
         // The flusher removes the job from `running` once the outcome is stored.
         let _ = done_tx.send(Completion { job_id: job.id, outcome });
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(task, span));
+}
+
+/// The status an attempt's outcome gives its job, as a metrics label:
+/// `succeeded`, `failed`, `cancelled`, or `retrying` (queued again for a later attempt).
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded { .. } => "succeeded",
+        Outcome::Failed { retry_at: None, .. } => "failed",
+        Outcome::Failed { retry_at: Some(_), .. } => "retrying",
+        Outcome::Cancelled => "cancelled",
+    }
 }
 
 /// The terminal status `outcome` gives a job that has follow-ups (not a delivery).

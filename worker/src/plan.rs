@@ -409,11 +409,20 @@ async fn run_plan(
                     })
                     .collect();
                 let (shared, stop) = (shared.clone(), stop.clone());
-                tasks.spawn(async move {
-                    let start = shared.elapsed_ms();
-                    let result = run_node(&shared, i, &needed, &stop).await;
-                    (i, start, result)
-                });
+                let span = node_span(&shared, i);
+                tasks.spawn(tracing::Instrument::instrument(
+                    async move {
+                        let start = shared.elapsed_ms();
+                        let result = run_node(&shared, i, &needed, &stop).await;
+                        let ms = shared.elapsed_ms() - start;
+                        match &result {
+                            Ok(_) => tracing::debug!(ms, "node finished"),
+                            Err((error, _)) => tracing::debug!(ms, error = %error.code, "node finished"),
+                        }
+                        (i, start, result)
+                    },
+                    span,
+                ));
             }
         }
         if tasks.is_empty() && unwritten.is_empty() {
@@ -478,6 +487,7 @@ async fn run_plan(
                 record.error = Some(error);
             }
         }
+        observe_node(node, &record);
         if let Some(output) = &record.output {
             record.stored = store_large_output(ctx, &node.id, output, runner.inline_output_bytes).await;
         }
@@ -644,6 +654,43 @@ async fn run_node(
             .await?;
     shared.hold(&value).map_err(|e| (e, n))?;
     Ok((value, n))
+}
+
+/// The span of a node's run, a child of the job's: its id, its step kind,
+/// and for a tool step the tool and its server.
+fn node_span(shared: &Shared, i: usize) -> tracing::Span {
+    let node = &shared.plan.nodes[i];
+    let (step, tool) = step_labels(node);
+    let server = tool.and_then(|name| shared.runner.tools.as_ref()?.resolve(name).ok()).map(|(server, _)| server);
+    tracing::info_span!("node", node_id = %node.id, step, tool, server)
+}
+
+/// The step kind of a node (`tool`, `llm`, `map`, `value`, `sleep`, `echo`,
+/// `fail`) and its tool for a tool step.
+fn step_labels(node: &orch_planner::Node) -> (&'static str, Option<&str>) {
+    match node.step() {
+        Some(Step::Tool { name, .. }) => ("tool", Some(name)),
+        Some(Step::Llm(_)) => ("llm", None),
+        Some(Step::Map(_)) => ("map", None),
+        Some(Step::Value(_)) => ("value", None),
+        Some(Step::Sleep(_)) => ("sleep", None),
+        Some(Step::Echo(_)) => ("echo", None),
+        Some(Step::Fail(_)) => ("fail", None),
+        None => ("none", None),
+    }
+}
+
+/// `orch_node_duration_seconds` of a finished node. The tool is a label only
+/// when its server answered the call (a plan may name any tool, and a server
+/// that is down checks none; labels stay bounded by what the servers list).
+fn observe_node(node: &orch_planner::Node, record: &NodeRecord) {
+    let (step, tool) = step_labels(node);
+    let known =
+        record.error.as_ref().is_none_or(|e| ["tool_error", "upstream_error", "timeout"].contains(&e.code.as_str()));
+    let tool = tool.filter(|_| known).unwrap_or("").to_owned();
+    let seconds = record.duration_ms.unwrap_or(0.0) / 1000.0;
+    metrics::histogram!("orch_node_duration_seconds", "step" => step, "tool" => tool, "status" => record.status)
+        .record(seconds);
 }
 
 /// The length of `value` as JSON text, without writing it out.

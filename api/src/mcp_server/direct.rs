@@ -222,6 +222,7 @@ struct Seen {
 impl Drop for Seen {
     /// A session that ended takes its calls with it.
     fn drop(&mut self) {
+        metrics::gauge!("orch_mcp_sessions", "transport" => "streamable_http").decrement(1);
         for (_, cancel) in self.calls.values() {
             cancel.cancel();
         }
@@ -230,6 +231,7 @@ impl Drop for Seen {
 
 impl Seen {
     fn new() -> Seen {
+        metrics::gauge!("orch_mcp_sessions", "transport" => "streamable_http").increment(1);
         Seen { last: Instant::now(), streams: 0, calls: HashMap::new(), owner: None }
     }
 }

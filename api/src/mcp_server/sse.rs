@@ -57,6 +57,7 @@ struct Closer {
 
 impl Drop for Closer {
     fn drop(&mut self) {
+        metrics::gauge!("orch_mcp_sessions", "transport" => "sse").decrement(1);
         self.sessions.sse.lock().remove(&self.id);
     }
 }
@@ -83,6 +84,7 @@ pub(super) async fn open(
         .lock()
         .insert(id.clone(), Session { server: server.clone(), key_id: principal.key.id, incoming: incoming_tx });
 
+    metrics::gauge!("orch_mcp_sessions", "transport" => "sse").increment(1);
     let closer = Closer { sessions: endpoints.0.clone(), id: id.clone(), _stop: stop.clone().drop_guard() };
     // Relative, so it works behind any host name; clients resolve it against the stream's URL.
     let endpoint = Event::default().event("endpoint").data(format!("/sse/{server}/messages?session_id={id}"));
