@@ -5,131 +5,16 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use orch_testkit::RedisServer;
 use serde_json::{Value, json};
-use support::procs::{self, Procs};
-
-/// `orch` on `store`, allowed the streams the memory and latency tests open.
-fn orch(dir: &std::path::Path, store: &str) -> Command {
-    let mut cmd = procs::orch(dir, store);
-    cmd.env("ORCH_MAX_STREAMS_PER_KEY", "1000").stdout(Stdio::null()).stderr(Stdio::null());
-    cmd
-}
-
-struct Split {
-    base: String,
-    key: String,
-    client: reqwest::Client,
-    _procs: Procs,
-    _dir: tempfile::TempDir,
-}
+use support::deployment::{Layout, Split, start};
 
 /// `orch api` and, when `worker`, one `orch worker` that polls every 30 s.
 async fn split(redis: &RedisServer, worker: bool) -> Split {
-    orch_mcp::tls::install_crypto_provider();
-    let dir = tempfile::tempdir().unwrap();
-    let mut procs = Procs::default();
-    let port = orch_testkit::free_port();
-    let mut api = orch(dir.path(), &redis.url())
-        .arg("api")
-        .env("ORCH_BIND", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = api.stdout.take().unwrap();
-    procs.0.push(api);
-    let key = tokio::task::spawn_blocking(move || {
-        let mut key = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            if let Some(k) = line.trim().strip_prefix("orch_") {
-                key = Some(format!("orch_{k}"));
-            }
-            if line.contains("POST /v1/keys") {
-                break;
-            }
-        }
-        key.expect("first start prints an admin key")
-    })
-    .await
-    .unwrap();
-    if worker {
-        procs.0.push(orch(dir.path(), &redis.url()).arg("worker").env("ORCH_POLL_INTERVAL", "30s").spawn().unwrap());
-    }
-    let split = Split {
-        base: format!("http://127.0.0.1:{port}"),
-        key,
-        client: reqwest::Client::new(),
-        _procs: procs,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let health = split.health().await;
-        if health["store"]["ok"] == true && (!worker || health["workers"].as_u64() >= Some(1)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "api/worker not up: {health}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The worker is past its first look at the queue and idle now.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    split
-}
-
-impl Split {
-    async fn health(&self) -> Value {
-        match self.client.get(format!("{}/health", self.base)).send().await {
-            Ok(resp) => resp.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        }
-    }
-
-    async fn submit(&self, plan: Value) -> String {
-        let resp = self
-            .client
-            .post(format!("{}/v1/jobs/batch", self.base))
-            .bearer_auth(&self.key)
-            .json(&json!({ "plan": plan }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202);
-        resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
-    }
-
-    /// Follows the job's events until its terminal one; its name.
-    async fn follow_to_end(&self, id: &str) -> String {
-        let resp =
-            self.client.get(format!("{}/v1/jobs/{id}/events", self.base)).bearer_auth(&self.key).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let mut body = resp.bytes_stream();
-        let mut text = String::new();
-        while let Some(chunk) = body.next().await {
-            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-            for kind in ["succeeded", "failed", "cancelled"] {
-                if text.contains(&format!("event: {kind}\n")) {
-                    return kind.to_owned();
-                }
-            }
-        }
-        panic!("the event stream of {id} ended without a terminal event: {text}");
-    }
-
-    /// Submits a one-node job and follows it; how long to its end.
-    async fn run_one(&self) -> Duration {
-        let started = Instant::now();
-        let id = self.submit(json!({"nodes": [{"id": "a", "echo": "hi"}]})).await;
-        let end = tokio::time::timeout(Duration::from_secs(10), self.follow_to_end(&id))
-            .await
-            .unwrap_or_else(|_| panic!("job {id} did not end within 10 s"));
-        assert_eq!(end, "succeeded");
-        started.elapsed()
-    }
+    start(&redis.url(), if worker { Layout::Split } else { Layout::ApiOnly }, &[]).await
 }
 
 /// Issue 17 §1: with a 30 s worker poll, a job is still picked up at once and
@@ -222,4 +107,88 @@ async fn idle_followers_do_not_read_the_store() {
         "{FOLLOWERS} idle followers cost {per_follower:.2} store ops/s each ({with_followers} commands in {WINDOW:?}, {baseline} without them)"
     );
     drop(followers);
+}
+
+/// A provider CLI that writes its pid into `pid_file`, then sleeps a minute.
+fn sleeping_cli(dir: &std::path::Path, pid_file: &std::path::Path) -> Vec<(&'static str, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("sleepy");
+    std::fs::write(&script, format!("#!/bin/sh\necho $$ > {}\nexec sleep 60\n", pid_file.display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    vec![
+        ("ORCH_PROVIDER_SLEEPY_KIND", "cli".into()),
+        ("ORCH_PROVIDER_SLEEPY_COMMAND", script.display().to_string()),
+        ("ORCH_PROVIDER_SLEEPY_ARGS", "{prompt}".into()),
+        ("ORCH_PROVIDER_SLEEPY_OUTPUT_FORMAT", "text".into()),
+    ]
+}
+
+/// Whether process `pid` is alive (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+/// A running 60 s chat job on `layout` is cancelled through the API: within
+/// about a second it is `cancelled` and its CLI is gone, long before the
+/// worker's next heartbeat (every 10 s with the default 30 s lease).
+async fn cancel_reaches_the_cli_at_once(store: &str, layout: Layout) {
+    let files = tempfile::tempdir().unwrap();
+    let pid_file = files.path().join("cli.pid");
+    let app = start(store, layout, &sleeping_cli(files.path(), &pid_file)).await;
+    let resp = app
+        .client
+        .post(format!("{}/v1/jobs/chat", app.base))
+        .bearer_auth(&app.key)
+        .json(&json!({"model": "sleepy", "prompt": "take your time", "max_attempts": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the CLI never started: {}", app.get(&format!("/v1/jobs/{id}")).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(alive(pid));
+    // Past the worker's first heartbeat, so only the wake-up can be quick.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancelled = Instant::now();
+    let resp = app.client.post(format!("{}/v1/jobs/{id}/cancel", app.base)).bearer_auth(&app.key).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let job = loop {
+        let job = app.get(&format!("/v1/jobs/{id}")).await;
+        if job["status"] != "running" {
+            break job;
+        }
+        assert!(cancelled.elapsed() < Duration::from_secs(5), "still running 5 s after the cancel: {job}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let took = cancelled.elapsed();
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert!(took < Duration::from_millis(1500), "cancelled after {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "the CLI (pid {pid}) still runs after the job was cancelled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Cancellation reached a running job's worker only with its next heartbeat
+/// (every lease/3): api + worker on Redis.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_running_job_stops_its_cli_at_once_across_processes() {
+    let redis = RedisServer::start();
+    cancel_reaches_the_cli_at_once(&redis.url(), Layout::Split).await;
+}
+
+/// The same in one process: `orch serve` on its embedded store.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_running_job_stops_its_cli_at_once_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    cancel_reaches_the_cli_at_once(&format!("sqlite://{}", dir.path().join("orch.db").display()), Layout::Serve).await;
 }

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 pub use audit::AuditLog;
 pub use model::*;
-pub use notify::{Notifier, Watch};
+pub use notify::{CancelSignal, Notifier, Watch};
 
 /// Errors from a store. Messages never contain secrets.
 #[derive(Debug, thiserror::Error)]

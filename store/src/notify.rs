@@ -8,6 +8,10 @@
 //! Followers wait on one job ([`Notifier::watch`]): an event of another job
 //! wakes nobody else. A waiter always re-reads the store after a wake-up, so a
 //! spurious one costs a read and a missed one costs at most [`Notifier::poll`].
+//!
+//! Workers hear of cancelled running jobs here too ([`Notifier::cancels`]): the
+//! signal names the job and the worker holding it, so the worker stops it at
+//! once without reading the store; its heartbeat remains the safety net.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +28,16 @@ pub const SAFETY_POLL: Duration = Duration::from_secs(30);
 /// The same without cross-process wake-ups (SQLite shared by several processes).
 pub const LOCAL_POLL: Duration = Duration::from_millis(250);
 
+/// A running job's cancellation, as a worker hears of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelSignal {
+    /// Job `job`, run by worker `worker`, is to stop.
+    Job { worker: String, job: JobId },
+    /// Signals may have been lost (the wake-up connection was down): look in
+    /// the store now.
+    Missed,
+}
+
 /// A change of the set of watched jobs, for a backend that subscribes per job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchChange {
@@ -38,6 +52,8 @@ struct Inner {
     /// Told when a job gains its first watcher or loses its last.
     changes: Mutex<Option<mpsc::UnboundedSender<WatchChange>>>,
     cross_process: AtomicBool,
+    /// The workers of this process listening for cancellations.
+    cancels: Mutex<Vec<mpsc::UnboundedSender<CancelSignal>>>,
 }
 
 #[derive(Debug)]
@@ -93,6 +109,28 @@ impl Notifier {
         for notify in all {
             notify.notify_waiters();
         }
+    }
+
+    /// Cancellations of running jobs from now on, for a worker of this
+    /// process. Ends when the receiver is dropped.
+    pub fn cancels(&self) -> mpsc::UnboundedReceiver<CancelSignal> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner.cancels.lock().expect("notifier lock").push(tx);
+        rx
+    }
+
+    /// Tells this process's workers that `worker` is to stop running job `job`.
+    pub fn cancel_requested(&self, worker: &str, job: JobId) {
+        self.send_cancel(CancelSignal::Job { worker: worker.to_owned(), job });
+    }
+
+    /// Tells this process's workers that cancellations may have been lost.
+    pub fn cancels_missed(&self) {
+        self.send_cancel(CancelSignal::Missed);
+    }
+
+    fn send_cancel(&self, signal: CancelSignal) {
+        self.inner.cancels.lock().expect("notifier lock").retain(|tx| tx.send(signal.clone()).is_ok());
     }
 
     /// The jobs watched now.
@@ -194,5 +232,18 @@ mod tests {
         assert_eq!(notifier.watched(), vec![b]);
         notifier.all_changed();
         tokio::time::timeout(Duration::from_secs(1), cb).await.unwrap();
+    }
+
+    #[test]
+    fn cancels_reach_every_listener_until_it_is_dropped() {
+        let notifier = Notifier::default();
+        let (mut one, two) = (notifier.cancels(), notifier.cancels());
+        let job = crate::new_job_id();
+        notifier.cancel_requested("w1", job);
+        drop(two);
+        notifier.cancels_missed();
+        assert_eq!(one.try_recv().unwrap(), CancelSignal::Job { worker: "w1".into(), job });
+        assert_eq!(one.try_recv().unwrap(), CancelSignal::Missed);
+        assert_eq!(notifier.inner.cancels.lock().unwrap().len(), 1, "the dropped listener is forgotten");
     }
 }

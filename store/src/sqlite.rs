@@ -904,6 +904,10 @@ impl Store for SqliteStore {
         if appended {
             self.notifier.job_changed(id);
         }
+        // Workers of other processes sharing the file find it at their heartbeat.
+        if let Some(Job { status: JobStatus::Running, worker: Some(worker), .. }) = &job {
+            self.notifier.cancel_requested(worker, id);
+        }
         Ok(job)
     }
 

@@ -2,6 +2,7 @@
 //! in a temp dir, or a private redis-server), plus a small HTTP client.
 #![allow(dead_code)]
 
+pub mod deployment;
 /// The fake model API lives in the testkit, which `orch bench clis` uses too.
 #[allow(unused_imports)]
 pub use orch_testkit::model_api;

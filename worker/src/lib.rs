@@ -6,9 +6,13 @@
 //!   and sleeps on the in-process notifier (or `poll_interval`) when idle;
 //! - the completion flusher writes finished attempts in batches, so a busy
 //!   worker costs the store one round trip per batch rather than per job;
+//! - the cancel listener stops a running job as soon as its cancellation is
+//!   requested, told by the store's notifier (in this process, or over Redis
+//!   pub/sub from another) without reading the store;
 //! - the heartbeat extends the leases of running jobs and stops the ones whose
-//!   cancellation was requested or whose lease was lost; a watchdog stops,
-//!   without an outcome, the ones whose lease could not be renewed in time;
+//!   cancellation was requested (the safety net under the listener) or whose
+//!   lease was lost; a watchdog stops, without an outcome, the ones whose lease
+//!   could not be renewed in time;
 //! - maintenance requeues jobs whose worker died (expired lease) and purges
 //!   finished jobs past the retention.
 //!
@@ -29,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use orch_store::{Completion, Job, JobError, JobId, JobKind, JobStatus, Outcome, Store, WorkerInfo};
+use orch_store::{CancelSignal, Completion, Job, JobError, JobId, JobKind, JobStatus, Outcome, Store, WorkerInfo};
 use rand::Rng;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -141,7 +145,15 @@ struct Running {
     jobs: Mutex<HashMap<JobId, Attempt>>,
     /// Fires when a job finishes (room for another).
     freed: Notify,
+    /// Cancellations heard for jobs not (yet) in `jobs`, with when: a cancel
+    /// can overtake the claim that started the job. Locked after `jobs`.
+    cancelled_early: Mutex<Vec<(JobId, Instant)>>,
 }
+
+/// How long an early cancellation is kept for a claim still on its way.
+const EARLY_CANCEL_KEPT: Duration = Duration::from_secs(10);
+/// Most early cancellations kept.
+const EARLY_CANCEL_MAX: usize = 1000;
 
 impl Running {
     fn len(&self) -> usize {
@@ -150,6 +162,39 @@ impl Running {
 
     fn ids(&self) -> Vec<JobId> {
         self.jobs.lock().unwrap().keys().copied().collect()
+    }
+
+    /// Starts tracking an attempt; stops it at once when its cancellation
+    /// was heard before it started.
+    fn insert(&self, id: JobId, attempt: Attempt) {
+        let mut jobs = self.jobs.lock().unwrap();
+        let mut early = self.cancelled_early.lock().unwrap();
+        if let Some(i) = early.iter().position(|(early_id, _)| *early_id == id) {
+            early.swap_remove(i);
+            attempt.cancel.cancel();
+        }
+        jobs.insert(id, attempt);
+    }
+
+    /// Stops an attempt whose cancellation was requested (it records
+    /// `cancelled`); remembers it for a while when it has not started yet.
+    fn cancel(&self, id: JobId) {
+        let jobs = self.jobs.lock().unwrap();
+        match jobs.get(&id) {
+            Some(attempt) => {
+                if !attempt.cancel.is_cancelled() {
+                    tracing::info!(job = %id, "stopping job: cancelled");
+                }
+                attempt.cancel.cancel();
+            }
+            None => {
+                let mut early = self.cancelled_early.lock().unwrap();
+                early.retain(|(_, at)| at.elapsed() < EARLY_CANCEL_KEPT);
+                if early.len() < EARLY_CANCEL_MAX {
+                    early.push((id, Instant::now()));
+                }
+            }
+        }
     }
 
     /// Stops an attempt without recording an outcome for it.
@@ -203,6 +248,8 @@ pub async fn run(store: Arc<dyn Store>, executors: Arc<Executors>, config: Worke
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
     let started_at = Utc::now();
     let stop_background = CancellationToken::new();
+    // Asks the heartbeat to look at once (cancellations may have been missed).
+    let recheck = Arc::new(Notify::new());
 
     let flusher = tokio::spawn(flush_completions(store.clone(), config.clone(), running.clone(), done_rx));
     let heartbeat = tokio::spawn(heartbeat_loop(
@@ -210,6 +257,14 @@ pub async fn run(store: Arc<dyn Store>, executors: Arc<Executors>, config: Worke
         config.clone(),
         running.clone(),
         started_at,
+        recheck.clone(),
+        stop_background.clone(),
+    ));
+    let listener = tokio::spawn(cancel_listener(
+        store.notifier().cancels(),
+        config.clone(),
+        running.clone(),
+        recheck.clone(),
         stop_background.clone(),
     ));
     let watchdog = tokio::spawn(lease_watchdog(config.clone(), running.clone(), stop_background.clone()));
@@ -238,6 +293,7 @@ pub async fn run(store: Arc<dyn Store>, executors: Arc<Executors>, config: Worke
     stop_background.cancel();
     let _ = flusher.await;
     let _ = heartbeat.await;
+    let _ = listener.await;
     let _ = watchdog.await;
     let _ = maintenance.await;
     if !left.is_empty() {
@@ -374,7 +430,7 @@ fn start_job(
     let cancel = CancellationToken::new();
     // The lease runs from the claim, which was sent before now.
     let attempt = Attempt { cancel: cancel.clone(), renewed: Instant::now(), abandoned: false };
-    running.jobs.lock().unwrap().insert(job.id, attempt);
+    running.insert(job.id, attempt);
     let followups = match (&executors.followups, job.kind) {
         (Some(followups), JobKind::Chat | JobKind::Batch) => Some((followups.clone(), Arc::new(job.clone()))),
         _ => None,
@@ -533,6 +589,7 @@ async fn heartbeat_loop(
     config: Arc<WorkerConfig>,
     running: Arc<Running>,
     started_at: chrono::DateTime<Utc>,
+    recheck: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let interval = (config.lease / 3).max(Duration::from_millis(100));
@@ -541,6 +598,7 @@ async fn heartbeat_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            () = recheck.notified() => {}
             _ = stop.cancelled() => return,
         }
         let ids = running.ids();
@@ -564,6 +622,30 @@ async fn heartbeat_loop(
                 }
             }
             Err(err) => tracing::warn!(worker = %config.id, error = %err, "heartbeat failed"),
+        }
+    }
+}
+
+/// Stops running jobs whose cancellation the store's notifier reports for
+/// this worker, at once; when signals may have been lost, has the heartbeat
+/// look in the store.
+async fn cancel_listener(
+    mut cancels: mpsc::UnboundedReceiver<CancelSignal>,
+    config: Arc<WorkerConfig>,
+    running: Arc<Running>,
+    recheck: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        let signal = tokio::select! {
+            signal = cancels.recv() => signal,
+            _ = stop.cancelled() => return,
+        };
+        match signal {
+            Some(CancelSignal::Job { worker, job }) if worker == config.id => running.cancel(job),
+            Some(CancelSignal::Job { .. }) => {}
+            Some(CancelSignal::Missed) => recheck.notify_one(),
+            None => return,
         }
     }
 }

@@ -1,5 +1,7 @@
 -- cancel_job. ARGV[3]: id.
 -- Touches: job:<id>, ready, delayed, status:queued, status:cancelled, finished, leases.
+-- A running job's worker is told on C_CANCEL at every request (a repeat helps
+-- one that missed the first); its heartbeat finds the flag otherwise.
 -- Returns false for an unknown job, else {1 if an event was appended, job}.
 local id = ARGV[3]
 local v = read_job(id)
@@ -14,8 +16,11 @@ if status == 'queued' then
   finish(id, 'queued', 'cancelled')
   flush()
   return {1, v}
-elseif status == 'running' and v[F_CANCEL] ~= '1' then
-  redis.call('HSET', jkey(id), 'cancel_requested', '1', 'updated_at', NOW)
-  v[F_CANCEL], v[F_UPDATED] = '1', NOW
+elseif status == 'running' then
+  if v[F_CANCEL] ~= '1' then
+    redis.call('HSET', jkey(id), 'cancel_requested', '1', 'updated_at', NOW)
+    v[F_CANCEL], v[F_UPDATED] = '1', NOW
+  end
+  redis.call('PUBLISH', C_CANCEL, id .. ' ' .. (v[F_WORKER] or ''))
 end
 return {0, v}

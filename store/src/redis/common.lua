@@ -22,6 +22,7 @@ local K_FINISHED = P .. ':finished:log' -- LIST terminal ids in the order they f
 local K_FINISHED_OLD = P .. ':finished' -- ZSET by finished_at, written before the log; purge drains it
 local K_JOBS = P .. ':jobs'             -- ZSET (score 0) every id, for lexical newest-first listing
 local C_READY = P .. ':wake:ready'      -- channel: jobs were queued; message = earliest run_at (ms)
+local C_CANCEL = P .. ':wake:cancel'    -- channel: a running job is to stop; message = '<id> <worker>'
 
 -- Field order of a job as scripts return it: the id, then these (JOB_FIELDS in
 -- mod.rs). `spec` holds what never changes (kind, max_attempts, created_at, input,
@@ -31,7 +32,7 @@ local C_READY = P .. ':wake:ready'      -- channel: jobs were queued; message = 
 -- running and read as none.
 local FIELDS = {'spec', 'status', 'attempts', 'progress', 'error', 'updated_at', 'run_at',
   'started_at', 'finished_at', 'cancel_requested', 'worker', 'lease_expires_at', 'events'}
-local F_STATUS, F_ATTEMPTS, F_UPDATED, F_FINISHED, F_CANCEL, F_EVENTS = 3, 4, 7, 10, 11, 14
+local F_STATUS, F_ATTEMPTS, F_UPDATED, F_FINISHED, F_CANCEL, F_WORKER, F_EVENTS = 3, 4, 7, 10, 11, 12, 14
 
 -- Small integers as text, cached: Lua formats numbers with sprintf("%.14g"),
 -- which showed up in profiles; text is passed to Redis as is.

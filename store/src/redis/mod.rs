@@ -808,6 +808,10 @@ impl Store for RedisStore {
         if int(evented)? == 1 {
             self.notifier.job_changed(id);
         }
+        // Other processes hear it over pub/sub (cancel.lua); this one at once.
+        if let (JobStatus::Running, Some(worker)) = (job.status, &job.worker) {
+            self.notifier.cancel_requested(worker, id);
+        }
         Ok(Some(job))
     }
 

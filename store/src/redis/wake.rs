@@ -1,9 +1,11 @@
 //! Wake-ups across processes over Redis pub/sub (ARCHITECTURE.md, "Wake-ups").
 //!
-//! The scripts publish on two kinds of channel: `{prefix}:wake:ready` when jobs
-//! are queued (the message is the earliest `run_at`, in ms) and `{prefix}:job:{id}`
+//! The scripts publish on three kinds of channel: `{prefix}:wake:ready` when jobs
+//! are queued (the message is the earliest `run_at`, in ms), `{prefix}:job:{id}`
 //! (named like the job's key) with the new event's seq whenever a job's event log
-//! grows. One task per store holds a dedicated pub/sub connection: it subscribes
+//! grows, and `{prefix}:wake:cancel` with `{id} {worker}` when a running job's
+//! cancellation is requested (rare: every process hears every one, and only the
+//! named worker acts). One task per store holds a dedicated pub/sub connection: it subscribes
 //! to the ready channel and to the channel of every job this process watches
 //! (per job, so a process hears only of the jobs it follows), turns messages
 //! into [`Notifier`] wake-ups, and reconnects by itself. After every (re)connect
@@ -48,6 +50,7 @@ pub(super) fn start(client: ::redis::Client, prefix: &str, notifier: Notifier) -
 
 async fn run(client: ::redis::Client, prefix: String, notifier: Notifier, mut changes: UnboundedReceiver<WatchChange>) {
     let ready = format!("{prefix}:wake:ready");
+    let cancel = format!("{prefix}:wake:cancel");
     let job_prefix = format!("{prefix}:job:");
     let channel = |id: &JobId| format!("{job_prefix}{id}");
     let mut due: BinaryHeap<Reverse<i64>> = BinaryHeap::new();
@@ -71,7 +74,7 @@ async fn run(client: ::redis::Client, prefix: String, notifier: Notifier, mut ch
         let (mut sink, mut stream) = pubsub.split();
         // Changes queued so far are in `watched()` already.
         while changes.try_recv().is_ok() {}
-        let mut channels = vec![ready.clone()];
+        let mut channels = vec![ready.clone(), cancel.clone()];
         channels.extend(notifier.watched().iter().map(channel));
         if !subscribe(&mut sink, &channels, true).await {
             tokio::time::sleep(backoff).await;
@@ -85,6 +88,7 @@ async fn run(client: ::redis::Client, prefix: String, notifier: Notifier, mut ch
         // What happened while nobody listened: everyone looks once.
         notifier.jobs_ready();
         notifier.all_changed();
+        notifier.cancels_missed();
         let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
         loop {
             let next_due = due.peek().map(|Reverse(at)| *at);
@@ -99,6 +103,13 @@ async fn run(client: ::redis::Client, prefix: String, notifier: Notifier, mut ch
                             notifier.jobs_ready();
                         } else if due.len() < MAX_DUE {
                             due.push(Reverse(at));
+                        }
+                    } else if name == cancel {
+                        let text: String = msg.get_payload().unwrap_or_default();
+                        if let Some((id, worker)) = text.split_once(' ')
+                            && let Ok(id) = id.parse()
+                        {
+                            notifier.cancel_requested(worker, id);
                         }
                     } else if let Some(id) = name.strip_prefix(&job_prefix).and_then(|id| id.parse().ok()) {
                         notifier.job_changed(id);
