@@ -41,6 +41,9 @@ pub struct WakeupsArgs {
     /// Skip BullMQ's figure.
     #[arg(long)]
     pub skip_bullmq: bool,
+    /// Only the memory figure (no latency runs, no BullMQ).
+    #[arg(long)]
+    pub memory_only: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -84,7 +87,8 @@ pub async fn wakeups(args: WakeupsArgs) -> Result<()> {
     let dir = tempfile::Builder::new().prefix("orch-bench-wakeups-").tempdir().context("temp dir")?;
     let script = write_stream_script(dir.path())?;
     let mut all = Vec::new();
-    for setup in [Setup::ServeSqlite, Setup::ServeRedis, Setup::Split] {
+    let setups: &[Setup] = if args.memory_only { &[] } else { &[Setup::ServeSqlite, Setup::ServeRedis, Setup::Split] };
+    for &setup in setups {
         let prefix = format!("bench{}", all.len());
         let run_dir = dir.path().join(&prefix);
         std::fs::create_dir_all(&run_dir)?;
@@ -105,8 +109,8 @@ pub async fn wakeups(args: WakeupsArgs) -> Result<()> {
         );
         all.push((setup, figures));
     }
-    let bullmq = if args.skip_bullmq {
-        Err("skipped (--skip-bullmq)".to_owned())
+    let bullmq = if args.skip_bullmq || args.memory_only {
+        Err("skipped".to_owned())
     } else {
         bullmq(dir.path(), &redis, args.jobs).await.map_err(|e| format!("{e:#}"))
     };
@@ -122,26 +126,8 @@ pub async fn wakeups(args: WakeupsArgs) -> Result<()> {
     };
 
     println!();
-    println!("| figure (p50 / p99) | {} |", all.iter().map(|(s, _)| s.name()).collect::<Vec<_>>().join(" | "));
-    println!("| --- |{}", " --- |".repeat(all.len()));
-    let row = |name: &str, pick: &dyn Fn(&Figures) -> String| {
-        println!("| {name} | {} |", all.iter().map(|(_, f)| pick(f)).collect::<Vec<_>>().join(" | "));
-    };
-    row("submit → start, SSE", &|f| p50_p99(&f.start_sse));
-    row("submit → terminal, polled every 1 ms", &|f| p50_p99(&f.end_polled));
-    row("submit → terminal, SSE", &|f| p50_p99(&f.end_sse));
-    row("chat delta, streamed `/v1/chat/completions`", &|f| p50_p99(&f.deltas));
-    row(&format!("store commands/s: idle → with {} idle followers (per follower)", args.idle), &|f| match f.idle_ops {
-        Some((base, with)) => {
-            format!("{base:.0} → {with:.0} ({:.3})", (with - base).max(0.0) / args.idle as f64)
-        }
-        None => "n/a (SQLite)".into(),
-    });
-    match &bullmq {
-        Ok(latencies) => {
-            println!("BullMQ 5, worker in another process, add → finished (waitUntilFinished): {}", p50_p99(latencies))
-        }
-        Err(why) => println!("BullMQ: not measured: {why}"),
+    if !all.is_empty() {
+        table(&all, &bullmq, args.idle);
     }
     if let Some((idle, with, after)) = memory {
         println!(
@@ -154,6 +140,33 @@ pub async fn wakeups(args: WakeupsArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The figures of every setup side by side, with BullMQ's beside the terminal rows.
+fn table(all: &[(Setup, Figures)], bullmq: &Result<Vec<Duration>, String>, idle: usize) {
+    let bull = bullmq.as_ref().map(|l| p50_p99(l)).unwrap_or_else(|why| format!("not measured: {why}"));
+    println!(
+        "| figure (p50 / p99) | {} | BullMQ 5, worker in another process, same Redis |",
+        all.iter().map(|(s, _)| s.name()).collect::<Vec<_>>().join(" | ")
+    );
+    println!("| --- |{} --- |", " --- |".repeat(all.len()));
+    let row = |name: &str, pick: &dyn Fn(&Figures) -> String, bull: &str| {
+        println!("| {name} | {} | {bull} |", all.iter().map(|(_, f)| pick(f)).collect::<Vec<_>>().join(" | "));
+    };
+    row("submit → start, SSE", &|f| p50_p99(&f.start_sse), "-");
+    row("submit → terminal, polled every 1 ms", &|f| p50_p99(&f.end_polled), "-");
+    row("submit → terminal, SSE (BullMQ: add → finished, waitUntilFinished)", &|f| p50_p99(&f.end_sse), &bull);
+    row("chat delta, streamed `/v1/chat/completions`", &|f| p50_p99(&f.deltas), "-");
+    row(
+        &format!("store commands/s: idle → with {} idle followers (per follower)", idle),
+        &|f| match f.idle_ops {
+            Some((base, with)) => {
+                format!("{base:.0} → {with:.0} ({:.3})", (with - base).max(0.0) / idle as f64)
+            }
+            None => "n/a (SQLite)".into(),
+        },
+        "-",
+    );
 }
 
 fn p50_p99(latencies: &[Duration]) -> String {
@@ -535,7 +548,9 @@ async fn bullmq(dir: &Path, redis: &orch_testkit::RedisServer, jobs: usize) -> R
                const out = [];\n\
                for (let i = 0; i < {total}; i++) {{\n\
                  const t0 = process.hrtime.bigint();\n\
-                 const job = await queue.add('x', {{ i }}, {{ removeOnComplete: true }});\n\
+                 // Kept a while: waitUntilFinished reads the finished job, and a job\n\
+                 // removed on completion fails it with \"Missing key\" when it ends first.\n\
+                 const job = await queue.add('x', {{ i }}, {{ removeOnComplete: {{ count: 1000 }} }});\n\
                  await job.waitUntilFinished(events);\n\
                  if (i >= 10) out.push(Number(process.hrtime.bigint() - t0) / 1e6);\n\
                }}\n\
