@@ -93,6 +93,18 @@ impl From<orch_store::StoreError> for ApiError {
     fn from(err: orch_store::StoreError) -> ApiError {
         match err {
             orch_store::StoreError::Unavailable(_) => ApiError::unavailable(err),
+            orch_store::StoreError::NotReplicated(_) => {
+                tracing::error!(error = %err, "store write not replicated");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_not_replicated",
+                    "the write reached the store's primary but not the replicas it must reach before it counts \
+                     (ack_replicas in ORCH_STORE), so a failover could lose it; it may exist: retry with the same \
+                     Idempotency-Key",
+                );
+                e.retry_after = Some(1);
+                e
+            }
             other => ApiError::internal(other),
         }
     }

@@ -39,6 +39,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid store URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    /// A write reached the primary but not the replicas it must reach before
+    /// it counts (Redis `ack_replicas`): it may exist, and a failover may lose it.
+    #[error("store write not replicated: {0}")]
+    NotReplicated(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -277,8 +281,9 @@ pub enum StoreUrl {
 }
 
 impl StoreUrl {
-    /// Parses `sqlite://PATH`, `sqlite:PATH`, `redis://...`, `rediss://...` or
-    /// `redis+unix://...`.
+    /// Parses `sqlite://PATH`, `sqlite:PATH`, `redis://...`, `rediss://...`,
+    /// `redis+unix://...` or `redis+sentinel://...` (`rediss+sentinel://...`).
+    /// A Redis URL's own parameters are checked when the store opens.
     pub fn parse(url: &str) -> Result<StoreUrl> {
         if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             if path.is_empty() {
@@ -289,12 +294,17 @@ impl StoreUrl {
             }
             return Ok(StoreUrl::Sqlite(path.into()));
         }
-        if ["redis://", "rediss://", "redis+unix://"].iter().any(|p| url.starts_with(p)) {
+        if ["redis://", "rediss://", "redis+unix://", "redis+sentinel://", "rediss+sentinel://"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
             return Ok(StoreUrl::Redis(url.to_owned()));
         }
         Err(StoreError::InvalidUrl {
             url: redact_url(url),
-            reason: "allowed forms: sqlite://PATH, redis://HOST:PORT/DB, rediss://HOST:PORT/DB".into(),
+            reason: "allowed forms: sqlite://PATH, redis://HOST:PORT/DB, rediss://HOST:PORT/DB, \
+                     redis+sentinel://HOST:PORT,HOST:PORT,.../SERVICE[/DB]"
+                .into(),
         })
     }
 }
@@ -320,14 +330,31 @@ pub async fn open(url: &StoreUrl, options: &StoreOptions) -> Result<Arc<dyn Stor
     })
 }
 
-/// Hides a password in a URL so it can be logged or shown.
+/// Hides the passwords in a URL (its user info, and query parameters named
+/// like `*password`) so it can be logged or shown.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut shown = match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+            format!("{}://***@{}", &base[..scheme_end], &base[at + 1..])
         }
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if name.ends_with("password") => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
     }
+    shown
 }
 
 /// Milliseconds since the Unix epoch, the time unit both backends store.
@@ -361,5 +388,9 @@ mod tests {
     fn redaction() {
         assert_eq!(redact_url("redis://:pw@host:6379/0"), "redis://***@host:6379/0");
         assert_eq!(redact_url("redis://host:6379/0"), "redis://host:6379/0");
+        assert_eq!(
+            redact_url("redis+sentinel://:pw@a:1,b:2/orch?sentinel_password=spw&ack_replicas=1"),
+            "redis+sentinel://***@a:1,b:2/orch?sentinel_password=***&ack_replicas=1"
+        );
     }
 }

@@ -118,6 +118,127 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis primary, one replica and three Sentinels watching them as service
+/// `orch`, all on loopback, for failover tests. Sentinels call the primary
+/// down after 1 s without an answer and need two of them to agree.
+pub struct SentinelSet {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    sentinels: Vec<(Child, u16)>,
+    dir: tempfile::TempDir,
+}
+
+impl SentinelSet {
+    /// Starts the five servers and waits until the sentinels see the replica
+    /// and agree they could fail over.
+    pub fn start() -> SentinelSet {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start();
+        // Redis waits 5 s before a diskless full sync by default.
+        for server in [&primary, &replica] {
+            assert_eq!(server.command("CONFIG SET repl-diskless-sync-delay 0"), "+OK");
+        }
+        assert_eq!(replica.command(&format!("REPLICAOF 127.0.0.1 {}", primary.port())), "+OK");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // In sync once a write reaches the replica.
+        while {
+            primary.command("SET orch-testkit-sync 1");
+            primary.command("WAIT 1 200") != ":1"
+        } {
+            assert!(Instant::now() < deadline, "the replica did not sync within 30 s");
+        }
+        let dir = tempfile::tempdir().expect("temp dir for sentinels");
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let conf = dir.path().join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor orch 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds orch 1000\nsentinel failover-timeout orch 10000\n\
+                     sentinel parallel-syncs orch 1\n",
+                    dir.path().display(),
+                    primary.port()
+                ),
+            )
+            .expect("sentinel config written");
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel starts");
+            sentinels.push((child, port));
+        }
+        let set = SentinelSet { primary, replica, sentinels, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = set.sentinels.iter().all(|(_, port)| {
+                sentinel_command(*port, "SENTINEL ckquorum orch").starts_with("+OK")
+                    && sentinel_command(*port, "SENTINEL replicas orch").starts_with("*1")
+            });
+            if ready {
+                return set;
+            }
+            assert!(Instant::now() < deadline, "the sentinels did not see the primary and its replica within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis+sentinel://` naming the three sentinels and service `orch`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.sentinels.iter().map(|(_, port)| format!("127.0.0.1:{port}")).collect();
+        format!("redis+sentinel://{}/orch", hosts.join(","))
+    }
+
+    /// The primary's port as the first sentinel answering names it.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|(_, port)| {
+            let mut s = TcpStream::connect(("127.0.0.1", *port)).ok()?;
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            s.write_all(b"SENTINEL get-master-addr-by-name orch\r\n").ok()?;
+            // *2, $9, 127.0.0.1, $5, PORT
+            let lines: Vec<String> = BufReader::new(s).lines().take(5).collect::<Result<_, _>>().ok()?;
+            lines.get(4)?.trim().parse().ok()
+        })
+    }
+
+    /// Where the sentinels keep their files.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One inline command to the server on `port`; the first line of the answer.
+fn sentinel_command(port: u16, line: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("{line}\r\n").as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut answer = String::new();
+    let _ = BufReader::new(&s).read_line(&mut answer);
+    answer.trim_end().to_owned()
+}
+
+impl RedisServer {
+    /// The server's process id (to stop or kill it as a crash would).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

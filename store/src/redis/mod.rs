@@ -51,14 +51,18 @@
 //!   removes it.
 //!
 //! Scripts build key names from the prefix rather than declaring them in `KEYS`,
-//! so this backend does not support Redis Cluster; Cluster hash tags are out of
-//! scope. Times are the caller's clock, passed to every script.
+//! so this backend does not support Redis Cluster (ARCHITECTURE.md, "Redis
+//! Cluster"). Times are the caller's clock, passed to every script.
+//!
+//! The primary is one URL or the one Sentinels name, followed across failovers,
+//! and writes that create jobs can wait for replicas ([`primary`]).
 
+mod primary;
 mod wake;
 
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use ::redis::{Script, Value as Reply};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -243,17 +247,20 @@ impl Scripts {
 }
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    primary: std::sync::Arc<primary::Primary>,
+    /// When a write that creates jobs counts as done.
+    ack: primary::Ack,
     prefix: String,
     scripts: Scripts,
     notifier: Notifier,
     _wake: wake::WakeTask,
+    _follow: primary::FollowTask,
 }
 
 impl RedisStore {
     /// Job counts from `pipe`, which counts each of [`JobStatus::ALL`] in order.
     async fn counts_by_status(&self, pipe: ::redis::Pipeline) -> Result<JobCounts> {
-        let counts: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await.map_err(redis_error)?;
+        let counts: Vec<u64> = pipe.query_async(&mut self.primary.conn()).await.map_err(redis_error)?;
         let mut out = JobCounts::default();
         for (status, n) in JobStatus::ALL.into_iter().zip(counts) {
             out.set(status, n);
@@ -263,29 +270,54 @@ impl RedisStore {
 
     /// Connects (reconnecting on its own later) and checks the server answers.
     pub async fn open(url: &str, prefix: &str) -> Result<RedisStore> {
-        let unavailable = |e: ::redis::RedisError| {
+        let (target, ack) = primary::parse(url)?;
+        let primary = primary::Primary::connect(&target, ack).await.map_err(|e| {
             // The error text may quote the URL; never show its password.
             let reason = e.to_string().replace(url, &redact_url(url));
-            StoreError::Unavailable(format!("cannot connect to Redis at {}: {reason}", redact_url(url)))
-        };
-        let client = ::redis::Client::open(url).map_err(|e| StoreError::InvalidUrl {
-            url: redact_url(url),
-            reason: e.to_string().replace(url, &redact_url(url)),
+            match e.kind() {
+                ::redis::ErrorKind::InvalidClientConfig => StoreError::InvalidUrl { url: redact_url(url), reason },
+                _ => StoreError::Unavailable(format!("cannot connect to Redis at {}: {reason}", redact_url(url))),
+            }
         })?;
-        // Few quick retries: callers retry on `Unavailable` themselves, and a
-        // wrong URL should fail at start-up within a second or so.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(1))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            // Bulk inserts and large claims are single scripts; give them time.
-            .set_response_timeout(Some(Duration::from_secs(30)));
-        let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
+        let primary = std::sync::Arc::new(primary);
         let notifier = Notifier::default();
-        let wake = wake::start(client, prefix, notifier.clone());
-        let store = RedisStore { conn, prefix: prefix.to_owned(), scripts: Scripts::new(), notifier, _wake: wake };
+        let wake = wake::start(primary.clone(), prefix, notifier.clone());
+        let follow = primary::follow(primary.clone());
+        let store = RedisStore {
+            primary,
+            ack,
+            prefix: prefix.to_owned(),
+            scripts: Scripts::new(),
+            notifier,
+            _wake: wake,
+            _follow: follow,
+        };
         store.ping().await?;
         Ok(store)
+    }
+
+    /// Waits until the replicas the store was told to wait for have every
+    /// write made so far on the primary (`WAIT`), so an acknowledged job
+    /// survives a failover. WAIT blocks the connection it is sent on, so it
+    /// goes on a connection of its own: commands of other callers go on.
+    async fn replicated(&self, mut conn: ConnectionManager) -> Result<()> {
+        if self.ack.replicas == 0 {
+            return Ok(());
+        }
+        let timeout_ms = u64::try_from(self.ack.timeout.as_millis()).unwrap_or(u64::MAX);
+        let acked: i64 = ::redis::cmd("WAIT")
+            .arg(self.ack.replicas)
+            .arg(timeout_ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        if acked < i64::from(self.ack.replicas) {
+            return Err(StoreError::NotReplicated(format!(
+                "redis: {acked} of the {} replicas (ack_replicas) confirmed the write within {timeout_ms} ms",
+                self.ack.replicas
+            )));
+        }
+        Ok(())
     }
 
     fn key(&self, name: &str) -> String {
@@ -299,14 +331,25 @@ impl RedisStore {
         now: i64,
         args: impl FnOnce(&mut ::redis::ScriptInvocation<'a>),
     ) -> Result<Reply> {
+        self.run_on(self.primary.conn(), script, now, args).await
+    }
+
+    /// [`RedisStore::run`] on connection `conn`.
+    async fn run_on<'a>(
+        &self,
+        mut conn: ConnectionManager,
+        script: &'a Script,
+        now: i64,
+        args: impl FnOnce(&mut ::redis::ScriptInvocation<'a>),
+    ) -> Result<Reply> {
         let mut invocation = script.prepare_invoke();
         invocation.arg(&self.prefix).arg(now);
         args(&mut invocation);
-        invocation.invoke_async(&mut self.conn.clone()).await.map_err(redis_error)
+        invocation.invoke_async(&mut conn).await.map_err(redis_error)
     }
 
     async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> Result<T> {
-        cmd.query_async(&mut self.conn.clone()).await.map_err(redis_error)
+        cmd.query_async(&mut self.primary.conn()).await.map_err(redis_error)
     }
 }
 
@@ -574,8 +617,9 @@ impl Store for RedisStore {
         let now = now_millis();
         let (day, resets_at) = crate::quota_day(from_millis(now));
         let spec = spec_text(&job);
+        let conn = self.primary.acked();
         let reply = self
-            .run(&self.scripts.insert, now, |s| {
+            .run_on(conn.clone(), &self.scripts.insert, now, |s| {
                 s.arg(job.id.to_string())
                     .arg(job.kind.as_str())
                     .arg(&spec)
@@ -603,6 +647,7 @@ impl Store for RedisStore {
             }
             other => return Err(corrupt(format!("unexpected insert reply {other:?}"))),
         }
+        self.replicated(conn).await?;
         self.notifier.jobs_ready();
         let created_at = from_millis(to_millis(job.created_at));
         Ok(Inserted::Created(Job {
@@ -648,8 +693,9 @@ impl Store for RedisStore {
         if jobs.is_empty() {
             return Ok(());
         }
+        let conn = self.primary.acked();
         for chunk in jobs.chunks(INSERT_CHUNK) {
-            self.run(&self.scripts.insert_many, now_millis(), |s| {
+            self.run_on(conn.clone(), &self.scripts.insert_many, now_millis(), |s| {
                 for job in chunk {
                     s.arg(job.id.to_string())
                         .arg(job.kind.as_str())
@@ -663,6 +709,7 @@ impl Store for RedisStore {
             })
             .await?;
         }
+        self.replicated(conn).await?;
         self.notifier.jobs_ready();
         Ok(())
     }
@@ -715,7 +762,7 @@ impl Store for RedisStore {
                     let (ns, nk): (u64, u64) = ::redis::pipe()
                         .zlexcount(self.key(s), "(", "+")
                         .zlexcount(self.key(k), "(", "+")
-                        .query_async(&mut self.conn.clone())
+                        .query_async(&mut self.primary.conn())
                         .await
                         .map_err(redis_error)?;
                     if ns <= nk {
@@ -1005,7 +1052,7 @@ impl Store for RedisStore {
                 .key(self.key("usage"))
                 .key(self.key("usage:jobs"))
                 .arg(before)
-                .invoke_async(&mut self.conn.clone())
+                .invoke_async(&mut self.primary.conn())
                 .await
                 .map_err(redis_error)?;
             if removed < 1000 {
@@ -1177,7 +1224,7 @@ impl Store for RedisStore {
 
     async fn list_servers(&self) -> Result<Vec<StoredServer>> {
         let (records, created): (Vec<(String, String)>, std::collections::HashMap<String, i64>) = {
-            let mut conn = self.conn.clone();
+            let mut conn = self.primary.conn();
             ::redis::pipe()
                 .atomic()
                 .hgetall(self.key("servers"))
@@ -1206,7 +1253,7 @@ impl Store for RedisStore {
     async fn put_server(&self, server: &StoredServer) -> Result<bool> {
         let record = ServerRecord { config: server.config.clone(), updated_at: to_millis(server.updated_at) };
         let record = serde_json::to_string(&record).expect("server records serialize");
-        let mut conn = self.conn.clone();
+        let mut conn = self.primary.conn();
         let (created, _): (i64, i64) = ::redis::pipe()
             .atomic()
             .hset_nx(self.key("servers:created"), &server.name, to_millis(server.created_at))
@@ -1218,7 +1265,7 @@ impl Store for RedisStore {
     }
 
     async fn delete_server(&self, name: &str) -> Result<bool> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.primary.conn();
         let (deleted, _): (i64, i64) = ::redis::pipe()
             .atomic()
             .hdel(self.key("servers"), name)
@@ -1317,7 +1364,7 @@ impl Store for RedisStore {
             .ignore()
             .zadd(self.key("sessions"), id, now)
             .ignore();
-        let mut conn = self.conn.clone();
+        let mut conn = self.primary.conn();
         let () = pipe.query_async(&mut conn).await.map_err(redis_error)?;
         self.load_session(id).await?.ok_or_else(|| corrupt(format!("session {id} vanished while written")))
     }
@@ -1328,7 +1375,7 @@ impl Store for RedisStore {
         let mut start = 0isize;
         const PAGE: isize = 200;
         while sessions.len() < limit {
-            let mut conn = self.conn.clone();
+            let mut conn = self.primary.conn();
             let ids: Vec<String> = ::redis::cmd("ZRANGE")
                 .arg(self.key("sessions"))
                 .arg(start)
@@ -1371,7 +1418,7 @@ impl Store for RedisStore {
         let hold = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX / 2);
         let mut invocation = SLOT_SCRIPT.key(self.key(&format!("slots:{name}")));
         invocation.arg(now).arg(holder).arg(limit).arg(now.saturating_add(hold));
-        let taken: i64 = invocation.invoke_async(&mut self.conn.clone()).await.map_err(redis_error)?;
+        let taken: i64 = invocation.invoke_async(&mut self.primary.conn()).await.map_err(redis_error)?;
         Ok(taken == 1)
     }
 
@@ -1383,7 +1430,7 @@ impl Store for RedisStore {
             .arg(record.key())
             .arg(to_millis(record.at))
             .arg(text)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.primary.conn())
             .await
             .map_err(redis_error)?;
         Ok(())
@@ -1398,7 +1445,7 @@ impl Store for RedisStore {
             .arg("LIMIT")
             .arg(0)
             .arg(limit)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.primary.conn())
             .await
             .map_err(redis_error)?;
         texts.iter().map(|t| serde_json::from_str(t).map_err(corrupt)).collect()
@@ -1425,7 +1472,7 @@ impl Store for RedisStore {
             .arg(auth)
             .arg(auth_at)
             .arg(if update.auth_ok { "1" } else { "0" })
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.primary.conn())
             .await
             .map_err(redis_error)?;
         parse_provider(provider, &hash)
@@ -1434,14 +1481,14 @@ impl Store for RedisStore {
     async fn provider_state(&self, provider: &str) -> Result<ProviderState> {
         let hash: std::collections::HashMap<String, String> = ::redis::cmd("HGETALL")
             .arg(self.key(&format!("provider:{provider}")))
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.primary.conn())
             .await
             .map_err(redis_error)?;
         parse_provider(provider, &hash)
     }
 
     async fn provider_states(&self) -> Result<Vec<ProviderState>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.primary.conn();
         let mut names: Vec<String> =
             ::redis::cmd("SMEMBERS").arg(self.key("providers")).query_async(&mut conn).await.map_err(redis_error)?;
         names.sort();
@@ -1461,7 +1508,7 @@ impl Store for RedisStore {
         let _: i64 = ::redis::cmd("ZREM")
             .arg(self.key(&format!("slots:{name}")))
             .arg(holder)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.primary.conn())
             .await
             .map_err(redis_error)?;
         Ok(())
@@ -1469,7 +1516,7 @@ impl Store for RedisStore {
 
     async fn delete_session(&self, id: &str) -> Result<bool> {
         let meta_key = self.key(&format!("session:{id}"));
-        let mut conn = self.conn.clone();
+        let mut conn = self.primary.conn();
         let (deleted, _, _): (i64, i64, i64) = ::redis::pipe()
             .atomic()
             .del(&meta_key)
@@ -1487,7 +1534,7 @@ impl Store for RedisStore {
             .key(self.key(&format!("job:{id}:outputs")))
             .arg(node)
             .arg(output)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.primary.conn())
             .await
             .map_err(redis_error)?;
         Ok(stored == 1)
@@ -1511,7 +1558,7 @@ impl RedisStore {
     /// A session by id, or None when its keys expired; `now` for `expires_at`.
     async fn load_session(&self, id: &str) -> Result<Option<Session>> {
         let meta_key = self.key(&format!("session:{id}"));
-        let mut conn = self.conn.clone();
+        let mut conn = self.primary.conn();
         let (meta, messages, ttl): (std::collections::HashMap<String, String>, Vec<String>, i64) = ::redis::pipe()
             .atomic()
             .hgetall(&meta_key)

@@ -13,6 +13,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,6 +21,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 
 use super::now_millis;
+use super::primary::Primary;
 use crate::notify::WatchChange;
 use crate::{JobId, Notifier};
 
@@ -41,14 +43,16 @@ impl Drop for WakeTask {
     }
 }
 
-pub(super) fn start(client: ::redis::Client, prefix: &str, notifier: Notifier) -> WakeTask {
+pub(super) fn start(primary: Arc<Primary>, prefix: &str, notifier: Notifier) -> WakeTask {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     notifier.on_watch_changes(tx);
     notifier.set_cross_process(true);
-    WakeTask(tokio::spawn(run(client, prefix.to_owned(), notifier, rx)))
+    WakeTask(tokio::spawn(run(primary, prefix.to_owned(), notifier, rx)))
 }
 
-async fn run(client: ::redis::Client, prefix: String, notifier: Notifier, mut changes: UnboundedReceiver<WatchChange>) {
+/// Subscribes on the primary; when it moves (a failover), on the new one.
+async fn run(primary: Arc<Primary>, prefix: String, notifier: Notifier, mut changes: UnboundedReceiver<WatchChange>) {
+    let mut moved = primary.moved();
     let ready = format!("{prefix}:wake:ready");
     let cancel = format!("{prefix}:wake:cancel");
     let job_prefix = format!("{prefix}:job:");
@@ -57,6 +61,8 @@ async fn run(client: ::redis::Client, prefix: String, notifier: Notifier, mut ch
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     loop {
+        moved.mark_unchanged();
+        let client = primary.client();
         let pubsub = match tokio::time::timeout(TIMEOUT, client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(err)) => {
@@ -149,6 +155,7 @@ async fn run(client: ::redis::Client, prefix: String, notifier: Notifier, mut ch
                     }
                     notifier.jobs_ready();
                 }
+                Ok(()) = moved.changed() => break,
                 _ = ping.tick() => {
                     let pong: Result<Result<String, _>, _> = tokio::time::timeout(TIMEOUT, sink.ping()).await;
                     if !matches!(pong, Ok(Ok(_))) {
