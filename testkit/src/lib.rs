@@ -141,10 +141,11 @@ impl SentinelSet {
         assert_eq!(replica.command(&format!("REPLICAOF 127.0.0.1 {}", primary.port())), "+OK");
         let deadline = Instant::now() + Duration::from_secs(30);
         // In sync once a write reaches the replica.
-        while {
+        loop {
             primary.command("SET orch-testkit-sync 1");
-            primary.command("WAIT 1 200") != ":1"
-        } {
+            if primary.command("WAIT 1 200") == ":1" {
+                break;
+            }
             assert!(Instant::now() < deadline, "the replica did not sync within 30 s");
         }
         let dir = tempfile::tempdir().expect("temp dir for sentinels");
