@@ -77,18 +77,23 @@ pub async fn run(settings: &Settings) -> Result<bool> {
             orch_providers::Credentials::Missing { .. } => "no credentials".into(),
             orch_providers::Credentials::NotChecked => "credentials not checked (a `cli` provider)".into(),
         };
+        let billing =
+            diagnosis.billing.as_ref().map(|b| format!(" ({})", b.plan.replace('_', " "))).unwrap_or_default();
         let token = match health.token.as_str() {
             "ok" | "not_checked" | "missing" => String::new(),
             other => format!("; credential {other}"),
         };
         let cooling =
             health.cooldown_until.map(|t| format!("; cooling down until {}", t.to_rfc3339())).unwrap_or_default();
-        let line =
-            format!("provider {} ({}): {cli}; {credentials}{token}{cooling}", diagnosis.provider, diagnosis.kind);
+        let line = format!(
+            "provider {} ({}): {cli}; {credentials}{billing}{token}{cooling}",
+            diagnosis.provider, diagnosis.kind
+        );
         let mut fixes = health.fixes.clone();
         fixes.extend(diagnosis.warnings.iter().map(|w| format!("note: {w}")));
         if health.ready {
             report.ok(line);
+            report.lines.extend(diagnosis.billing.iter().map(|b| format!("        billing: {}", b.detail)));
             report.lines.extend(diagnosis.warnings.iter().map(|w| format!("        note: {w}")));
         } else {
             report.fail(line, &fixes);

@@ -397,6 +397,9 @@ fn doctor_checks_store_providers_and_mcp_servers() {
         )),
         "{stdout}"
     );
+    // What the credential bills is said beside it (issue 16, "say what each subscription allows").
+    assert!(lines.iter().any(|l| l.contains("CLAUDE_CODE_OAUTH_TOKEN (subscription)")), "{stdout}");
+    assert!(stdout.contains("        billing: Claude Pro/Max/Team subscription: since 2026-06-15"), "{stdout}");
     assert!(has("[!!]  provider gemini (gemini): CLI not found; no credentials"), "{stdout}");
     assert!(stdout.contains("fix: \"/nonexistent/gemini\" not found: npm i -g @google/gemini-cli"), "{stdout}");
     assert!(has("[ok]  MCP server t (stdio): up, 7 tools"), "{stdout}");
@@ -405,9 +408,18 @@ fn doctor_checks_store_providers_and_mcp_servers() {
     assert!(!stdout.contains("doctor-secret"), "a credential was printed:\n{stdout}");
 
     // Fixed: it says so and succeeds.
+    // A Qwen OAuth login is flagged: its free tier ended on 2026-04-15.
+    let qwen_home = dir.path().join("qwen-home");
+    std::fs::create_dir_all(qwen_home.join(".qwen")).unwrap();
+    std::fs::write(qwen_home.join(".qwen/oauth_creds.json"), r#"{"access_token": "q", "refresh_token": "r"}"#).unwrap();
     std::fs::write(
         dir.path().join("orch.toml"),
-        format!("[providers.claude]\ncommand = '{}'\nenv = {{ CLAUDE_CODE_OAUTH_TOKEN = 'x' }}\n", fake.display()),
+        format!(
+            "[providers.claude]\ncommand = '{0}'\nenv = {{ CLAUDE_CODE_OAUTH_TOKEN = 'x' }}\n\
+             [providers.qwen]\ncommand = '{0}'\nenv = {{ HOME = '{1}' }}\n",
+            fake.display(),
+            qwen_home.display()
+        ),
     )
     .unwrap();
     std::fs::write(
@@ -419,6 +431,8 @@ fn doctor_checks_store_providers_and_mcp_servers() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.ends_with("Everything Orch needs is in place.\n"), "{stdout}");
+    assert!(stdout.contains("oauth_creds.json (subscription)"), "{stdout}");
+    assert!(stdout.contains("note: provider qwen: Qwen OAuth login: the free OAuth tier ended 2026-04-15"), "{stdout}");
 }
 
 /// `orch` killed with SIGKILL runs none of its cleanup; the kernel still

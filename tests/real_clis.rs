@@ -293,8 +293,14 @@ async fn each_real_cli_answers_and_leaves_no_prompt_behind() {
     }
     let tokens = rig.tokens().await;
     assert!(tokens.values().all(|t| t == "ok"), "{tokens:?}");
+    // Each provider says what its credential bills (issue 16, "say what each subscription allows").
+    let plans: Vec<(String, Value)> =
+        rig.providers().await.into_iter().map(|(name, p)| (name, p["billing"]["plan"].clone())).collect();
+    let expected = [("claude", "subscription"), ("codex", "api_key"), ("gemini", "api_key"), ("qwen", "api_key")];
+    assert_eq!(plans, expected.map(|(n, p)| (n.to_owned(), json!(p))), "{plans:?}");
     let (ok, report) = rig.doctor();
     assert!(ok, "doctor:\n{report}");
+    assert!(report.contains("billing: Claude Pro/Max/Team subscription"), "{report}");
     rig.app.stop().await;
 }
 
@@ -512,5 +518,53 @@ async fn streamed_chunks_name_the_model_the_answer_names() {
     for chunk in &chunks {
         assert_eq!(chunk["model"], routed, "a chunk names another model than the answer: {text}");
     }
+    rig.app.stop().await;
+}
+
+/// A Claude turn that passes its budget is stopped by the CLI
+/// (`--max-budget-usd`) and answered 402 `budget_exceeded`, never passed off
+/// as an answer; the provider's own cap applies when the request sets none,
+/// and a budget is the caller's cap, not a provider failure: no cooldown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claude_turn_over_its_budget_is_402_budget_exceeded() {
+    let extra = Extra { claude: "limits = { max_budget_usd = 0.5 }", ..Default::default() };
+    let rig = Rig::start(&[], extra).await;
+    rig.api.answer(Api::Anthropic, Answer::Costly(model_api::REPLY.into()));
+    let by_request =
+        json!({"model": "claude", "max_budget_usd": 0.01, "messages": [{"role": "user", "content": "spend a lot"}]});
+    for (what, reply) in [
+        ("the request's budget", rig.app.post("/v1/chat/completions", by_request).await),
+        ("the provider's cap", rig.chat("claude", "spend a lot again").await),
+    ] {
+        assert_eq!(reply.status, StatusCode::PAYMENT_REQUIRED, "{what}: {}", reply.body);
+        assert_eq!(reply.body["error"]["code"], "budget_exceeded", "{what}: {}", reply.body);
+        assert!(reply.body.get("choices").is_none(), "{what}: {}", reply.body);
+    }
+    assert!(!rig.api.hits_of(Api::Anthropic).is_empty(), "Claude never asked the model API");
+    let claude = &rig.providers().await["claude"];
+    assert!(claude["cooldown_until"].is_null(), "a budget put the provider in a cooldown: {claude}");
+    assert_eq!(claude["ready"], true, "{claude}");
+    rig.app.stop().await;
+}
+
+/// An Anthropic account whose credit is used up answers 400 "Your credit
+/// balance is too low": a usage limit, not an answer and not an outage, so
+/// the turn falls back and the provider cools down (issue 16, "classify
+/// credit exhausted as a usage limit").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_credit_exhausted_is_a_usage_limit() {
+    let rig = Rig::start(&["gemini"], Extra::default()).await;
+    rig.api.answer(Api::Anthropic, Answer::CreditExhausted);
+    let reply = rig.chat("claude", "no credit left").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(answered_by(&reply), "gemini", "{}", reply.body);
+    let result = rig.job_result(&reply).await;
+    assert_eq!(result["fallbacks"][0]["target"], "claude", "{result}");
+    assert_eq!(result["fallbacks"][0]["error"]["kind"]["type"], "usage_limit", "{result}");
+    let claude = &rig.providers().await["claude"];
+    assert_eq!(claude["cooldown_reason"], "usage_limit", "{claude}");
+    assert_eq!(claude["ready"], false, "{claude}");
+    let usage = rig.usage().await;
+    assert_eq!((usage["claude"].0, usage["claude"].1), (1, 1), "{usage:?}");
     rig.app.stop().await;
 }

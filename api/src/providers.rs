@@ -17,7 +17,7 @@ use crate::error::responses::{Forbidden, Unauthorized};
 /// the store, written by every worker; `in_use` is this process's (in `orch
 /// serve`, the worker's too).
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"name": "claude", "kind": "claude", "models": ["sonnet", "opus"], "default_model": "sonnet", "cli": {"status": "found", "path": "/usr/local/bin/claude", "version": "2.1.197 (Claude Code)"}, "credentials": {"status": "present", "source": "CLAUDE_CODE_OAUTH_TOKEN"}, "ready": true, "fixes": [], "warnings": [], "in_use": 0, "limit": 2, "cooldown_until": null, "last_error": null, "last_error_at": null}))]
+#[schema(example = json!({"name": "claude", "kind": "claude", "models": ["sonnet", "opus"], "default_model": "sonnet", "cli": {"status": "found", "path": "/usr/local/bin/claude", "version": "2.1.197 (Claude Code)"}, "credentials": {"status": "present", "source": "CLAUDE_CODE_OAUTH_TOKEN"}, "billing": {"plan": "subscription", "headless": true, "detail": "Claude Pro/Max/Team subscription: since 2026-06-15 headless turns draw on the plan's monthly Agent SDK credit …"}, "ready": true, "fixes": [], "warnings": [], "in_use": 0, "limit": 2, "cooldown_until": null, "last_error": null, "last_error_at": null}))]
 pub struct ProviderView {
     pub name: String,
     /// claude, gemini, codex, qwen or cli.
@@ -31,6 +31,10 @@ pub struct ProviderView {
     /// `{"status": "present", source}` (the variable or file, never its value), `{"status": "missing", fix}` or `{"status": "not_checked"}`.
     #[schema(value_type = Object)]
     pub credentials: Value,
+    /// What the credential found bills: `{"plan": "subscription" | "api_key" | "cloud_project", "headless", "detail"}`;
+    /// null for a `cli` provider or when no credential was found.
+    #[schema(value_type = Option<Object>)]
+    pub billing: Option<Value>,
     /// A turn would start now: CLI found, credential neither missing nor
     /// refused nor expired, and no cooldown.
     pub ready: bool,
@@ -93,6 +97,7 @@ pub async fn provider_views(state: &AppState) -> Vec<ProviderView> {
             fixes: health.fixes,
             cli: serde_json::to_value(&diagnosis.cli).unwrap_or(Value::Null),
             credentials: serde_json::to_value(&diagnosis.credentials).unwrap_or(Value::Null),
+            billing: diagnosis.billing.as_ref().and_then(|b| serde_json::to_value(b).ok()),
             warnings: diagnosis.warnings,
             in_use: status.in_use,
             limit: status.limit,

@@ -20,7 +20,23 @@ pub struct Diagnosis {
     pub kind: ProviderKind,
     pub cli: CliStatus,
     pub credentials: Credentials,
+    /// What the credential found bills, and whether it works headless; None
+    /// for a `cli` provider or when no credential was found.
+    pub billing: Option<Billing>,
     pub warnings: Vec<String>,
+}
+
+/// What a provider's turns are billed to, judged from the credential Orch
+/// found (never its value) and what each vendor allows as of 2026-12.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Billing {
+    /// `subscription` (a plan login or token), `api_key` (pay per token) or
+    /// `cloud_project` (billed to a cloud account).
+    pub plan: &'static str,
+    /// The vendor lets this credential run turns headless (from a service).
+    pub headless: bool,
+    /// One sentence: what a turn draws on, and what happens when it runs out.
+    pub detail: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -82,12 +98,64 @@ pub async fn check(provider: &Provider) -> Diagnosis {
         },
         Some(path) => version(&path, provider).await,
     };
-    Diagnosis {
-        provider: provider.name().to_owned(),
-        kind: provider.kind(),
-        cli,
-        credentials: credentials(provider),
-        warnings: provider.warnings(),
+    let credentials = credentials(provider);
+    let billing = match &credentials {
+        Credentials::Present { source } => billing(provider.kind(), source),
+        _ => None,
+    };
+    let mut warnings = provider.warnings();
+    if let Some(billing) = billing.as_ref().filter(|b| !b.headless) {
+        warnings.push(format!("provider {}: {}", provider.name(), billing.detail));
+    }
+    Diagnosis { provider: provider.name().to_owned(), kind: provider.kind(), cli, credentials, billing, warnings }
+}
+
+/// What the credential from `source` (a variable's name or a file's path)
+/// bills. Docs: docs/providers.md, "What each subscription allows".
+pub fn billing(kind: ProviderKind, source: &str) -> Option<Billing> {
+    let bill = |plan, headless, detail| Some(Billing { plan, headless, detail });
+    let file = source.contains('/');
+    match kind {
+        ProviderKind::Claude => bill(
+            "subscription",
+            true,
+            "Claude Pro/Max/Team subscription: since 2026-06-15 headless turns draw on the plan's monthly Agent SDK \
+             credit ($20 Pro, $100 Max 5x, $200 Max 20x; no roll-over), not the interactive limits; when it is used \
+             up turns pause or bill as extra usage at API rates (cap a turn with limits.max_budget_usd)",
+        ),
+        ProviderKind::Gemini if source == "GOOGLE_GENAI_USE_VERTEXAI" => {
+            bill("cloud_project", true, "Vertex AI: billed per token to the Google Cloud project")
+        }
+        ProviderKind::Gemini if file || source == "GOOGLE_GENAI_USE_GCA" => bill(
+            "subscription",
+            true,
+            "Google login: works headless only with a Gemini Code Assist Standard or Enterprise licence (billed as \
+             that licence); personal Google logins are refused since 2026-06-18",
+        ),
+        ProviderKind::Gemini => bill(
+            "api_key",
+            true,
+            "Gemini API key: billed per token to the key's Google Cloud project (or within its free-tier quota)",
+        ),
+        ProviderKind::Codex if file => bill(
+            "subscription",
+            true,
+            "ChatGPT plan login (`codex login`): turns count against the plan's Codex usage limits",
+        ),
+        ProviderKind::Codex => bill("api_key", true, "OpenAI API key: billed per token at API rates"),
+        ProviderKind::Qwen if file => bill(
+            "subscription",
+            false,
+            "Qwen OAuth login: the free OAuth tier ended 2026-04-15, so this login is expected to be refused; use \
+             Alibaba Cloud's Coding Plan or an OpenAI-compatible API key (OPENAI_API_KEY with OPENAI_BASE_URL)",
+        ),
+        ProviderKind::Qwen => bill(
+            "api_key",
+            true,
+            "OpenAI-compatible API key (Alibaba Cloud Coding Plan or Model Studio, or another vendor): billed by \
+             that key's plan",
+        ),
+        ProviderKind::Cli => None,
     }
 }
 
@@ -307,5 +375,20 @@ mod tests {
         let expiry = oauth_expiry(&fixed, "f").unwrap();
         assert_eq!((expiry.expires_at.map(|t| t.timestamp_millis()), expiry.renews), (Some(1_700_000_000_123), false));
         assert_eq!(oauth_expiry(&serde_json::json!({"access_token": "x"}), "f"), None);
+    }
+
+    #[test]
+    fn billing_follows_the_credential_found() {
+        let plan = |kind, source| billing(kind, source).map(|b| (b.plan, b.headless));
+        assert_eq!(plan(ProviderKind::Claude, "CLAUDE_CODE_OAUTH_TOKEN"), Some(("subscription", true)));
+        assert_eq!(plan(ProviderKind::Gemini, "GEMINI_API_KEY"), Some(("api_key", true)));
+        assert_eq!(plan(ProviderKind::Gemini, "GOOGLE_GENAI_USE_VERTEXAI"), Some(("cloud_project", true)));
+        assert_eq!(plan(ProviderKind::Gemini, "/home/o/.gemini/oauth_creds.json"), Some(("subscription", true)));
+        assert_eq!(plan(ProviderKind::Codex, "/home/o/.codex/auth.json"), Some(("subscription", true)));
+        assert_eq!(plan(ProviderKind::Codex, "OPENAI_API_KEY"), Some(("api_key", true)));
+        // Qwen's free OAuth tier is gone: its login no longer runs turns.
+        assert_eq!(plan(ProviderKind::Qwen, "/home/o/.qwen/oauth_creds.json"), Some(("subscription", false)));
+        assert_eq!(plan(ProviderKind::Qwen, "DASHSCOPE_API_KEY"), Some(("api_key", true)));
+        assert_eq!(plan(ProviderKind::Cli, "X"), None);
     }
 }

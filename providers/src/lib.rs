@@ -35,7 +35,7 @@ pub use config::{
     ConfigError, EnvMap, Limits, MODEL_NAME_MAX, OutputConfig, OutputFormat, ProviderConfig, ProviderKind,
     ProvidersConfig, check_model_name,
 };
-pub use doctor::{CliStatus, Credentials, Diagnosis, Expiry, Health, check, expiry, health};
+pub use doctor::{Billing, CliStatus, Credentials, Diagnosis, Expiry, Health, billing, check, expiry, health};
 pub use error::{ErrorKind, TurnError};
 pub use provider::{
     NoSharedLimit, Provider, ProviderStatus, Providers, SharedLimit, SharedPermit, SharedSnapshot, SharedState,

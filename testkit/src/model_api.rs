@@ -39,7 +39,16 @@ pub enum Answer {
     Unauthorized,
     ServerError,
     Overloaded,
+    /// Anthropic only: the text, reporting [`COSTLY_INPUT_TOKENS`] input
+    /// tokens (dollars at API rates), for turns with a budget.
+    Costly(String),
+    /// Anthropic only: 400 "Your credit balance is too low", what the API
+    /// answers an account whose credit is used up.
+    CreditExhausted,
 }
+
+/// Input tokens a [`Answer::Costly`] answer reports.
+pub const COSTLY_INPUT_TOKENS: u64 = 2_000_000;
 
 /// The text every API answers with by default.
 pub const REPLY: &str = "FAKE-REPLY: hello from loopback";
@@ -128,7 +137,8 @@ async fn handle(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, body:
     let api = api_of(&path).filter(|_| method == Method::POST);
     let answer = api.map(|a| inner.answers.lock().unwrap().get(&a).cloned().unwrap_or(Answer::Text(REPLY.into())));
     let response = match (api, answer) {
-        (Some(api), Some(Answer::Text(text))) => success(api, &path, &body, &text),
+        (Some(api), Some(Answer::Text(text))) => success(api, &path, &body, &text, None),
+        (Some(api), Some(Answer::Costly(text))) => success(api, &path, &body, &text, Some(COSTLY_INPUT_TOKENS)),
         (Some(api), Some(answer)) => failure(api, &answer),
         _ if method != Method::POST => axum::Json(json!({})).into_response(),
         _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"message": format!("no route {method} {path}")}})))
@@ -158,13 +168,15 @@ fn json_response(value: Value) -> Response {
     axum::Json(value).into_response()
 }
 
-fn success(api: Api, path: &str, body: &Value, text: &str) -> Response {
+/// `input_tokens`: what an Anthropic answer reports instead of [`ANTHROPIC_USAGE`]'s.
+fn success(api: Api, path: &str, body: &Value, text: &str, input_tokens: Option<u64>) -> Response {
     let streamed = body["stream"].as_bool().unwrap_or(false);
     match api {
         Api::Anthropic if path.ends_with("/count_tokens") => json_response(json!({"input_tokens": ANTHROPIC_USAGE.0})),
         Api::Anthropic => {
             let model = body["model"].as_str().unwrap_or("claude-sonnet-5");
             let (input, output) = ANTHROPIC_USAGE;
+            let input = input_tokens.unwrap_or(input);
             let message = |content: Value, stop: Value, output: u64| {
                 json!({
                     "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
@@ -274,8 +286,9 @@ fn now_secs() -> u64 {
 
 fn failure(api: Api, answer: &Answer) -> Response {
     let status = match answer {
-        Answer::Text(_) => unreachable!("a text is a success"),
+        Answer::Text(_) | Answer::Costly(_) => unreachable!("a text is a success"),
         Answer::Limited { .. } => 429,
+        Answer::CreditExhausted => 400,
         Answer::Unauthorized => 401,
         Answer::ServerError => 500,
         Answer::Overloaded if api == Api::Anthropic => 529,
@@ -287,6 +300,11 @@ fn failure(api: Api, answer: &Answer) -> Response {
             let (kind, message) = match status {
                 429 => ("rate_limit_error", "This request would exceed your account's rate limit."),
                 401 => ("authentication_error", "invalid x-api-key"),
+                400 => (
+                    "invalid_request_error",
+                    "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to \
+                     upgrade or purchase credits.",
+                ),
                 529 => ("overloaded_error", "Overloaded"),
                 _ => ("api_error", "Internal server error"),
             };
