@@ -491,19 +491,22 @@ async fn an_openai_client_resending_history_records_each_turn_once_in_its_sessio
     app.stop().await;
 }
 
-/// A `cli` provider running a script: a fixed JSON tool call, then (once a
-/// tool result is in the conversation) a final text.
-fn tool_calling_cli(dir: &std::path::Path) -> String {
+/// A `cli` provider running a script: offered functions, a fixed JSON call of
+/// `function`, then (once a tool result is in the conversation) a final text;
+/// without functions, "Plain answer."
+fn tool_calling_cli(dir: &std::path::Path, function: &str) -> String {
     let script = dir.join("agent.sh");
     std::fs::write(
         &script,
-        "#!/bin/sh\ncase \"$1\" in\n  *'Tool result'*) echo '{\"content\": \"The echo said: ping from n8n\"}' ;;\n  *) echo 'Calling it.' ; echo '```json' ; echo '{\"tool_calls\": [{\"name\": \"everything.echo\", \"arguments\": {\"message\": \"ping from n8n\"}}]}' ; echo '```' ;;\nesac\n",
+        format!(
+            "#!/bin/sh\ncase \"$*\" in\n  *'Tool result:'*) echo '{{\"content\": \"The echo said: ping from n8n\"}}' ;;\n  *'runs functions for you'*) echo 'Calling it.' ; echo '```json' ; echo '{{\"tool_calls\": [{{\"name\": \"{function}\", \"arguments\": {{\"message\": \"ping from n8n\"}}}}]}}' ; echo '```' ;;\n  *) echo 'Plain answer.' ;;\nesac\n"
+        ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     format!(
-        "[agent]\nkind = 'cli'\ncommand = '{}'\nargs = ['{{prompt}}']\noutput = {{ format = 'text' }}\n",
+        "[agent]\nkind = 'cli'\ncommand = '{}'\nargs = ['{{prompt}}', '--system={{system}}']\noutput = {{ format = 'text' }}\n",
         script.display()
     )
 }
@@ -524,7 +527,7 @@ fn n8n_body(name: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ai_agent_cannot_use_orch_as_its_model() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_with(&tool_calling_cli(dir.path()), "default_model = 'agent'\n").await;
+    let app = app_with(&tool_calling_cli(dir.path(), "everything.echo"), "default_model = 'agent'\n").await;
     let r = app.post("/v1/chat/completions", n8n_body("01-agent-chat-completions-1")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let choice = &r.body["choices"][0];
@@ -563,5 +566,213 @@ async fn the_ai_agent_cannot_use_orch_as_its_model() {
     assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"), "{text}");
     let usage = chunks.last().unwrap();
     assert!(usage["choices"].as_array().unwrap().is_empty() && usage["usage"].is_object(), "{text}");
+    app.stop().await;
+}
+
+/// The typed events of a Responses API stream: `event:` names and `data:` objects.
+async fn responses_stream(app: &support::TestApp, body: &Value) -> Vec<(String, Value)> {
+    let text = reqwest::Client::new()
+        .post(format!("{}/v1/responses", app.base))
+        .bearer_auth(&app.admin)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    let mut name = String::new();
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n.to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let data: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}\n{text}"));
+            assert_eq!(data["type"], name.as_str(), "{text}");
+            assert_eq!(data["sequence_number"], events.len(), "{text}");
+            events.push((std::mem::take(&mut name), data));
+        }
+    }
+    events
+}
+
+/// n8n's OpenAI Chat Model node on its defaults calls `POST /v1/responses`
+/// (issue 15 defect 2): the recorded bodies of its AI Agent (a tool call,
+/// then the answer after the tool result), its Basic LLM Chain (no tools) and
+/// its streaming agent get answers n8n parses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n8n_defaults_hit_a_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with(&tool_calling_cli(dir.path(), "everything.echo"), "default_model = 'agent'\n").await;
+    let r = app.post("/v1/responses", n8n_body("02-agent-responses-1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        (r.body["object"].as_str(), r.body["status"].as_str()),
+        (Some("response"), Some("completed")),
+        "{}",
+        r.body
+    );
+    assert!(r.body["id"].as_str().unwrap().starts_with("resp_") && r.body["error"].is_null(), "{}", r.body);
+    let call = &r.body["output"][0];
+    assert_eq!(
+        (call["type"].as_str(), call["name"].as_str()),
+        (Some("function_call"), Some("everything.echo")),
+        "{}",
+        r.body
+    );
+    assert!(call["call_id"].as_str().unwrap().starts_with("call_") && call["status"] == "completed", "{call}");
+    let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"message": "ping from n8n"}));
+    assert_eq!(r.body["output"].as_array().unwrap().len(), 1, "{}", r.body);
+    let usage = &r.body["usage"];
+    assert_eq!(
+        usage["total_tokens"],
+        usage["input_tokens"].as_u64().unwrap() + usage["output_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(r.body["tools"].as_array().unwrap().len(), 21);
+
+    let r = app.post("/v1/responses", n8n_body("02-agent-responses-2")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let message = &r.body["output"][0];
+    assert_eq!(
+        (message["type"].as_str(), message["role"].as_str()),
+        (Some("message"), Some("assistant")),
+        "{}",
+        r.body
+    );
+    assert_eq!(message["content"][0]["type"], "output_text");
+    assert_eq!(message["content"][0]["text"], "The echo said: ping from n8n");
+
+    let r = app.post("/v1/responses", n8n_body("03-llm-chain-responses-1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["output"][0]["content"][0]["text"], "Plain answer.", "{}", r.body);
+    assert_eq!(r.body["model"], "agent", "{}", r.body);
+
+    // Streamed, as the Chat Trigger's agent asks: a call, then text.
+    let names = |events: &[(String, Value)]| events.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let events = responses_stream(&app, &n8n_body("04-agent-responses-stream-1")).await;
+    assert_eq!(
+        names(&events),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    assert_eq!(events[2].1["item"]["arguments"], "");
+    let done = &events[6].1["response"];
+    assert_eq!(done["output"][0]["name"], "everything.echo", "{done}");
+    assert_eq!(done["output"][0]["arguments"], events[4].1["arguments"]);
+    assert_eq!(done["output"][0]["id"], events[3].1["item_id"]);
+    let events = responses_stream(&app, &n8n_body("04-agent-responses-stream-2")).await;
+    assert_eq!(
+        names(&events),
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    assert_eq!(events[4].1["delta"], "The echo said: ping from n8n");
+    assert_eq!(events[8].1["response"]["output"][0]["content"][0]["text"], "The echo said: ping from n8n");
+    assert!(events[8].1["response"]["usage"]["output_tokens"].is_u64());
+
+    // Streamed without tools: the text as it comes, then the same end.
+    let mut body = n8n_body("03-llm-chain-responses-1");
+    body["stream"] = json!(true);
+    let events = responses_stream(&app, &body).await;
+    assert_eq!(events.last().unwrap().0, "response.completed", "{events:?}");
+    let text: String = events
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "Plain answer.");
+    app.stop().await;
+}
+
+/// What the Responses API refuses, in the one error shape naming the field.
+#[tokio::test]
+async fn bad_responses_requests_say_what_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = "[broken]\nkind = 'cli'\ncommand = '/nonexistent/orch-test-cli'\nargs = ['{prompt}']\noutput = { format = 'text' }\n";
+    let app = app_with(&format!("{}{broken}", tool_calling_cli(dir.path(), "f")), "default_model = 'agent'\n").await;
+    for (body, status, field) in [
+        (json!({"model": "agent", "input": "x", "previous_response_id": "resp_1"}), 422, "previous_response_id"),
+        (json!({"model": "agent", "input": [{"type": "item_reference", "id": "msg_1"}]}), 422, "input[0].type"),
+        (
+            json!({"model": "agent", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}),
+            422,
+            "input[0].content",
+        ),
+        (json!({"model": "agent", "input": 3}), 422, "input"),
+        (json!({"model": "agent", "input": "x", "text": {"format": {"type": "json_schema"}}}), 422, "text.format"),
+        (json!({"model": "agent", "input": "x", "metadata": {"a": 1}}), 422, "metadata.a"),
+        (json!({"model": "agent", "input": "x", "tools": [{"type": "web_search"}]}), 422, "tools[0].type"),
+        (
+            json!({"model": "agent", "input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}}),
+            422,
+            "tool_choice",
+        ),
+        (json!({"input": "x"}), 422, "body"),
+    ] {
+        let r = app.post("/v1/responses", body.clone()).await;
+        assert_eq!(r.status.as_u16(), status, "{body}: {}", r.body);
+        assert_eq!(r.body["error"]["code"], "invalid_field", "{body}: {}", r.body);
+        assert_eq!(r.body["error"]["details"]["field"], field, "{body}: {}", r.body);
+    }
+    let r = app.post("/v1/responses", json!({"model": "gpt-4o", "input": "x"})).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unknown_model")),
+        "{}",
+        r.body
+    );
+    // A failed turn: an HTTP error, or streamed, `response.failed` then an `error` event the clients raise.
+    let r = app.post("/v1/responses", json!({"model": "broken", "input": "x"})).await;
+    assert_eq!(r.body["error"]["code"], "not_installed", "{}", r.body);
+    let events = responses_stream(&app, &json!({"model": "broken", "input": "x", "stream": true})).await;
+    let kinds: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(kinds, ["response.created", "response.in_progress", "response.failed", "error"], "{events:?}");
+    assert_eq!(events[2].1["response"]["status"], "failed");
+    assert_eq!(events[2].1["response"]["error"]["code"], "not_installed");
+    assert_eq!(
+        (events[3].1["code"].as_str(), events[3].1["error"]["code"].as_str()),
+        (Some("not_installed"), Some("not_installed"))
+    );
+    app.stop().await;
+}
+
+/// The official `openai` Python client's `responses.create` (plain, streamed,
+/// with a function tool) and `responses.stream` against Orch
+/// (tests/python/openai_responses.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_client_uses_the_responses_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with(&tool_calling_cli(dir.path(), "everything__echo"), "default_model = 'agent'\n").await;
+    let lines = run_python(&app, "openai_responses.py", &[("ORCH_MODEL", "agent")]).await;
+    assert_eq!(
+        lines,
+        [
+            "plain: completed Plain answer. usage=True metadata={'run': 'py'}",
+            "stream events: response.created,response.in_progress,response.output_item.added,response.content_part.added,response.output_text.delta,response.output_text.done,response.content_part.done,response.output_item.done,response.completed",
+            "stream: Plain answer. final=Plain answer. numbered=True",
+            "call: function_call everything__echo {'message': 'ping from n8n'} True",
+            "answer: message The echo said: ping from n8n",
+            "stream call: response.function_call_arguments.done,response.output_item.done,response.completed everything__echo {'message': 'ping from n8n'}",
+            "error: 400 unknown_model",
+            "previous: 422 previous_response_id",
+        ]
+    );
     app.stop().await;
 }

@@ -19,6 +19,7 @@ pub mod mcp_server;
 pub mod me;
 pub mod metrics;
 pub mod openai;
+pub mod openai_responses;
 pub mod planning;
 pub mod plans;
 pub mod providers;
@@ -196,6 +197,7 @@ pub fn routes(state: AppState) -> Router {
             get(webhooks::get_webhook).put(webhooks::replace_webhook).delete(webhooks::delete_webhook),
         )
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/responses", post(openai_responses::create_response))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/providers", get(providers::list_providers))
         .route("/v1/usage", get(usage::usage))
@@ -266,7 +268,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     paths(
         jobs::submit_chat, jobs::submit_batch, jobs::list_jobs, jobs::get_job, jobs::get_result,
         jobs::job_events, jobs::cancel_job, me::job_input, plans::job_graph, plans::node_output, plans::preview_plan,
-        openai::chat_completions, openai::list_models, providers::list_providers, providers::token_health, usage::usage,
+        openai::chat_completions, openai_responses::create_response, openai::list_models, providers::list_providers, providers::token_health, usage::usage,
         sessions::list_sessions, sessions::get_session, sessions::delete_session, sessions::export_memory,
         keys::create_key, keys::list_keys, keys::revoke_key, keys::update_key, keys::rotate_key, me::me, audit::list_audit,
         tools::list_tools, tools::get_tool, tools::call_tool,

@@ -27,7 +27,7 @@ use crate::error::responses::{BadRequest, Forbidden, Invalid, NotJson, TooLarge,
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::jobs::{self, JobOptions};
 use crate::json::ApiJson;
-use crate::tool_calls::{self, Answer, ToolSpec};
+use crate::tool_calls::{self, Answer, ToolSpec, Transcript};
 
 /// A chat completion request in OpenAI's format. Sampling settings OpenAI
 /// clients send (`temperature`, `max_tokens`, ...) are accepted and ignored:
@@ -214,15 +214,9 @@ pub async fn chat_completions(
             input["session"]["client_history"] = json!(true);
         }
     }
-    let metadata = Some(Map::from_iter([("source".to_owned(), json!("openai"))]));
-    let options = JobOptions {
-        metadata: &metadata,
-        max_attempts: None,
-        owner: &principal.key.id,
-        jobs_per_day: crate::rate::jobs_per_day(&state.config, Some(&principal)),
-    };
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o["include_usage"] == true);
-    let chat = WaitedChat::start(&state, input.clone(), options).await?;
+    let metadata = Map::from_iter([("source".to_owned(), json!("openai"))]);
+    let chat = start_turn(&state, &principal, &input, metadata).await?;
     let id = chat.id;
     let mut response = if spec.active() {
         let turn = ToolTurn { state: state.clone(), chat, input, spec };
@@ -235,7 +229,7 @@ pub async fn chat_completions(
     } else if req.stream {
         stream_completion(state, chat, req.model).into_response()
     } else {
-        wait_completion(&state, chat).await?.into_response()
+        wait_completion(chat).await?.into_response()
     };
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
         response.headers_mut().insert("x-orch-job-id", value);
@@ -243,7 +237,25 @@ pub async fn chat_completions(
     Ok(response)
 }
 
-fn field_error((field, message): tool_calls::FieldError) -> ApiError {
+/// Stores the chat job of an OpenAI-compatible turn `principal` asked for and
+/// will wait for (counted against its daily job quota).
+pub async fn start_turn(
+    state: &AppState,
+    principal: &Principal,
+    input: &Value,
+    metadata: Map<String, Value>,
+) -> ApiResult<WaitedChat> {
+    let metadata = Some(metadata);
+    let options = JobOptions {
+        metadata: &metadata,
+        max_attempts: None,
+        owner: &principal.key.id,
+        jobs_per_day: crate::rate::jobs_per_day(&state.config, Some(principal)),
+    };
+    WaitedChat::start(state, input.clone(), options).await
+}
+
+pub fn field_error((field, message): tool_calls::FieldError) -> ApiError {
     ApiError::invalid_field(&field, message)
 }
 
@@ -260,39 +272,24 @@ fn completion_input(state: &AppState, req: &CompletionRequest, spec: &ToolSpec) 
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid_field("n", "only 1 choice per request is supported"));
     }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    // Function names by call id, for rendering results.
-    let mut called: Vec<(String, String)> = Vec::new();
+    let mut transcript = Transcript::default();
     for (i, m) in req.messages.iter().enumerate() {
         let field = |f: &str| format!("messages[{i}].{f}");
         let content = text_of(&m.content).map_err(|e| ApiError::invalid_field(&field("content"), e))?;
         match m.role.as_str() {
-            "system" | "developer" => messages.push(json!({"role": "system", "content": content})),
-            "user" => messages.push(json!({"role": "user", "content": content})),
+            "system" | "developer" => transcript.say("system", content),
+            "user" => transcript.say("user", content),
             "assistant" => {
-                let mut text = content;
+                transcript.say("assistant", content);
                 for (j, call) in m.tool_calls.iter().flatten().enumerate() {
                     let name = call["function"]["name"].as_str().ok_or_else(|| {
                         ApiError::invalid_field(&field(&format!("tool_calls[{j}].function.name")), "must be a string")
                     })?;
-                    let arguments = match &call["function"]["arguments"] {
-                        Value::String(a) => a.clone(),
-                        Value::Null => "{}".to_owned(),
-                        other => other.to_string(),
-                    };
-                    let id = call["id"].as_str().unwrap_or_default();
-                    called.push((id.to_owned(), name.to_owned()));
-                    if !text.is_empty() {
-                        text.push('\n');
-                    }
-                    text.push_str(&tool_calls::render_call(name, &arguments, id));
+                    transcript.call(name, &call["function"]["arguments"], call["id"].as_str().unwrap_or_default());
                 }
-                messages.push(json!({"role": "assistant", "content": text}));
             }
             "tool" | "function" => {
-                let id = m.tool_call_id.as_deref().unwrap_or_default();
-                let name = called.iter().rev().find(|(c, _)| c == id).map(|(_, n)| n.as_str()).or(m.name.as_deref());
-                messages.push(json!({"role": "tool", "content": tool_calls::render_result(id, name, &content)}));
+                transcript.result(m.tool_call_id.as_deref().unwrap_or_default(), m.name.as_deref(), &content);
             }
             other => {
                 return Err(ApiError::invalid_field(
@@ -303,7 +300,7 @@ fn completion_input(state: &AppState, req: &CompletionRequest, spec: &ToolSpec) 
         }
     }
     jobs::check_budget(req.max_budget_usd)?;
-    let mut input = finish_input(state, &req.model, req.task_type.as_deref(), messages, spec)?;
+    let mut input = finish_input(state, &req.model, req.task_type.as_deref(), transcript.messages, spec)?;
     if let Some(usd) = req.max_budget_usd {
         input["max_budget_usd"] = json!(usd);
     }
@@ -335,18 +332,20 @@ pub fn finish_input(
     Ok(input)
 }
 
-/// The text of a message's content: a string, or text parts joined.
-fn text_of(content: &Value) -> Result<String, String> {
+/// The text of a message's content: a string, or text parts joined (`text`
+/// in chat completions; `input_text` and `output_text` in the Responses API).
+pub fn text_of(content: &Value) -> Result<String, String> {
     match content {
         Value::String(s) => Ok(s.clone()),
         Value::Array(parts) => {
             let mut text = String::new();
             for (i, part) in parts.iter().enumerate() {
                 match (part["type"].as_str(), part["text"].as_str()) {
-                    (Some("text"), Some(t)) => text.push_str(t),
+                    (Some("text" | "input_text" | "output_text"), Some(t)) => text.push_str(t),
                     _ => {
                         return Err(format!(
-                            "part {i} is not a text part; only {{\"type\": \"text\", \"text\"}} parts are supported"
+                            "part {i} is not a text part; only {{\"type\": \"text\", \"text\"}} parts \
+                             (input_text or output_text in the Responses API) are supported"
                         ));
                     }
                 }
@@ -381,6 +380,13 @@ impl WaitedChat {
         Ok(())
     }
 
+    /// Waits for the job, then its answer text and result (or its failure).
+    pub async fn answer(mut self) -> ApiResult<(JobId, String, Value)> {
+        self.wait().await?;
+        let (text, result) = finished(&self.state, self.id).await?;
+        Ok((self.id, text, result))
+    }
+
     fn finished(&mut self) {
         self.done = true;
     }
@@ -401,7 +407,7 @@ impl Drop for WaitedChat {
 }
 
 /// How a finished chat job reads as a completion, or its error.
-async fn finished(state: &AppState, id: JobId) -> ApiResult<(String, Value)> {
+pub async fn finished(state: &AppState, id: JobId) -> ApiResult<(String, Value)> {
     let job = state.store.get_job(id).await?.ok_or_else(|| ApiError::not_found("job", id))?;
     match job.status {
         JobStatus::Succeeded => {
@@ -452,7 +458,7 @@ fn usage_of(result: &Value) -> Value {
     json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output})
 }
 
-fn orch_of(id: JobId, result: &Value) -> Value {
+pub fn orch_of(id: JobId, result: &Value) -> Value {
     json!({"job_id": id, "routed_to": result["routed_to"], "route_reason": result["route_reason"], "cost_usd": result["cost_usd"]})
 }
 
@@ -497,16 +503,11 @@ pub async fn run_chat(
         owner: jobs::owner_of(principal),
         jobs_per_day: crate::rate::jobs_per_day(&state.config, principal),
     };
-    let mut chat = WaitedChat::start(state, input, options).await?;
-    chat.wait().await?;
-    let (text, result) = finished(state, chat.id).await?;
-    Ok((chat.id, text, result))
+    WaitedChat::start(state, input, options).await?.answer().await
 }
 
-async fn wait_completion(state: &AppState, mut chat: WaitedChat) -> ApiResult<Json<Completion>> {
-    chat.wait().await?;
-    let id = chat.id;
-    let (text, result) = finished(state, id).await?;
+async fn wait_completion(chat: WaitedChat) -> ApiResult<Json<Completion>> {
+    let (id, text, result) = chat.answer().await?;
     Ok(Json(Completion {
         id: format!("chatcmpl-{id}"),
         object: "chat.completion",
@@ -518,9 +519,95 @@ async fn wait_completion(state: &AppState, mut chat: WaitedChat) -> ApiResult<Js
     }))
 }
 
+/// What a followed turn without functions reports, in order.
+pub enum TurnEvent {
+    /// The `provider/model` the turn runs on (again when it falls back, and
+    /// the answer's before the last text).
+    Model(String),
+    /// More answer text (CLIs that print the answer only at the end send it in one piece).
+    Text(String),
+    /// The end: the whole answer and the job's result, or why there is none
+    /// (a wait past `ORCH_CHAT_WAIT` cancels the job).
+    Done(ApiResult<(String, Value)>),
+}
+
+/// Follows a chat job to its end as [`TurnEvent`]s; dropping the stream
+/// before the end cancels the job.
+pub fn follow_turn(state: AppState, mut guard: WaitedChat) -> impl futures::Stream<Item = TurnEvent> {
+    jobs::async_stream(move |tx| async move {
+        let id = guard.id;
+        let mut streamed = String::new();
+        let mut events = Box::pin(jobs::follow_events(state.clone(), id, 0));
+        let wait = tokio::time::sleep(state.config.chat_wait);
+        tokio::pin!(wait);
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                _ = &mut wait => None,
+                _ = tx.closed() => return,
+            };
+            let Some(event) = event else {
+                // Timed out or shutting down: the guard cancels the job.
+                let err = ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    "no answer within the configured wait; the job is cancelled",
+                );
+                let _ = tx.send(TurnEvent::Done(Err(err))).await;
+                return;
+            };
+            if event.kind == "progress" && event.data["type"] == "model" {
+                if let Some(provider) = event.data["provider"].as_str() {
+                    let model = match event.data["model"].as_str() {
+                        Some(m) => format!("{provider}/{m}"),
+                        None => provider.to_owned(),
+                    };
+                    if tx.send(TurnEvent::Model(model)).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            if event.kind == "progress" && event.data["type"] == "text" {
+                let text = event.data["text"].as_str().unwrap_or_default();
+                streamed.push_str(text);
+                if tx.send(TurnEvent::Text(text.to_owned())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            if !event.is_terminal() {
+                continue;
+            }
+            guard.finished();
+            let done = finished(&state, id).await;
+            if let Ok((text, result)) = &done {
+                if let Some(routed) = result["routed_to"].as_str().filter(|r| !r.is_empty()) {
+                    let _ = tx.send(TurnEvent::Model(routed.to_owned())).await;
+                }
+                let rest = text.strip_prefix(streamed.as_str()).unwrap_or(if streamed.is_empty() { text } else { "" });
+                if !rest.is_empty() {
+                    let _ = tx.send(TurnEvent::Text(rest.to_owned())).await;
+                }
+            }
+            let _ = tx.send(TurnEvent::Done(done)).await;
+            return;
+        }
+    })
+}
+
+/// The one error shape, as an SSE event's data.
+pub fn error_json(err: &ApiError) -> Value {
+    let mut error = json!({"code": err.code, "message": err.message});
+    if let Some(details) = &err.details {
+        error["details"] = details.clone();
+    }
+    json!({"error": error})
+}
+
 fn stream_completion(
     state: AppState,
-    mut guard: WaitedChat,
+    guard: WaitedChat,
     model: String,
 ) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let id = guard.id;
@@ -544,69 +631,30 @@ fn stream_completion(
         // The role chunk waits for the first text (or the end), when the model is known.
         let mut began = false;
         let role = || json!({"role": "assistant", "content": ""});
-        let mut streamed = String::new();
-        let mut events = Box::pin(jobs::follow_events(state.clone(), id, 0));
-        let wait = tokio::time::sleep(state.config.chat_wait);
-        tokio::pin!(wait);
-        loop {
-            let event = tokio::select! {
-                event = events.next() => event,
-                _ = &mut wait => None,
-                _ = tx.closed() => return,
-            };
-            let Some(event) = event else {
-                // Timed out or shutting down: the guard cancels the job.
-                let error = json!({"error": {"code": "timeout", "message": "no answer within the configured wait; the job is cancelled"}});
-                let _ = tx.send(Ok(Event::default().data(error.to_string()))).await;
-                break;
-            };
-            if event.kind == "progress" && event.data["type"] == "model" {
-                if let Some(provider) = event.data["provider"].as_str() {
-                    model = match event.data["model"].as_str() {
-                        Some(m) => format!("{provider}/{m}"),
-                        None => provider.to_owned(),
-                    };
-                }
-                continue;
-            }
-            if event.kind == "progress" && event.data["type"] == "text" {
-                let text = event.data["text"].as_str().unwrap_or_default();
-                streamed.push_str(text);
-                if !std::mem::replace(&mut began, true) && tx.send(chunk(&model, role(), None, &[])).await.is_err() {
-                    return;
-                }
-                if tx.send(chunk(&model, json!({"content": text}), None, &[])).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            if !event.is_terminal() {
-                continue;
-            }
-            guard.finished();
-            match finished(&state, id).await {
-                Ok((text, result)) => {
-                    if let Some(routed) = result["routed_to"].as_str().filter(|r| !r.is_empty()) {
-                        model = routed.to_owned();
+        let mut turn = Box::pin(follow_turn(state, guard));
+        while let Some(event) = turn.next().await {
+            match event {
+                TurnEvent::Model(m) => model = m,
+                TurnEvent::Text(text) => {
+                    if !std::mem::replace(&mut began, true) && tx.send(chunk(&model, role(), None, &[])).await.is_err()
+                    {
+                        return;
                     }
+                    if tx.send(chunk(&model, json!({"content": text}), None, &[])).await.is_err() {
+                        return;
+                    }
+                }
+                TurnEvent::Done(Ok((_, result))) => {
                     if !began {
                         let _ = tx.send(chunk(&model, role(), None, &[])).await;
-                    }
-                    // CLIs that print the answer only at the end stream it in one piece.
-                    let rest =
-                        text.strip_prefix(streamed.as_str()).unwrap_or(if streamed.is_empty() { &text } else { "" });
-                    if !rest.is_empty() {
-                        let _ = tx.send(chunk(&model, json!({"content": rest}), None, &[])).await;
                     }
                     let extra = [("usage", usage_of(&result)), ("orch", orch_of(id, &result))];
                     let _ = tx.send(chunk(&model, json!({}), Some("stop"), &extra)).await;
                 }
-                Err(err) => {
-                    let body = json!({"error": {"code": err.code, "message": err.message, "details": err.details}});
-                    let _ = tx.send(Ok(Event::default().data(body.to_string()))).await;
+                TurnEvent::Done(Err(err)) => {
+                    let _ = tx.send(Ok(Event::default().data(error_json(&err).to_string()))).await;
                 }
             }
-            break;
         }
         let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
     });
@@ -632,21 +680,20 @@ pub struct ToolDone {
     pub tokens: (u64, u64),
 }
 
-fn tokens_of(result: &Value) -> (u64, u64) {
+pub fn tokens_of(result: &Value) -> (u64, u64) {
     (result["usage"]["input_tokens"].as_u64().unwrap_or(0), result["usage"]["output_tokens"].as_u64().unwrap_or(0))
 }
 
 impl ToolTurn {
     pub async fn run(self) -> ApiResult<ToolDone> {
-        let ToolTurn { state, mut chat, mut input, spec } = self;
-        chat.wait().await?;
-        let (text, result) = finished(&state, chat.id).await?;
+        let ToolTurn { state, chat, mut input, spec } = self;
+        let (first, text, result) = chat.answer().await?;
         let tokens = tokens_of(&result);
         let problems = match tool_calls::read_answer(&text, &spec) {
-            Ok(answer) => return Ok(ToolDone { id: chat.id, answer, result, tokens }),
+            Ok(answer) => return Ok(ToolDone { id: first, answer, result, tokens }),
             Err(problems) => problems,
         };
-        tracing::info!(job = %chat.id, problems = ?problems, "the answer is no usable tool call; asking again");
+        tracing::info!(job = %first, problems = ?problems, "the answer is no usable tool call; asking again");
         if let Some(messages) = input["messages"].as_array_mut() {
             messages.push(json!({"role": "assistant", "content": text}));
             messages.push(json!({"role": "user", "content": tool_calls::repair_message(&problems)}));
@@ -656,24 +703,22 @@ impl ToolTurn {
             fields.remove("session");
         }
         let metadata =
-            Some(Map::from_iter([("source".to_owned(), json!("openai")), ("repairs".to_owned(), json!(chat.id))]));
+            Some(Map::from_iter([("source".to_owned(), json!("openai")), ("repairs".to_owned(), json!(first))]));
         // The repair belongs to the key that asked for the first turn.
         let owner = input["key_id"].as_str().unwrap_or_default().to_owned();
         // A repair is part of the turn asked for: not counted again.
         let options = JobOptions { metadata: &metadata, max_attempts: None, owner: &owner, jobs_per_day: 0 };
-        let mut again = WaitedChat::start(&state, input, options).await?;
-        again.wait().await?;
-        let (text, result) = finished(&state, again.id).await?;
+        let (again, text, result) = WaitedChat::start(&state, input, options).await?.answer().await?;
         let more = tokens_of(&result);
         let tokens = (tokens.0 + more.0, tokens.1 + more.1);
         match tool_calls::read_answer(&text, &spec) {
-            Ok(answer) => Ok(ToolDone { id: again.id, answer, result, tokens }),
+            Ok(answer) => Ok(ToolDone { id: again, answer, result, tokens }),
             Err(problems) => Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "invalid_tool_call",
                 format!("the model answered with no usable tool call or text, twice: {}", problems.join("; ")),
             )
-            .with_details(json!({"job_id": again.id, "problems": problems}))),
+            .with_details(json!({"job_id": again, "problems": problems}))),
         }
     }
 }
@@ -765,8 +810,7 @@ fn stream_tool_completion(
                 }
             }
             Err(err) => {
-                let body = json!({"error": {"code": err.code, "message": err.message, "details": err.details}});
-                let _ = tx.send(Ok(Event::default().data(body.to_string()))).await;
+                let _ = tx.send(Ok(Event::default().data(error_json(&err).to_string()))).await;
             }
         }
         let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;

@@ -253,6 +253,53 @@ pub fn render_result(id: &str, name: Option<&str>, content: &str) -> String {
     }
 }
 
+/// The conversation a provider sees, built from chat completion messages or
+/// Responses input items: `{"role", "content"}` messages, with earlier function
+/// calls and their results rendered as text.
+#[derive(Debug, Default)]
+pub struct Transcript {
+    pub messages: Vec<Value>,
+    /// Function names by call id, for naming results.
+    called: Vec<(String, String)>,
+}
+
+impl Transcript {
+    /// A message of `role` (`system`, `user`, `assistant`).
+    pub fn say(&mut self, role: &str, content: String) {
+        self.messages.push(json!({"role": role, "content": content}));
+    }
+
+    /// An earlier call by the assistant, added to its last message (or a new
+    /// one). `arguments` is JSON text (as OpenAI sends it) or a JSON value.
+    pub fn call(&mut self, name: &str, arguments: &Value, id: &str) {
+        let arguments = match arguments {
+            Value::String(a) => a.clone(),
+            Value::Null => "{}".to_owned(),
+            other => other.to_string(),
+        };
+        self.called.push((id.to_owned(), name.to_owned()));
+        let line = render_call(name, &arguments, id);
+        match self.messages.last_mut() {
+            Some(last) if last["role"] == "assistant" => {
+                let mut text = last["content"].as_str().unwrap_or_default().to_owned();
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&line);
+                last["content"] = json!(text);
+            }
+            _ => self.say("assistant", line),
+        }
+    }
+
+    /// The result of call `id`, named by the call it answers (else by `name`).
+    pub fn result(&mut self, id: &str, name: Option<&str>, content: &str) {
+        let called = self.called.iter().rev().find(|(c, _)| c == id).map(|(_, n)| n.as_str());
+        let text = render_result(id, called.or(name), content);
+        self.messages.push(json!({"role": "tool", "content": text}));
+    }
+}
+
 /// Reads the model's answer under `spec`: text or valid calls, else the problems.
 pub fn read_answer(text: &str, spec: &ToolSpec) -> Result<Answer, Vec<String>> {
     let mut problems = Vec::new();
