@@ -187,8 +187,8 @@ async fn a_key_limited_to_github_tools_cannot_call_memory_tools_on_rest_mcp_sse_
     // /mcp: only github's tools (and Orch's own) are listed and callable.
     let client = http_client(&app, "/mcp", &key).await;
     let names = tool_names(&client).await;
-    assert!(names.contains(&"github.echo".to_owned()), "{names:?}");
-    assert!(!names.iter().any(|n| n.starts_with("memory.")), "{names:?}");
+    assert!(names.contains(&"github__echo".to_owned()), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("memory__")), "{names:?}");
     assert_eq!(mcp_call(&client, "github.echo", json!({"message": "hi"})).await.unwrap(), "hi");
     let err = mcp_call(&client, "memory.echo", json!({"message": "no"})).await.unwrap_err();
     assert!(err.contains("memory.echo"), "{err}");

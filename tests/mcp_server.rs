@@ -124,12 +124,12 @@ async fn aggregate_serves_namespaced_tools_and_orchs_own() {
     let key = make_key(app.store.as_ref(), &["tools:call", "jobs:read", "jobs:write"]).await;
     let (client, _) = http_client(&app, "/mcp", &key).await;
 
-    let mut expected: Vec<String> = UPSTREAM.iter().map(|t| format!("t.{t}")).collect();
+    let mut expected: Vec<String> = UPSTREAM.iter().map(|t| format!("t__{t}")).collect();
     expected.extend(OWN_TOOLS.map(String::from));
     expected.sort();
     assert_eq!(names(&client).await, expected);
 
-    assert_eq!(text(&call(&client, "t.echo", json!({"message": "through /mcp"})).await), "through /mcp");
+    assert_eq!(text(&call(&client, "t__echo", json!({"message": "through /mcp"})).await), "through /mcp");
     let servers = structured(&call(&client, "list_servers", json!({})).await);
     assert_eq!(servers["servers"][0]["name"], "t");
     assert_eq!(servers["servers"][0]["tools"], 7);
@@ -299,7 +299,7 @@ async fn clients_hear_when_a_servers_tools_change() {
             .await
             .expect("notifications/tools/list_changed within 10s");
     }
-    assert!(names(&aggregate).await.contains(&"t.extra".to_owned()));
+    assert!(names(&aggregate).await.contains(&"t__extra".to_owned()));
     assert!(names(&single).await.contains(&"extra".to_owned()));
     aggregate.cancel().await.unwrap();
     single.cancel().await.unwrap();
@@ -332,12 +332,12 @@ async fn list_changed_reaches_only_sessions_whose_key_may_use_the_server() {
     // Sent to both sessions at once: by now the limited one would have it too.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(only_a_changed.try_recv().is_err(), "a session limited to `a` was told of `b`'s change");
-    assert!(!names(&only_a).await.iter().any(|n| n.starts_with("b.")));
+    assert!(!names(&only_a).await.iter().any(|n| n.starts_with("b__")));
 
     assert_eq!(text(&call(&only_a, "a.add_tool", json!({"name": "from_a"})).await), "added from_a");
     assert!(heard(&mut only_a_changed).await, "the limited session hears of a's change");
     assert!(heard(&mut everyone_changed).await, "so does the unlimited one");
-    assert!(names(&only_a).await.contains(&"a.from_a".to_owned()));
+    assert!(names(&only_a).await.contains(&"a__from_a".to_owned()));
     only_a.cancel().await.unwrap();
     everyone.cancel().await.unwrap();
     app.stop().await;
@@ -359,7 +359,7 @@ async fn orch_mcp_serves_over_stdio() {
     let (client, _) = connect(TokioChildProcess::new(command).unwrap()).await;
 
     let listed = names(&client).await;
-    assert!(listed.contains(&"t.echo".to_owned()) && listed.contains(&"submit_job".to_owned()), "{listed:?}");
+    assert!(listed.contains(&"t__echo".to_owned()) && listed.contains(&"submit_job".to_owned()), "{listed:?}");
     assert_eq!(text(&call(&client, "t.echo", json!({"message": "through stdio"})).await), "through stdio");
     let job = run_job(&client).await;
     assert_eq!(job["status"], "succeeded");
@@ -760,4 +760,59 @@ async fn a_prompt_that_looks_like_a_flag_stays_a_prompt_on_every_front() {
             assert!(read_records().is_empty(), "{named}: no CLI ran");
         }
     }
+}
+
+/// OpenAI's and Anthropic's rule for function names, which MCP clients such
+/// as n8n's AI Agent hand the listed tool names to.
+fn function_safe(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Every tool name `/mcp` and `/mcp/{server}` list is a function name models
+/// accept (issue 15 defect 3): `server__tool`, with dots made `_`, and a long
+/// name or two names alike once made safe cut and told apart by a hash; each
+/// is callable by the listed name, and `server.tool` still works on `/mcp`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_names_with_dots() {
+    let (app, _dir, _) = app(Backend::Sqlite).await;
+    let (aggregate, _) = http_client(&app, "/mcp", &app.admin).await;
+    let (single, _) = http_client(&app, "/mcp/t", &app.admin).await;
+    let long = format!("very.long.{}", "x".repeat(70));
+    let added = ["name.with.dots", "name_with_dots", long.as_str()];
+    for name in added {
+        assert_eq!(text(&call(&aggregate, "t__add_tool", json!({"name": name})).await), format!("added {name}"));
+    }
+    // The registry relists after the server's list_changed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while names(&aggregate).await.len() < UPSTREAM.len() + added.len() + OWN_TOOLS.len() {
+        assert!(Instant::now() < deadline, "the added tools were not listed: {:?}", names(&aggregate).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (client, prefix) in [(&aggregate, "t__"), (&single, "")] {
+        let listed = names(client).await;
+        assert!(listed.iter().all(|n| function_safe(n)), "{listed:?}");
+        assert!(listed.contains(&format!("{prefix}echo")), "{listed:?}");
+        let alike: Vec<&String> =
+            listed.iter().filter(|n| n.starts_with(&format!("{prefix}name_with_dots_"))).collect();
+        assert_eq!(alike.len(), 2, "{listed:?}");
+        assert_eq!(alike[0].len(), format!("{prefix}name_with_dots_").len() + 8, "{listed:?}");
+        let cut: Vec<&String> = listed.iter().filter(|n| n.starts_with(&format!("{prefix}very_long_x"))).collect();
+        assert_eq!(cut.len(), 1, "{listed:?}");
+        assert_eq!(cut[0].len(), 64, "{listed:?}");
+        // Each added tool answers its own (upstream) name when called by the listed one.
+        let mut answered: Vec<String> = Vec::new();
+        for name in alike.iter().chain(&cut) {
+            answered.push(text(&call(client, name, json!({})).await));
+        }
+        answered.sort();
+        let mut expected: Vec<String> = added.iter().map(|a| a.to_string()).collect();
+        expected.sort();
+        assert_eq!(answered, expected, "{prefix}");
+        assert_eq!(text(&call(client, &format!("{prefix}echo"), json!({"message": "listed"})).await), "listed");
+    }
+    assert_eq!(text(&call(&aggregate, "t.echo", json!({"message": "dotted"})).await), "dotted");
+    assert_eq!(text(&call(&aggregate, "t.name.with.dots", json!({})).await), "name.with.dots");
+    aggregate.cancel().await.unwrap();
+    single.cancel().await.unwrap();
+    app.stop().await;
 }

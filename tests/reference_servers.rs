@@ -202,7 +202,7 @@ async fn reference_servers_over_mcp_and_mcp_server() {
     let filesystem = client(app, "/mcp/filesystem", &app.admin).await;
 
     let listed: Vec<String> = aggregate.list_all_tools().await.unwrap().into_iter().map(|t| t.name.into()).collect();
-    for name in ["everything.echo", "memory.read_graph", "filesystem.list_allowed_directories", "submit_job"] {
+    for name in ["everything__echo", "memory__read_graph", "filesystem__list_allowed_directories", "submit_job"] {
         assert!(listed.contains(&name.to_owned()), "{name} missing from {listed:?}");
     }
     let mut of_memory: Vec<String> =
@@ -404,7 +404,7 @@ async fn the_python_mcp_sdk_works_against_every_endpoint() {
     }
     for endpoint in ["mcp", "stdio"] {
         let tools = report[endpoint]["tools"].as_array().unwrap();
-        for name in ["everything.echo", "memory.read_graph", "filesystem.write_file", "submit_job"] {
+        for name in ["everything__echo", "memory__read_graph", "filesystem__write_file", "submit_job"] {
             assert!(tools.contains(&json!(name)), "{endpoint} lacks {name}: {tools:?}");
         }
     }

@@ -1,4 +1,5 @@
-//! Orch as an MCP server: `/mcp` (every server's tools, namespaced, plus Orch's
+//! Orch as an MCP server: `/mcp` (every server's tools, namespaced with
+//! function-safe names (see [`names`]), plus Orch's
 //! own), `/mcp/{server}` (one server, streamable HTTP), `/sse/{server}` (one
 //! server, legacy SSE), and [`serve_stdio`] for `orch mcp`.
 //!
@@ -8,6 +9,7 @@
 
 mod direct;
 mod handler;
+mod names;
 mod sse;
 
 use std::collections::HashMap;

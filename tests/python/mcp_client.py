@@ -69,7 +69,7 @@ async def main():
         env={**os.environ, "ORCH_LOG": "warn"},
     )
     report = {
-        "mcp": await session(http("/mcp"), "everything.echo"),
+        "mcp": await session(http("/mcp"), "everything__echo"),
         "mcp_server": await session(http("/mcp/everything"), "echo"),
         "sse": await session(sse_client(BASE + "/sse/everything", headers=AUTH), "echo"),
         "stdio": await session(stdio, "everything.echo"),

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::names::ToolNames;
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -69,22 +70,43 @@ impl OrchMcp {
         in_scope && principal.is_none_or(|p| p.may_use_server(server))
     }
 
-    /// The upstream tools this endpoint shows to this key.
+    /// The function-safe names of every upstream tool in this endpoint's
+    /// scope (whichever key asks, so a name never depends on the key).
+    fn tool_names(&self, entries: &[orch_mcp::ToolEntry]) -> ToolNames {
+        let in_scope = entries.iter().filter(|e| self.shows(&e.server, None));
+        let pairs = in_scope.map(|e| (e.server.as_str(), e.tool.name.as_ref()));
+        ToolNames::new(pairs, self.scope == Scope::Aggregate, &OWN_TOOLS)
+    }
+
+    /// The upstream tools this endpoint shows to this key, under their function-safe names.
     fn upstream_tools(&self, principal: Option<&Principal>) -> Vec<Tool> {
-        self.state
-            .registry
-            .tools()
+        let entries = self.state.registry.tools();
+        let names = self.tool_names(&entries);
+        entries
             .into_iter()
             .filter(|entry| self.shows(&entry.server, principal))
             .filter(|entry| principal.is_none_or(|p| p.may_use_tool(&entry.server, &entry.tool.name)))
             .map(|entry| {
                 let mut tool = entry.tool;
-                if self.scope == Scope::Aggregate {
-                    tool.name = entry.name.into();
+                if let Some(name) = names.listed(&entry.server, &tool.name) {
+                    tool.name = name.to_owned().into();
                 }
                 tool
             })
             .collect()
+    }
+
+    /// The server and tool a `tools/call` names: a listed (function-safe)
+    /// name, or on the aggregate the registry's `server.tool`.
+    fn target(&self, name: &str) -> Option<(String, String)> {
+        let names = self.tool_names(&self.state.registry.tools());
+        if let Some((server, tool)) = names.target(name) {
+            return Some((server.to_owned(), tool.to_owned()));
+        }
+        match &self.scope {
+            Scope::Aggregate => self.state.registry.resolve(name).ok().map(|(s, t)| (s.to_owned(), t.to_owned())),
+            Scope::Server(server) => Some((server.clone(), name.to_owned())),
+        }
     }
 
     /// A `tools/call` on this endpoint: one of Orch's own tools on the
@@ -116,10 +138,7 @@ impl OrchMcp {
             audit(&format!("orch.{name}"), if result.is_error == Some(true) { "error" } else { "ok" });
             return Ok(result);
         }
-        let target = match &self.scope {
-            Scope::Aggregate => self.state.registry.resolve(name).ok().map(|(s, t)| (s.to_owned(), t.to_owned())),
-            Scope::Server(server) => Some((server.clone(), name.to_owned())),
-        };
+        let target = self.target(name);
         let shown = target.as_ref().map_or_else(|| name.to_owned(), |(s, t)| format!("{s}.{t}"));
         if let (Some((server, tool)), Some(principal)) = (&target, principal)
             && let Err(err) = principal.require_tool(server, tool)
@@ -130,9 +149,10 @@ impl OrchMcp {
         // The client's `notifications/cancelled` cancels `cancel`; the registry
         // then abandons the call and cancels it upstream too.
         let options = orch_mcp::CallOptions { cancel: Some(cancel), ..Default::default() };
-        let result = match &self.scope {
-            Scope::Aggregate => self.state.registry.call(name, arguments, options).await,
-            Scope::Server(server) => self.state.registry.call_tool(server, name, arguments, options).await,
+        let result = match &target {
+            Some((server, tool)) => self.state.registry.call_tool(server, tool, arguments, options).await,
+            // Not a tool of this endpoint: the registry says why.
+            None => self.state.registry.call(name, arguments, options).await,
         };
         audit(&shown, if matches!(&result, Ok(r) if r.is_error != Some(true)) { "ok" } else { "error" });
         match result {
@@ -591,7 +611,9 @@ impl ServerHandler for OrchMcp {
         let tools = ServerCapabilities::builder().enable_tools().enable_tool_list_changed();
         let instructions = match &self.scope {
             Scope::Aggregate => {
-                "Tools of every MCP server Orch is connected to, named <server><separator><tool>, plus Orch's \
+                "Tools of every MCP server Orch is connected to, named <server>__<tool> (function-safe: other \
+                 characters are _, and a name over 64 characters or shared ends in a short hash; <server>.<tool> \
+                 is accepted too), plus Orch's \
                  own: submit_job, batch_execute, get_job, list_servers, chat, list_providers, get_session, \
                  export_session_memory. Resources: job://{id}, provider://list, provider://{name}, session://{id}, \
                  and each server's as <server>+<uri>. Prompts: <server><separator><prompt>."
