@@ -23,7 +23,7 @@ echo = {
 }
 
 plain = client.responses.create(model=model, instructions="be brief", input="say hi", metadata={"run": "py"})
-print(f"plain: {plain.status} {plain.output_text} usage={plain.usage.total_tokens > 0} metadata={plain.metadata}")
+print(f"plain: {plain.status} {plain.output_text} usage={plain.usage.total_tokens == plain.usage.input_tokens + plain.usage.output_tokens} metadata={plain.metadata}")
 
 kinds = []
 numbers = []
