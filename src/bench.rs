@@ -41,6 +41,8 @@ pub enum BenchCommand {
     Plans(crate::bench_plans::PlansArgs),
     /// MCP gateway: added latency, calls/s, memory per pooled connection, tools/list of 1,000 tools.
     Gateway(crate::bench_gateway::GatewayArgs),
+    /// Request rate limits: the cost of a key's limit per request (store check alone, and over HTTP).
+    Rate(crate::bench_rate::RateArgs),
     /// Wake-ups: submit → start/end (SSE and polled), chat delta delay, idle followers' store cost and memory; serve vs api + worker, and BullMQ.
     Wakeups(crate::bench_wakeups::WakeupsArgs),
     /// Per-request cost of the request id, trace span and metrics layers.
@@ -54,7 +56,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Redis => "redis",
@@ -118,6 +120,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Gateway(args) => crate::bench_gateway::gateway(args).await,
         BenchCommand::Wakeups(args) => crate::bench_wakeups::wakeups(args).await,
         BenchCommand::Layers(args) => crate::bench_layers::layers(args).await,
+        BenchCommand::Rate(args) => crate::bench_rate::rate(args).await,
     }
 }
 
@@ -199,20 +202,20 @@ fn header(args: &QueueArgs) {
     }
 }
 
-enum Redis {
+pub(crate) enum Redis {
     Private(orch_testkit::RedisServer),
     External(String),
 }
 
 impl Redis {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match self {
             Redis::Private(server) => server.url(),
             Redis::External(url) => url.clone(),
         }
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Redis::Private(server) => format!("private redis-server on 127.0.0.1:{} (no persistence)", server.port()),
             Redis::External(url) => orch_store::redact_url(url),
@@ -221,8 +224,8 @@ impl Redis {
 }
 
 /// A fresh, empty store of one backend; the temp dir lives as long as the store is used.
-struct FreshStore {
-    store: Arc<dyn Store>,
+pub(crate) struct FreshStore {
+    pub(crate) store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
     /// The SQLite file.
     file: Option<PathBuf>,
@@ -246,7 +249,7 @@ impl FreshStore {
     }
 }
 
-async fn fresh_store(backend: Backend, redis: &Redis) -> Result<FreshStore> {
+pub(crate) async fn fresh_store(backend: Backend, redis: &Redis) -> Result<FreshStore> {
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::Builder::new().prefix("orch-bench-").tempdir().context("temp dir")?;

@@ -5,6 +5,7 @@ mod bench_chat;
 mod bench_gateway;
 mod bench_layers;
 mod bench_plans;
+mod bench_rate;
 mod bench_wakeups;
 mod config;
 mod doctor;

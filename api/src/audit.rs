@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::{MatchedPath, RawPathParams};
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -21,6 +21,7 @@ use crate::AppState;
 use crate::auth::{ADMIN, Principal};
 use crate::error::responses::{Forbidden, Invalid, Unauthorized};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiQuery;
 
 /// Who made a request, filled in by the [`Principal`] extractor for the audit middleware.
 #[derive(Clone, Default)]
@@ -211,7 +212,7 @@ fn one_of(field: &str, value: Option<String>, allowed: &[&str]) -> ApiResult<Opt
 pub async fn list_audit(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<AuditParams>,
+    ApiQuery(params): ApiQuery<AuditParams>,
 ) -> ApiResult<Json<AuditPage>> {
     principal.require(ADMIN)?;
     let limit = match params.limit.as_deref() {

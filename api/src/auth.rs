@@ -48,7 +48,7 @@ impl std::fmt::Debug for NewKey {
 
 /// Makes a key with the given name and scopes (checked against [`SCOPES`]).
 pub fn new_key(name: &str, scopes: &[String]) -> Result<NewKey, ApiError> {
-    if name.trim().is_empty() || name.len() > 100 {
+    if name.trim().is_empty() || name.chars().count() > 100 {
         return Err(ApiError::invalid_field("name", "give the key a name of 1–100 characters"));
     }
     if scopes.is_empty() {

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,7 @@ use crate::error::responses::{
     BadRequest, Forbidden, IdempotencyConflict, Invalid, NotFound, NotJson, TooLarge, Unauthorized, Unavailable,
 };
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiPath, ApiQuery};
 use crate::json::ApiJson;
 use crate::planning;
 use crate::{ApiConfig, AppState};
@@ -50,6 +51,7 @@ pub struct ChatJobRequest {
     /// (routed by task type). `GET /v1/models` lists them. Default: the
     /// configured `routing.default_model` (`auto` unless changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
     pub model: Option<String>,
     /// For `auto`: `coding`, `reasoning`, `planning`, `fast` or `general`;
     /// inferred from the prompt when left out.
@@ -57,6 +59,7 @@ pub struct ChatJobRequest {
     pub task_type: Option<String>,
     /// Most agent turns the CLI may take (1–100; Claude's `--max-turns`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_turns: Option<u32>,
     /// The most this turn may cost, in US dollars (more than 0, at most
     /// 1000): Claude stops a turn that passes it (`--max-budget-usd`, cost at
@@ -64,6 +67,7 @@ pub struct ChatJobRequest {
     /// and the job fails with `budget_exceeded`. Other CLIs report no cost
     /// and run uncapped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0, maximum = 1000)]
     pub max_budget_usd: Option<f64>,
     /// Continue this conversation (or start it): earlier turns are given to the
     /// provider and this one is added. Same as the `X-Session-ID` header.
@@ -84,6 +88,7 @@ pub struct ChatJobRequest {
     pub metadata: Option<Map<String, Value>>,
     /// Attempts before the job fails for good (1–20, default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 20)]
     pub max_attempts: Option<u32>,
     /// Where to POST when the job ends (see the webhooks tag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,6 +135,7 @@ pub struct BatchJobRequest {
     pub metadata: Option<Map<String, Value>>,
     /// Attempts before the job fails for good (1–20, default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 20)]
     pub max_attempts: Option<u32>,
     /// Where to POST when the job ends (see the webhooks tag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -656,8 +662,8 @@ pub fn batch_input(state: &AppState, principal: Option<&Principal>, req: &BatchJ
     post, path = "/v1/jobs/chat", tag = "jobs",
     request_body = ChatJobRequest,
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h"),
-        ("X-Session-ID" = Option<String>, Header, description = "Continue (or start) this conversation; 1–128 of A-Z a-z 0-9 . _ : -, starting with a letter or digit"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h; 1–255 visible ASCII characters", pattern = "^[!-~]{1,255}$"),
+        ("X-Session-ID" = Option<String>, Header, description = "Continue (or start) this conversation; 1–128 of A-Z a-z 0-9 . _ : -, starting with a letter or digit", pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"),
     ),
     responses(
         (status = 202, description = "Stored and queued", body = JobAccepted,
@@ -726,7 +732,7 @@ pub fn session_of(headers: &HeaderMap, field: Option<&String>) -> ApiResult<Opti
         ("request" = (summary = "A request for the planner", value = json!({"request": "List this week's GitHub issues of orch/orch, summarise each, and write one report page to Notion", "tools": ["notion.create_page"], "planner_model": "auto"}))),
         ("dry_run" = (summary = "Only plan", value = json!({"request": "Echo hello and wait 100 ms, in parallel", "dry_run": true}))),
     )),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h; 1–255 visible ASCII characters", pattern = "^[!-~]{1,255}$")),
     responses(
         (status = 200, description = "`dry_run`: the plan the planner made and its analysis; nothing runs", body = crate::plans::PlanPreview),
         (status = 202, description = "Stored and queued", body = JobAccepted,
@@ -740,6 +746,8 @@ pub fn session_of(headers: &HeaderMap, field: Option<&String>) -> ApiResult<Opti
         (status = 422, description = "Invalid field, or a plan with problems (all listed in `details.issues`)", body = ErrorBody,
             example = json!({"error": {"code": "invalid_plan", "message": "plan.nodes[1].depends_on[0]: node \"b\" depends on \"fetch\", but no node has that id", "details": {"field": "plan.nodes[1].depends_on[0]", "issues": [{"field": "plan.nodes[1].depends_on[0]", "message": "node \"b\" depends on \"fetch\", but no node has that id"}]}}})),
         (status = 503, response = Unavailable),
+        (status = 502, description = "With `dry_run`: the planner model failed (`planner_unavailable`)", body = ErrorBody),
+        (status = 504, description = "With `dry_run`: no plan in time (`timeout`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -804,7 +812,7 @@ pub fn owner_filter(principal: Option<&Principal>) -> Option<String> {
 pub async fn get_job(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<JobView>> {
     principal.require("jobs:read")?;
     Ok(Json(load(&state, Some(&principal), &id).await?.into()))
@@ -829,7 +837,7 @@ pub async fn get_job(
 pub async fn get_result(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<JobResult>> {
     principal.require("jobs:read")?;
     let job = load(&state, Some(&principal), &id).await?;
@@ -866,7 +874,7 @@ pub async fn get_result(
 pub async fn list_jobs(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<ListParams>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> ApiResult<Json<JobPage>> {
     principal.require("jobs:read")?;
     let status = status_param(params.status.as_deref())?;
@@ -903,7 +911,7 @@ pub async fn list_jobs(
 pub async fn cancel_job(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<JobView>> {
     principal.require("jobs:write")?;
     let job_id = parse_id(&id)?;
@@ -937,11 +945,11 @@ pub async fn cancel_job(
     get, path = "/v1/jobs/{id}/events", tag = "jobs",
     params(
         ("id" = String, Path, description = "Job id"),
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event"),
-        ("last_event_id" = Option<u64>, Query, description = "Same, for clients that cannot set headers"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event", maximum = 9007199254740991.0),
+        ("last_event_id" = Option<u64>, Query, description = "Same, for clients that cannot set headers", maximum = 9007199254740991.0),
     ),
     responses(
-        (status = 200, description = "text/event-stream of job events", content_type = "text/event-stream", body = String,
+        (status = 200, description = "text/event-stream of job events (the schema is one event as an SSE parser reads it)", content_type = "text/event-stream", body = JobEventSse,
             example = json!("id: 1\nevent: queued\ndata: {\"job_id\":\"019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11\",\"seq\":1,\"type\":\"queued\",\"at\":\"2026-11-21T09:00:00.000Z\",\"data\":{\"status\":\"queued\"}}\n\n")),
         (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
@@ -951,9 +959,9 @@ pub async fn cancel_job(
 pub async fn job_events(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
-    Query(query): Query<EventsQuery>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     principal.require("jobs:read")?;
     let job = load(&state, Some(&principal), &id).await?;
@@ -967,6 +975,35 @@ pub async fn job_events(
     };
     let stream = event_stream(state, job.id, after);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// One Server-Sent Event of `GET /v1/jobs/{id}/events`, as an SSE parser reads it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct JobEventSse {
+    /// The event's sequence number; send it back as `Last-Event-ID` to resume after it.
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// The event's type (as `type` in `data`).
+    #[schema(value_type = JobEventType)]
+    event: String,
+    /// A JSON object: `job_id`, `seq`, `type`, `at` and the event's own `data`.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// What a job event says.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub enum JobEventType {
+    Queued,
+    Running,
+    Progress,
+    Retrying,
+    Succeeded,
+    Failed,
+    Cancelled,
 }
 
 #[derive(Debug, Deserialize)]

@@ -19,16 +19,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|ct| {
-                let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-                mime == "application/json" || mime.ends_with("+json")
-            })
-            .unwrap_or(false);
-        if !is_json {
+        if !is_json(req.headers()) {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -47,22 +38,63 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// Whether the Content-Type names JSON (`application/json`, `…+json`).
+pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            mime == "application/json" || mime.ends_with("+json")
+        })
+        .unwrap_or(false)
+}
+
 /// Parses JSON, mapping syntax errors to 400 and shape errors to 422 with the
 /// path of the field.
 pub fn parse<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(raw);
-    serde_path_to_error::deserialize(de).map_err(|err| {
+    // Every body is an object, but serde's derived structs also read an
+    // array as their fields in order: refuse it, as the document says.
+    if raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+            Err(err) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {err}"))
+            }
+            Ok(_) => ApiError::invalid_field("body", "expected a JSON object, not an array"),
+        });
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(raw).map_err(|err| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {err}"))
+    })?;
+    whole_numbers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {inner}"))
-        } else {
-            let field = if path == "." { "body".to_owned() } else { path };
-            let message = strip_position(&inner.to_string());
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("{field}: {message}"))
-                .with_details(json!({"field": field}))
-        }
+        let field = if path == "." { "body".to_owned() } else { path };
+        let message = strip_position(&inner.to_string());
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("{field}: {message}"))
+            .with_details(json!({"field": field}))
     })
+}
+
+/// JSON Schema's `integer` is any number without a fraction, `2.0` too, as
+/// JSON itself makes no difference; serde's integers take only `2`. Numbers
+/// without a fraction that fit an integer become one.
+fn whole_numbers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9_007_199_254_740_992.0
+            {
+                // In range, the cast is exact.
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
 }
 
 /// serde_json appends " at line L column C"; the field path says more.
@@ -103,5 +135,11 @@ mod tests {
         check(r#"{"inner": [], "extra": 1}"#, 422, "extra: unknown field `extra`, expected `inner`");
         check(r#"{}"#, 422, "body: missing field `inner`");
         check(r#"{"inner": [}"#, 400, "the body is not valid JSON: expected value at line 1 column 12");
+        // Regression (issue 13, defect 9): arrays where an object is required were read as its fields.
+        check(r#" [[{"n": 1}]]"#, 422, "body: expected a JSON object, not an array");
+        check(r#"[[{"n": 1}"#, 400, "the body is not valid JSON: EOF while parsing a list at line 1 column 10");
+        // Regression (issue 13, defect 9): 179.0 is an integer to JSON Schema (and the document).
+        assert!(parse::<Outer>(br#"{"inner": [{"n": 179.0}]}"#).is_ok());
+        check(r#"{"inner": [{"n": 1.5}]}"#, 422, "inner[0].n: invalid type: floating point `1.5`, expected u32");
     }
 }

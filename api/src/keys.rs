@@ -1,7 +1,7 @@
 //! Key management for admins: create (secret shown once), list, revoke.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use orch_store::ApiKey;
@@ -12,6 +12,7 @@ use crate::AppState;
 use crate::auth::{self, Principal};
 use crate::error::responses::{Forbidden, Invalid, NotFound, Unauthorized};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiPath;
 use crate::json::ApiJson;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -19,6 +20,7 @@ use crate::json::ApiJson;
 #[schema(example = json!({"name": "n8n production", "scopes": ["jobs:read", "jobs:write", "tools:call"], "servers": ["github"], "tools": ["github.*"], "providers": ["claude"], "expires_at": "2027-06-01T00:00:00Z", "rate_limit_per_minute": 120, "jobs_per_day": 1000}))]
 pub struct CreateKey {
     /// A name to recognise the key by (1–100 characters).
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     pub name: String,
     /// Any of `jobs:read`, `jobs:write`, `jobs:read_all` (read every key's jobs), `tools:call`, `metrics:read` (`GET /metrics`), `admin`.
     pub scopes: Vec<String>,
@@ -38,10 +40,12 @@ pub struct CreateKey {
     /// Requests a minute the key may make (0–1000000; 0 for unlimited);
     /// absent for the server's `ORCH_RATE_LIMIT_PER_MINUTE`.
     #[serde(default)]
+    #[schema(maximum = 1000000)]
     pub rate_limit_per_minute: Option<u32>,
     /// Jobs a UTC day the key may submit (0–1000000; 0 for unlimited);
     /// absent for the server's `ORCH_JOBS_PER_DAY`.
     #[serde(default)]
+    #[schema(maximum = 1000000)]
     pub jobs_per_day: Option<u32>,
 }
 
@@ -101,6 +105,7 @@ fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Resul
 pub struct RotateKey {
     /// Seconds the old secret keeps working, 0–2592000 (30 days); default 86400 (24 h).
     #[serde(default)]
+    #[schema(maximum = 2592000)]
     pub overlap_seconds: Option<u64>,
 }
 
@@ -263,7 +268,7 @@ pub async fn list_keys(State(state): State<AppState>, principal: Principal) -> A
 pub async fn revoke_key(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     principal.require(auth::ADMIN)?;
     if !state.store.revoke_key(&id).await? {
@@ -292,7 +297,7 @@ pub async fn revoke_key(
 pub async fn update_key(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: ApiJson<UpdateKey>,
 ) -> ApiResult<Json<KeyView>> {
     principal.require(auth::ADMIN)?;
@@ -378,7 +383,7 @@ pub struct RotatedKey {
 pub async fn rotate_key(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<RotatedKey>> {
     principal.require(auth::ADMIN)?;

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod jobs;
 pub mod json;
@@ -284,7 +285,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     components(
         schemas(
             orch_planner::Plan, orch_planner::Node, orch_planner::SleepStep, orch_planner::FailStep,
-            orch_planner::LlmStep, orch_planner::MapStep, orch_planner::StepTemplate, webhooks::WebhookPayload, webhooks::ProviderEventPayload,
+            orch_planner::LlmStep, orch_planner::MapStep, orch_planner::StepTemplate, webhooks::WebhookPayload, webhooks::ProviderEventPayload, plans::GraphFormat,
         ),
         responses(
             error::responses::BadRequest, error::responses::Unauthorized, error::responses::Forbidden,
@@ -292,7 +293,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
             error::responses::Invalid, error::responses::Unavailable, error::responses::TooManyRequests,
         )
     ),
-    modifiers(&BearerAuth, &RateLimited),
+    modifiers(&BearerAuth, &RateLimited, &Refusals),
     tags(
         (name = "jobs", description = "Submit and follow chat and batch jobs"),
         (name = "chat", description = "Chat on the providers, OpenAI-compatible (base URL `<orch>/v1`), and the providers' state"),
@@ -366,6 +367,54 @@ impl Modify for RateLimited {
                     None => {
                         responses.insert("429".into(), RefOr::Ref(Ref::from_response_name("TooManyRequests")));
                     }
+                }
+            }
+        }
+    }
+}
+
+/// The refusals every route of a kind shares, added where a route does not
+/// list its own: a query string is read by [`extract::ApiQuery`] (422 naming
+/// the parameter), a JSON body by [`json::ApiJson`] (400 unparsable, 413 too
+/// large, 415 not JSON, 422 naming the field).
+struct Refusals;
+
+impl Modify for Refusals {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::schema::{Schema, SchemaType, Type};
+        use utoipa::openapi::{Ref, RefOr};
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                // A query string or header has no null: an optional one is absent.
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    if matches!(parameter.parameter_in, ParameterIn::Query | ParameterIn::Header)
+                        && let Some(RefOr::T(Schema::Object(object))) = &mut parameter.schema
+                        && let SchemaType::Array(types) = &object.schema_type
+                        && let [only] = types.iter().filter(|t| **t != Type::Null).collect::<Vec<_>>()[..]
+                    {
+                        object.schema_type = SchemaType::Type(only.clone());
+                    }
+                }
+                let has_query =
+                    operation.parameters.iter().flatten().any(|p| matches!(p.parameter_in, ParameterIn::Query));
+                // A path or header parameter with a pattern is checked: 422 naming it.
+                let has_pattern = operation.parameters.iter().flatten().any(|p| {
+                    matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Header)
+                        && matches!(&p.schema, Some(RefOr::T(Schema::Object(o))) if o.pattern.is_some())
+                });
+                let has_body = operation.request_body.is_some();
+                let mut add = Vec::new();
+                if has_query || has_body || has_pattern {
+                    add.push(("422", "Invalid"));
+                }
+                if has_body {
+                    add.extend([("400", "BadRequest"), ("413", "TooLarge"), ("415", "NotJson")]);
+                }
+                let responses = &mut operation.responses.responses;
+                for (status, name) in add {
+                    responses.entry(status.into()).or_insert_with(|| RefOr::Ref(Ref::from_response_name(name)));
                 }
             }
         }

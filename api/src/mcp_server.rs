@@ -15,7 +15,7 @@ mod sse;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +31,7 @@ pub use self::handler::{OrchMcp, Scope};
 use crate::AppState;
 use crate::auth::{Principal, TOOLS_CALL};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiPath;
 
 type HttpService = StreamableHttpService<OrchMcp, LocalSessionManager>;
 
@@ -128,7 +129,7 @@ async fn one_server(
     State(state): State<AppState>,
     Extension(endpoints): Extension<Arc<Endpoints>>,
     principal: Principal,
-    Path(server): Path<String>,
+    ApiPath(server): ApiPath<String>,
     request: Request,
 ) -> ApiResult<Response> {
     authorize(&principal)?;
@@ -157,10 +158,10 @@ async fn serve_http(
             return Ok(session_not_found());
         }
     }
+    // A POST's body is read here, so a body that is not JSON gets the API's
+    // error shape (rmcp answers 415 in plain text even for malformed JSON).
     // Use is counted once the request is served: below, or by `direct`.
-    if let Some(session) = &session
-        && request.method() == Method::POST
-    {
+    if request.method() == Method::POST {
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, state.config.max_body).await.map_err(|_| {
             ApiError::new(
@@ -169,18 +170,21 @@ async fn serve_http(
                 "the request body is larger than the server accepts (ORCH_MAX_BODY), or could not be read",
             )
         })?;
-        match direct::classify(&parts.headers, &body) {
-            direct::Message::Call(call)
-                if endpoint.sessions.has_session(&session.as_str().into()).await.unwrap_or(false) =>
-            {
-                let handler = OrchMcp::new(state.clone(), scope);
-                let activity = endpoint.activity.clone();
-                return Ok(direct::call(handler, activity, session.clone(), call, principal).await);
+        check_json(&parts.headers, &body)?;
+        if let Some(session) = &session {
+            match direct::classify(&parts.headers, &body) {
+                direct::Message::Call(call)
+                    if endpoint.sessions.has_session(&session.as_str().into()).await.unwrap_or(false) =>
+                {
+                    let handler = OrchMcp::new(state.clone(), scope);
+                    let activity = endpoint.activity.clone();
+                    return Ok(direct::call(handler, activity, session.clone(), call, principal).await);
+                }
+                direct::Message::Cancelled { id } if endpoint.activity.cancel(session, &id) => {
+                    return Ok(StatusCode::ACCEPTED.into_response());
+                }
+                _ => {}
             }
-            direct::Message::Cancelled { id } if endpoint.activity.cancel(session, &id) => {
-                return Ok(StatusCode::ACCEPTED.into_response());
-            }
-            _ => {}
         }
         request = Request::from_parts(parts, axum::body::Body::from(body));
     }
@@ -189,14 +193,14 @@ async fn serve_http(
     // rmcp hands the request's parts to the handler, which reads the key's scopes from them.
     request.extensions_mut().insert(principal);
     let mut response = endpoint.service.handle(request).await.map(axum::body::Body::new);
+    if !response.status().is_success() {
+        return Ok(error_shape(response).await);
+    }
     let created = response.headers().get(HEADER_SESSION_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
     if let (None, Some(created), true) = (&session, &created, response.status().is_success()) {
         endpoint.activity.opened_by(created, &key_id);
     }
     let Some(session) = session.or(created) else { return Ok(response.into_response()) };
-    if !response.status().is_success() {
-        return Ok(response.into_response());
-    }
     if deletes {
         endpoint.activity.forget(&session);
     }
@@ -217,12 +221,55 @@ async fn serve_http(
 }
 
 /// What the transport answers for a session it does not know (rmcp's own
-/// answer, so another key's session reads exactly like an unknown one).
+/// answer put in the error shape by [`error_shape`], so another key's session
+/// reads exactly like an unknown one).
 fn session_not_found() -> Response {
-    Response::builder()
-        .status(StatusCode::NOT_FOUND)
-        .body(axum::body::Body::from("Not Found: Session not found"))
-        .expect("a valid response")
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "Not Found: Session not found").into_response()
+}
+
+/// A POST body must be JSON (by its Content-Type) and parse: 415 or 400 in the
+/// API's error shape, as for any JSON body of the REST API.
+fn check_json(headers: &axum::http::HeaderMap, body: &[u8]) -> ApiResult<()> {
+    if !crate::json::is_json(headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with the header Content-Type: application/json",
+        ));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|err| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {err}"))
+    })?;
+    Ok(())
+}
+
+/// rmcp's refusals are plain text ("Not Acceptable: Client must accept ...");
+/// they are given the API's error shape, their text as the message.
+async fn error_shape(response: Response) -> Response {
+    let is_json = crate::json::is_json(response.headers());
+    if is_json || response.status().is_success() {
+        return response;
+    }
+    let status = response.status();
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
+    };
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_ACCEPTABLE => "not_acceptable",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => {
+            return ApiError::internal(format!("MCP transport: {status} {text}")).into_response();
+        }
+        _ => "bad_request",
+    };
+    let message = if text.trim().is_empty() { status.to_string() } else { text };
+    ApiError::new(status, code, message).into_response()
 }
 
 /// Why `orch mcp` stopped.

@@ -36,6 +36,7 @@ use crate::tool_calls::{self, Answer, ToolSpec, Transcript};
 #[schema(example = json!({"model": "auto", "messages": [{"role": "system", "content": "Answer in one sentence."}, {"role": "user", "content": "What is n8n?"}], "stream": false}))]
 pub struct CompletionRequest {
     /// `auto`, a provider, or `provider/model` (see `GET /v1/models`).
+    #[schema(min_length = 1)]
     pub model: String,
     pub messages: Vec<CompletionMessage>,
     /// Stream `chat.completion.chunk` events (Server-Sent Events) ending in `[DONE]`.
@@ -165,6 +166,18 @@ pub async fn list_models(State(state): State<AppState>, _principal: Principal) -
     Json(ModelList { object: "list", data })
 }
 
+/// One Server-Sent Event of a streamed chat completion, as an SSE parser reads
+/// it: the stream names no event type, so each is a `message`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CompletionChunkSse {
+    #[schema(pattern = "^message$")]
+    event: String,
+    /// A `chat.completion.chunk` object as JSON (or an `{"error": …}` object
+    /// when the turn fails mid-stream); the last event is `[DONE]`.
+    data: String,
+}
+
 /// Chat, OpenAI-compatible.
 ///
 /// Runs one chat turn as a job (durable, under the worker's provider limits,
@@ -177,9 +190,10 @@ pub async fn list_models(State(state): State<AppState>, _principal: Principal) -
 #[utoipa::path(
     post, path = "/v1/chat/completions", tag = "chat",
     request_body = CompletionRequest,
-    params(("X-Session-ID" = Option<String>, Header, description = "Chat session to continue and record the turn in")),
+    params(("X-Session-ID" = Option<String>, Header, description = "Chat session to continue and record the turn in; 1–128 of A-Z a-z 0-9 . _ : -, starting with a letter or digit", pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")),
     responses(
-        (status = 200, description = "The answer (JSON), or with `stream: true` a text/event-stream of chunks", body = Completion),
+        (status = 200, description = "The answer (JSON), or with `stream: true` a text/event-stream of chunks (its schema is one event as an SSE parser reads it)",
+            content((Completion = "application/json"), (CompletionChunkSse = "text/event-stream"))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use orch_planner::analysis::{self, Analysis, Estimates, NodeState};
@@ -19,6 +19,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::responses::{BadRequest, Forbidden, NotFound, NotJson, Unauthorized};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiPath, ApiQuery};
 use crate::jobs;
 use crate::json::ApiJson;
 use crate::planning;
@@ -158,8 +159,8 @@ fn text(content_type: &'static str, body: String) -> Response {
     request_body = PlanRequest,
     params(FormatQuery),
     responses(
-        (status = 200, description = "The plan is valid: its analysis (or its graph as text with `?format=`)", body = PlanPreview,
-            example = json!({"valid": true, "analysis": {"levels": [["a", "b"], ["merge"]], "width": 2, "depth": 2, "critical_path": ["b", "merge"], "estimated_ms": 200.0, "total_work_ms": 300.0, "node_estimates_ms": {"a": 100.0, "b": 200.0, "merge": 0.0}}, "mermaid": "flowchart TD\n    n0[\"a<br/>sleep 100ms\"]\n    n1[\"b<br/>sleep 200ms\"]\n    n2[\"merge<br/>value\"]\n    n0 --> n2\n    n1 --> n2\n"})),
+        (status = 200, description = "The plan is valid: its analysis (or its graph as text with `?format=`)",
+            content((PlanPreview = "application/json", example = json!({"valid": true, "analysis": {"levels": [["a", "b"], ["merge"]], "width": 2, "depth": 2, "critical_path": ["b", "merge"], "estimated_ms": 200.0, "total_work_ms": 300.0, "node_estimates_ms": {"a": 100.0, "b": 200.0, "merge": 0.0}}, "mermaid": "flowchart TD\n    n0[\"a<br/>sleep 100ms\"]\n    n1[\"b<br/>sleep 200ms\"]\n    n2[\"merge<br/>value\"]\n    n0 --> n2\n    n1 --> n2\n"})), (String = "text/vnd.mermaid"), (String = "text/vnd.graphviz"))),
         (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden), (status = 415, response = NotJson),
         (status = 422, description = "The plan has problems, all listed in `details.issues` with their fields; or (`planning_failed`) the planner gave no valid plan in its attempts, the last answer's problems in `details.issues`", body = ErrorBody,
@@ -172,7 +173,7 @@ fn text(content_type: &'static str, body: String) -> Response {
 pub async fn preview_plan(
     State(state): State<AppState>,
     principal: Principal,
-    Query(query): Query<FormatQuery>,
+    ApiQuery(query): ApiQuery<FormatQuery>,
     body: ApiJson<PlanRequest>,
 ) -> ApiResult<Response> {
     principal.require("jobs:write")?;
@@ -243,7 +244,8 @@ fn node_states(plan: &Plan, events: &[orch_store::JobEvent]) -> HashMap<String, 
     get, path = "/v1/jobs/{id}/graph", tag = "jobs",
     params(("id" = String, Path, description = "Job id"), FormatQuery),
     responses(
-        (status = 200, description = "The graph", body = JobGraph),
+        (status = 200, description = "The graph (JSON), or with `?format=mermaid|dot` its text",
+            content((JobGraph = "application/json"), (String = "text/vnd.mermaid"), (String = "text/vnd.graphviz"))),
         (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, description = "The job is a chat job: it has no graph", body = ErrorBody),
@@ -253,8 +255,8 @@ fn node_states(plan: &Plan, events: &[orch_store::JobEvent]) -> HashMap<String, 
 pub async fn job_graph(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
-    Query(query): Query<FormatQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<FormatQuery>,
 ) -> ApiResult<Response> {
     principal.require("jobs:read")?;
     let job = jobs::load(&state, Some(&principal), &id).await?;
@@ -329,7 +331,7 @@ pub async fn job_graph(
 pub async fn node_output(
     State(state): State<AppState>,
     principal: Principal,
-    Path((id, node)): Path<(String, String)>,
+    ApiPath((id, node)): ApiPath<(String, String)>,
 ) -> ApiResult<Response> {
     principal.require("jobs:read")?;
     let job = jobs::load(&state, Some(&principal), &id).await?;

@@ -19,7 +19,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::responses::{BadRequest, Forbidden, IdempotencyConflict, NotFound, NotJson, TooLarge, Unauthorized};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiPath, ApiQuery};
 use crate::jobs::{BatchJobRequest, JobAccepted, JobResult, JobView};
 use crate::json::ApiJson;
 use crate::servers::{ReloadView, ServerList};
@@ -82,7 +83,7 @@ pub struct TaskResult {
 pub async fn list_tools(
     state: State<AppState>,
     principal: Principal,
-    query: Query<ToolQuery>,
+    query: ApiQuery<ToolQuery>,
 ) -> ApiResult<Json<ToolList>> {
     crate::tools::list_tools(state, principal, query).await
 }
@@ -99,11 +100,11 @@ pub async fn list_tools(
 pub async fn server_tools(
     State(state): State<AppState>,
     principal: Principal,
-    Path(server): Path<String>,
-    Query(query): Query<ServerToolQuery>,
+    ApiPath(server): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ServerToolQuery>,
 ) -> ApiResult<Json<ToolList>> {
     let query = ToolQuery { server: Some(server.clone()), q: query.q };
-    let list = crate::tools::list_tools(State(state.clone()), principal, Query(query)).await?;
+    let list = crate::tools::list_tools(State(state.clone()), principal, ApiQuery(query)).await?;
     if list.tools.is_empty() && state.registry.server_status(&server).is_err() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -137,11 +138,11 @@ pub async fn server_tools(
 pub async fn call_tool(
     state: State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: ApiJson<CallRequest>,
 ) -> ApiResult<Json<CallResponse>> {
     let (server, tool) = split_tool_name(&name)?;
-    crate::tools::call_tool(state, principal, Path((server.to_owned(), tool.to_owned())), body).await
+    crate::tools::call_tool(state, principal, ApiPath((server.to_owned(), tool.to_owned())), body).await
 }
 
 /// `server.tool` → (`server`, `tool`), split at the first `.`.
@@ -164,7 +165,7 @@ fn split_tool_name(name: &str) -> ApiResult<(&str, &str)> {
 #[utoipa::path(
     post, path = "/batch/execute", tag = "seed",
     request_body = BatchJobRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe for 24 h; 1–255 visible ASCII characters", pattern = "^[!-~]{1,255}$")),
     responses(
         (status = 200, description = "`dry_run`: the plan the planner made and its analysis; nothing runs", body = crate::plans::PlanPreview),
         (status = 202, description = "Stored and queued", body = TaskAccepted,
@@ -173,7 +174,9 @@ fn split_tool_name(name: &str) -> ApiResult<(&str, &str)> {
         (status = 403, response = Forbidden), (status = 409, response = IdempotencyConflict),
         (status = 413, response = TooLarge), (status = 415, response = NotJson),
         (status = 422, description = "Invalid field, or a plan with problems (all listed in `details.issues`)", body = ErrorBody),
+        (status = 502, description = "With `dry_run`: the planner model failed (`planner_unavailable`)", body = ErrorBody),
         (status = 503, response = crate::error::responses::Unavailable),
+        (status = 504, description = "With `dry_run`: no plan in time (`timeout`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -212,7 +215,11 @@ pub async fn batch_execute(
     ),
     security(("bearer" = []))
 )]
-pub async fn batch_status(state: State<AppState>, principal: Principal, id: Path<String>) -> ApiResult<Json<TaskView>> {
+pub async fn batch_status(
+    state: State<AppState>,
+    principal: Principal,
+    id: ApiPath<String>,
+) -> ApiResult<Json<TaskView>> {
     let Json(job) = crate::jobs::get_job(state, principal, id).await?;
     Ok(Json(TaskView { task_id: job.id, job }))
 }
@@ -235,7 +242,7 @@ pub async fn batch_status(state: State<AppState>, principal: Principal, id: Path
 pub async fn batch_result(
     state: State<AppState>,
     principal: Principal,
-    id: Path<String>,
+    id: ApiPath<String>,
 ) -> ApiResult<Json<TaskResult>> {
     let Json(result) = crate::jobs::get_result(state, principal, id).await?;
     Ok(Json(TaskResult { task_id: result.id, result }))
@@ -253,7 +260,11 @@ pub async fn batch_result(
     ),
     security(("bearer" = []))
 )]
-pub async fn batch_cancel(state: State<AppState>, principal: Principal, id: Path<String>) -> ApiResult<Json<TaskView>> {
+pub async fn batch_cancel(
+    state: State<AppState>,
+    principal: Principal,
+    id: ApiPath<String>,
+) -> ApiResult<Json<TaskView>> {
     let Json(job) = crate::jobs::cancel_job(state, principal, id).await?;
     Ok(Json(TaskView { task_id: job.id, job }))
 }

@@ -12,7 +12,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use orch_mcp::config::{self, ConfigError};
@@ -27,6 +27,7 @@ use crate::AppState;
 use crate::auth::{self, Principal};
 use crate::error::responses::{BadRequest, Forbidden, Invalid, NotFound, NotJson, Unauthorized, Unavailable};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiPath;
 use crate::json::ApiJson;
 
 /// Shown instead of every `env` and `headers` value.
@@ -515,7 +516,7 @@ pub async fn list_servers(State(state): State<AppState>, principal: Principal) -
 pub async fn get_server(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<ServerView>> {
     principal.require(auth::TOOLS_CALL)?;
     principal.require_server(&name)?;
@@ -598,7 +599,7 @@ pub async fn create_server(
 pub async fn replace_server(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: ApiJson<ReplaceServer>,
 ) -> ApiResult<(StatusCode, Json<ServerView>)> {
     principal.require(auth::ADMIN)?;
@@ -634,7 +635,7 @@ pub async fn replace_server(
 pub async fn delete_server(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     principal.require(auth::ADMIN)?;
     if state.mcp.source(&name) == Some(Source::File) {
@@ -675,7 +676,7 @@ pub struct TestView {
 pub async fn test_server(
     State(state): State<AppState>,
     principal: Principal,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<TestView>> {
     principal.require(auth::ADMIN)?;
     let config = state.mcp.read().servers.get(&name).map(|k| k.config.clone()).ok_or_else(|| unknown_server(&name))?;

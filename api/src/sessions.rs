@@ -3,7 +3,7 @@
 //! Obsidian-ready markdown note (optionally with an LLM summary).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -16,6 +16,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::responses::{Forbidden, Invalid, NotFound, Unauthorized};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiPath, ApiQuery};
 
 /// Owner of sessions started over stdio MCP (`orch mcp`), which has no key.
 const LOCAL_OWNER: &str = crate::jobs::LOCAL_OWNER;
@@ -198,7 +199,7 @@ pub struct SessionListParams {
 pub async fn list_sessions(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<SessionListParams>,
+    ApiQuery(params): ApiQuery<SessionListParams>,
 ) -> ApiResult<Json<SessionPage>> {
     principal.require("jobs:read")?;
     let limit = crate::jobs::page_limit(params.limit.as_deref())?;
@@ -217,7 +218,7 @@ pub async fn list_sessions(
 /// Get a session with its messages.
 #[utoipa::path(
     get, path = "/v1/sessions/{id}", tag = "sessions",
-    params(("id" = String, Path, description = "Session id")),
+    params(("id" = String, Path, description = "Session id: 1–128 of A-Z a-z 0-9 . _ : -, starting with a letter or digit", pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")),
     responses(
         (status = 200, description = "The session", body = SessionView),
         (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
@@ -228,7 +229,7 @@ pub async fn list_sessions(
 pub async fn get_session(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<SessionView>> {
     principal.require("jobs:read")?;
     Ok(Json(SessionView::of(load(&state, Some(&principal), &id).await?, true)))
@@ -237,7 +238,7 @@ pub async fn get_session(
 /// Forget a session.
 #[utoipa::path(
     delete, path = "/v1/sessions/{id}", tag = "sessions",
-    params(("id" = String, Path, description = "Session id")),
+    params(("id" = String, Path, description = "Session id: 1–128 of A-Z a-z 0-9 . _ : -, starting with a letter or digit", pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")),
     responses(
         (status = 204, description = "Forgotten"),
         (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
@@ -248,7 +249,7 @@ pub async fn get_session(
 pub async fn delete_session(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     principal.require("jobs:write")?;
     load_to_change(&state, &principal, &id).await?;
@@ -275,7 +276,7 @@ pub struct MemoryParams {
 /// or with `format=json` as `{session, summary, markdown, filename}`.
 #[utoipa::path(
     get, path = "/v1/sessions/{id}/memory", tag = "sessions",
-    params(("id" = String, Path, description = "Session id"), MemoryParams),
+    params(("id" = String, Path, description = "Session id: 1–128 of A-Z a-z 0-9 . _ : -, starting with a letter or digit", pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"), MemoryParams),
     responses(
         (status = 200, description = "text/markdown download, or JSON with `format=json`", content_type = "text/markdown", body = String,
             example = json!("---\ntitle: \"Session n8n-weekly-42\"\nsession_id: \"n8n-weekly-42\"\n...")),
@@ -290,8 +291,8 @@ pub struct MemoryParams {
 pub async fn export_memory(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
-    Query(params): Query<MemoryParams>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<MemoryParams>,
 ) -> ApiResult<Response> {
     principal.require("jobs:read")?;
     let json_format = match params.format.as_deref() {

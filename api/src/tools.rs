@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use orch_mcp::{CallOptions, Error as McpError, ToolEntry};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use crate::AppState;
 use crate::auth::{self, Principal};
 use crate::error::responses::{BadRequest, Forbidden, NotFound, NotJson, Unauthorized};
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiPath, ApiQuery};
 use crate::json::ApiJson;
 
 /// A tool as listed.
@@ -192,7 +193,7 @@ pub fn mcp_error(error: McpError, tool: &str) -> ApiError {
 pub async fn list_tools(
     State(state): State<AppState>,
     principal: Principal,
-    Query(query): Query<ToolQuery>,
+    ApiQuery(query): ApiQuery<ToolQuery>,
 ) -> ApiResult<Json<ToolList>> {
     principal.require(auth::TOOLS_CALL)?;
     if let Some(server) = &query.server {
@@ -220,7 +221,7 @@ pub async fn list_tools(
 pub async fn get_tool(
     State(state): State<AppState>,
     principal: Principal,
-    Path((server, tool)): Path<(String, String)>,
+    ApiPath((server, tool)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<ToolDetail>> {
     principal.require(auth::TOOLS_CALL)?;
     principal.require_tool(&server, &tool)?;
@@ -261,7 +262,7 @@ pub async fn get_tool(
 pub async fn call_tool(
     State(state): State<AppState>,
     principal: Principal,
-    Path((server, tool)): Path<(String, String)>,
+    ApiPath((server, tool)): ApiPath<(String, String)>,
     body: ApiJson<CallRequest>,
 ) -> ApiResult<Json<CallResponse>> {
     principal.require(auth::TOOLS_CALL)?;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use orch_store::UsageRecord;
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::responses::{Forbidden, Invalid, Unauthorized};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiQuery;
 
 /// Most turns one report reads.
 const MAX_RECORDS: usize = 200_000;
@@ -86,7 +87,7 @@ fn parse_time(field: &str, text: &str) -> ApiResult<DateTime<Utc>> {
 pub async fn usage(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<UsageParams>,
+    ApiQuery(params): ApiQuery<UsageParams>,
 ) -> ApiResult<Json<UsageReport>> {
     principal.require("jobs:read")?;
     let to = params.to.as_deref().map(|t| parse_time("to", t)).transpose()?.unwrap_or_else(Utc::now);

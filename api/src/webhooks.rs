@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use orch_store::{Job, JobFilter, JobId, JobKind, JobStatus, StoredWebhook};
@@ -19,6 +19,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::responses::{BadRequest, Forbidden, Invalid, NotFound, NotJson, Unauthorized, Unavailable};
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiPath, ApiQuery};
 use crate::jobs::JobErrorView;
 use crate::json::ApiJson;
 
@@ -315,7 +316,7 @@ async fn find_webhook(state: &AppState, id: &str) -> ApiResult<StoredWebhook> {
 pub async fn get_webhook(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<WebhookView>> {
     principal.require(crate::auth::ADMIN)?;
     Ok(Json(view(find_webhook(&state, &id).await?)?))
@@ -339,7 +340,7 @@ pub async fn get_webhook(
 pub async fn replace_webhook(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: ApiJson<WebhookRequest>,
 ) -> ApiResult<Json<WebhookView>> {
     principal.require(crate::auth::ADMIN)?;
@@ -376,7 +377,7 @@ pub async fn replace_webhook(
 pub async fn delete_webhook(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     principal.require(crate::auth::ADMIN)?;
     if !state.store.delete_webhook(&id).await? {
@@ -562,7 +563,7 @@ pub struct DeliveryParams {
 pub async fn list_deliveries(
     State(state): State<AppState>,
     principal: Principal,
-    Query(params): Query<DeliveryParams>,
+    ApiQuery(params): ApiQuery<DeliveryParams>,
 ) -> ApiResult<Json<DeliveryPage>> {
     principal.require("jobs:read")?;
     let status = params
@@ -644,8 +645,8 @@ pub struct JobDeliveryParams {
 pub async fn job_deliveries(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
-    Query(params): Query<JobDeliveryParams>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<JobDeliveryParams>,
 ) -> ApiResult<Json<DeliveryPage>> {
     principal.require("jobs:read")?;
     let limit = crate::jobs::page_limit(params.limit.as_deref())?;
@@ -673,7 +674,7 @@ pub async fn job_deliveries(
 pub async fn redeliver(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<DeliveryView>)> {
     principal.require("jobs:write")?;
     let not_found = || ApiError::not_found("delivery", &id);
@@ -865,8 +866,16 @@ pub fn sample_job(event: &str) -> (Job, Option<Value>) {
 pub struct WebhookPayload {
     /// `job.succeeded`, `job.failed`, `job.cancelled` or `job.progress`.
     #[serde(rename = "type")]
-    pub kind: String,
-    pub job_id: String,
+    pub event: String,
+    pub job_id: Uuid,
+    #[schema(value_type = crate::jobs::JobKindSchema)]
+    pub kind: JobKind,
+    /// The job's status when the event was sent (`running` for `job.progress`).
+    #[schema(value_type = crate::jobs::JobStatusSchema)]
+    pub status: JobStatus,
+    pub created_at: DateTime<Utc>,
+    /// When the job ended; `null` for `job.progress`.
+    pub finished_at: Option<DateTime<Utc>>,
     pub title: String,
     /// The human result: the chat answer (`result.text`), the plan's output, or what went wrong.
     pub markdown: String,
@@ -882,6 +891,14 @@ pub struct WebhookPayload {
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
     pub result_truncated: bool,
+    /// The chat result's token usage, where the provider reported it.
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<Value>,
+    /// What went wrong, for `job.failed` (and a retried attempt's error in `job.progress`).
+    pub error: Option<PayloadError>,
+    /// The job's `metadata` as submitted.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
     /// `job.progress` only: the job's latest progress event when sent (a batch
     /// node that ended, the plan, a chat job's routing or provider retry; see
     /// docs/webhooks.md). Endings do not carry it.
@@ -889,6 +906,14 @@ pub struct WebhookPayload {
     pub progress: Option<Value>,
     #[schema(value_type = Object)]
     pub links: Value,
+}
+
+/// The `error` of a [`WebhookPayload`].
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PayloadError {
+    pub code: String,
+    pub message: String,
 }
 
 /// The payload of `provider.auth_expired` (a turn was refused for the

@@ -198,3 +198,76 @@ async fn errors_map_to_their_status_and_one_body_naming_the_field() {
     check_error(&limit, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
     assert_eq!(limit.1["error"]["details"]["field"], "limit", "{}", limit.1);
 }
+
+/// Regression (issue 13, defect 9): query and path parameters axum could not
+/// read were answered in plain text (`Failed to deserialize query string`).
+/// Every such refusal is now the one error shape naming the parameter.
+#[tokio::test]
+async fn query_errors_answer_plain_text() {
+    let app = fixture().await;
+    let admin = app.key(&["admin"]).await;
+    for (uri, field) in [
+        ("/v1/sessions/s1/memory?summarize=null", "summarize"),
+        ("/v1/jobs/019a8a5e-3c1e-7d3a-9a57-0c2f7e1d4b11/events?last_event_id=null&last_event_id=null", "last_event_id"),
+        ("/v1/jobs?limit=x", "limit"),
+        ("/v1/jobs?status=nope", "status"),
+        ("/v1/audit?since=yesterday", "since"),
+        ("/v1/usage?group_by=", "group_by"),
+        ("/v1/deliveries?limit=-1", "limit"),
+        ("/v1/plans?format=svg", "format"),
+    ] {
+        let method = if uri.starts_with("/v1/plans") { Method::POST } else { Method::GET };
+        let body = (method == Method::POST).then_some(r#"{"plan": {"nodes": [{"id": "a", "value": 1}]}}"#);
+        let answer = app.call(method, uri, Some(&admin), body).await;
+        check_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+        assert_eq!(answer.1["error"]["details"]["field"], field, "{uri}: {}", answer.1);
+    }
+    // A path parameter that is not UTF-8 once decoded names nothing: 404, same shape.
+    let answer = app.call(Method::GET, "/v1/jobs/%FF%FE", Some(&admin), None).await;
+    check_error(&answer, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(answer.1["error"]["details"]["field"], "id", "{}", answer.1);
+}
+
+/// Regression (issue 13, defect 9): too-deep JSON on `/mcp` was answered 415
+/// in plain text by the MCP transport. A body that is not JSON is now 400
+/// `malformed_json` (415 without a JSON Content-Type), and the transport's own
+/// refusals (406 without the Accept it needs, an unknown session) carry the
+/// one error shape too.
+#[tokio::test]
+async fn too_deep_json_on_mcp_answers_415_plain_text() {
+    let app = fixture().await;
+    let admin = app.key(&["admin"]).await;
+    let mcp = |body: String, content_type: &str, accept: &str, session: Option<&str>| {
+        let mut request = Request::post("/mcp")
+            .header(header::AUTHORIZATION, format!("Bearer {admin}"))
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::ACCEPT, accept);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.body(Body::from(body)).unwrap()
+    };
+    let both = "application/json, text/event-stream";
+    let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    let (status, headers, body) = app.send(mcp(deep.clone(), "application/json", both, None)).await;
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    let message = check_error(&(status, body), StatusCode::BAD_REQUEST, "malformed_json");
+    assert!(message.contains("recursion limit"), "{message}");
+    let (status, _, body) = app.send(mcp(deep, "application/json", both, Some("0123456789abcdef"))).await;
+    check_error(&(status, body), StatusCode::BAD_REQUEST, "malformed_json");
+    let (status, _, body) = app.send(mcp("{}".into(), "text/plain", both, None)).await;
+    check_error(&(status, body), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+
+    let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string();
+    let (status, _, body) = app.send(mcp(initialize.clone(), "application/json", "application/json", None)).await;
+    check_error(&(status, body), StatusCode::NOT_ACCEPTABLE, "not_acceptable");
+    let list = r#"{"jsonrpc": "2.0", "id": 2, "method": "tools/list"}"#.to_owned();
+    let (status, _, body) = app.send(mcp(list, "application/json", both, Some("0123456789abcdef"))).await;
+    check_error(&(status, body), StatusCode::NOT_FOUND, "not_found");
+    // A good request still opens a session.
+    let (status, headers, _) = app.send(mcp(initialize, "application/json", both, None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.contains_key("mcp-session-id"));
+}

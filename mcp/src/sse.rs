@@ -94,7 +94,7 @@ impl SseClientTransport {
             .map_err(|_| SseError::EndpointTimeout { url: url.into(), timeout })??;
 
         let (tx, incoming) = mpsc::channel(64);
-        let source = url.to_string();
+        let source = without_query(&base);
         let reader = tokio::spawn(async move {
             while let Some(event) = events.next().await {
                 let event = match event {
@@ -115,7 +115,14 @@ impl SseClientTransport {
                             break;
                         }
                     }
-                    Err(error) => tracing::warn!(url = %source, %error, "ignoring an SSE message that is not JSON-RPC"),
+                    // serde's message quotes what it read (`invalid type: string "…"`):
+                    // only its class and position are logged, never the upstream's text.
+                    Err(error) => tracing::warn!(
+                        url = %source,
+                        error = %Classified(&error),
+                        bytes = data.len(),
+                        "ignoring an SSE message that is not JSON-RPC"
+                    ),
                 }
             }
             // Dropping `tx` ends `receive`, which tells rmcp the connection closed.
@@ -127,6 +134,32 @@ impl SseClientTransport {
     pub fn endpoint(&self) -> &reqwest::Url {
         &self.post.endpoint
     }
+}
+
+/// A JSON error as its class and position only (`data error at line 1 column
+/// 9`): serde's own text can quote the input.
+struct Classified<'a>(&'a serde_json::Error);
+
+impl std::fmt::Display for Classified<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let class = match self.0.classify() {
+            serde_json::error::Category::Io => "io",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "data",
+            serde_json::error::Category::Eof => "eof",
+        };
+        write!(f, "{class} error at line {} column {}", self.0.line(), self.0.column())
+    }
+}
+
+/// The URL for logs: no user info or query, where credentials may be.
+fn without_query(url: &reqwest::Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
 }
 
 impl Drop for SseClientTransport {
@@ -170,5 +203,83 @@ impl Transport<RoleClient> for SseClientTransport {
         self.reader.abort();
         self.incoming.close();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Log lines written while the test runs.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Regression (issue 13): a message on the stream that is not JSON-RPC was
+    /// logged with serde's error, which quotes what the upstream sent
+    /// (`invalid type: string "…"`). The log now has the error's class and
+    /// position, and the URL without its query.
+    #[tokio::test]
+    async fn messages_that_are_not_json_rpc_are_logged_without_upstream_text() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        // The test runtime has one thread, so the reader task logs here too.
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await.unwrap();
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\r\n";
+            let events = "event: endpoint\ndata: /messages\n\n\
+                          event: message\ndata: \"upstream-secret-1\"\n\n\
+                          data: {\"jsonrpc\": \"2.0\", \"method\": 7, \"note\": \"upstream-secret-2\"}\n\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            socket.write_all(events.as_bytes()).await.unwrap();
+            // Keep the stream open until the client goes.
+            let _ = socket.read(&mut request).await;
+        });
+
+        let url = format!("http://127.0.0.1:{port}/sse?token=query-secret");
+        let mut transport =
+            SseClientTransport::connect(reqwest::Client::new(), &url, HeaderMap::new(), Duration::from_secs(5))
+                .await
+                .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let text = loop {
+            let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+            if text.matches("not JSON-RPC").count() >= 2 || tokio::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        transport.close().await.unwrap();
+        assert_eq!(text.matches("ignoring an SSE message that is not JSON-RPC").count(), 2, "{text}");
+        assert!(text.contains("data error at line 1 column"), "{text}");
+        assert!(text.contains(&format!("http://127.0.0.1:{port}/sse")), "{text}");
+        for secret in ["upstream-secret", "query-secret", "invalid type"] {
+            assert!(!text.contains(secret), "{secret} in the log: {text}");
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +27,7 @@ use super::{Endpoints, authorize, known_server};
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiPath, ApiQuery};
 
 /// Open SSE sessions by id.
 #[derive(Default)]
@@ -67,7 +68,7 @@ pub(super) async fn open(
     State(state): State<AppState>,
     endpoints: axum::Extension<Arc<Endpoints>>,
     principal: Principal,
-    Path(server): Path<String>,
+    ApiPath(server): ApiPath<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     authorize(&principal)?;
     principal.require_server(&server)?;
@@ -133,8 +134,8 @@ pub(super) struct MessageQuery {
 pub(super) async fn message(
     endpoints: axum::Extension<Arc<Endpoints>>,
     principal: Principal,
-    Path(server): Path<String>,
-    Query(query): Query<MessageQuery>,
+    ApiPath(server): ApiPath<String>,
+    ApiQuery(query): ApiQuery<MessageQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
     authorize(&principal)?;
