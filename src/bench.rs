@@ -47,6 +47,8 @@ pub enum BenchCommand {
     Wakeups(crate::bench_wakeups::WakeupsArgs),
     /// Per-request cost of the request id, trace span and metrics layers.
     Layers(crate::bench_layers::LayersArgs),
+    /// The real chat CLIs (pinned npm install) on a fake model API: time to answer cold vs warm, bare vs through Orch, memory per warm CLI.
+    Clis(crate::bench_clis::ClisArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -121,6 +123,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Wakeups(args) => crate::bench_wakeups::wakeups(args).await,
         BenchCommand::Layers(args) => crate::bench_layers::layers(args).await,
         BenchCommand::Rate(args) => crate::bench_rate::rate(args).await,
+        BenchCommand::Clis(args) => crate::bench_clis::clis(args).await,
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_chat;
+mod bench_clis;
 mod bench_gateway;
 mod bench_layers;
 mod bench_plans;
