@@ -237,7 +237,9 @@ fn check_json(headers: &axum::http::HeaderMap, body: &[u8]) -> ApiResult<()> {
             "send the body as JSON with the header Content-Type: application/json",
         ));
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|err| {
+    // Into a Value, not IgnoredAny: only a Value is held to serde_json's
+    // nesting limit, which the transport's own parse then hits (as 415).
+    serde_json::from_slice::<serde_json::Value>(body).map_err(|err| {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {err}"))
     })?;
     Ok(())

@@ -238,6 +238,7 @@ async fn too_deep_json_on_mcp_answers_415_plain_text() {
     let admin = app.key(&["admin"]).await;
     let mcp = |body: String, content_type: &str, accept: &str, session: Option<&str>| {
         let mut request = Request::post("/mcp")
+            .header(header::HOST, "localhost")
             .header(header::AUTHORIZATION, format!("Bearer {admin}"))
             .header(header::CONTENT_TYPE, content_type)
             .header(header::ACCEPT, accept);
